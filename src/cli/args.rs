@@ -1,0 +1,64 @@
+//! Flags shared by `run` and `dial`: the gate, SSH identity and trust, the nodes, timeouts.
+//! Every flag has an environment variable `KUBE_SSH_TUNNEL_<FLAG>`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::duration::parse_duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct SshArgs {
+    /// Enable the deprecated SSH tunnel mode (required; Konnectivity is the supported replacement).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_SSH_TUNNEL")]
+    pub ssh_tunnel: bool,
+
+    /// SSH user on the nodes.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_SSH_USER")]
+    pub ssh_user: Option<String>,
+
+    /// Private key file (OpenSSH format: ed25519, ECDSA or RSA), mode 0600.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_SSH_KEYFILE")]
+    pub ssh_keyfile: Option<PathBuf>,
+
+    /// File whose first line is the passphrase of an encrypted key.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_SSH_KEY_PASSPHRASE_FILE")]
+    pub ssh_key_passphrase_file: Option<PathBuf>,
+
+    /// known_hosts file(s) holding the nodes' host keys (repeatable; default ~/.ssh/known_hosts).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_SSH_KNOWN_HOSTS", value_delimiter = ',')]
+    pub ssh_known_hosts: Vec<PathBuf>,
+
+    /// Accept any host key (INSECURE: allows man-in-the-middle). Logged loudly.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_INSECURE_SKIP_HOST_KEY_VERIFICATION")]
+    pub insecure_skip_host_key_verification: bool,
+
+    /// A node, NAME=ADDR[:SSHPORT] (repeatable), e.g. node-1=10.0.0.5 or node-2=[fd00::5]:2222.
+    #[arg(long = "node", env = "KUBE_SSH_TUNNEL_NODE", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+
+    /// TOML node list: [[nodes]] name = "...", address = "...", ssh_port = 22.
+    #[arg(long = "nodes", env = "KUBE_SSH_TUNNEL_NODES")]
+    pub nodes_file: Option<PathBuf>,
+
+    /// Timeout for TCP connect + SSH handshake + authentication.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_CONNECT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Timeout for opening one channel (a dial).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_DIAL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub dial_timeout: Duration,
+
+    /// SSH keepalive interval (0 turns keepalives off).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_KEEPALIVE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// Unanswered keepalives before a connection is declared dead.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_KEEPALIVE_COUNT", default_value_t = 3)]
+    pub keepalive_count: usize,
+
+    /// Log level or filter (e.g. info, debug, kube_ssh_tunnel=debug); default from RUST_LOG, else info.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}

@@ -1,0 +1,22 @@
+//! Logging set-up: tracing to stderr; level from `--log-level`, else `RUST_LOG`, else `info`.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber (once).
+pub fn init(level: Option<&str>) {
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).ok(),
+        None => EnvFilter::try_from_default_env().ok(),
+    }
+    .unwrap_or_else(|| EnvFilter::new("info"));
+    // russh logs a line per packet at debug; keep it quiet unless asked for by name.
+    let filter = if level.is_none() && std::env::var_os("RUST_LOG").is_none() {
+        filter.add_directive("russh=warn".parse().expect("static directive"))
+    } else {
+        filter
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

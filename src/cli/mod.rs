@@ -1,0 +1,98 @@
+//! The command line: subcommands, exit codes, and the one place errors become messages.
+//! Exit codes: 0 success, 1 a runtime failure (node or destination unreachable), 2 usage or
+//! configuration error (including the `--ssh-tunnel` gate).
+
+mod args;
+mod dial;
+mod duration;
+mod logging;
+mod run;
+mod settings;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for usage and configuration errors.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code for runtime failures.
+pub const EXIT_FAILURE: i32 = 1;
+
+/// An error with the exit code it deserves.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: EXIT_USAGE,
+            message: message.to_string(),
+        }
+    }
+    pub fn failure(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: EXIT_FAILURE,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<kube_ssh_tunnel::ConfigError> for CliError {
+    fn from(e: kube_ssh_tunnel::ConfigError) -> Self {
+        CliError::usage(e)
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kube-ssh-tunnel",
+    version,
+    about = "Kubernetes' legacy SSH tunnel mode as a standalone tunnel manager (deprecated mode; gated by --ssh-tunnel)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the tunnel daemon: one SSH connection per node, kept open.
+    Run(run::RunArgs),
+    /// Relay stdin/stdout through one channel to NODE or HOST:PORT (like `ssh -W`).
+    Dial(dial::DialArgs),
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kube-ssh-tunnel: cannot start the async runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(a) => run::run(a).await,
+            Command::Dial(a) => dial::dial(a).await,
+        }
+    });
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kube-ssh-tunnel: {}", e.message);
+            e.code
+        }
+    };
+    // Don't wait for a blocking stdin read to finish.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}

@@ -1,0 +1,165 @@
+//! Typed errors of the library. Each one names the thing that is wrong (node, destination,
+//! file and line) and, where a human has to act, how to fix it, so the CLI can print it as
+//! one line and callers can match on the variant (`DialError::NoRoute`, ...).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use crate::ssh::keys::KeyError;
+pub use crate::ssh::known_hosts::KnownHostsError;
+
+/// Bad configuration or input, found before any connection is made (CLI exit code 2).
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("invalid node '{node}': {reason}")]
+    InvalidNode { node: String, reason: String },
+    #[error("invalid destination '{input}': {reason}")]
+    InvalidDestination { input: String, reason: String },
+    #[error("cannot use {what} file {}: {reason}", path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    KnownHosts(#[from] KnownHostsError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Why the SSH connection to one node could not be (re)established.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("node {node}: cannot resolve address '{address}': {reason}")]
+    Resolve {
+        node: String,
+        address: String,
+        reason: String,
+    },
+    #[error("node {node}: TCP connect to {addr} failed: {source}")]
+    Tcp {
+        node: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node {node}: timed out after {after:?} during {stage} (connect+handshake+auth timeout)")]
+    Timeout {
+        node: String,
+        stage: &'static str,
+        after: Duration,
+    },
+    #[error("node {node}: SSH handshake failed: {reason}")]
+    Handshake { node: String, reason: String },
+    #[error(
+        "node {node}: HOST KEY MISMATCH: the server offered {offered} but {file}:{line} holds a \
+         different key for it; refusing to connect (possible man-in-the-middle). If the node's \
+         key really changed, replace that line with the new key"
+    )]
+    HostKeyMismatch {
+        node: String,
+        offered: String,
+        file: String,
+        line: usize,
+    },
+    #[error(
+        "node {node}: host key {offered} is not in {files}; refusing to connect. Add it after \
+         checking it out of band, e.g. `ssh-keyscan -p {port} {address} >> <known_hosts>`"
+    )]
+    HostKeyUnknown {
+        node: String,
+        offered: String,
+        files: String,
+        address: String,
+        port: u16,
+    },
+    #[error("node {node}: host key {offered} is marked @revoked in {file}:{line}; refusing to connect")]
+    HostKeyRevoked {
+        node: String,
+        offered: String,
+        file: String,
+        line: usize,
+    },
+    #[error(
+        "node {node}: authentication as '{user}' with key {key} was rejected; add the key's \
+         public half to the node's authorized_keys (see `kube-ssh-tunnel keygen`)"
+    )]
+    AuthRejected {
+        node: String,
+        user: String,
+        key: String,
+    },
+}
+
+impl ConnectError {
+    /// True for failures that retrying soon will not fix (a human must act).
+    pub fn needs_human(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::HostKeyMismatch { .. }
+                | ConnectError::HostKeyUnknown { .. }
+                | ConnectError::HostKeyRevoked { .. }
+                | ConnectError::AuthRejected { .. }
+        )
+    }
+}
+
+/// Why a `direct-tcpip` channel could not be opened on an established connection.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error("the node refused or could not reach it: {reason}")]
+    Refused { reason: String },
+    #[error("channel open timed out after {after:?}")]
+    Timeout { after: Duration },
+    #[error("the SSH connection to the node is closed")]
+    ConnectionLost,
+}
+
+/// Why `Pool::dial` failed; every variant names the destination and, once routed, the node.
+#[derive(Debug, Error)]
+pub enum DialError {
+    #[error("no node matches destination {destination}")]
+    NoRoute { destination: String },
+    #[error("dial {destination} via node {node}: no tunnel: {source}")]
+    NodeUnavailable {
+        node: String,
+        destination: String,
+        #[source]
+        source: ConnectError,
+    },
+    #[error("dial {destination} via node {node}: {source}")]
+    Open {
+        node: String,
+        destination: String,
+        #[source]
+        source: OpenError,
+    },
+}
+
+impl DialError {
+    /// The node the dial was routed to, if it got that far.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            DialError::NoRoute { .. } => None,
+            DialError::NodeUnavailable { node, .. } | DialError::Open { node, .. } => Some(node),
+        }
+    }
+
+    /// True when the failure was a timeout (HTTP 504 in the CONNECT front).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            DialError::Open {
+                source: OpenError::Timeout { .. },
+                ..
+            } | DialError::NodeUnavailable {
+                source: ConnectError::Timeout { .. },
+                ..
+            }
+        )
+    }
+}

@@ -1,0 +1,161 @@
+//! A node of the cluster as the tunnel sees it: a name, the address its SSH server listens
+//! on, and (for routing) its pod CIDRs. Parsed from `--node NAME=ADDR[:PORT]` or a TOML file.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::destination::{split_host_port, validate_host};
+use crate::error::ConfigError;
+
+/// The SSH port used when a node does not name one.
+pub const DEFAULT_SSH_PORT: u16 = 22;
+
+/// One node: its tunnel is keyed by `name` and connects to `address:ssh_port`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// The Kubernetes node name.
+    pub name: String,
+    /// IP or DNS name the SSH connection goes to (also what dials to this node address).
+    pub address: String,
+    /// SSH port on the node.
+    #[serde(default = "default_port")]
+    pub ssh_port: u16,
+    /// Pod CIDRs routed to this node (used by the router of the CONNECT front).
+    #[serde(default)]
+    pub pod_cidrs: Vec<String>,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_SSH_PORT
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    #[serde(default)]
+    nodes: Vec<Node>,
+}
+
+impl Node {
+    /// Parses `NAME=ADDR[:PORT]`, e.g. `node-1=10.0.0.5`, `node-2=[fd00::5]:2222`.
+    pub fn parse_spec(spec: &str) -> Result<Node, ConfigError> {
+        let err = |reason: String| ConfigError::InvalidNode {
+            node: spec.to_string(),
+            reason,
+        };
+        let (name, addr) = spec
+            .split_once('=')
+            .ok_or_else(|| err("expected NAME=ADDR[:SSHPORT], e.g. node-1=10.0.0.5:22".into()))?;
+        let (address, port) = split_host_port(addr).map_err(err)?;
+        let node = Node {
+            name: name.to_string(),
+            address,
+            ssh_port: port.unwrap_or(DEFAULT_SSH_PORT),
+            pod_cidrs: Vec::new(),
+        };
+        node.validate()?;
+        Ok(node)
+    }
+
+    /// Reads a TOML node list (`[[nodes]] name=… address=… ssh_port=… pod_cidrs=[…]`).
+    pub fn load_file(path: &Path) -> Result<Vec<Node>, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            what: "node list",
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let file: NodeFile = toml::from_str(&text).map_err(|e| ConfigError::File {
+            what: "node list",
+            path: path.to_path_buf(),
+            reason: e.message().to_string(),
+        })?;
+        for n in &file.nodes {
+            n.validate()?;
+        }
+        Ok(file.nodes)
+    }
+
+    /// Checks the name, address and port; the error names the node and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |reason: String| ConfigError::InvalidNode {
+            node: self.name.clone(),
+            reason,
+        };
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 253
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !name_ok {
+            return Err(err(format!(
+                "node name '{}' must be a Kubernetes node name (letters, digits, '-', '.')",
+                self.name
+            )));
+        }
+        validate_host(&self.address)
+            .map_err(|r| err(format!("invalid address: {r}")))?;
+        if self.ssh_port == 0 {
+            return Err(err("ssh_port must be between 1 and 65535".into()));
+        }
+        Ok(())
+    }
+
+    /// The address as an IP, when it is a literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.address.parse().ok()
+    }
+
+    /// True when `host` names this node: its name, or its address (IPs compared as IPs, so
+    /// `::1` and `0:0:0:0:0:0:0:1` are the same node).
+    pub fn matches_host(&self, host: &str) -> bool {
+        if host.eq_ignore_ascii_case(&self.name) {
+            return true;
+        }
+        match (host.parse::<IpAddr>(), self.ip()) {
+            (Ok(a), Some(b)) => a == b,
+            (Ok(_), None) => false,
+            (Err(_), _) => host.eq_ignore_ascii_case(&self.address),
+        }
+    }
+}
+
+/// Rejects node lists in which two nodes share a name.
+pub fn check_unique(nodes: &[Node]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for n in nodes {
+        if !seen.insert(n.name.as_str()) {
+            return Err(ConfigError::InvalidNode {
+                node: n.name.clone(),
+                reason: "this node name is given twice; node names must be unique".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        let n = Node::parse_spec("node-1=10.0.0.5").unwrap();
+        assert_eq!((n.address.as_str(), n.ssh_port), ("10.0.0.5", 22));
+        let n = Node::parse_spec("n2=[fd00::5]:2222").unwrap();
+        assert_eq!((n.address.as_str(), n.ssh_port), ("fd00::5", 2222));
+        assert!(n.matches_host("fd00:0:0:0:0:0:0:5"));
+        let n = Node::parse_spec("n3=::1").unwrap();
+        assert_eq!(n.address, "::1");
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        for bad in ["node", "=1.2.3.4", "n=", "n=1.2.3.4:0", "n=999.1.1.1", "n=bad host", "n_1=1.2.3.4"] {
+            assert!(Node::parse_spec(bad).is_err(), "{bad} should fail");
+        }
+    }
+}

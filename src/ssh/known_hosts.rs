@@ -1,0 +1,291 @@
+//! Host key verification against OpenSSH known_hosts files. The original tunneler accepted
+//! any host key; we refuse unknown and changed keys. This module parses the files itself
+//! (russh's helper knows no patterns, markers or line numbers) so that a bad line is reported
+//! with its file and line, and a mismatch names the line that holds the expected key.
+//!
+//! Supported: plain host lists with `*`, `?` and `!negation`, `[host]:port`, hashed `|1|`
+//! names, `@revoked` (refused even if trusted elsewhere). `@cert-authority` lines are parsed
+//! and kept for host certificates (not offered to servers yet).
+
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, KeyInit, Mac};
+use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, Marker};
+use russh::keys::{HashAlg, PublicKey};
+use thiserror::Error;
+
+/// A problem with a known_hosts file.
+#[derive(Debug, Error)]
+pub enum KnownHostsError {
+    #[error("known_hosts file {} cannot be read: {reason}; create it (e.g. `ssh-keyscan NODE_ADDR > {}`) or point --ssh-known-hosts at yours", path.display(), path.display())]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("known_hosts file {}:{line} is malformed ({reason}); expected `[@marker] HOSTS KEYTYPE BASE64KEY [comment]`, fix or delete that line", path.display())]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Line {
+    file: usize,
+    number: usize,
+    entry: Entry,
+}
+
+/// All trusted (and revoked) host keys from one or more known_hosts files.
+#[derive(Debug, Clone, Default)]
+pub struct KnownHosts {
+    files: Vec<PathBuf>,
+    lines: Vec<Line>,
+}
+
+/// The outcome of checking an offered host key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A line for this host holds exactly this key.
+    Trusted { file: String, line: usize },
+    /// Lines for this host exist but hold other keys.
+    Mismatch { file: String, line: usize },
+    /// The key is listed as `@revoked`.
+    Revoked { file: String, line: usize },
+    /// No line names this host.
+    Unknown,
+}
+
+impl KnownHosts {
+    /// Parses every file; a missing file or a malformed line is an error.
+    pub fn load(paths: &[PathBuf]) -> Result<KnownHosts, KnownHostsError> {
+        let mut kh = KnownHosts::default();
+        for path in paths {
+            let text = std::fs::read_to_string(path).map_err(|e| KnownHostsError::Unreadable {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            kh.add_text(path, &text)?;
+        }
+        Ok(kh)
+    }
+
+    /// Parses known_hosts text as if read from `path`.
+    pub fn add_text(&mut self, path: &Path, text: &str) -> Result<(), KnownHostsError> {
+        let file = self.files.len();
+        self.files.push(path.to_path_buf());
+        for (i, raw) in text.lines().enumerate() {
+            let trimmed = raw.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let normalized = trimmed.split_whitespace().collect::<Vec<_>>().join(" ");
+            let entry: Entry = normalized.parse().map_err(|e| KnownHostsError::Malformed {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason: format!("{e}"),
+            })?;
+            self.lines.push(Line {
+                file,
+                number: i + 1,
+                entry,
+            });
+        }
+        Ok(())
+    }
+
+    /// The files this set was read from, for messages.
+    pub fn files_display(&self) -> String {
+        if self.files.is_empty() {
+            return "no known_hosts file".into();
+        }
+        self.files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Number of key lines loaded.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// True when no key line was loaded.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Checks `key` offered by the server reached as `host` on `port`. `aliases` are further
+    /// names of the same node (e.g. its Kubernetes name) that a line may use instead.
+    pub fn check(&self, host: &str, port: u16, aliases: &[&str], key: &PublicKey) -> Verdict {
+        let lookups: Vec<String> = std::iter::once(host)
+            .chain(aliases.iter().copied())
+            .map(|h| lookup_name(h, port))
+            .collect();
+        let mut mismatch = None;
+        let mut trusted = None;
+        for l in &self.lines {
+            let matches_host = lookups.iter().any(|n| host_matches(l.entry.host_patterns(), n));
+            let same_key = l.entry.public_key().key_data() == key.key_data();
+            match l.entry.marker() {
+                Some(Marker::Revoked) if same_key => {
+                    // Revocation applies whatever the host patterns say (as in OpenSSH).
+                    return Verdict::Revoked {
+                        file: self.files[l.file].display().to_string(),
+                        line: l.number,
+                    };
+                }
+                Some(_) => continue,
+                None if !matches_host => continue,
+                None if same_key => {
+                    trusted.get_or_insert((l.file, l.number));
+                }
+                None => {
+                    mismatch.get_or_insert((l.file, l.number));
+                }
+            }
+        }
+        let at = |(f, n): (usize, usize)| (self.files[f].display().to_string(), n);
+        if let Some(t) = trusted {
+            let (file, line) = at(t);
+            return Verdict::Trusted { file, line };
+        }
+        if let Some(m) = mismatch {
+            let (file, line) = at(m);
+            return Verdict::Mismatch { file, line };
+        }
+        Verdict::Unknown
+    }
+}
+
+/// `SHA256:…` fingerprint with the algorithm, as shown in errors and status.
+pub fn describe_key(key: &PublicKey) -> String {
+    format!("{} {}", key.algorithm(), key.fingerprint(HashAlg::Sha256))
+}
+
+/// The name OpenSSH looks up: `host` on port 22, else `[host]:port`.
+fn lookup_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_ascii_lowercase()
+    } else {
+        format!("[{}]:{port}", host.to_ascii_lowercase())
+    }
+}
+
+fn host_matches(patterns: &HostPatterns, name: &str) -> bool {
+    match patterns {
+        HostPatterns::HashedName { salt, hash } => {
+            let Ok(mut mac) = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(salt) else {
+                return false;
+            };
+            mac.update(name.as_bytes());
+            mac.verify_slice(hash).is_ok()
+        }
+        HostPatterns::Patterns(list) => {
+            let mut positive = false;
+            for p in list {
+                let p = p.to_ascii_lowercase();
+                if let Some(neg) = p.strip_prefix('!') {
+                    if glob(neg.as_bytes(), name.as_bytes()) {
+                        return false;
+                    }
+                } else if glob(p.as_bytes(), name.as_bytes()) {
+                    positive = true;
+                }
+            }
+            positive
+        }
+    }
+}
+
+/// OpenSSH's wildcard match: `*` any run, `?` one character. Iterative, no recursion blow-up.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while p < pattern.len() && pattern[p] == b'*' {
+        p += 1;
+    }
+    p == pattern.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
+
+    fn kh(text: &str) -> KnownHosts {
+        let mut k = KnownHosts::default();
+        k.add_text(Path::new("kh"), text).unwrap();
+        k
+    }
+
+    fn key(s: &str) -> PublicKey {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn glob_matches_like_openssh() {
+        assert!(glob(b"10.0.*", b"10.0.1.2"));
+        assert!(glob(b"node-?", b"node-1"));
+        assert!(!glob(b"node-?", b"node-12"));
+        assert!(glob(b"*", b""));
+        assert!(glob(b"[10.0.0.?]:2222", b"[10.0.0.1]:2222"));
+    }
+
+    #[test]
+    fn exact_pattern_negation_and_port() {
+        let k = kh(&format!("10.0.0.1,node-1 {KEY_A}\n*.example,!bad.example {KEY_B}\n[10.0.0.2]:2222 {KEY_B}\n"));
+        assert!(matches!(k.check("10.0.0.1", 22, &[], &key(KEY_A)), Verdict::Trusted { line: 1, .. }));
+        assert!(matches!(k.check("10.0.0.1", 22, &[], &key(KEY_B)), Verdict::Mismatch { line: 1, .. }));
+        assert!(matches!(k.check("x", 22, &["node-1"], &key(KEY_A)), Verdict::Trusted { .. }));
+        assert!(matches!(k.check("a.example", 22, &[], &key(KEY_B)), Verdict::Trusted { .. }));
+        assert_eq!(k.check("bad.example", 22, &[], &key(KEY_B)), Verdict::Unknown);
+        assert!(matches!(k.check("10.0.0.2", 2222, &[], &key(KEY_B)), Verdict::Trusted { .. }));
+        assert_eq!(k.check("10.0.0.2", 22, &[], &key(KEY_B)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn hashed_and_revoked() {
+        // ssh-keygen -H style entry for "10.1.2.3" with salt 16x00.
+        let salt = [0u8; 20];
+        let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&salt).unwrap();
+        mac.update(b"10.1.2.3");
+        let hash = mac.finalize().into_bytes();
+        use russh::keys::ssh_encoding::base64::{Base64, Encoding};
+        let line = format!(
+            "|1|{}|{} {KEY_A}\n@revoked * {KEY_B}\n",
+            Base64::encode_string(&salt),
+            Base64::encode_string(&hash)
+        );
+        let k = kh(&line);
+        assert!(matches!(k.check("10.1.2.3", 22, &[], &key(KEY_A)), Verdict::Trusted { .. }));
+        assert_eq!(k.check("10.1.2.4", 22, &[], &key(KEY_A)), Verdict::Unknown);
+        assert!(matches!(k.check("10.1.2.3", 22, &[], &key(KEY_B)), Verdict::Revoked { line: 2, .. }));
+    }
+
+    #[test]
+    fn malformed_line_names_file_and_line() {
+        let mut k = KnownHosts::default();
+        let err = k
+            .add_text(Path::new("/tmp/kh"), &format!("# c\n10.0.0.1 {KEY_A}\n10.0.0.2 ssh-ed25519 notbase64!!\n"))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/tmp/kh:3"), "{msg}");
+    }
+}

@@ -1,0 +1,16 @@
+//! Everything about one SSH connection to one node: keys, known_hosts, the russh handler,
+//! the socket tuning, the connection (`NodeTunnel`) and the per-dial stream (`TunnelStream`).
+
+pub mod keys;
+pub mod known_hosts;
+pub mod settings;
+pub mod socket;
+pub mod stream;
+pub mod tunnel;
+pub mod verifier;
+
+pub use keys::Identity;
+pub use known_hosts::KnownHosts;
+pub use settings::{ChannelLimits, HostKeyPolicy, SshSettings};
+pub use stream::TunnelStream;
+pub use tunnel::NodeTunnel;

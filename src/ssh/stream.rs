@@ -1,0 +1,364 @@
+//! One dial's byte stream over a `direct-tcpip` channel.
+//!
+//! Why this is more than russh's `ChannelStream`:
+//! - russh delivers channel data through a bounded queue per channel and refills the SSH
+//!   window on receipt, so a consumer that stops reading parks the whole connection. A
+//!   **pump task** per channel always drains that queue into a bounded buffer; when the buffer
+//!   is full and the consumer has not read for `stall_timeout`, the channel is closed and the
+//!   consumer gets an error, instead of every other channel of the node stalling.
+//! - Writes after the node closed the channel would wait forever for window space; here they
+//!   fail with `BrokenPipe` as soon as the CLOSE arrives.
+//! - EOF goes both ways (`shutdown()` sends CHANNEL_EOF; the node's EOF reads as end of
+//!   stream) and the channel is closed once both directions are done, or when the stream is
+//!   dropped — a raw russh `Channel` never sends CLOSE, leaking the target connection on sshd.
+//! - A connection lost mid-stream reads as an error, never as a clean (truncated) EOF.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use russh::ChannelMsg;
+use russh::client::Msg;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::settings::ChannelLimits;
+
+/// Bound on sending our CLOSE through a congested session.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct RecvState {
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
+    remote_eof: bool,
+    error: Option<(io::ErrorKind, &'static str)>,
+    reader: Option<Waker>,
+    last_read: Instant,
+}
+
+struct Shared {
+    recv: Mutex<RecvState>,
+    /// Pump waits here for buffer space.
+    space: Notify,
+    /// Stream → pump: local EOF sent, or stream dropped.
+    event: Notify,
+    /// Woken when the channel closes, so a write waiting for window space fails.
+    writer: AtomicWaker,
+    closed: AtomicBool,
+    local_eof: AtomicBool,
+    dropped: AtomicBool,
+}
+
+impl Shared {
+    fn wake_reader(st: &mut RecvState) {
+        if let Some(w) = st.reader.take() {
+            w.wake();
+        }
+    }
+
+    fn mark_closed(&self, error: Option<(io::ErrorKind, &'static str)>) {
+        if let Ok(mut st) = self.recv.lock() {
+            if st.error.is_none() && !st.remote_eof {
+                st.error = error;
+            }
+            Self::wake_reader(&mut st);
+        }
+        self.closed.store(true, Ordering::Release);
+        self.writer.wake();
+    }
+}
+
+/// Decrements the node's open-channel gauge when the pump ends.
+pub(crate) struct ChannelGuard(pub(crate) Arc<AtomicUsize>);
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A bidirectional byte stream through one SSH `direct-tcpip` channel (AsyncRead + AsyncWrite).
+pub struct TunnelStream {
+    shared: Arc<Shared>,
+    tx: Pin<Box<dyn AsyncWrite + Send + Sync>>,
+    node: Arc<str>,
+}
+
+impl std::fmt::Debug for TunnelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelStream")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TunnelStream {
+    /// Takes over an opened channel: spawns its pump and returns the stream.
+    pub(crate) fn start(
+        channel: russh::Channel<Msg>,
+        node: Arc<str>,
+        limits: ChannelLimits,
+        guard: ChannelGuard,
+    ) -> TunnelStream {
+        let (read_half, write_half) = channel.split();
+        let tx = Box::pin(write_half.make_writer());
+        let shared = Arc::new(Shared {
+            recv: Mutex::new(RecvState {
+                chunks: VecDeque::new(),
+                buffered: 0,
+                remote_eof: false,
+                error: None,
+                reader: None,
+                last_read: Instant::now(),
+            }),
+            space: Notify::new(),
+            event: Notify::new(),
+            writer: AtomicWaker::new(),
+            closed: AtomicBool::new(false),
+            local_eof: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
+        });
+        tokio::spawn(pump(
+            read_half,
+            write_half,
+            shared.clone(),
+            limits,
+            node.clone(),
+            guard,
+        ));
+        TunnelStream { shared, tx, node }
+    }
+
+    /// The node this stream goes through.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+enum PumpEnd {
+    /// Both sides sent EOF, or the stream was dropped: we send CLOSE.
+    Done,
+    /// The node closed the channel (or the connection ended): nothing to send.
+    Remote,
+}
+
+async fn pump(
+    mut rx: russh::ChannelReadHalf,
+    wh: russh::ChannelWriteHalf<Msg>,
+    shared: Arc<Shared>,
+    limits: ChannelLimits,
+    node: Arc<str>,
+    _guard: ChannelGuard,
+) {
+    let end = loop {
+        let local_done = || {
+            shared.dropped.load(Ordering::Acquire)
+                || (shared.local_eof.load(Ordering::Acquire)
+                    && shared.recv.lock().map(|s| s.remote_eof).unwrap_or(true))
+        };
+        if local_done() {
+            break PumpEnd::Done;
+        }
+        let msg = tokio::select! {
+            biased;
+            _ = shared.event.notified() => continue,
+            msg = rx.wait() => msg,
+        };
+        match msg {
+            Some(ChannelMsg::Data { data }) => {
+                if data.is_empty() {
+                    continue;
+                }
+                if !push_with_backpressure(&shared, &limits, data, &node).await {
+                    break PumpEnd::Done;
+                }
+            }
+            Some(ChannelMsg::Eof) => {
+                if let Ok(mut st) = shared.recv.lock() {
+                    st.remote_eof = true;
+                    Shared::wake_reader(&mut st);
+                }
+            }
+            Some(ChannelMsg::Close) => {
+                shared.mark_closed(Some((
+                    io::ErrorKind::ConnectionReset,
+                    "the node closed the channel without EOF",
+                )));
+                break PumpEnd::Remote;
+            }
+            None => {
+                shared.mark_closed(Some((
+                    io::ErrorKind::ConnectionAborted,
+                    "the SSH connection to the node was lost",
+                )));
+                break PumpEnd::Remote;
+            }
+            Some(_) => {}
+        }
+    };
+    if let PumpEnd::Done = end {
+        // Closing a channel the peer already closed is harmless; a congested session must not
+        // hold this task forever.
+        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, wh.close()).await;
+        shared.mark_closed(Some((io::ErrorKind::BrokenPipe, "the channel is closed")));
+    }
+    drop(rx);
+}
+
+/// Buffers `data` for the consumer. Returns false when the channel must be closed (consumer
+/// stalled past the limit, or the stream was dropped while waiting).
+async fn push_with_backpressure(
+    shared: &Shared,
+    limits: &ChannelLimits,
+    data: Bytes,
+    node: &str,
+) -> bool {
+    loop {
+        let wait = {
+            let Ok(mut st) = shared.recv.lock() else {
+                return false;
+            };
+            if st.buffered == 0 || st.buffered + data.len() <= limits.recv_buffer {
+                st.buffered += data.len();
+                st.chunks.push_back(data);
+                Shared::wake_reader(&mut st);
+                return true;
+            }
+            let idle = st.last_read.elapsed();
+            if idle >= limits.stall_timeout {
+                st.error = Some((
+                    io::ErrorKind::TimedOut,
+                    "the reader of this channel stalled; channel closed to protect the others",
+                ));
+                Shared::wake_reader(&mut st);
+                tracing::warn!(
+                    node = %node,
+                    buffered = st.buffered,
+                    stalled_for = ?idle,
+                    "closing a channel whose reader stopped reading"
+                );
+                return false;
+            }
+            limits.stall_timeout - idle
+        };
+        tokio::select! {
+            _ = shared.space.notified() => {}
+            _ = shared.event.notified() => {
+                if shared.dropped.load(Ordering::Acquire) {
+                    return false;
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let shared = &self.shared;
+        let Ok(mut st) = shared.recv.lock() else {
+            return Poll::Ready(Err(io::Error::other("channel state poisoned")));
+        };
+        if !st.chunks.is_empty() {
+            let mut freed = 0;
+            while buf.remaining() > 0 {
+                let Some(front) = st.chunks.front_mut() else {
+                    break;
+                };
+                let n = front.len().min(buf.remaining());
+                buf.put_slice(&front[..n]);
+                freed += n;
+                if n == front.len() {
+                    st.chunks.pop_front();
+                } else {
+                    let _ = front.split_to(n);
+                }
+            }
+            st.buffered -= freed;
+            st.last_read = Instant::now();
+            drop(st);
+            shared.space.notify_one();
+            return Poll::Ready(Ok(()));
+        }
+        if let Some((kind, msg)) = st.error {
+            return Poll::Ready(Err(io::Error::new(kind, msg)));
+        }
+        if st.remote_eof || shared.closed.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        st.last_read = Instant::now();
+        st.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl TunnelStream {
+    fn closed_error() -> io::Error {
+        io::Error::new(io::ErrorKind::BrokenPipe, "the channel is closed")
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.shared.local_eof.load(Ordering::Acquire) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            )));
+        }
+        self.shared.writer.register(cx.waker());
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Poll::Ready(Err(Self::closed_error()));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.tx.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tx.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.shared.local_eof.load(Ordering::Acquire)
+            || self.shared.closed.load(Ordering::Acquire)
+        {
+            return Poll::Ready(Ok(()));
+        }
+        self.shared.writer.register(cx.waker());
+        match self.tx.as_mut().poll_shutdown(cx) {
+            Poll::Ready(Ok(())) => {
+                self.shared.local_eof.store(true, Ordering::Release);
+                self.shared.event.notify_one();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if self.shared.closed.load(Ordering::Acquire) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        self.shared.dropped.store(true, Ordering::Release);
+        self.shared.event.notify_one();
+        self.shared.space.notify_one();
+    }
+}

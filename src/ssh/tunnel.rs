@@ -1,0 +1,316 @@
+//! `NodeTunnel`: the one SSH connection to one node. It connects (TCP, handshake, host key,
+//! public-key auth, all under one timeout) and opens `direct-tcpip` channels on it, many at a
+//! time. Reconnection and health belong to the pool's supervisor, not here.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::Handle;
+use russh::keys::PrivateKeyWithHashAlg;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::known_hosts::Verdict;
+use super::settings::SshSettings;
+use super::socket::QuickAckStream;
+use super::stream::{ChannelGuard, TunnelStream};
+use super::verifier::{HostKeyReport, NodeHandler};
+use crate::error::{ConnectError, OpenError};
+use crate::node::Node;
+
+/// How long a channel open that its caller gave up on may still finish (to be closed).
+const ABANDONED_OPEN_GRACE: Duration = Duration::from_secs(60);
+
+/// One authenticated SSH connection to a node; cheap to share (`Arc`), every method `&self`.
+pub struct NodeTunnel {
+    node: Node,
+    name: Arc<str>,
+    handle: Arc<Handle<NodeHandler>>,
+    closed: CancellationToken,
+    host_key: String,
+    open_channels: Arc<AtomicUsize>,
+    settings: Arc<SshSettings>,
+}
+
+impl std::fmt::Debug for NodeTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTunnel")
+            .field("node", &self.node.name)
+            .field("address", &self.node.address)
+            .field("host_key", &self.host_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeTunnel {
+    /// Connects to `node` and authenticates, within `settings.connect_timeout`.
+    pub async fn connect(node: &Node, settings: Arc<SshSettings>) -> Result<NodeTunnel, ConnectError> {
+        let limit = settings.connect_timeout;
+        let stage = Arc::new(Mutex::new("TCP connect"));
+        match tokio::time::timeout(limit, Self::connect_inner(node, settings, stage.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout {
+                node: node.name.clone(),
+                stage: stage.lock().map(|s| *s).unwrap_or("connect"),
+                after: limit,
+            }),
+        }
+    }
+
+    async fn connect_inner(
+        node: &Node,
+        settings: Arc<SshSettings>,
+        stage: Arc<Mutex<&'static str>>,
+    ) -> Result<NodeTunnel, ConnectError> {
+        let set_stage = |s: &'static str| {
+            if let Ok(mut g) = stage.lock() {
+                *g = s;
+            }
+        };
+        let identity = settings.identity.clone().ok_or_else(|| ConnectError::AuthRejected {
+            node: node.name.clone(),
+            user: settings.user.clone(),
+            key: "(no key configured)".into(),
+        })?;
+        let addr = match node.ip() {
+            Some(ip) => std::net::SocketAddr::new(ip, node.ssh_port),
+            None => {
+                let mut addrs = tokio::net::lookup_host((node.address.as_str(), node.ssh_port))
+                    .await
+                    .map_err(|e| ConnectError::Resolve {
+                        node: node.name.clone(),
+                        address: node.address.clone(),
+                        reason: e.to_string(),
+                    })?;
+                addrs.next().ok_or_else(|| ConnectError::Resolve {
+                    node: node.name.clone(),
+                    address: node.address.clone(),
+                    reason: "no addresses".into(),
+                })?
+            }
+        };
+        let tcp = TcpStream::connect(addr).await.map_err(|e| ConnectError::Tcp {
+            node: node.name.clone(),
+            addr: addr.to_string(),
+            source: e,
+        })?;
+        let stream = QuickAckStream::new(tcp).map_err(|e| ConnectError::Tcp {
+            node: node.name.clone(),
+            addr: addr.to_string(),
+            source: e,
+        })?;
+
+        set_stage("SSH handshake");
+        let closed = CancellationToken::new();
+        let report = Arc::new(Mutex::new(HostKeyReport::default()));
+        let handler = NodeHandler {
+            address: node.address.clone(),
+            port: node.ssh_port,
+            aliases: vec![node.name.clone()],
+            known_hosts: settings.known_hosts.clone(),
+            policy: settings.host_key_policy,
+            report: report.clone(),
+            closed: closed.clone(),
+        };
+        let config = Arc::new(settings.russh_config());
+        let connected = russh::client::connect_stream(config, stream, handler).await;
+        let host_report = report.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut handle = match connected {
+            Ok(h) => h,
+            Err(e) => return Err(host_key_error(node, &settings, &host_report).unwrap_or_else(|| {
+                ConnectError::Handshake {
+                    node: node.name.clone(),
+                    reason: e.to_string(),
+                }
+            })),
+        };
+
+        set_stage("authentication");
+        let hash = if identity.is_rsa() {
+            handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(|e| ConnectError::Handshake {
+                    node: node.name.clone(),
+                    reason: e.to_string(),
+                })?
+                .flatten()
+        } else {
+            None
+        };
+        let auth = handle
+            .authenticate_publickey(
+                settings.user.clone(),
+                PrivateKeyWithHashAlg::new(identity.key.clone(), hash),
+            )
+            .await
+            .map_err(|e| ConnectError::Handshake {
+                node: node.name.clone(),
+                reason: format!("during authentication: {e}"),
+            })?;
+        if !auth.success() {
+            return Err(ConnectError::AuthRejected {
+                node: node.name.clone(),
+                user: settings.user.clone(),
+                key: format!("{} {}", identity.algorithm, identity.fingerprint),
+            });
+        }
+        let host_key = host_report.offered.unwrap_or_default();
+        tracing::debug!(node = %node.name, %addr, %host_key, "SSH connection ready");
+        Ok(NodeTunnel {
+            name: Arc::from(node.name.as_str()),
+            node: node.clone(),
+            handle: Arc::new(handle),
+            closed,
+            host_key,
+            open_channels: Arc::new(AtomicUsize::new(0)),
+            settings,
+        })
+    }
+
+    /// The node this tunnel goes to.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// `ALG SHA256:…` of the node's verified host key.
+    pub fn host_key(&self) -> &str {
+        &self.host_key
+    }
+
+    /// Channels currently open on this connection.
+    pub fn open_channels(&self) -> usize {
+        self.open_channels.load(Ordering::Acquire)
+    }
+
+    /// True once the connection has ended (error, disconnect, keepalive timeout).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled() || self.handle.is_closed()
+    }
+
+    /// Resolves when the connection ends.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    /// Opens a `direct-tcpip` channel to `host:port` as seen from the node, within the open
+    /// timeout. Fails at once if the connection is or becomes closed meanwhile. If the caller
+    /// stops waiting (timeout, dropped future), a channel that opens later is closed.
+    pub async fn open(&self, host: &str, port: u16) -> Result<TunnelStream, OpenError> {
+        if self.is_closed() {
+            return Err(OpenError::ConnectionLost);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = self.handle.clone();
+        let host_owned = host.to_string();
+        let closed = self.closed.clone();
+        let name = self.name.clone();
+        let limits = self.settings.channel.clone();
+        let counter = self.open_channels.clone();
+        // The open runs in its own task so that giving up on it never leaks a channel that
+        // sshd confirms afterwards: the task then closes it.
+        tokio::spawn(async move {
+            let opened = tokio::select! {
+                r = tokio::time::timeout(
+                    ABANDONED_OPEN_GRACE,
+                    handle.channel_open_direct_tcpip(host_owned, u32::from(port), "127.0.0.1", 0),
+                ) => r,
+                _ = closed.cancelled() => return,
+            };
+            match opened {
+                Ok(Ok(channel)) => {
+                    if tx.is_closed() {
+                        let _ = channel.close().await;
+                        return;
+                    }
+                    counter.fetch_add(1, Ordering::AcqRel);
+                    let stream = TunnelStream::start(channel, name, limits, ChannelGuard(counter));
+                    // If the caller left in the meantime, dropping the stream closes it.
+                    let _ = tx.send(Ok(stream));
+                }
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e));
+                }
+                Err(_) => {}
+            }
+        });
+        let limit = self.settings.open_timeout;
+        tokio::select! {
+            r = tokio::time::timeout(limit, rx) => match r {
+                Err(_) => Err(OpenError::Timeout { after: limit }),
+                Ok(Err(_)) => Err(OpenError::ConnectionLost),
+                Ok(Ok(Ok(stream))) => Ok(stream),
+                Ok(Ok(Err(russh::Error::ChannelOpenFailure(reason)))) => Err(OpenError::Refused {
+                    reason: open_failure_text(&reason),
+                }),
+                Ok(Ok(Err(e))) if self.is_closed() => {
+                    tracing::debug!(node = %self.name, error = %e, "channel open failed on a closing connection");
+                    Err(OpenError::ConnectionLost)
+                }
+                Ok(Ok(Err(e))) => Err(OpenError::Refused { reason: e.to_string() }),
+            },
+            _ = self.closed.cancelled() => Err(OpenError::ConnectionLost),
+        }
+    }
+
+    /// Sends SSH_MSG_DISCONNECT and ends the connection.
+    pub async fn disconnect(&self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.handle
+                .disconnect(russh::Disconnect::ByApplication, "kube-ssh-tunnel closing", "en"),
+        )
+        .await;
+        self.closed.cancel();
+    }
+}
+
+fn open_failure_text(reason: &russh::ChannelOpenFailure) -> String {
+    match reason {
+        russh::ChannelOpenFailure::AdministrativelyProhibited => {
+            "administratively prohibited (the node's sshd forbids forwarding to it: check \
+             AllowTcpForwarding/PermitOpen or the key's permitopen=)"
+                .into()
+        }
+        russh::ChannelOpenFailure::ConnectFailed => {
+            "connect failed (nothing reachable at that address and port from the node)".into()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn host_key_error(node: &Node, settings: &SshSettings, r: &HostKeyReport) -> Option<ConnectError> {
+    let offered = r.offered.clone()?;
+    if r.certificate {
+        return Some(ConnectError::HostKeyUnknown {
+            node: node.name.clone(),
+            offered: format!("{offered} (host certificates are not trusted yet)"),
+            files: settings.known_hosts.files_display(),
+            address: node.address.clone(),
+            port: node.ssh_port,
+        });
+    }
+    match r.verdict.clone()? {
+        Verdict::Trusted { .. } => None,
+        Verdict::Mismatch { file, line } => Some(ConnectError::HostKeyMismatch {
+            node: node.name.clone(),
+            offered,
+            file,
+            line,
+        }),
+        Verdict::Revoked { file, line } => Some(ConnectError::HostKeyRevoked {
+            node: node.name.clone(),
+            offered,
+            file,
+            line,
+        }),
+        Verdict::Unknown => Some(ConnectError::HostKeyUnknown {
+            node: node.name.clone(),
+            offered,
+            files: settings.known_hosts.files_display(),
+            address: node.address.clone(),
+            port: node.ssh_port,
+        }),
+    }
+}

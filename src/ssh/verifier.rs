@@ -1,0 +1,77 @@
+//! The russh client `Handler` of a node connection. Its one job that matters is deciding
+//! whether the server's host key is trusted; it records the verdict so that a refusal can be
+//! reported with the node, the offered fingerprint and the known_hosts line. It also notices
+//! when the connection ends. Nothing here awaits slow work (russh calls it inline).
+
+use std::sync::{Arc, Mutex};
+
+use russh::keys::PublicKeyOrCertificate;
+use tokio_util::sync::CancellationToken;
+
+use super::known_hosts::{KnownHosts, Verdict, describe_key};
+use super::settings::HostKeyPolicy;
+
+/// What the handler saw of the server's key.
+#[derive(Debug, Clone, Default)]
+pub struct HostKeyReport {
+    /// `ALG SHA256:…` of the offered key.
+    pub offered: Option<String>,
+    /// The verdict against known_hosts (`None` for a certificate or when skipped).
+    pub verdict: Option<Verdict>,
+    /// The server offered a certificate, which is not trusted yet.
+    pub certificate: bool,
+}
+
+/// Host key check and disconnect notice for one node connection.
+pub struct NodeHandler {
+    pub(crate) address: String,
+    pub(crate) port: u16,
+    pub(crate) aliases: Vec<String>,
+    pub(crate) known_hosts: Arc<KnownHosts>,
+    pub(crate) policy: HostKeyPolicy,
+    pub(crate) report: Arc<Mutex<HostKeyReport>>,
+    pub(crate) closed: CancellationToken,
+}
+
+impl russh::client::Handler for NodeHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let mut report = HostKeyReport::default();
+        let accept = match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                report.offered = Some(describe_key(key));
+                let aliases: Vec<&str> = self.aliases.iter().map(String::as_str).collect();
+                let verdict = self.known_hosts.check(&self.address, self.port, &aliases, key);
+                let ok = matches!(verdict, Verdict::Trusted { .. })
+                    || (self.policy == HostKeyPolicy::InsecureSkip
+                        && !matches!(verdict, Verdict::Revoked { .. }));
+                report.verdict = Some(verdict);
+                ok
+            }
+            PublicKeyOrCertificate::Certificate(cert) => {
+                report.certificate = true;
+                report.offered = Some(format!("certificate {}", cert.key_id()));
+                self.policy == HostKeyPolicy::InsecureSkip
+            }
+        };
+        if let Ok(mut r) = self.report.lock() {
+            *r = report;
+        }
+        Ok(accept)
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: russh::client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        self.closed.cancel();
+        match reason {
+            russh::client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            russh::client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
+}

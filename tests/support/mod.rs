@@ -1,0 +1,434 @@
+//! Test harness: real OpenSSH `sshd` processes as cluster nodes.
+//!
+//! Each node gets its own loopback address (127.x.y.z, so routing by node IP is real), its
+//! own host key, sshd_config (rendered from `tests/node/sshd_config.template`) and
+//! authorized_keys in a temp dir, and a kubelet stub (`tests/node/kubelet_stub.py`) on the
+//! same address. Faults: kill, SIGSTOP/SIGCONT and restart a node's sshd. Everything started
+//! is stopped by PID when the node is dropped, which also happens on panic (unwinding).
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kube_ssh_tunnel::{Node, SshSettings};
+use tempfile::TempDir;
+
+/// Port of the kubelet stub's HTTP side (the real kubelet port).
+pub const HTTP_PORT: u16 = 10250;
+/// Port of the kubelet stub's raw TCP echo.
+pub const ECHO_PORT: u16 = 10260;
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `ssh-keygen -q -N '' -t TYPE [-b BITS] -f PATH -C COMMENT`.
+pub fn keygen(path: &Path, kind: &str, bits: Option<u32>) {
+    let mut c = Command::new("ssh-keygen");
+    c.args(["-q", "-N", "", "-t", kind, "-C", "kube-ssh-tunnel-test", "-f"]).arg(path);
+    if let Some(b) = bits {
+        c.args(["-b", &b.to_string()]);
+    }
+    run(&mut c);
+}
+
+fn current_user() -> String {
+    run(Command::new("id").arg("-un")).trim().to_string()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Sends `sig` to `pid` (ignoring a process that is already gone).
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill with a pid we started; an error only means it is gone.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// PIDs of the direct children of `pid` (from /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ..." — comm may contain spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let _state = f.next();
+        if f.next().and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn pick_address(ports: &[u16]) -> Ipv4Addr {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let a = Ipv4Addr::new(127, rng.random_range(16..=250), rng.random_range(0..=255), rng.random_range(2..=254));
+        let free = ports.iter().all(|p| TcpListener::bind(SocketAddr::from((a, *p))).is_ok());
+        if free {
+            return a;
+        }
+    }
+    panic!("no free loopback address found for a test node");
+}
+
+/// One test node: sshd + kubelet stub on their own loopback address.
+pub struct TestNode {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub ssh_port: u16,
+    pub dir: PathBuf,
+    config: PathBuf,
+    sshd: Mutex<Option<Child>>,
+    stub: Mutex<Option<Child>>,
+}
+
+impl TestNode {
+    fn start(name: &str, root: &Path, authorized_keys: &str) -> TestNode {
+        let ssh_port = if is_root() { 22 } else { 2222 };
+        let addr = pick_address(&[ssh_port, HTTP_PORT, ECHO_PORT]);
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        keygen(&dir.join("ssh_host_ed25519_key"), "ed25519", None);
+        std::fs::write(dir.join("authorized_keys"), authorized_keys).expect("authorized_keys");
+        let template = std::fs::read_to_string(repo().join("tests/node/sshd_config.template"))
+            .expect("tests/node/sshd_config.template");
+        let config = dir.join("sshd_config");
+        let permit = format!("{addr}:{HTTP_PORT} {addr}:{ECHO_PORT}");
+        std::fs::write(
+            &config,
+            template
+                .replace("@PORT@", &ssh_port.to_string())
+                .replace("@LISTEN@", &addr.to_string())
+                .replace("@DIR@", &dir.display().to_string())
+                .replace("@PERMITOPEN@", &permit)
+                .replace("@LOGLEVEL@", "VERBOSE"),
+        )
+        .expect("sshd_config");
+        std::fs::create_dir_all("/run/sshd").ok();
+        run(Command::new(SSHD).arg("-t").arg("-f").arg(&config));
+        let node = TestNode {
+            name: name.to_string(),
+            addr,
+            ssh_port,
+            dir,
+            config,
+            sshd: Mutex::new(None),
+            stub: Mutex::new(None),
+        };
+        node.start_stub();
+        node.start_sshd();
+        node
+    }
+
+    fn start_stub(&self) {
+        let log = std::fs::File::create(self.dir.join("stub.log")).expect("stub log");
+        let child = Command::new("python3")
+            .arg(repo().join("tests/node/kubelet_stub.py"))
+            .args(["--listen", &self.addr.to_string()])
+            .args(["--http-port", &HTTP_PORT.to_string()])
+            .args(["--echo-port", &ECHO_PORT.to_string()])
+            .args(["--name", &self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kubelet stub (python3)");
+        *self.stub.lock().unwrap() = Some(child);
+        for port in [HTTP_PORT, ECHO_PORT] {
+            let a = SocketAddr::from((self.addr, port));
+            assert!(
+                wait_until(Duration::from_secs(10), || TcpStream::connect(a).is_ok()),
+                "kubelet stub of {} did not listen on {a}",
+                self.name
+            );
+        }
+    }
+
+    /// Starts (or restarts) this node's sshd and waits until it accepts TCP.
+    pub fn start_sshd(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("sshd.log"))
+            .expect("sshd log");
+        let child = Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sshd");
+        *self.sshd.lock().unwrap() = Some(child);
+        let a = self.ssh_addr();
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect(a).is_ok()),
+            "sshd of {} did not listen on {a}; log:\n{}",
+            self.name,
+            self.sshd_log()
+        );
+    }
+
+    /// The listener sshd's PID, if running.
+    pub fn sshd_pid(&self) -> Option<u32> {
+        self.sshd.lock().unwrap().as_ref().map(|c| c.id())
+    }
+
+    /// Number of SSH connections the node's sshd serves (its per-connection children).
+    pub fn ssh_connections(&self) -> usize {
+        self.sshd_pid().map(|p| children_of(p).len()).unwrap_or(0)
+    }
+
+    /// Kills sshd (listener and its per-connection processes) with SIGKILL and reaps it.
+    pub fn kill_sshd(&self) {
+        if let Some(mut c) = self.sshd.lock().unwrap().take() {
+            let kids = children_of(c.id());
+            signal(c.id(), libc::SIGKILL);
+            for k in kids {
+                signal(k, libc::SIGCONT);
+                signal(k, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// Freezes sshd and its connections (TCP stays open, nothing answers).
+    pub fn stop_sshd(&self) {
+        if let Some(pid) = self.sshd_pid() {
+            for k in children_of(pid) {
+                signal(k, libc::SIGSTOP);
+            }
+            signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    /// Resumes a frozen sshd.
+    pub fn cont_sshd(&self) {
+        if let Some(pid) = self.sshd_pid() {
+            signal(pid, libc::SIGCONT);
+            for k in children_of(pid) {
+                signal(k, libc::SIGCONT);
+            }
+        }
+    }
+
+    /// Kills and starts sshd again (same host key and config).
+    pub fn restart_sshd(&self) {
+        self.kill_sshd();
+        self.start_sshd();
+    }
+
+    /// `addr:ssh_port`.
+    pub fn ssh_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.addr, self.ssh_port))
+    }
+
+    /// `NAME=ADDR:PORT` as `--node` takes it.
+    pub fn spec(&self) -> String {
+        format!("{}={}:{}", self.name, self.addr, self.ssh_port)
+    }
+
+    /// The library's view of this node.
+    pub fn node(&self) -> Node {
+        Node::parse_spec(&self.spec()).expect("valid node spec")
+    }
+
+    /// The host public key line (`ssh-ed25519 AAAA… comment`).
+    pub fn host_key_pub(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ssh_host_ed25519_key.pub")).expect("host key")
+    }
+
+    /// The known_hosts line for this node.
+    pub fn known_hosts_line(&self) -> String {
+        let host = if self.ssh_port == 22 {
+            self.addr.to_string()
+        } else {
+            format!("[{}]:{}", self.addr, self.ssh_port)
+        };
+        let public = self.host_key_pub();
+        let key: Vec<&str> = public.split_whitespace().take(2).collect();
+        format!("{host} {}\n", key.join(" "))
+    }
+
+    /// What sshd logged so far.
+    pub fn sshd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Replaces authorized_keys (e.g. empty to revoke the client).
+    pub fn set_authorized_keys(&self, text: &str) {
+        std::fs::write(self.dir.join("authorized_keys"), text).expect("authorized_keys");
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.stub.lock() {
+            if let Some(mut c) = g.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Ok(mut g) = self.sshd.lock() {
+            if let Some(mut c) = g.take() {
+                let kids = children_of(c.id());
+                signal(c.id(), libc::SIGCONT);
+                let _ = c.kill();
+                for k in kids {
+                    signal(k, libc::SIGCONT);
+                    signal(k, libc::SIGKILL);
+                }
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Client key files the harness made, by type.
+pub struct ClientKeys {
+    pub ed25519: PathBuf,
+    pub ecdsa: PathBuf,
+    pub rsa: PathBuf,
+}
+
+/// N nodes plus the client side: keys, known_hosts, user. Dropping it stops everything.
+pub struct Cluster {
+    pub nodes: Vec<TestNode>,
+    pub keys: ClientKeys,
+    pub known_hosts: PathBuf,
+    pub user: String,
+    pub authorized_keys: String,
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes named node-1..node-n.
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("kst-cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let kd = dir.path().join("client");
+        std::fs::create_dir_all(&kd).unwrap();
+        let keys = ClientKeys {
+            ed25519: kd.join("id_ed25519"),
+            ecdsa: kd.join("id_ecdsa"),
+            rsa: kd.join("id_rsa"),
+        };
+        keygen(&keys.ed25519, "ed25519", None);
+        keygen(&keys.ecdsa, "ecdsa", Some(256));
+        keygen(&keys.rsa, "rsa", Some(2048));
+        // The tunnel needs nothing but port forwarding: no pty, shell, agent or X11.
+        let mut authorized_keys = String::new();
+        for k in [&keys.ed25519, &keys.ecdsa, &keys.rsa] {
+            let public = std::fs::read_to_string(k.with_extension("pub")).unwrap();
+            authorized_keys.push_str(&format!("restrict,port-forwarding {public}"));
+        }
+        let nodes: Vec<TestNode> = (1..=n)
+            .map(|i| TestNode::start(&format!("node-{i}"), dir.path(), &authorized_keys))
+            .collect();
+        let known_hosts = kd.join("known_hosts");
+        let text: String = nodes.iter().map(|n| n.known_hosts_line()).collect();
+        std::fs::write(&known_hosts, text).unwrap();
+        Cluster {
+            nodes,
+            keys,
+            known_hosts,
+            user: current_user(),
+            authorized_keys,
+            dir,
+        }
+    }
+
+    /// The temp dir everything lives in.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Library settings with the ed25519 key and short timeouts for tests.
+    pub fn settings(&self) -> SshSettings {
+        self.settings_with_key(&self.keys.ed25519)
+    }
+
+    /// Library settings with a given client key.
+    pub fn settings_with_key(&self, key: &Path) -> SshSettings {
+        SshSettings::builder(self.user.clone())
+            .key_file(key, None)
+            .expect("client key")
+            .known_hosts_file(&self.known_hosts)
+            .expect("known_hosts")
+            .connect_timeout(Duration::from_secs(10))
+            .open_timeout(Duration::from_secs(10))
+            .build()
+    }
+
+    /// Library node list.
+    pub fn node_list(&self) -> Vec<Node> {
+        self.nodes.iter().map(|n| n.node()).collect()
+    }
+
+    /// CLI flags for `run`/`dial` (with `--ssh-tunnel`).
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "--ssh-tunnel".to_string(),
+            "--ssh-user".into(),
+            self.user.clone(),
+            "--ssh-keyfile".into(),
+            self.keys.ed25519.display().to_string(),
+            "--ssh-known-hosts".into(),
+            self.known_hosts.display().to_string(),
+        ];
+        for n in &self.nodes {
+            v.push("--node".into());
+            v.push(n.spec());
+        }
+        v
+    }
+}
