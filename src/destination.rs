@@ -26,7 +26,8 @@ impl Destination {
         if host.is_empty() || port == 0 {
             return Err(ConfigError::InvalidDestination {
                 input: text,
-                reason: "expected HOST:PORT with a non-empty host and a port from 1 to 65535".into(),
+                reason: "expected HOST:PORT with a non-empty host and a port from 1 to 65535"
+                    .into(),
             });
         }
         Ok(Self { host, port })
@@ -84,9 +85,13 @@ pub(crate) fn validate_host(host: &str) -> Result<(), String> {
     if host.len() > 253 {
         return Err("a DNS name is at most 253 characters".into());
     }
-    let all_numeric = host.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()));
+    let all_numeric = host
+        .split('.')
+        .all(|l| l.chars().all(|c| c.is_ascii_digit()));
     if all_numeric {
-        return Err(format!("'{host}' looks like an IPv4 address but is not a valid one"));
+        return Err(format!(
+            "'{host}' looks like an IPv4 address but is not a valid one"
+        ));
     }
     for label in host.split('.') {
         let ok = !label.is_empty()
@@ -95,7 +100,9 @@ pub(crate) fn validate_host(host: &str) -> Result<(), String> {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(format!("'{host}' is neither an IP address nor a valid DNS name"));
+            return Err(format!(
+                "'{host}' is neither an IP address nor a valid DNS name"
+            ));
         }
     }
     Ok(())
@@ -143,7 +150,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["", "host", "host:0", "host:99999", "fd00::1:80", "[fd00::1", "[x]:1", "a b:1", "300.1.1.1:5"] {
+        for bad in [
+            "",
+            "host",
+            "host:0",
+            "host:99999",
+            "fd00::1:80",
+            "[fd00::1",
+            "[x]:1",
+            "a b:1",
+            "300.1.1.1:5",
+        ] {
             assert!(bad.parse::<Destination>().is_err(), "{bad} should fail");
         }
     }

@@ -47,7 +47,9 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
-    #[error("node {node}: timed out after {after:?} during {stage} (connect+handshake+auth timeout)")]
+    #[error(
+        "node {node}: timed out after {after:?} during {stage} (connect+handshake+auth timeout)"
+    )]
     Timeout {
         node: String,
         stage: &'static str,
@@ -77,7 +79,9 @@ pub enum ConnectError {
         address: String,
         port: u16,
     },
-    #[error("node {node}: host key {offered} is marked @revoked in {file}:{line}; refusing to connect")]
+    #[error(
+        "node {node}: host key {offered} is marked @revoked in {file}:{line}; refusing to connect"
+    )]
     HostKeyRevoked {
         node: String,
         offered: String,

@@ -96,8 +96,7 @@ impl Node {
                 self.name
             )));
         }
-        validate_host(&self.address)
-            .map_err(|r| err(format!("invalid address: {r}")))?;
+        validate_host(&self.address).map_err(|r| err(format!("invalid address: {r}")))?;
         if self.ssh_port == 0 {
             return Err(err("ssh_port must be between 1 and 65535".into()));
         }
@@ -154,7 +153,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_specs() {
-        for bad in ["node", "=1.2.3.4", "n=", "n=1.2.3.4:0", "n=999.1.1.1", "n=bad host", "n_1=1.2.3.4"] {
+        for bad in [
+            "node",
+            "=1.2.3.4",
+            "n=",
+            "n=1.2.3.4:0",
+            "n=999.1.1.1",
+            "n=bad host",
+            "n_1=1.2.3.4",
+        ] {
             assert!(Node::parse_spec(bad).is_err(), "{bad} should fail");
         }
     }

@@ -5,7 +5,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube_ssh_tunnel::{ConnectError, Destination, DialError, NodeTunnel, OpenError, Pool, TunnelStream};
+use kube_ssh_tunnel::{
+    ConnectError, Destination, DialError, NodeTunnel, OpenError, Pool, TunnelStream,
+};
 use sha2::{Digest, Sha256};
 use support::{Cluster, ECHO_PORT, HTTP_PORT, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,7 +31,10 @@ async fn http_get(stream: &mut TunnelStream, path: &str) -> String {
 async fn sixty_four_mib_round_trip_through_one_channel_is_intact() {
     let cluster = Cluster::start(1);
     let pool = Pool::new(cluster.settings(), cluster.node_list()).unwrap();
-    let stream = pool.dial(&dest(cluster.nodes[0].addr, ECHO_PORT)).await.unwrap();
+    let stream = pool
+        .dial(&dest(cluster.nodes[0].addr, ECHO_PORT))
+        .await
+        .unwrap();
     let (mut rd, mut wr) = tokio::io::split(stream);
     const TOTAL: usize = 64 << 20;
     let writer = tokio::spawn(async move {
@@ -67,14 +72,20 @@ async fn sixty_four_mib_round_trip_through_one_channel_is_intact() {
     .await
     .expect("64 MiB round trip finished in time");
     assert_eq!(got, TOTAL);
-    assert_eq!(sent_hash, got_hash, "SHA-256 of what came back equals what was sent");
+    assert_eq!(
+        sent_hash, got_hash,
+        "SHA-256 of what came back equals what was sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_client_first_still_receives_the_whole_reply() {
     let cluster = Cluster::start(1);
     let pool = Pool::new(cluster.settings(), cluster.node_list()).unwrap();
-    let mut s = pool.dial(&dest(cluster.nodes[0].addr, ECHO_PORT)).await.unwrap();
+    let mut s = pool
+        .dial(&dest(cluster.nodes[0].addr, ECHO_PORT))
+        .await
+        .unwrap();
     let msg: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     s.write_all(&msg).await.unwrap();
     s.shutdown().await.unwrap(); // our EOF; the echo server answers then closes its side
@@ -90,21 +101,32 @@ async fn half_close_client_first_still_receives_the_whole_reply() {
         wait_until(Duration::from_secs(5), || tunnel.open_channels() == 0),
         "channel closed once both sides were done"
     );
-    assert!(s.write_all(b"late").await.is_err(), "write after shutdown fails");
+    assert!(
+        s.write_all(b"late").await.is_err(),
+        "write after shutdown fails"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_destination_first_gives_eof_then_writes_fail_cleanly() {
     let cluster = Cluster::start(1);
     let pool = Pool::new(cluster.settings(), cluster.node_list()).unwrap();
-    let mut s = pool.dial(&dest(cluster.nodes[0].addr, HTTP_PORT)).await.unwrap();
-    s.write_all(b"GET /close HTTP/1.1\r\nHost: kubelet\r\n\r\n").await.unwrap();
+    let mut s = pool
+        .dial(&dest(cluster.nodes[0].addr, HTTP_PORT))
+        .await
+        .unwrap();
+    s.write_all(b"GET /close HTTP/1.1\r\nHost: kubelet\r\n\r\n")
+        .await
+        .unwrap();
     let mut reply = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply))
         .await
         .expect("destination's close reaches us as EOF")
         .unwrap();
-    assert!(reply.contains("200 OK") && reply.ends_with("bye"), "{reply}");
+    assert!(
+        reply.contains("200 OK") && reply.ends_with("bye"),
+        "{reply}"
+    );
     // The destination is gone: writes must fail (not hang, not panic) within a bounded time.
     let failed = tokio::time::timeout(Duration::from_secs(15), async {
         for _ in 0..500 {
@@ -117,9 +139,14 @@ async fn half_close_destination_first_gives_eof_then_writes_fail_cleanly() {
     })
     .await
     .expect("writes after the destination closed do not hang");
-    assert!(failed, "a write after the destination closed eventually fails");
+    assert!(
+        failed,
+        "a write after the destination closed eventually fails"
+    );
     let tunnel = pool.tunnel("node-1").unwrap();
-    assert!(wait_until(Duration::from_secs(5), || tunnel.open_channels() == 0));
+    assert!(wait_until(Duration::from_secs(5), || tunnel
+        .open_channels()
+        == 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +162,9 @@ async fn thousand_concurrent_channels_share_one_ssh_connection() {
         tasks.spawn(async move {
             let mut s = pool.dial(&d).await.map_err(|e| format!("dial {i}: {e}"))?;
             let msg = format!("channel-{i:06}");
-            s.write_all(msg.as_bytes()).await.map_err(|e| e.to_string())?;
+            s.write_all(msg.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
             let mut back = vec![0u8; msg.len()];
             s.read_exact(&mut back).await.map_err(|e| e.to_string())?;
             if back != msg.as_bytes() {
@@ -153,10 +182,23 @@ async fn thousand_concurrent_channels_share_one_ssh_connection() {
     .await;
     assert!(joined.is_ok(), "1000 dials finished in time");
     let failures: Vec<&String> = open.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(failures.is_empty(), "{} of 1000 failed, first: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
     let tunnel = pool.tunnel("node-1").unwrap();
-    assert_eq!(tunnel.open_channels(), 1000, "all 1000 channels open at once");
-    assert_eq!(node.ssh_connections(), 1, "sshd serves exactly one SSH connection from the pool");
+    assert_eq!(
+        tunnel.open_channels(),
+        1000,
+        "all 1000 channels open at once"
+    );
+    assert_eq!(
+        node.ssh_connections(),
+        1,
+        "sshd serves exactly one SSH connection from the pool"
+    );
     drop(open);
     assert!(
         wait_until(Duration::from_secs(20), || tunnel.open_channels() == 0),
@@ -172,7 +214,11 @@ async fn each_node_address_is_dialled_through_that_nodes_own_connection() {
     let pool = Pool::new(cluster.settings(), cluster.node_list()).unwrap();
     for node in &cluster.nodes {
         let mut s = pool.dial(&dest(node.addr, HTTP_PORT)).await.unwrap();
-        assert_eq!(s.node(), node.name, "routed to the node that owns the address");
+        assert_eq!(
+            s.node(),
+            node.name,
+            "routed to the node that owns the address"
+        );
         let reply = http_get(&mut s, "/whoami").await;
         assert!(
             reply.ends_with(&format!("{} {}:{HTTP_PORT}", node.name, node.addr)),
@@ -181,8 +227,18 @@ async fn each_node_address_is_dialled_through_that_nodes_own_connection() {
         );
     }
     for node in &cluster.nodes {
-        assert_eq!(node.ssh_connections(), 1, "{} has exactly one SSH connection", node.name);
-        assert_eq!(node.sshd_log().matches("Accepted publickey").count(), 1, "{}", node.name);
+        assert_eq!(
+            node.ssh_connections(),
+            1,
+            "{} has exactly one SSH connection",
+            node.name
+        );
+        assert_eq!(
+            node.sshd_log().matches("Accepted publickey").count(),
+            1,
+            "{}",
+            node.name
+        );
     }
     // The proof is sound: each sshd only forwards to its own address (PermitOpen), so a dial
     // carried by the wrong node's connection would have been refused.
@@ -204,7 +260,9 @@ async fn wrong_host_key_is_refused_and_no_channel_is_opened() {
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
     // known_hosts says node-1's address has node-2's key.
     let kh = cluster.path().join("client/known_hosts_wrong");
-    let wrong = n2.known_hosts_line().replacen(&n2.addr.to_string(), &n1.addr.to_string(), 1);
+    let wrong = n2
+        .known_hosts_line()
+        .replacen(&n2.addr.to_string(), &n1.addr.to_string(), 1);
     std::fs::write(&kh, format!("# a comment\n{wrong}")).unwrap();
     let settings = kube_ssh_tunnel::SshSettings::builder(cluster.user.clone())
         .key_file(&cluster.keys.ed25519, None)
@@ -218,16 +276,31 @@ async fn wrong_host_key_is_refused_and_no_channel_is_opened() {
         panic!("expected NodeUnavailable, got {err}");
     };
     assert_eq!(node, "node-1");
-    let ConnectError::HostKeyMismatch { offered, file, line, .. } = source else {
+    let ConnectError::HostKeyMismatch {
+        offered,
+        file,
+        line,
+        ..
+    } = source
+    else {
         panic!("expected HostKeyMismatch, got {source}");
     };
     let n1_key = n1.host_key_pub();
     let fp = fingerprint(&n1_key);
-    assert!(offered.contains(&fp), "offered {offered} names node-1's real key {fp}");
+    assert!(
+        offered.contains(&fp),
+        "offered {offered} names node-1's real key {fp}"
+    );
     assert_eq!((file.as_str(), *line), (kh.to_str().unwrap(), 2));
     let msg = err.to_string();
-    assert!(msg.contains("node-1") && msg.contains(&fp) && msg.contains(kh.to_str().unwrap()), "{msg}");
-    assert!(!n1.sshd_log().contains("Accepted publickey"), "we never authenticated");
+    assert!(
+        msg.contains("node-1") && msg.contains(&fp) && msg.contains(kh.to_str().unwrap()),
+        "{msg}"
+    );
+    assert!(
+        !n1.sshd_log().contains("Accepted publickey"),
+        "we never authenticated"
+    );
 
     // A node missing from known_hosts is refused too, with the fix in the message.
     std::fs::write(&kh, n2.known_hosts_line()).unwrap();
@@ -272,8 +345,15 @@ async fn ed25519_ecdsa_and_rsa_keys_authenticate_with_hashed_known_hosts() {
         .unwrap();
     assert!(out.status.success());
     let text = std::fs::read_to_string(&hashed).unwrap();
-    assert!(text.starts_with("|1|") && !text.contains(&node.addr.to_string()), "{text}");
-    for key in [&cluster.keys.ed25519, &cluster.keys.ecdsa, &cluster.keys.rsa] {
+    assert!(
+        text.starts_with("|1|") && !text.contains(&node.addr.to_string()),
+        "{text}"
+    );
+    for key in [
+        &cluster.keys.ed25519,
+        &cluster.keys.ecdsa,
+        &cluster.keys.rsa,
+    ] {
         let settings = kube_ssh_tunnel::SshSettings::builder(cluster.user.clone())
             .key_file(key, None)
             .unwrap()
@@ -283,9 +363,15 @@ async fn ed25519_ecdsa_and_rsa_keys_authenticate_with_hashed_known_hosts() {
         let tunnel = NodeTunnel::connect(&node.node(), Arc::new(settings))
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", key.display()));
-        let mut s = tunnel.open(&node.addr.to_string(), HTTP_PORT).await.unwrap();
+        let mut s = tunnel
+            .open(&node.addr.to_string(), HTTP_PORT)
+            .await
+            .unwrap();
         let reply = http_get(&mut s, "/healthz").await;
-        assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("ok"), "{reply}");
+        assert!(
+            reply.starts_with("HTTP/1.1 200") && reply.ends_with("ok"),
+            "{reply}"
+        );
         tunnel.disconnect().await;
     }
 }
@@ -297,8 +383,20 @@ async fn refused_target_and_dead_node_fail_with_named_errors() {
     let pool = Pool::new(cluster.settings(), cluster.node_list()).unwrap();
     // Not in the node's PermitOpen: sshd refuses the channel; the connection stays usable.
     let err = pool.dial(&dest(node.addr, 10261)).await.unwrap_err();
-    assert!(matches!(&err, DialError::Open { source: OpenError::Refused { .. }, .. }), "{err}");
-    assert!(err.to_string().contains("node-1") && err.to_string().contains(&format!("{}:10261", node.addr)));
+    assert!(
+        matches!(
+            &err,
+            DialError::Open {
+                source: OpenError::Refused { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("node-1")
+            && err.to_string().contains(&format!("{}:10261", node.addr))
+    );
     let mut s = pool.dial(&dest(node.addr, HTTP_PORT)).await.unwrap();
     assert!(http_get(&mut s, "/healthz").await.ends_with("ok"));
     // sshd gone: the next dial fails (connection lost, then connect refused), naming the node.
@@ -306,7 +404,11 @@ async fn refused_target_and_dead_node_fail_with_named_errors() {
     let tunnel = pool.tunnel("node-1");
     let t0 = std::time::Instant::now();
     let err = pool.dial(&dest(node.addr, HTTP_PORT)).await.unwrap_err();
-    assert!(t0.elapsed() < Duration::from_secs(10), "no hang: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "no hang: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(err.node(), Some("node-1"), "{err}");
     drop(tunnel);
 }

@@ -30,7 +30,9 @@ pub async fn dial(args: DialArgs) -> Result<(), CliError> {
     check_gate(&args.ssh)?;
     let nodes = nodes(&args.ssh)?;
     if nodes.is_empty() {
-        return Err(CliError::usage("no nodes: give at least one --node NAME=ADDR[:PORT] or --nodes FILE"));
+        return Err(CliError::usage(
+            "no nodes: give at least one --node NAME=ADDR[:PORT] or --nodes FILE",
+        ));
     }
     let dest = match nodes.iter().find(|n| n.name == args.target) {
         Some(n) => Destination::new(n.address.clone(), KUBELET_PORT)?,

@@ -17,9 +17,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("'{s}' has unknown unit '{unit}'; use ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "'{s}' has unknown unit '{unit}'; use ms, s, m or h"
+            ));
+        }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -1,4 +1,7 @@
 //! Logging set-up: tracing to stderr; level from `--log-level`, else `RUST_LOG`, else `info`.
+//! Colour only on a terminal, and never when `NO_COLOR` is set.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -18,5 +21,6 @@ pub fn init(level: Option<&str>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
 }

@@ -19,31 +19,42 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     check_gate(&args.ssh)?;
     let nodes = nodes(&args.ssh)?;
     if nodes.is_empty() {
-        return Err(CliError::usage("no nodes: give --node NAME=ADDR[:PORT] (repeatable) or --nodes FILE"));
+        return Err(CliError::usage(
+            "no nodes: give --node NAME=ADDR[:PORT] (repeatable) or --nodes FILE",
+        ));
     }
     let pool = Pool::new(ssh_settings(&args.ssh)?, nodes)?;
-    for (node, result) in pool.connect_all().await {
-        match result {
-            Ok(t) => tracing::info!(node = %node, host_key = %t.host_key(), "tunnel ready"),
-            Err(e) => tracing::error!(node = %node, error = %e, "tunnel failed"),
+    // Listen for signals before connecting, so a SIGTERM during start-up is a clean stop.
+    let stop = shutdown_signal()?;
+    tokio::pin!(stop);
+    tokio::select! {
+        results = pool.connect_all() => {
+            for (node, result) in results {
+                match result {
+                    Ok(t) => tracing::info!(node = %node, host_key = %t.host_key(), "tunnel ready"),
+                    Err(e) => tracing::error!(node = %node, error = %e, "tunnel failed"),
+                }
+            }
+            (&mut stop).await;
         }
+        _ = &mut stop => {}
     }
-    wait_for_signal().await;
     tracing::info!("shutting down");
     pool.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Registers SIGTERM and SIGINT now; the returned future resolves on either.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| CliError::failure(format!("cannot listen for SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| CliError::failure(format!("cannot listen for SIGINT: {e}")))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }

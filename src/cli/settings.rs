@@ -37,7 +37,11 @@ pub fn ssh_settings(args: &SshArgs) -> Result<SshSettings, CliError> {
         .ssh_user
         .clone()
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| CliError::usage("--ssh-user is required: the SSH user on the nodes (e.g. --ssh-user kube-tunnel)"))?;
+        .ok_or_else(|| {
+            CliError::usage(
+                "--ssh-user is required: the SSH user on the nodes (e.g. --ssh-user kube-tunnel)",
+            )
+        })?;
     let keyfile = args.ssh_keyfile.clone().ok_or_else(|| {
         CliError::usage("--ssh-keyfile is required: the private key the nodes accept (make one with `kube-ssh-tunnel keygen`)")
     })?;
@@ -66,7 +70,9 @@ pub fn ssh_settings(args: &SshArgs) -> Result<SshSettings, CliError> {
     };
     let keepalive = (!args.keepalive_interval.is_zero()).then_some(args.keepalive_interval);
     if args.connect_timeout.is_zero() || args.dial_timeout.is_zero() {
-        return Err(CliError::usage("--connect-timeout and --dial-timeout must be greater than 0"));
+        return Err(CliError::usage(
+            "--connect-timeout and --dial-timeout must be greater than 0",
+        ));
     }
     Ok(SshSettings::builder(user)
         .key_file(&keyfile, args.ssh_key_passphrase_file.as_deref())?

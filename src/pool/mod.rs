@@ -47,7 +47,11 @@ impl Pool {
 
     /// Nodes of the pool, sorted by name.
     pub fn nodes(&self) -> Vec<Node> {
-        let mut v: Vec<Node> = self.slots.iter().map(|e| e.value().node().clone()).collect();
+        let mut v: Vec<Node> = self
+            .slots
+            .iter()
+            .map(|e| e.value().node().clone())
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -99,14 +103,22 @@ impl Pool {
     }
 
     /// Opens a channel to `dest` through the named node, whatever the destination.
-    pub async fn dial_through(&self, node: &str, dest: &Destination) -> Result<TunnelStream, DialError> {
+    pub async fn dial_through(
+        &self,
+        node: &str,
+        dest: &Destination,
+    ) -> Result<TunnelStream, DialError> {
         let slot = self.slot(node).ok_or_else(|| DialError::NoRoute {
             destination: format!("{dest} (no node named '{node}')"),
         })?;
         self.dial_via(&slot, dest).await
     }
 
-    async fn dial_via(&self, slot: &NodeSlot, dest: &Destination) -> Result<TunnelStream, DialError> {
+    async fn dial_via(
+        &self,
+        slot: &NodeSlot,
+        dest: &Destination,
+    ) -> Result<TunnelStream, DialError> {
         let node = slot.node().name.clone();
         let tunnel = slot
             .get_or_connect(&self.settings)

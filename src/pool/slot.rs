@@ -40,7 +40,10 @@ impl NodeSlot {
 
     /// The live tunnel, connecting first if there is none. Concurrent callers wait for the
     /// same attempt (the attempt itself is bounded by the connect timeout).
-    pub async fn get_or_connect(&self, settings: &Arc<SshSettings>) -> Result<Arc<NodeTunnel>, ConnectError> {
+    pub async fn get_or_connect(
+        &self,
+        settings: &Arc<SshSettings>,
+    ) -> Result<Arc<NodeTunnel>, ConnectError> {
         if let Some(t) = self.live() {
             return Ok(t);
         }

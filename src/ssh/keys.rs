@@ -85,23 +85,24 @@ impl Identity {
             None => None,
             Some(pf) => Some(read_passphrase(path, pf)?),
         };
-        let key = russh::keys::decode_secret_key(&text, passphrase.as_deref()).map_err(|e| {
-            match (e, passphrase_file) {
-                (russh::keys::Error::KeyIsEncrypted, None) => KeyError::Encrypted {
-                    path: path.to_path_buf(),
-                },
-                (_, Some(pf)) if text.contains("BEGIN OPENSSH PRIVATE KEY") => {
-                    KeyError::BadPassphrase {
+        let key =
+            russh::keys::decode_secret_key(&text, passphrase.as_deref()).map_err(|e| {
+                match (e, passphrase_file) {
+                    (russh::keys::Error::KeyIsEncrypted, None) => KeyError::Encrypted {
                         path: path.to_path_buf(),
-                        passphrase_file: pf.to_path_buf(),
+                    },
+                    (_, Some(pf)) if text.contains("BEGIN OPENSSH PRIVATE KEY") => {
+                        KeyError::BadPassphrase {
+                            path: path.to_path_buf(),
+                            passphrase_file: pf.to_path_buf(),
+                        }
                     }
+                    (e, _) => KeyError::Invalid {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    },
                 }
-                (e, _) => KeyError::Invalid {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                },
-            }
-        })?;
+            })?;
         let public = key.public_key();
         Ok(Identity {
             fingerprint: public.fingerprint(HashAlg::Sha256).to_string(),

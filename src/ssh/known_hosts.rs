@@ -124,7 +124,9 @@ impl KnownHosts {
         let mut mismatch = None;
         let mut trusted = None;
         for l in &self.lines {
-            let matches_host = lookups.iter().any(|n| host_matches(l.entry.host_patterns(), n));
+            let matches_host = lookups
+                .iter()
+                .any(|n| host_matches(l.entry.host_patterns(), n));
             let same_key = l.entry.public_key().key_data() == key.key_data();
             match l.entry.marker() {
                 Some(Marker::Revoked) if same_key => {
@@ -226,8 +228,10 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
-    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
 
     fn kh(text: &str) -> KnownHosts {
         let mut k = KnownHosts::default();
@@ -250,13 +254,33 @@ mod tests {
 
     #[test]
     fn exact_pattern_negation_and_port() {
-        let k = kh(&format!("10.0.0.1,node-1 {KEY_A}\n*.example,!bad.example {KEY_B}\n[10.0.0.2]:2222 {KEY_B}\n"));
-        assert!(matches!(k.check("10.0.0.1", 22, &[], &key(KEY_A)), Verdict::Trusted { line: 1, .. }));
-        assert!(matches!(k.check("10.0.0.1", 22, &[], &key(KEY_B)), Verdict::Mismatch { line: 1, .. }));
-        assert!(matches!(k.check("x", 22, &["node-1"], &key(KEY_A)), Verdict::Trusted { .. }));
-        assert!(matches!(k.check("a.example", 22, &[], &key(KEY_B)), Verdict::Trusted { .. }));
-        assert_eq!(k.check("bad.example", 22, &[], &key(KEY_B)), Verdict::Unknown);
-        assert!(matches!(k.check("10.0.0.2", 2222, &[], &key(KEY_B)), Verdict::Trusted { .. }));
+        let k = kh(&format!(
+            "10.0.0.1,node-1 {KEY_A}\n*.example,!bad.example {KEY_B}\n[10.0.0.2]:2222 {KEY_B}\n"
+        ));
+        assert!(matches!(
+            k.check("10.0.0.1", 22, &[], &key(KEY_A)),
+            Verdict::Trusted { line: 1, .. }
+        ));
+        assert!(matches!(
+            k.check("10.0.0.1", 22, &[], &key(KEY_B)),
+            Verdict::Mismatch { line: 1, .. }
+        ));
+        assert!(matches!(
+            k.check("x", 22, &["node-1"], &key(KEY_A)),
+            Verdict::Trusted { .. }
+        ));
+        assert!(matches!(
+            k.check("a.example", 22, &[], &key(KEY_B)),
+            Verdict::Trusted { .. }
+        ));
+        assert_eq!(
+            k.check("bad.example", 22, &[], &key(KEY_B)),
+            Verdict::Unknown
+        );
+        assert!(matches!(
+            k.check("10.0.0.2", 2222, &[], &key(KEY_B)),
+            Verdict::Trusted { .. }
+        ));
         assert_eq!(k.check("10.0.0.2", 22, &[], &key(KEY_B)), Verdict::Unknown);
     }
 
@@ -274,16 +298,25 @@ mod tests {
             Base64::encode_string(&hash)
         );
         let k = kh(&line);
-        assert!(matches!(k.check("10.1.2.3", 22, &[], &key(KEY_A)), Verdict::Trusted { .. }));
+        assert!(matches!(
+            k.check("10.1.2.3", 22, &[], &key(KEY_A)),
+            Verdict::Trusted { .. }
+        ));
         assert_eq!(k.check("10.1.2.4", 22, &[], &key(KEY_A)), Verdict::Unknown);
-        assert!(matches!(k.check("10.1.2.3", 22, &[], &key(KEY_B)), Verdict::Revoked { line: 2, .. }));
+        assert!(matches!(
+            k.check("10.1.2.3", 22, &[], &key(KEY_B)),
+            Verdict::Revoked { line: 2, .. }
+        ));
     }
 
     #[test]
     fn malformed_line_names_file_and_line() {
         let mut k = KnownHosts::default();
         let err = k
-            .add_text(Path::new("/tmp/kh"), &format!("# c\n10.0.0.1 {KEY_A}\n10.0.0.2 ssh-ed25519 notbase64!!\n"))
+            .add_text(
+                Path::new("/tmp/kh"),
+                &format!("# c\n10.0.0.1 {KEY_A}\n10.0.0.2 ssh-ed25519 notbase64!!\n"),
+            )
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("/tmp/kh:3"), "{msg}");

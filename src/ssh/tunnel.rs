@@ -45,10 +45,14 @@ impl std::fmt::Debug for NodeTunnel {
 
 impl NodeTunnel {
     /// Connects to `node` and authenticates, within `settings.connect_timeout`.
-    pub async fn connect(node: &Node, settings: Arc<SshSettings>) -> Result<NodeTunnel, ConnectError> {
+    pub async fn connect(
+        node: &Node,
+        settings: Arc<SshSettings>,
+    ) -> Result<NodeTunnel, ConnectError> {
         let limit = settings.connect_timeout;
         let stage = Arc::new(Mutex::new("TCP connect"));
-        match tokio::time::timeout(limit, Self::connect_inner(node, settings, stage.clone())).await {
+        match tokio::time::timeout(limit, Self::connect_inner(node, settings, stage.clone())).await
+        {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout {
                 node: node.name.clone(),
@@ -68,11 +72,14 @@ impl NodeTunnel {
                 *g = s;
             }
         };
-        let identity = settings.identity.clone().ok_or_else(|| ConnectError::AuthRejected {
-            node: node.name.clone(),
-            user: settings.user.clone(),
-            key: "(no key configured)".into(),
-        })?;
+        let identity = settings
+            .identity
+            .clone()
+            .ok_or_else(|| ConnectError::AuthRejected {
+                node: node.name.clone(),
+                user: settings.user.clone(),
+                key: "(no key configured)".into(),
+            })?;
         let addr = match node.ip() {
             Some(ip) => std::net::SocketAddr::new(ip, node.ssh_port),
             None => {
@@ -90,11 +97,13 @@ impl NodeTunnel {
                 })?
             }
         };
-        let tcp = TcpStream::connect(addr).await.map_err(|e| ConnectError::Tcp {
-            node: node.name.clone(),
-            addr: addr.to_string(),
-            source: e,
-        })?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ConnectError::Tcp {
+                node: node.name.clone(),
+                addr: addr.to_string(),
+                source: e,
+            })?;
         let stream = QuickAckStream::new(tcp).map_err(|e| ConnectError::Tcp {
             node: node.name.clone(),
             addr: addr.to_string(),
@@ -118,12 +127,16 @@ impl NodeTunnel {
         let host_report = report.lock().map(|r| r.clone()).unwrap_or_default();
         let mut handle = match connected {
             Ok(h) => h,
-            Err(e) => return Err(host_key_error(node, &settings, &host_report).unwrap_or_else(|| {
-                ConnectError::Handshake {
-                    node: node.name.clone(),
-                    reason: e.to_string(),
-                }
-            })),
+            Err(e) => {
+                return Err(
+                    host_key_error(node, &settings, &host_report).unwrap_or_else(|| {
+                        ConnectError::Handshake {
+                            node: node.name.clone(),
+                            reason: e.to_string(),
+                        }
+                    }),
+                );
+            }
         };
 
         set_stage("authentication");
@@ -258,8 +271,11 @@ impl NodeTunnel {
     pub async fn disconnect(&self) {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
-            self.handle
-                .disconnect(russh::Disconnect::ByApplication, "kube-ssh-tunnel closing", "en"),
+            self.handle.disconnect(
+                russh::Disconnect::ByApplication,
+                "kube-ssh-tunnel closing",
+                "en",
+            ),
         )
         .await;
         self.closed.cancel();

@@ -45,7 +45,9 @@ impl russh::client::Handler for NodeHandler {
             PublicKeyOrCertificate::PublicKey { key, .. } => {
                 report.offered = Some(describe_key(key));
                 let aliases: Vec<&str> = self.aliases.iter().map(String::as_str).collect();
-                let verdict = self.known_hosts.check(&self.address, self.port, &aliases, key);
+                let verdict = self
+                    .known_hosts
+                    .check(&self.address, self.port, &aliases, key);
                 let ok = matches!(verdict, Verdict::Trusted { .. })
                     || (self.policy == HostKeyPolicy::InsecureSkip
                         && !matches!(verdict, Verdict::Revoked { .. }));

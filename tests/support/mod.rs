@@ -43,7 +43,17 @@ fn run(cmd: &mut Command) -> String {
 /// Runs `ssh-keygen -q -N '' -t TYPE [-b BITS] -f PATH -C COMMENT`.
 pub fn keygen(path: &Path, kind: &str, bits: Option<u32>) {
     let mut c = Command::new("ssh-keygen");
-    c.args(["-q", "-N", "", "-t", kind, "-C", "kube-ssh-tunnel-test", "-f"]).arg(path);
+    c.args([
+        "-q",
+        "-N",
+        "",
+        "-t",
+        kind,
+        "-C",
+        "kube-ssh-tunnel-test",
+        "-f",
+    ])
+    .arg(path);
     if let Some(b) = bits {
         c.args(["-b", &b.to_string()]);
     }
@@ -105,14 +115,33 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-fn pick_address(ports: &[u16]) -> Ipv4Addr {
+fn try_pick_address(ports: &[u16]) -> Option<Ipv4Addr> {
     use rand::Rng;
     let mut rng = rand::rng();
-    for _ in 0..200 {
-        let a = Ipv4Addr::new(127, rng.random_range(16..=250), rng.random_range(0..=255), rng.random_range(2..=254));
-        let free = ports.iter().all(|p| TcpListener::bind(SocketAddr::from((a, *p))).is_ok());
+    for _ in 0..50 {
+        let a = Ipv4Addr::new(
+            127,
+            rng.random_range(16..=250),
+            rng.random_range(0..=255),
+            rng.random_range(2..=254),
+        );
+        let free = ports
+            .iter()
+            .all(|p| TcpListener::bind(SocketAddr::from((a, *p))).is_ok());
         if free {
-            return a;
+            return Some(a);
+        }
+    }
+    None
+}
+
+/// A free loopback address and the SSH port to use there: 22 as root (like a real node),
+/// unless something (a system sshd on 0.0.0.0:22) holds it everywhere; then 2222.
+fn pick_address() -> (Ipv4Addr, u16) {
+    let candidates: &[u16] = if is_root() { &[22, 2222] } else { &[2222] };
+    for &ssh_port in candidates {
+        if let Some(a) = try_pick_address(&[ssh_port, HTTP_PORT, ECHO_PORT]) {
+            return (a, ssh_port);
         }
     }
     panic!("no free loopback address found for a test node");
@@ -131,8 +160,7 @@ pub struct TestNode {
 
 impl TestNode {
     fn start(name: &str, root: &Path, authorized_keys: &str) -> TestNode {
-        let ssh_port = if is_root() { 22 } else { 2222 };
-        let addr = pick_address(&[ssh_port, HTTP_PORT, ECHO_PORT]);
+        let (addr, ssh_port) = pick_address();
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("node dir");
         keygen(&dir.join("ssh_host_ed25519_key"), "ed25519", None);
@@ -310,23 +338,30 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.stub.lock() {
-            if let Some(mut c) = g.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        // get_mut works on a poisoned mutex too: cleanup must happen after any panic.
+        let stub = self
+            .stub
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut c) = stub {
+            let _ = c.kill();
+            let _ = c.wait();
         }
-        if let Ok(mut g) = self.sshd.lock() {
-            if let Some(mut c) = g.take() {
-                let kids = children_of(c.id());
-                signal(c.id(), libc::SIGCONT);
-                let _ = c.kill();
-                for k in kids {
-                    signal(k, libc::SIGCONT);
-                    signal(k, libc::SIGKILL);
-                }
-                let _ = c.wait();
+        let sshd = self
+            .sshd
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut c) = sshd {
+            let kids = children_of(c.id());
+            signal(c.id(), libc::SIGCONT);
+            let _ = c.kill();
+            for k in kids {
+                signal(k, libc::SIGCONT);
+                signal(k, libc::SIGKILL);
             }
+            let _ = c.wait();
         }
     }
 }

@@ -1,0 +1,398 @@
+//! The `kube-ssh-tunnel` binary: the gate, bad input, and `dial` against real sshd nodes.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Cluster, HTTP_PORT, keygen};
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary with `args`, feeding `stdin`, killing it after `limit`.
+fn run_cli(args: &[String], stdin: &[u8], limit: Duration) -> Outcome {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("HOME", "/nonexistent-home")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kube-ssh-tunnel");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kube-ssh-tunnel {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = feeder.join();
+    Outcome {
+        code: status.code().unwrap_or(-1),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// Exit 2, exactly one line on stderr containing `needle`, no panic.
+fn assert_usage_error(o: &Outcome, needle: &str) {
+    assert_eq!(o.code, 2, "exit code 2 expected; stderr: {}", o.stderr);
+    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.contains(" WARN ")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one-line error expected, got: {:?}",
+        o.stderr
+    );
+    assert!(
+        lines[0].contains(needle),
+        "{:?} should mention {needle:?}",
+        lines[0]
+    );
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        keygen(&dir.path().join("id_ed25519"), "ed25519", None);
+        std::fs::write(
+            dir.path().join("known_hosts"),
+            "127.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n",
+        )
+        .unwrap();
+        Files { dir }
+    }
+    fn p(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+    fn args(&self, key: &str, kh: &str, node: &str) -> Vec<String> {
+        s(&[
+            "dial",
+            "--ssh-tunnel",
+            "--ssh-user",
+            "root",
+            "--ssh-keyfile",
+            key,
+            "--ssh-known-hosts",
+            kh,
+            "--node",
+            node,
+            "127.0.0.1:10250",
+        ])
+    }
+}
+
+#[test]
+fn dial_and_run_refuse_to_start_without_the_gate() {
+    for cmd in ["dial", "run"] {
+        let mut args = s(&[cmd, "--ssh-user", "root", "--node", "n=127.0.0.1"]);
+        if cmd == "dial" {
+            args.push("127.0.0.1:10250".into());
+        }
+        let o = run_cli(&args, b"", Duration::from_secs(10));
+        assert_usage_error(&o, "--ssh-tunnel");
+        assert!(
+            o.stderr.contains("deprecated") && o.stderr.contains("Konnectivity"),
+            "{}",
+            o.stderr
+        );
+    }
+}
+
+#[test]
+fn bad_input_gives_one_clear_line_and_exit_2() {
+    let f = Files::new();
+    let key = f.p("id_ed25519");
+    let kh = f.p("known_hosts");
+    let node = "n1=127.0.0.1";
+
+    // Missing key file.
+    let o = run_cli(
+        &f.args(&f.p("missing_key"), &kh, node),
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_usage_error(&o, "missing_key");
+    assert!(o.stderr.contains("does not exist"), "{}", o.stderr);
+
+    // Unreadable key: not a private key at all.
+    std::fs::write(f.p("garbage"), "this is not a key\n").unwrap();
+    std::fs::set_permissions(f.p("garbage"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = run_cli(
+        &f.args(&f.p("garbage"), &kh, node),
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_usage_error(&o, "not an OpenSSH private key");
+
+    // Key readable by others.
+    std::fs::copy(&key, f.p("open_key")).unwrap();
+    std::fs::set_permissions(f.p("open_key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run_cli(
+        &f.args(&f.p("open_key"), &kh, node),
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_usage_error(&o, "chmod 600");
+
+    // Encrypted key without a passphrase option.
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "s3cret", "-f", &f.p("enc_key")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let o = run_cli(
+        &f.args(&f.p("enc_key"), &kh, node),
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_usage_error(&o, "--ssh-key-passphrase-file");
+
+    // Malformed known_hosts line: file and line number in the message.
+    std::fs::write(f.p("bad_kh"), "# ok\n127.0.0.1 ssh-ed25519 !!!notbase64\n").unwrap();
+    let o = run_cli(
+        &f.args(&key, &f.p("bad_kh"), node),
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_usage_error(&o, &format!("{}:2", f.p("bad_kh")));
+
+    // Missing known_hosts file.
+    let o = run_cli(
+        &f.args(&key, &f.p("no_kh"), node),
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_usage_error(&o, "no_kh");
+
+    // Nodes with invalid addresses or forms.
+    for bad in [
+        "n1=999.1.2.3",
+        "n1=bad host",
+        "n1=10.0.0.1:0",
+        "just-a-name",
+        "n1=[fd00::1",
+    ] {
+        let o = run_cli(&f.args(&key, &kh, bad), b"", Duration::from_secs(10));
+        assert_usage_error(&o, "invalid node");
+    }
+
+    // Destination that is not HOST:PORT.
+    let mut args = f.args(&key, &kh, node);
+    *args.last_mut().unwrap() = "127.0.0.1".into();
+    let o = run_cli(&args, b"", Duration::from_secs(10));
+    assert_usage_error(&o, "invalid destination");
+
+    // Unknown flag (clap) is a usage error too, and a bad duration names the value.
+    let o = run_cli(
+        &s(&["dial", "--ssh-tunnel", "--bogus", "x:1"]),
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let mut args = f.args(&key, &kh, node);
+    args.extend(s(&["--dial-timeout", "soon"]));
+    let o = run_cli(&args, b"", Duration::from_secs(10));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("soon"), "{}", o.stderr);
+}
+
+#[test]
+fn dial_relays_an_http_request_to_a_kubelet_stub() {
+    let cluster = Cluster::start(2);
+    let n2 = &cluster.nodes[1];
+    let mut args = vec!["dial".to_string()];
+    args.extend(cluster.cli_args());
+    args.push(format!("{}:{HTTP_PORT}", n2.addr));
+    let req = b"GET /whoami HTTP/1.1\r\nHost: kubelet\r\nConnection: close\r\n\r\n";
+    let o = run_cli(&args, req, Duration::from_secs(30));
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    assert!(o.stdout.starts_with("HTTP/1.1 200 OK"), "{}", o.stdout);
+    assert!(
+        o.stdout
+            .ends_with(&format!("node-2 {}:{HTTP_PORT}", n2.addr)),
+        "{}",
+        o.stdout
+    );
+
+    // A bare node name means that node's kubelet port.
+    let mut args = vec!["dial".to_string()];
+    args.extend(cluster.cli_args());
+    args.push("node-1".into());
+    let o = run_cli(
+        &args,
+        b"GET /healthz HTTP/1.0\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    assert!(o.stdout.ends_with("ok"), "{}", o.stdout);
+
+    // Bytes in, same bytes out (binary safe) through the echo port.
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let mut args = vec!["dial".to_string()];
+    args.extend(cluster.cli_args());
+    args.push(format!("{}:{}", n2.addr, support::ECHO_PORT));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let p2 = payload.clone();
+    let w = std::thread::spawn(move || stdin.write_all(&p2));
+    let mut got = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut got).unwrap();
+    w.join().unwrap().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(got, payload);
+}
+
+#[test]
+fn dial_to_an_unreachable_destination_or_node_fails_with_a_clear_error() {
+    let cluster = Cluster::start(1);
+    let n1 = &cluster.nodes[0];
+    // The node's sshd refuses the target (not in PermitOpen).
+    let mut args = vec!["dial".to_string()];
+    args.extend(cluster.cli_args());
+    args.push(format!("{}:10299", n1.addr));
+    let o = run_cli(&args, b"", Duration::from_secs(30));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("node-1") && o.stderr.contains(&format!("{}:10299", n1.addr)),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains("panicked"));
+
+    // No node owns the destination.
+    let mut args = vec!["dial".to_string()];
+    args.extend(cluster.cli_args());
+    args.push("127.9.9.9:80".into());
+    let o = run_cli(&args, b"", Duration::from_secs(30));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("no node matches destination 127.9.9.9:80"),
+        "{}",
+        o.stderr
+    );
+
+    // The node is down.
+    n1.kill_sshd();
+    let mut args = vec!["dial".to_string()];
+    args.extend(cluster.cli_args());
+    args.push(format!("{}:{HTTP_PORT}", n1.addr));
+    let o = run_cli(&args, b"", Duration::from_secs(30));
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("node-1") && o.stderr.contains("TCP connect"),
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn run_connects_every_node_and_stops_on_sigterm() {
+    let cluster = Cluster::start(2);
+    let mut args = vec!["run".to_string()];
+    args.extend(cluster.cli_args());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut err = child.stderr.take().unwrap();
+    let sink = log.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let ready = support::wait_until(Duration::from_secs(20), || {
+        log.lock().unwrap().matches("tunnel ready").count() == 2
+    });
+    let one_each = cluster.nodes.iter().all(|n| n.ssh_connections() == 1);
+    support::signal(pid, libc::SIGTERM);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    let stderr = log.lock().unwrap().clone();
+    assert!(
+        ready && one_each,
+        "run opened one SSH connection per node; log: {stderr}"
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit 0 on SIGTERM; log: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("deprecated SSH tunnel mode").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("node=node-1") && stderr.contains("node=node-2"),
+        "{stderr}"
+    );
+}
