@@ -100,6 +100,75 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// A copy for the node's status (io errors are not `Clone`; their text and kind are kept).
+    pub fn clone_for_status(&self) -> ConnectError {
+        match self {
+            ConnectError::Tcp { node, addr, source } => ConnectError::Tcp {
+                node: node.clone(),
+                addr: addr.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            ConnectError::Resolve {
+                node,
+                address,
+                reason,
+            } => ConnectError::Resolve {
+                node: node.clone(),
+                address: address.clone(),
+                reason: reason.clone(),
+            },
+            ConnectError::Timeout { node, stage, after } => ConnectError::Timeout {
+                node: node.clone(),
+                stage,
+                after: *after,
+            },
+            ConnectError::Handshake { node, reason } => ConnectError::Handshake {
+                node: node.clone(),
+                reason: reason.clone(),
+            },
+            ConnectError::HostKeyMismatch {
+                node,
+                offered,
+                file,
+                line,
+            } => ConnectError::HostKeyMismatch {
+                node: node.clone(),
+                offered: offered.clone(),
+                file: file.clone(),
+                line: *line,
+            },
+            ConnectError::HostKeyUnknown {
+                node,
+                offered,
+                files,
+                address,
+                port,
+            } => ConnectError::HostKeyUnknown {
+                node: node.clone(),
+                offered: offered.clone(),
+                files: files.clone(),
+                address: address.clone(),
+                port: *port,
+            },
+            ConnectError::HostKeyRevoked {
+                node,
+                offered,
+                file,
+                line,
+            } => ConnectError::HostKeyRevoked {
+                node: node.clone(),
+                offered: offered.clone(),
+                file: file.clone(),
+                line: *line,
+            },
+            ConnectError::AuthRejected { node, user, key } => ConnectError::AuthRejected {
+                node: node.clone(),
+                user: user.clone(),
+                key: key.clone(),
+            },
+        }
+    }
+
     /// True for failures that retrying soon will not fix (a human must act).
     pub fn needs_human(&self) -> bool {
         matches!(
@@ -128,12 +197,15 @@ pub enum OpenError {
 pub enum DialError {
     #[error("no node matches destination {destination}")]
     NoRoute { destination: String },
-    #[error("dial {destination} via node {node}: no tunnel: {source}")]
-    NodeUnavailable {
+    #[error("dial {destination} via node {node}: the node's tunnel is {state}: {reason}")]
+    NotReady {
         node: String,
         destination: String,
+        state: crate::pool::TunnelState,
+        reason: String,
+        /// The latest failed connection attempt, if that is why.
         #[source]
-        source: ConnectError,
+        last_error: Option<std::sync::Arc<ConnectError>>,
     },
     #[error("dial {destination} via node {node}: {source}")]
     Open {
@@ -149,7 +221,7 @@ impl DialError {
     pub fn node(&self) -> Option<&str> {
         match self {
             DialError::NoRoute { .. } => None,
-            DialError::NodeUnavailable { node, .. } | DialError::Open { node, .. } => Some(node),
+            DialError::NotReady { node, .. } | DialError::Open { node, .. } => Some(node),
         }
     }
 
@@ -160,10 +232,7 @@ impl DialError {
             DialError::Open {
                 source: OpenError::Timeout { .. },
                 ..
-            } | DialError::NodeUnavailable {
-                source: ConnectError::Timeout { .. },
-                ..
             }
-        )
+        ) || matches!(self, DialError::NotReady { last_error: Some(e), .. } if matches!(**e, ConnectError::Timeout { .. }))
     }
 }

@@ -272,16 +272,27 @@ async fn wrong_host_key_is_refused_and_no_channel_is_opened() {
         .build();
     let pool = Pool::new(settings, vec![n1.node()]).unwrap();
     let err = pool.dial(&dest(n1.addr, HTTP_PORT)).await.unwrap_err();
-    let DialError::NodeUnavailable { node, source, .. } = &err else {
-        panic!("expected NodeUnavailable, got {err}");
+    let DialError::NotReady {
+        node,
+        state,
+        last_error: Some(source),
+        ..
+    } = &err
+    else {
+        panic!("expected NotReady with the connect error, got {err}");
     };
     assert_eq!(node, "node-1");
+    assert_eq!(
+        *state,
+        kube_ssh_tunnel::pool::TunnelState::Failed,
+        "a host key problem needs a human"
+    );
     let ConnectError::HostKeyMismatch {
         offered,
         file,
         line,
         ..
-    } = source
+    } = &**source
     else {
         panic!("expected HostKeyMismatch, got {source}");
     };
@@ -380,7 +391,9 @@ async fn ed25519_ecdsa_and_rsa_keys_authenticate_with_hashed_known_hosts() {
 async fn refused_target_and_dead_node_fail_with_named_errors() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
-    let pool = Pool::new(cluster.settings(), cluster.node_list()).unwrap();
+    let mut cfg = kube_ssh_tunnel::pool::PoolConfig::new(cluster.settings());
+    cfg.reconnect_wait = Some(Duration::from_secs(1));
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
     // Not in the node's PermitOpen: sshd refuses the channel; the connection stays usable.
     let err = pool.dial(&dest(node.addr, 10261)).await.unwrap_err();
     assert!(

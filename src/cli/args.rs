@@ -62,3 +62,64 @@ pub struct SshArgs {
     #[arg(long, env = "KUBE_SSH_TUNNEL_LOG_LEVEL")]
     pub log_level: Option<String>,
 }
+
+/// Flags of `run` that shape supervision: health probes, backoff, drain, stall handling.
+#[derive(Args, Debug, Clone)]
+pub struct SuperviseArgs {
+    /// Health probe through each tunnel: tcp (open a channel to --health-port), http (GET
+    /// --health-url), or none (keepalives only).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_PROBE", default_value = "tcp", value_parser = ["tcp", "http", "none"])]
+    pub health_probe: String,
+
+    /// Port the tcp probe opens on the node's address.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_PORT", default_value_t = 10250)]
+    pub health_port: u16,
+
+    /// URL the http probe GETs as seen from the node (HOST may be {address}); wants a 2xx.
+    #[arg(
+        long,
+        env = "KUBE_SSH_TUNNEL_HEALTH_URL",
+        default_value = "http://127.0.0.1:10248/healthz"
+    )]
+    pub health_url: String,
+
+    /// Time between health probes.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+
+    /// Timeout of one health probe.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub health_timeout: Duration,
+
+    /// Consecutive failed probes before the connection is replaced (1 marks it degraded).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_FAILURES", default_value_t = 3)]
+    pub health_failures: u32,
+
+    /// First reconnect delay (then doubling, full jitter).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_BACKOFF_MIN", default_value = "500ms", value_parser = parse_duration)]
+    pub backoff_min: Duration,
+
+    /// Cap of the reconnect delay after transient failures.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
+    /// Cap of the reconnect delay after authentication or host key failures.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_BACKOFF_AUTH_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub backoff_auth_max: Duration,
+
+    /// How long removed nodes' (and, on SIGTERM, all) open streams may run before closing.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// A channel whose reader stops reading for this long (with its buffer full) is closed.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+
+    /// At most this many SSH handshakes in flight at once.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_MAX_HANDSHAKES", default_value_t = 32)]
+    pub max_handshakes: usize,
+
+    /// How often the --nodes file is checked for changes (SIGHUP reloads at once).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+}

@@ -2,6 +2,8 @@
 //! it connects to the node itself with the same flags as `run`.
 
 use clap::Args;
+use kube_ssh_tunnel::pool::route::route;
+use kube_ssh_tunnel::pool::{PoolConfig, Probe};
 use kube_ssh_tunnel::{Destination, Pool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -38,18 +40,28 @@ pub async fn dial(args: DialArgs) -> Result<(), CliError> {
         Some(n) => Destination::new(n.address.clone(), KUBELET_PORT)?,
         None => args.target.parse::<Destination>()?,
     };
-    let settings = ssh_settings(&args.ssh)?;
-    let pool = Pool::new(settings, nodes)?;
-    let stream = match &args.via {
-        Some(node) => pool.dial_through(node, &dest).await,
-        None => pool.dial(&dest).await,
+    // Connect to the one node this dial needs, nothing else.
+    let node = match &args.via {
+        Some(name) => nodes.iter().find(|n| &n.name == name).ok_or_else(|| {
+            CliError::usage(format!("--via {name}: no such node; give it with --node {name}=ADDR"))
+        })?,
+        None => route(&nodes, &dest).ok_or_else(|| {
+            CliError::usage(format!(
+                "no node matches destination {dest}; name a node with --node, or pick the node with --via NODE"
+            ))
+        })?,
     }
-    .map_err(|e| match e {
-        kube_ssh_tunnel::DialError::NoRoute { .. } => CliError::usage(format!(
-            "{e}; name a node with --node, or pick the node with --via NODE"
-        )),
-        e => CliError::failure(e),
-    })?;
+    .clone();
+    // One shot: no health probes, and no waiting for reconnects after a failed first attempt.
+    let mut cfg = PoolConfig::new(ssh_settings(&args.ssh)?);
+    cfg.health.probe = Probe::None;
+    cfg.reconnect_wait = Some(std::time::Duration::ZERO);
+    let name = node.name.clone();
+    let pool = Pool::with_config(cfg, vec![node])?;
+    let stream = pool
+        .dial_through(&name, &dest)
+        .await
+        .map_err(CliError::failure)?;
     let result = relay(stream).await;
     pool.shutdown().await;
     result

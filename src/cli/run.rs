@@ -1,47 +1,170 @@
-//! `run`: the daemon. Today it keeps one SSH connection per node and reports each node's
-//! outcome; the CONNECT front, supervision and admin API attach here as they land.
+//! `run`: the daemon. One supervised SSH connection per node; the node set follows the
+//! `--nodes` file (re-read on change or SIGHUP; a file that fails to load keeps the last good
+//! set); SIGTERM/SIGINT drain open streams (up to the drain timeout) and exit 0.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use kube_ssh_tunnel::Pool;
+use kube_ssh_tunnel::pool::backoff::BackoffPolicy;
+use kube_ssh_tunnel::pool::{HealthConfig, PoolConfig, Probe};
+use kube_ssh_tunnel::ssh::ChannelLimits;
+use kube_ssh_tunnel::{Node, Pool};
 
 use super::CliError;
-use super::args::SshArgs;
+use super::args::{SshArgs, SuperviseArgs};
 use super::settings::{check_gate, nodes, ssh_settings};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
     pub ssh: SshArgs,
+    #[command(flatten)]
+    pub supervise: SuperviseArgs,
 }
 
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
     super::logging::init(args.ssh.log_level.as_deref());
     check_gate(&args.ssh)?;
-    let nodes = nodes(&args.ssh)?;
-    if nodes.is_empty() {
+    let all = nodes(&args.ssh)?;
+    if all.is_empty() {
         return Err(CliError::usage(
             "no nodes: give --node NAME=ADDR[:PORT] (repeatable) or --nodes FILE",
         ));
     }
-    let pool = Pool::new(ssh_settings(&args.ssh)?, nodes)?;
-    // Listen for signals before connecting, so a SIGTERM during start-up is a clean stop.
+    let cfg = pool_config(&args)?;
+    let pool = Pool::with_config(cfg, all)?;
+    // Listen for signals before anything slow, so a SIGTERM during start-up is a clean stop.
     let stop = shutdown_signal()?;
     tokio::pin!(stop);
-    tokio::select! {
-        results = pool.connect_all() => {
-            for (node, result) in results {
-                match result {
-                    Ok(t) => tracing::info!(node = %node, host_key = %t.host_key(), "tunnel ready"),
-                    Err(e) => tracing::error!(node = %node, error = %e, "tunnel failed"),
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| CliError::failure(format!("cannot listen for SIGHUP: {e}")))?;
+    let mut watcher = args.ssh.nodes_file.clone().map(NodeFileWatcher::new);
+    let mut tick = tokio::time::interval(
+        args.supervise
+            .reload_interval
+            .max(Duration::from_millis(100)),
+    );
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hup.recv() => {
+                if let Some(w) = watcher.as_mut() {
+                    tracing::info!(file = %w.path.display(), "SIGHUP: reloading the node file");
+                    reload(&pool, &args.ssh, w);
                 }
             }
-            (&mut stop).await;
+            _ = tick.tick() => {
+                if let Some(w) = watcher.as_mut() {
+                    if w.changed() {
+                        reload(&pool, &args.ssh, w);
+                    }
+                }
+            }
         }
-        _ = &mut stop => {}
     }
-    tracing::info!("shutting down");
+    tracing::info!(drain_timeout = ?pool.config().drain_timeout, "shutting down: draining open streams");
     pool.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
+    let s = &args.supervise;
+    let probe = match s.health_probe.as_str() {
+        "none" => Probe::None,
+        "http" => Probe::parse_url(&s.health_url)?,
+        _ => Probe::Tcp {
+            port: s.health_port,
+        },
+    };
+    if s.health_interval.is_zero() || s.health_timeout.is_zero() {
+        return Err(CliError::usage(
+            "--health-interval and --health-timeout must be greater than 0",
+        ));
+    }
+    if s.backoff_min.is_zero() || s.backoff_max < s.backoff_min {
+        return Err(CliError::usage(
+            "--backoff-min must be > 0 and --backoff-max at least --backoff-min",
+        ));
+    }
+    if s.max_handshakes == 0 {
+        return Err(CliError::usage("--max-handshakes must be at least 1"));
+    }
+    let mut ssh = ssh_settings(&args.ssh)?;
+    ssh.channel = ChannelLimits {
+        stall_timeout: s.stall_timeout,
+        ..ChannelLimits::default()
+    };
+    let mut cfg = PoolConfig::new(ssh);
+    cfg.health = HealthConfig {
+        probe,
+        interval: s.health_interval,
+        timeout: s.health_timeout,
+        reconnect_after: s.health_failures.max(1),
+    };
+    cfg.backoff = BackoffPolicy {
+        min: s.backoff_min,
+        max: s.backoff_max,
+    };
+    cfg.backoff_needs_human = BackoffPolicy {
+        min: BackoffPolicy::NEEDS_HUMAN.min.min(s.backoff_auth_max),
+        max: s.backoff_auth_max.max(s.backoff_min),
+    };
+    cfg.drain_timeout = s.drain_timeout;
+    cfg.max_handshakes = s.max_handshakes;
+    Ok(cfg)
+}
+
+/// Notices changes of the node file by its modification time and size.
+struct NodeFileWatcher {
+    path: PathBuf,
+    seen: Option<(SystemTime, u64)>,
+}
+
+impl NodeFileWatcher {
+    fn new(path: PathBuf) -> Self {
+        let seen = stamp(&path);
+        NodeFileWatcher { path, seen }
+    }
+
+    fn changed(&mut self) -> bool {
+        let now = stamp(&self.path);
+        if now != self.seen {
+            self.seen = now;
+            return true;
+        }
+        false
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Re-reads the node file; on any error keeps the current set and says so.
+fn reload(pool: &Pool, ssh: &SshArgs, w: &NodeFileWatcher) {
+    let mut desired: Vec<Node> = Vec::new();
+    for spec in &ssh.nodes {
+        match Node::parse_spec(spec) {
+            Ok(n) => desired.push(n),
+            Err(e) => {
+                tracing::error!(error = %e, "keeping the last good node set");
+                return;
+            }
+        }
+    }
+    match Node::load_file(&w.path) {
+        Ok(n) => desired.extend(n),
+        Err(e) => {
+            tracing::error!(error = %e, nodes = pool.nodes().len(), "node file did not load; keeping the last good node set");
+            return;
+        }
+    }
+    if let Err(e) = pool.update(desired) {
+        tracing::error!(error = %e, nodes = pool.nodes().len(), "node file is invalid; keeping the last good node set");
+    }
 }
 
 /// Registers SIGTERM and SIGINT now; the returned future resolves on either.

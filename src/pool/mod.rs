@@ -1,87 +1,197 @@
-//! The pool: one `NodeTunnel` per node, keyed by node name, and `dial` that routes a
-//! destination to its node and opens a channel there. Many dials share the node's one
-//! connection. Map values are `Arc`s cloned out of the map; no map guard is ever held across
-//! an `.await`.
+//! The pool: one supervised `NodeTunnel` per node, keyed by node name, and `dial`, which
+//! routes a destination to its node, waits (bounded) for that node to be usable and opens a
+//! channel. Many dials share the node's one connection. `update` changes the node set:
+//! new nodes get a supervisor, removed ones drain. Map values are `Arc`s cloned out of the
+//! map; no map guard is ever held across an `.await`.
 
+pub mod backoff;
+pub mod config;
+pub mod drain;
+pub mod health;
 pub mod route;
 pub mod slot;
+pub mod state;
+mod supervisor;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
+use tokio::sync::Semaphore;
 
 use crate::destination::Destination;
-use crate::error::{ConfigError, ConnectError, DialError};
+use crate::error::{ConfigError, DialError, OpenError};
 use crate::node::{Node, check_unique};
 use crate::ssh::{NodeTunnel, SshSettings, TunnelStream};
+pub use config::PoolConfig;
+pub use health::{HealthConfig, Probe};
 pub use slot::NodeSlot;
+pub use state::{HealthResult, NodeStatus, TunnelState};
+
+/// What `Pool::update` changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UpdateSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Nodes whose address or SSH port changed: new connection, old one drains.
+    pub replaced: Vec<String>,
+}
 
 /// One SSH connection per node, shared by every dial to that node.
 pub struct Pool {
-    settings: Arc<SshSettings>,
+    cfg: Arc<PoolConfig>,
     slots: DashMap<String, Arc<NodeSlot>>,
+    draining: Arc<DashMap<u64, Arc<NodeSlot>>>,
+    next_id: AtomicU64,
+    handshakes: Arc<Semaphore>,
 }
 
 impl Pool {
-    /// A pool for `nodes` (validated; names must be unique). Connections are made on the
-    /// first dial, or all at once with [`Pool::connect_all`].
+    /// A pool with default behaviour (see [`PoolConfig::new`]). Must be called inside a
+    /// tokio runtime: each node's supervisor starts connecting at once.
     pub fn new(settings: SshSettings, nodes: Vec<Node>) -> Result<Pool, ConfigError> {
-        for n in &nodes {
-            n.validate()?;
-        }
-        check_unique(&nodes)?;
-        let slots = DashMap::new();
+        Pool::with_config(PoolConfig::new(settings), nodes)
+    }
+
+    /// A pool with explicit behaviour.
+    pub fn with_config(cfg: PoolConfig, nodes: Vec<Node>) -> Result<Pool, ConfigError> {
+        validate(&nodes)?;
+        let pool = Pool {
+            handshakes: Arc::new(Semaphore::new(cfg.max_handshakes.max(1))),
+            cfg: Arc::new(cfg),
+            slots: DashMap::new(),
+            draining: Arc::new(DashMap::new()),
+            next_id: AtomicU64::new(0),
+        };
         for n in nodes {
-            slots.insert(n.name.clone(), Arc::new(NodeSlot::new(n)));
+            pool.add(n);
         }
-        Ok(Pool {
-            settings: Arc::new(settings),
-            slots,
+        Ok(pool)
+    }
+
+    /// The pool's configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    fn add(&self, node: Node) {
+        let slot = Arc::new(NodeSlot::new(node.clone()));
+        tokio::spawn(supervisor::supervise(
+            slot.clone(),
+            self.cfg.clone(),
+            self.handshakes.clone(),
+        ));
+        self.slots.insert(node.name, slot);
+    }
+
+    /// Moves `slot` out of the dialable set and drains it in the background.
+    fn retire(&self, slot: Arc<NodeSlot>, why: &str) -> tokio::task::JoinHandle<()> {
+        let name = slot.name();
+        self.slots.remove_if(&name, |_, v| Arc::ptr_eq(v, &slot));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.draining.insert(id, slot.clone());
+        slot.stop.cancel();
+        slot.set_state(TunnelState::Draining, why);
+        let draining = self.draining.clone();
+        let timeout = self.cfg.drain_timeout;
+        tokio::spawn(async move {
+            if let Some(t) = slot.publish(None) {
+                drain::drain_tunnel(t, timeout).await;
+            }
+            draining.remove(&id);
         })
-    }
-
-    /// The shared connection settings.
-    pub fn settings(&self) -> &Arc<SshSettings> {
-        &self.settings
-    }
-
-    /// Nodes of the pool, sorted by name.
-    pub fn nodes(&self) -> Vec<Node> {
-        let mut v: Vec<Node> = self
-            .slots
-            .iter()
-            .map(|e| e.value().node().clone())
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
     }
 
     fn slot(&self, name: &str) -> Option<Arc<NodeSlot>> {
         self.slots.get(name).map(|r| r.value().clone())
     }
 
-    fn slots(&self) -> Vec<Arc<NodeSlot>> {
+    fn all_slots(&self) -> Vec<Arc<NodeSlot>> {
         self.slots.iter().map(|r| r.value().clone()).collect()
     }
 
-    /// Connects every node concurrently; returns each node's result.
-    pub async fn connect_all(&self) -> Vec<(String, Result<Arc<NodeTunnel>, ConnectError>)> {
-        let mut set = tokio::task::JoinSet::new();
-        for slot in self.slots() {
-            let settings = self.settings.clone();
-            set.spawn(async move {
-                let r = slot.get_or_connect(&settings).await;
-                (slot.node().name.clone(), r)
-            });
-        }
-        let mut out = Vec::new();
-        while let Some(r) = set.join_next().await {
-            if let Ok(pair) = r {
-                out.push(pair);
+    /// Replaces the node set: adds new nodes, drains removed ones, and gives a node whose
+    /// address or SSH port changed a new connection while the old one drains. An invalid set
+    /// is refused as a whole and the current set stays.
+    pub fn update(&self, desired: Vec<Node>) -> Result<UpdateSummary, ConfigError> {
+        validate(&desired)?;
+        let mut summary = UpdateSummary::default();
+        let current: HashMap<String, Arc<NodeSlot>> = self
+            .slots
+            .iter()
+            .map(|r| (r.key().clone(), r.value().clone()))
+            .collect();
+        let wanted: HashMap<&str, &Node> = desired.iter().map(|n| (n.name.as_str(), n)).collect();
+        for (name, slot) in &current {
+            if !wanted.contains_key(name.as_str()) {
+                self.retire(slot.clone(), "removed from the node set");
+                summary.removed.push(name.clone());
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        for node in &desired {
+            match current.get(&node.name) {
+                None => {
+                    self.add(node.clone());
+                    summary.added.push(node.name.clone());
+                }
+                Some(slot) => {
+                    let old = slot.node();
+                    if old.address != node.address || old.ssh_port != node.ssh_port {
+                        self.retire(
+                            slot.clone(),
+                            "address changed; replaced by a new connection",
+                        );
+                        self.add(node.clone());
+                        summary.replaced.push(node.name.clone());
+                    } else if old != *node {
+                        slot.set_node(node.clone());
+                    }
+                }
+            }
+        }
+        summary.added.sort();
+        summary.removed.sort();
+        summary.replaced.sort();
+        if !(summary.added.is_empty() && summary.removed.is_empty() && summary.replaced.is_empty())
+        {
+            tracing::info!(added = ?summary.added, removed = ?summary.removed, replaced = ?summary.replaced, "node set updated");
+        }
+        Ok(summary)
+    }
+
+    /// Nodes of the pool (not counting draining ones), sorted by name.
+    pub fn nodes(&self) -> Vec<Node> {
+        let mut v: Vec<Node> = self.slots.iter().map(|e| e.value().node()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Every node's status, draining ones included, sorted by name.
+    pub fn statuses(&self) -> Vec<(Node, NodeStatus)> {
+        let mut v: Vec<(Node, NodeStatus)> = self
+            .slots
+            .iter()
+            .map(|e| (e.value().node(), e.value().status()))
+            .chain(
+                self.draining
+                    .iter()
+                    .map(|e| (e.value().node(), e.value().status())),
+            )
+            .collect();
+        v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        v
+    }
+
+    /// The status of node `name` (not draining).
+    pub fn status(&self, name: &str) -> Option<NodeStatus> {
+        self.slot(name).map(|s| s.status())
+    }
+
+    /// Watches node `name`'s status.
+    pub fn subscribe(&self, name: &str) -> Option<tokio::sync::watch::Receiver<NodeStatus>> {
+        self.slot(name).map(|s| s.subscribe())
     }
 
     /// The current live tunnel of node `name`, if connected.
@@ -89,12 +199,27 @@ impl Pool {
         self.slot(name)?.live()
     }
 
+    /// Drops node `name`'s connection (its streams drain) and reconnects now.
+    pub fn reconnect(&self, name: &str) -> bool {
+        self.slot(name).map(|s| s.reconnect_now()).is_some()
+    }
+
+    /// Waits until every node has finished its first connection attempt, bounded by `limit`.
+    pub async fn wait_first_attempts(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        for slot in self.all_slots() {
+            let mut rx = slot.subscribe();
+            let _ = tokio::time::timeout_at(deadline, rx.wait_for(|s| s.first_attempt_done)).await;
+        }
+    }
+
     /// Opens a channel to `dest` through the node that owns it.
     pub async fn dial(&self, dest: &Destination) -> Result<TunnelStream, DialError> {
         let slot = {
-            let nodes: Vec<Arc<NodeSlot>> = self.slots();
-            let chosen = route::route(nodes.iter().map(|s| s.node()), dest).map(|n| n.name.clone());
-            chosen.and_then(|name| nodes.into_iter().find(|s| s.node().name == name))
+            let slots = self.all_slots();
+            let nodes: Vec<Node> = slots.iter().map(|s| s.node()).collect();
+            let chosen = route::route(&nodes, dest).map(|n| n.name.clone());
+            chosen.and_then(|name| slots.into_iter().find(|s| s.name() == name))
         };
         let slot = slot.ok_or_else(|| DialError::NoRoute {
             destination: dest.to_string(),
@@ -119,31 +244,60 @@ impl Pool {
         slot: &NodeSlot,
         dest: &Destination,
     ) -> Result<TunnelStream, DialError> {
-        let node = slot.node().name.clone();
-        let tunnel = slot
-            .get_or_connect(&self.settings)
-            .await
-            .map_err(|source| DialError::NodeUnavailable {
-                node: node.clone(),
-                destination: dest.to_string(),
-                source,
-            })?;
-        tunnel
-            .open(&dest.host, dest.port)
-            .await
-            .map_err(|source| DialError::Open {
-                node,
-                destination: dest.to_string(),
-                source,
-            })
-    }
-
-    /// Disconnects every node.
-    pub async fn shutdown(&self) {
-        for slot in self.slots() {
-            if let Some(t) = slot.take() {
-                t.disconnect().await;
+        let node = slot.name();
+        let deadline = tokio::time::Instant::now() + self.cfg.reconnect_wait();
+        loop {
+            let tunnel = slot
+                .wait_usable(deadline)
+                .await
+                .map_err(|n| DialError::NotReady {
+                    node: node.clone(),
+                    destination: dest.to_string(),
+                    state: n.state,
+                    reason: n.reason,
+                    last_error: slot.status().last_connect_error,
+                })?;
+            match tunnel.open(&dest.host, dest.port).await {
+                Ok(s) => return Ok(s),
+                // The connection died under us: wait for the supervisor's reconnect, if time is left.
+                Err(OpenError::ConnectionLost) if tokio::time::Instant::now() < deadline => {
+                    continue;
+                }
+                Err(source) => {
+                    return Err(DialError::Open {
+                        node,
+                        destination: dest.to_string(),
+                        source,
+                    });
+                }
             }
         }
     }
+
+    /// Stops every supervisor, drains every node (bounded by the drain timeout) and closes
+    /// the connections.
+    pub async fn shutdown(&self) {
+        let handles: Vec<_> = self
+            .all_slots()
+            .into_iter()
+            .map(|s| self.retire(s, "shutting down"))
+            .collect();
+        let limit = self.cfg.drain_timeout + Duration::from_secs(5);
+        let _ = tokio::time::timeout(limit, futures::future::join_all(handles)).await;
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for s in self.slots.iter() {
+            s.value().stop.cancel();
+        }
+    }
+}
+
+fn validate(nodes: &[Node]) -> Result<(), ConfigError> {
+    for n in nodes {
+        n.validate()?;
+    }
+    check_unique(nodes)
 }

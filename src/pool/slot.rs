@@ -1,35 +1,75 @@
-//! `NodeSlot`: a pool entry for one node. It holds the node's current `NodeTunnel` (if any)
-//! and makes concurrent dials share a single connection attempt instead of each dialling
-//! sshd. The supervisor (reconnect with backoff, health) builds on this.
+//! `NodeSlot`: a node's place in the pool. It holds the node's current `NodeTunnel` (set by
+//! the supervisor while connected), publishes the node's status through a watch channel, and
+//! lets dials wait, bounded, for the node to become usable.
 
 use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
 
-use tokio::sync::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::error::ConnectError;
+use super::state::{NodeStatus, TunnelState};
 use crate::node::Node;
-use crate::ssh::{NodeTunnel, SshSettings};
+use crate::ssh::NodeTunnel;
+
+/// Why a dial could not get a usable tunnel from a slot.
+#[derive(Debug, Clone)]
+pub struct NotUsable {
+    pub state: TunnelState,
+    pub last_error: Option<String>,
+    pub reason: String,
+}
 
 /// One node's place in the pool.
 pub struct NodeSlot {
-    node: Node,
+    node: RwLock<Node>,
     current: RwLock<Option<Arc<NodeTunnel>>>,
-    connecting: Mutex<()>,
+    status: watch::Sender<NodeStatus>,
+    /// Cancelled to stop this node's supervisor (removal, shutdown).
+    pub(crate) stop: CancellationToken,
+    /// Cancelled to make the supervisor drop the connection and reconnect now.
+    pub(crate) kick: std::sync::Mutex<CancellationToken>,
 }
 
 impl NodeSlot {
-    /// An empty slot for `node` (not connected yet).
+    /// An empty slot for `node` (state `connecting`).
     pub fn new(node: Node) -> Self {
-        Self {
-            node,
+        NodeSlot {
+            node: RwLock::new(node),
             current: RwLock::new(None),
-            connecting: Mutex::new(()),
+            status: watch::Sender::new(NodeStatus::new()),
+            stop: CancellationToken::new(),
+            kick: std::sync::Mutex::new(CancellationToken::new()),
         }
     }
 
-    /// The node this slot is for.
-    pub fn node(&self) -> &Node {
-        &self.node
+    /// The node (a copy: pod CIDRs may be updated in place).
+    pub fn node(&self) -> Node {
+        self.node
+            .read()
+            .map(|n| n.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> String {
+        self.node().name
+    }
+
+    pub(crate) fn set_node(&self, node: Node) {
+        if let Ok(mut n) = self.node.write() {
+            *n = node;
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn subscribe(&self) -> watch::Receiver<NodeStatus> {
+        self.status.subscribe()
     }
 
     /// The live tunnel, if connected and not closed.
@@ -38,28 +78,105 @@ impl NodeSlot {
         guard.as_ref().filter(|t| !t.is_closed()).cloned()
     }
 
-    /// The live tunnel, connecting first if there is none. Concurrent callers wait for the
-    /// same attempt (the attempt itself is bounded by the connect timeout).
-    pub async fn get_or_connect(
-        &self,
-        settings: &Arc<SshSettings>,
-    ) -> Result<Arc<NodeTunnel>, ConnectError> {
-        if let Some(t) = self.live() {
-            return Ok(t);
+    pub(crate) fn publish(&self, t: Option<Arc<NodeTunnel>>) -> Option<Arc<NodeTunnel>> {
+        match self.current.write() {
+            Ok(mut g) => std::mem::replace(&mut *g, t),
+            Err(_) => None,
         }
-        let _one_at_a_time = self.connecting.lock().await;
-        if let Some(t) = self.live() {
-            return Ok(t);
-        }
-        let tunnel = Arc::new(NodeTunnel::connect(&self.node, settings.clone()).await?);
-        if let Ok(mut g) = self.current.write() {
-            *g = Some(tunnel.clone());
-        }
-        Ok(tunnel)
     }
 
-    /// Takes the tunnel out of the slot (for shutdown).
-    pub fn take(&self) -> Option<Arc<NodeTunnel>> {
-        self.current.write().ok()?.take()
+    /// Moves to `state` with `reason`; logs the change once (with the node and the reason).
+    pub(crate) fn set_state(&self, state: TunnelState, reason: impl Into<String>) {
+        let reason = reason.into();
+        let name = self.name();
+        self.status.send_modify(|s| {
+            if s.state != state {
+                match state {
+                    TunnelState::Ready => {
+                        tracing::info!(node = %name, from = %s.state, %reason, "tunnel ready")
+                    }
+                    TunnelState::Connecting | TunnelState::Draining => {
+                        tracing::info!(node = %name, from = %s.state, %reason, "tunnel {state}")
+                    }
+                    _ => tracing::warn!(node = %name, from = %s.state, %reason, "tunnel {state}"),
+                }
+                s.since = SystemTime::now();
+                s.since_instant = Instant::now();
+            }
+            s.state = state;
+            s.reason = reason;
+            if state != TunnelState::Backoff && state != TunnelState::Failed {
+                s.next_retry = None;
+            }
+        });
+    }
+
+    pub(crate) fn update_status(&self, f: impl FnOnce(&mut NodeStatus)) {
+        self.status.send_modify(f);
+    }
+
+    /// Asks the supervisor to drop the current connection and reconnect at once (also cuts a
+    /// backoff wait short).
+    pub fn reconnect_now(&self) {
+        if let Ok(k) = self.kick.lock() {
+            k.cancel();
+        }
+    }
+
+    pub(crate) fn kick_token(&self) -> CancellationToken {
+        match self.kick.lock() {
+            Ok(mut k) => {
+                if k.is_cancelled() {
+                    *k = CancellationToken::new();
+                }
+                k.clone()
+            }
+            Err(_) => CancellationToken::new(),
+        }
+    }
+
+    /// Waits until the node accepts dials and returns its tunnel. Waits for the node's first
+    /// connection attempt, then at most until `deadline` for a reconnect; fails at once when
+    /// the node is draining or needs a human (`failed`).
+    pub async fn wait_usable(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<NodeTunnel>, NotUsable> {
+        let mut rx = self.subscribe();
+        loop {
+            let st = rx.borrow_and_update().clone();
+            if st.state.accepts_dials()
+                && let Some(t) = self.live()
+            {
+                return Ok(t);
+            }
+            let give_up = match st.state {
+                TunnelState::Draining => true,
+                TunnelState::Failed => st.first_attempt_done,
+                _ => st.first_attempt_done && tokio::time::Instant::now() >= deadline,
+            };
+            if give_up {
+                return Err(NotUsable {
+                    state: st.state,
+                    last_error: st.last_error,
+                    reason: st.reason,
+                });
+            }
+            // Before the first attempt finishes there is no deadline of ours: the attempt is
+            // bounded by the connect timeout and will change the state.
+            let wait_until = if st.first_attempt_done {
+                deadline
+            } else {
+                tokio::time::Instant::now() + std::time::Duration::from_secs(3600)
+            };
+            tokio::select! {
+                r = rx.changed() => if r.is_err() {
+                    return Err(NotUsable { state: st.state, last_error: st.last_error, reason: "node removed".into() });
+                },
+                _ = tokio::time::sleep_until(wait_until) => {}
+                // A tunnel can close without a status change yet; poll a little.
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)), if st.state.accepts_dials() => {}
+            }
+        }
     }
 }

@@ -25,10 +25,15 @@ pub enum HostKeyPolicy {
 /// Receive-side limits of one channel (see `ssh::stream`).
 #[derive(Debug, Clone)]
 pub struct ChannelLimits {
-    /// Bytes buffered per channel for a consumer that has not read them yet.
+    /// Bytes buffered per channel before its reader counts as falling behind: above this the
+    /// stall clock runs, and a reader idle for `stall_timeout` loses its channel.
     pub recv_buffer: usize,
-    /// A channel whose buffer is full and whose consumer has not read for this long is
-    /// closed, so it cannot hold up the other channels of its connection.
+    /// Hard cap per channel: at this level the channel's data stops being taken from the
+    /// connection (which briefly holds up its other channels) until the reader catches up
+    /// or the stall clock closes the channel.
+    pub recv_buffer_max: usize,
+    /// How long a reader with a full buffer may go without reading before its channel is
+    /// closed (logged and counted) so that it cannot hold up the rest of the connection.
     pub stall_timeout: Duration,
 }
 
@@ -36,6 +41,7 @@ impl Default for ChannelLimits {
     fn default() -> Self {
         Self {
             recv_buffer: 4 << 20,
+            recv_buffer_max: 16 << 20,
             stall_timeout: Duration::from_secs(30),
         }
     }

@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -75,10 +75,17 @@ impl Shared {
     }
 }
 
-/// Decrements the node's open-channel gauge when the pump ends.
-pub(crate) struct ChannelGuard(pub(crate) Arc<AtomicUsize>);
+/// The node-level counters a channel updates: open channels (a gauge, decremented when the
+/// pump ends) and channels closed for a stalled reader.
+#[derive(Clone)]
+pub(crate) struct ChannelCounters {
+    pub(crate) open: Arc<AtomicUsize>,
+    pub(crate) stalled: Arc<AtomicU64>,
+}
 
-impl Drop for ChannelGuard {
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -105,8 +112,10 @@ impl TunnelStream {
         channel: russh::Channel<Msg>,
         node: Arc<str>,
         limits: ChannelLimits,
-        guard: ChannelGuard,
+        counters: ChannelCounters,
     ) -> TunnelStream {
+        counters.open.fetch_add(1, Ordering::AcqRel);
+        let guard = OpenGuard(counters.open.clone());
         let (read_half, write_half) = channel.split();
         let tx = Box::pin(write_half.make_writer());
         let shared = Arc::new(Shared {
@@ -132,6 +141,7 @@ impl TunnelStream {
             limits,
             node.clone(),
             guard,
+            counters.stalled,
         ));
         TunnelStream { shared, tx, node }
     }
@@ -155,7 +165,8 @@ async fn pump(
     shared: Arc<Shared>,
     limits: ChannelLimits,
     node: Arc<str>,
-    _guard: ChannelGuard,
+    _guard: OpenGuard,
+    stalled: Arc<AtomicU64>,
 ) {
     let end = loop {
         let local_done = || {
@@ -176,8 +187,13 @@ async fn pump(
                 if data.is_empty() {
                     continue;
                 }
-                if !push_with_backpressure(&shared, &limits, data, &node).await {
-                    break PumpEnd::Done;
+                match push_with_backpressure(&shared, &limits, data, &node).await {
+                    Push::Taken => {}
+                    Push::Dropped => break PumpEnd::Done,
+                    Push::Stalled => {
+                        stalled.fetch_add(1, Ordering::AcqRel);
+                        break PumpEnd::Done;
+                    }
                 }
             }
             Some(ChannelMsg::Eof) => {
@@ -212,27 +228,39 @@ async fn pump(
     drop(rx);
 }
 
-/// Buffers `data` for the consumer. Returns false when the channel must be closed (consumer
-/// stalled past the limit, or the stream was dropped while waiting).
+enum Push {
+    Taken,
+    /// The stream was dropped while we waited.
+    Dropped,
+    /// The reader stalled past the limit: the channel must be closed.
+    Stalled,
+}
+
+/// Buffers `data` for the reader. Below `recv_buffer` it is simply taken. Above it the stall
+/// clock runs: a reader idle for `stall_timeout` loses the channel. At `recv_buffer_max` the
+/// pump waits (holding up this connection) until the reader frees space or the clock expires.
 async fn push_with_backpressure(
     shared: &Shared,
     limits: &ChannelLimits,
     data: Bytes,
     node: &str,
-) -> bool {
+) -> Push {
+    let mut data = Some(data);
     loop {
         let wait = {
             let Ok(mut st) = shared.recv.lock() else {
-                return false;
+                return Push::Dropped;
             };
-            if st.buffered == 0 || st.buffered + data.len() <= limits.recv_buffer {
-                st.buffered += data.len();
-                st.chunks.push_back(data);
+            if let Some(d) = data
+                .take_if(|d| st.buffered + d.len() <= limits.recv_buffer_max || st.buffered == 0)
+            {
+                st.buffered += d.len();
+                st.chunks.push_back(d);
                 Shared::wake_reader(&mut st);
-                return true;
             }
             let idle = st.last_read.elapsed();
-            if idle >= limits.stall_timeout {
+            let behind = st.buffered > limits.recv_buffer;
+            if behind && idle >= limits.stall_timeout {
                 st.error = Some((
                     io::ErrorKind::TimedOut,
                     "the reader of this channel stalled; channel closed to protect the others",
@@ -244,7 +272,10 @@ async fn push_with_backpressure(
                     stalled_for = ?idle,
                     "closing a channel whose reader stopped reading"
                 );
-                return false;
+                return Push::Stalled;
+            }
+            if data.is_none() {
+                return Push::Taken;
             }
             limits.stall_timeout - idle
         };
@@ -252,7 +283,7 @@ async fn push_with_backpressure(
             _ = shared.space.notified() => {}
             _ = shared.event.notified() => {
                 if shared.dropped.load(Ordering::Acquire) {
-                    return false;
+                    return Push::Dropped;
                 }
             }
             _ = tokio::time::sleep(wait) => {}

@@ -2,7 +2,7 @@
 //! public-key auth, all under one timeout) and opens `direct-tcpip` channels on it, many at a
 //! time. Reconnection and health belong to the pool's supervisor, not here.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::known_hosts::Verdict;
 use super::settings::SshSettings;
 use super::socket::QuickAckStream;
-use super::stream::{ChannelGuard, TunnelStream};
+use super::stream::{ChannelCounters, TunnelStream};
 use super::verifier::{HostKeyReport, NodeHandler};
 use crate::error::{ConnectError, OpenError};
 use crate::node::Node;
@@ -30,6 +30,8 @@ pub struct NodeTunnel {
     closed: CancellationToken,
     host_key: String,
     open_channels: Arc<AtomicUsize>,
+    stalled_channels: Arc<AtomicU64>,
+    disconnect_reason: Arc<Mutex<Option<String>>>,
     settings: Arc<SshSettings>,
 }
 
@@ -113,6 +115,7 @@ impl NodeTunnel {
         set_stage("SSH handshake");
         let closed = CancellationToken::new();
         let report = Arc::new(Mutex::new(HostKeyReport::default()));
+        let disconnect_reason = Arc::new(Mutex::new(None));
         let handler = NodeHandler {
             address: node.address.clone(),
             port: node.ssh_port,
@@ -121,6 +124,7 @@ impl NodeTunnel {
             policy: settings.host_key_policy,
             report: report.clone(),
             closed: closed.clone(),
+            disconnect_reason: disconnect_reason.clone(),
         };
         let config = Arc::new(settings.russh_config());
         let connected = russh::client::connect_stream(config, stream, handler).await;
@@ -178,6 +182,8 @@ impl NodeTunnel {
             closed,
             host_key,
             open_channels: Arc::new(AtomicUsize::new(0)),
+            stalled_channels: Arc::new(AtomicU64::new(0)),
+            disconnect_reason,
             settings,
         })
     }
@@ -195,6 +201,16 @@ impl NodeTunnel {
     /// Channels currently open on this connection.
     pub fn open_channels(&self) -> usize {
         self.open_channels.load(Ordering::Acquire)
+    }
+
+    /// Channels closed because their reader stalled past the limit (see `ssh::stream`).
+    pub fn stalled_channels(&self) -> u64 {
+        self.stalled_channels.load(Ordering::Acquire)
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn disconnect_reason(&self) -> Option<String> {
+        self.disconnect_reason.lock().ok().and_then(|r| r.clone())
     }
 
     /// True once the connection has ended (error, disconnect, keepalive timeout).
@@ -220,7 +236,10 @@ impl NodeTunnel {
         let closed = self.closed.clone();
         let name = self.name.clone();
         let limits = self.settings.channel.clone();
-        let counter = self.open_channels.clone();
+        let counters = ChannelCounters {
+            open: self.open_channels.clone(),
+            stalled: self.stalled_channels.clone(),
+        };
         // The open runs in its own task so that giving up on it never leaks a channel that
         // sshd confirms afterwards: the task then closes it.
         tokio::spawn(async move {
@@ -237,8 +256,7 @@ impl NodeTunnel {
                         let _ = channel.close().await;
                         return;
                     }
-                    counter.fetch_add(1, Ordering::AcqRel);
-                    let stream = TunnelStream::start(channel, name, limits, ChannelGuard(counter));
+                    let stream = TunnelStream::start(channel, name, limits, counters);
                     // If the caller left in the meantime, dropping the stream closes it.
                     let _ = tx.send(Ok(stream));
                 }
@@ -269,6 +287,9 @@ impl NodeTunnel {
 
     /// Sends SSH_MSG_DISCONNECT and ends the connection.
     pub async fn disconnect(&self) {
+        if let Ok(mut r) = self.disconnect_reason.lock() {
+            r.get_or_insert_with(|| "closed by kube-ssh-tunnel".to_string());
+        }
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
             self.handle.disconnect(

@@ -31,6 +31,7 @@ pub struct NodeHandler {
     pub(crate) policy: HostKeyPolicy,
     pub(crate) report: Arc<Mutex<HostKeyReport>>,
     pub(crate) closed: CancellationToken,
+    pub(crate) disconnect_reason: Arc<Mutex<Option<String>>>,
 }
 
 impl russh::client::Handler for NodeHandler {
@@ -70,6 +71,18 @@ impl russh::client::Handler for NodeHandler {
         &mut self,
         reason: russh::client::DisconnectReason<Self::Error>,
     ) -> Result<(), Self::Error> {
+        let text = match &reason {
+            russh::client::DisconnectReason::ReceivedDisconnect(info) => {
+                format!("the node closed the connection ({info:?})")
+            }
+            russh::client::DisconnectReason::Error(russh::Error::KeepaliveTimeout) => {
+                "SSH keepalive timeout (the node stopped answering)".to_string()
+            }
+            russh::client::DisconnectReason::Error(e) => format!("connection lost: {e}"),
+        };
+        if let Ok(mut r) = self.disconnect_reason.lock() {
+            r.get_or_insert(text);
+        }
         self.closed.cancel();
         match reason {
             russh::client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),

@@ -1,0 +1,50 @@
+//! Everything the pool needs beyond the SSH settings: health probes, backoff, drain, and how
+//! long dials wait for a reconnecting node. Defaults are design.md §5.
+
+use std::time::Duration;
+
+use super::backoff::BackoffPolicy;
+use super::health::HealthConfig;
+use crate::ssh::SshSettings;
+
+/// Pool-wide behaviour.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Connection settings shared by every node.
+    pub ssh: SshSettings,
+    /// Health probes through each tunnel.
+    pub health: HealthConfig,
+    /// Backoff after transient failures.
+    pub backoff: BackoffPolicy,
+    /// Backoff after failures a human must fix (authentication, host key).
+    pub backoff_needs_human: BackoffPolicy,
+    /// A connection up this long resets the backoff.
+    pub stable_after: Duration,
+    /// At most this many SSH handshakes in flight across the pool (reconnect storms).
+    pub max_handshakes: usize,
+    /// How long a removed node's open streams may run before its connection is closed.
+    pub drain_timeout: Duration,
+    /// How long a dial waits for a node that is reconnecting (None: the channel open timeout).
+    /// A dial always waits for a node's first connection attempt to finish.
+    pub reconnect_wait: Option<Duration>,
+}
+
+impl PoolConfig {
+    /// Design defaults around `ssh`.
+    pub fn new(ssh: SshSettings) -> Self {
+        PoolConfig {
+            ssh,
+            health: HealthConfig::default(),
+            backoff: BackoffPolicy::TRANSIENT,
+            backoff_needs_human: BackoffPolicy::NEEDS_HUMAN,
+            stable_after: Duration::from_secs(60),
+            max_handshakes: 32,
+            drain_timeout: Duration::from_secs(30),
+            reconnect_wait: None,
+        }
+    }
+
+    pub(crate) fn reconnect_wait(&self) -> Duration {
+        self.reconnect_wait.unwrap_or(self.ssh.open_timeout)
+    }
+}

@@ -1,0 +1,178 @@
+//! Health probes through the tunnel. SSH keepalives prove the SSH server answers; a probe
+//! proves the node can still reach what we dial (by default: a channel to the node's kubelet
+//! port). An HTTP probe GETs a URL as seen from the node (e.g. the kubelet's own
+//! `http://127.0.0.1:10248/healthz`) and wants a 2xx. Every probe runs under a timeout.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::state::HealthResult;
+use crate::error::ConfigError;
+use crate::node::Node;
+use crate::ssh::NodeTunnel;
+
+/// What a probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// No probe: keepalives only.
+    None,
+    /// Open (and close) a channel to the node's address on this port.
+    Tcp { port: u16 },
+    /// `GET path` on host:port as seen from the node; `host` None = the node's address.
+    Http {
+        host: Option<String>,
+        port: u16,
+        path: String,
+    },
+}
+
+impl Probe {
+    /// Parses `http://HOST[:PORT]/PATH`; HOST may be `{address}` for the node's address.
+    pub fn parse_url(url: &str) -> Result<Probe, ConfigError> {
+        let err = |reason: &str| {
+            ConfigError::Invalid(format!(
+                "invalid health probe URL '{url}': {reason}; expected http://HOST[:PORT]/PATH, HOST may be {{address}}"
+            ))
+        };
+        if url.starts_with("https://") {
+            return Err(err(
+                "https probes are not supported yet; use http (e.g. the kubelet's http://127.0.0.1:10248/healthz) or a tcp probe",
+            ));
+        }
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| err("it must start with http://"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = crate::destination::split_host_port(authority).map_err(|r| err(&r))?;
+        let host = if host == "{address}" {
+            None
+        } else {
+            crate::destination::validate_host(&host).map_err(|r| err(&r))?;
+            Some(host)
+        };
+        if path.contains(char::is_whitespace) {
+            return Err(err("the path contains whitespace"));
+        }
+        Ok(Probe::Http {
+            host,
+            port: port.unwrap_or(80),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// Probe timing and thresholds.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures before the connection is replaced (the first failure already
+    /// marks the node `degraded`).
+    pub reconnect_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            probe: Probe::Tcp { port: 10250 },
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            reconnect_after: 3,
+        }
+    }
+}
+
+/// Runs one probe through `tunnel` within the configured timeout.
+pub async fn probe(tunnel: &NodeTunnel, node: &Node, cfg: &HealthConfig) -> HealthResult {
+    let start = Instant::now();
+    let outcome = match tokio::time::timeout(cfg.timeout, run(tunnel, node, &cfg.probe)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("health probe timed out after {:?}", cfg.timeout)),
+    };
+    HealthResult {
+        ok: outcome.is_ok(),
+        at: SystemTime::now(),
+        latency: start.elapsed(),
+        error: outcome.err(),
+    }
+}
+
+async fn run(tunnel: &NodeTunnel, node: &Node, probe: &Probe) -> Result<(), String> {
+    match probe {
+        Probe::None => Ok(()),
+        Probe::Tcp { port } => {
+            let mut s = tunnel
+                .open(&node.address, *port)
+                .await
+                .map_err(|e| format!("probe {}:{port}: {e}", node.address))?;
+            let _ = s.shutdown().await;
+            Ok(())
+        }
+        Probe::Http { host, port, path } => {
+            let host = host.as_deref().unwrap_or(&node.address);
+            let mut s = tunnel
+                .open(host, *port)
+                .await
+                .map_err(|e| format!("probe {host}:{port}: {e}"))?;
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-ssh-tunnel\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("probe http://{host}:{port}{path}: {e}"))?;
+            let mut head = Vec::with_capacity(256);
+            let mut buf = [0u8; 256];
+            while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
+                let n = s
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| format!("probe http://{host}:{port}{path}: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            let line = String::from_utf8_lossy(&head);
+            let status = line.split_whitespace().nth(1).unwrap_or("");
+            if status.len() == 3 && status.starts_with('2') {
+                Ok(())
+            } else {
+                let first = line.lines().next().unwrap_or("(no response)");
+                Err(format!("probe http://{host}:{port}{path}: {first}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_probe_urls() {
+        assert_eq!(
+            Probe::parse_url("http://127.0.0.1:10248/healthz").unwrap(),
+            Probe::Http {
+                host: Some("127.0.0.1".into()),
+                port: 10248,
+                path: "/healthz".into()
+            }
+        );
+        assert_eq!(
+            Probe::parse_url("http://{address}:10250").unwrap(),
+            Probe::Http {
+                host: None,
+                port: 10250,
+                path: "/".into()
+            }
+        );
+        assert!(Probe::parse_url("ftp://x/").is_err());
+        assert!(Probe::parse_url("https://x/").is_err());
+        assert!(Probe::parse_url("http://bad host/").is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! The state of one node's tunnel as the supervisor sees it, published through a
+//! `tokio::sync::watch` so that dials can wait for `ready` and `status` can show why a node
+//! is not. State names are part of the public interface (design.md §4).
+
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where a node's tunnel is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TunnelState {
+    /// A connection attempt is under way.
+    Connecting,
+    /// Connected and healthy: dials go through.
+    Ready,
+    /// Connected, but health probes fail: dials still go through; reconnect after a threshold.
+    Degraded,
+    /// Waiting before the next attempt after a transient failure.
+    Backoff,
+    /// Removed from the node set (or shutting down): no new dials, open streams finish.
+    Draining,
+    /// A failure a human must fix (authentication rejected, host key): retried slowly.
+    Failed,
+}
+
+impl TunnelState {
+    /// The public lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelState::Connecting => "connecting",
+            TunnelState::Ready => "ready",
+            TunnelState::Degraded => "degraded",
+            TunnelState::Backoff => "backoff",
+            TunnelState::Draining => "draining",
+            TunnelState::Failed => "failed",
+        }
+    }
+
+    /// True when dials may use the node's connection.
+    pub fn accepts_dials(self) -> bool {
+        matches!(self, TunnelState::Ready | TunnelState::Degraded)
+    }
+}
+
+impl fmt::Display for TunnelState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome of the latest health probe.
+#[derive(Debug, Clone)]
+pub struct HealthResult {
+    pub ok: bool,
+    pub at: SystemTime,
+    pub latency: Duration,
+    pub error: Option<String>,
+}
+
+/// A node's published status.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub state: TunnelState,
+    /// When the current state began (wall clock, for display).
+    pub since: SystemTime,
+    /// When the current state began (monotonic).
+    pub since_instant: Instant,
+    /// Why the node is in this state.
+    pub reason: String,
+    /// The latest connection or probe error, kept after recovery for the operator.
+    pub last_error: Option<String>,
+    /// When the next connection attempt is due (in backoff/failed).
+    pub next_retry: Option<Instant>,
+    /// Connection attempts made so far.
+    pub attempts: u64,
+    /// Successful connections after the first one.
+    pub reconnects: u64,
+    /// True once the first connection attempt has finished (either way).
+    pub first_attempt_done: bool,
+    /// The latest health probe.
+    pub last_health: Option<HealthResult>,
+    /// The verified host key of the current (or last) connection.
+    pub host_key: Option<String>,
+    /// The latest failed connection attempt, typed (cleared by a successful one).
+    pub last_connect_error: Option<std::sync::Arc<crate::error::ConnectError>>,
+}
+
+impl NodeStatus {
+    pub(crate) fn new() -> Self {
+        NodeStatus {
+            state: TunnelState::Connecting,
+            since: SystemTime::now(),
+            since_instant: Instant::now(),
+            reason: "starting".into(),
+            last_error: None,
+            next_retry: None,
+            attempts: 0,
+            reconnects: 0,
+            first_attempt_done: false,
+            last_health: None,
+            host_key: None,
+            last_connect_error: None,
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! One task per node keeps its tunnel alive: connect (at most `max_handshakes` at once across
+//! the pool), watch the connection (SSH keepalives end it when the node stops answering),
+//! probe health through it, and on failure back off (exponential, full jitter) and try again.
+//! Failures a human must fix (authentication rejected, host key) back off to minutes and say
+//! so. Dropping a connection never cuts its open streams: they run to completion or the drain
+//! timeout (see `drain`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::backoff::Backoff;
+use super::config::PoolConfig;
+use super::drain::drain_tunnel;
+use super::health;
+use super::slot::NodeSlot;
+use super::state::TunnelState;
+use crate::ssh::NodeTunnel;
+
+/// How often the supervisor checks a connection's `is_closed()` in case russh ended the
+/// session without calling the disconnect handler.
+const CLOSED_POLL: Duration = Duration::from_millis(250);
+
+/// Runs until the slot's stop token is cancelled. Leaves the tunnel in the slot on stop (the
+/// caller drains it).
+pub(crate) async fn supervise(
+    slot: Arc<NodeSlot>,
+    cfg: Arc<PoolConfig>,
+    handshakes: Arc<Semaphore>,
+) {
+    let ssh = Arc::new(cfg.ssh.clone());
+    let mut transient = Backoff::new(cfg.backoff);
+    let mut human = Backoff::new(cfg.backoff_needs_human);
+    let mut connected_once = false;
+    loop {
+        if slot.stop.is_cancelled() {
+            return;
+        }
+        slot.set_state(TunnelState::Connecting, "connecting");
+        let kick = slot.kick_token();
+        let permit = tokio::select! {
+            p = handshakes.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = slot.stop.cancelled() => return,
+        };
+        slot.update_status(|s| s.attempts += 1);
+        let node = slot.node();
+        let attempt = tokio::select! {
+            r = NodeTunnel::connect(&node, ssh.clone()) => r,
+            _ = slot.stop.cancelled() => return,
+        };
+        drop(permit);
+        let delay;
+        let connect_error = attempt
+            .as_ref()
+            .err()
+            .map(|e| Arc::new(e.clone_for_status()));
+        slot.update_status(|s| s.last_connect_error = connect_error);
+        match attempt {
+            Ok(tunnel) => {
+                let tunnel = Arc::new(tunnel);
+                let host_key = tunnel.host_key().to_string();
+                slot.update_status(|s| {
+                    s.first_attempt_done = true;
+                    s.host_key = Some(host_key);
+                    if connected_once {
+                        s.reconnects += 1;
+                    }
+                });
+                connected_once = true;
+                slot.publish(Some(tunnel.clone()));
+                slot.set_state(TunnelState::Ready, "connected");
+                let up_since = Instant::now();
+                let why = watch_connection(&slot, &tunnel, &cfg, &kick).await;
+                if slot.stop.is_cancelled() {
+                    return;
+                }
+                slot.publish(None);
+                // Open streams keep running on the old connection until they end.
+                tokio::spawn(drain_tunnel(tunnel, cfg.drain_timeout));
+                if up_since.elapsed() >= cfg.stable_after {
+                    transient.reset();
+                    human.reset();
+                }
+                slot.update_status(|s| s.last_error = Some(why.clone()));
+                if kick.is_cancelled() {
+                    continue;
+                }
+                delay = transient.next_delay();
+                enter_backoff(&slot, TunnelState::Backoff, &why, delay);
+            }
+            Err(e) => {
+                let needs_human = e.needs_human();
+                delay = if needs_human {
+                    human.next_delay()
+                } else {
+                    transient.next_delay()
+                };
+                let msg = e.to_string();
+                slot.update_status(|s| {
+                    s.first_attempt_done = true;
+                    s.last_error = Some(msg.clone());
+                });
+                let (state, why) = if needs_human {
+                    (
+                        TunnelState::Failed,
+                        format!("needs a human, retrying slowly: {msg}"),
+                    )
+                } else {
+                    (TunnelState::Backoff, msg)
+                };
+                enter_backoff(&slot, state, &why, delay);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = kick.cancelled() => {}
+            _ = slot.stop.cancelled() => return,
+        }
+    }
+}
+
+fn enter_backoff(slot: &NodeSlot, state: TunnelState, why: &str, delay: Duration) {
+    slot.update_status(|s| s.next_retry = Some(Instant::now() + delay));
+    slot.set_state(
+        state,
+        format!("{why} (next attempt in {:.1}s)", delay.as_secs_f64()),
+    );
+}
+
+/// Watches a ready connection; returns why it must be replaced.
+async fn watch_connection(
+    slot: &NodeSlot,
+    tunnel: &NodeTunnel,
+    cfg: &PoolConfig,
+    kick: &tokio_util::sync::CancellationToken,
+) -> String {
+    let probing = cfg.health.probe != health::Probe::None;
+    let mut probe_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.health.interval,
+        cfg.health.interval,
+    );
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closed_poll = tokio::time::interval(CLOSED_POLL);
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = tunnel.closed() => break,
+            _ = closed_poll.tick() => if tunnel.is_closed() { break },
+            _ = slot.stop.cancelled() => return "stopping".into(),
+            _ = kick.cancelled() => {
+                tunnel.disconnect().await;
+                return "reconnect requested".into();
+            }
+            _ = probe_tick.tick(), if probing => {
+                // Sequential: the next probe starts only after this one ends (never piles up).
+                let result = health::probe(tunnel, &slot.node(), &cfg.health).await;
+                let ok = result.ok;
+                let error = result.error.clone();
+                slot.update_status(|s| s.last_health = Some(result));
+                if ok {
+                    if failures > 0 {
+                        slot.set_state(TunnelState::Ready, "health probe ok again");
+                    }
+                    failures = 0;
+                    continue;
+                }
+                if tunnel.is_closed() {
+                    break;
+                }
+                failures += 1;
+                let err = error.unwrap_or_else(|| "health probe failed".into());
+                slot.update_status(|s| s.last_error = Some(err.clone()));
+                if failures >= cfg.health.reconnect_after.max(1) {
+                    tunnel.disconnect().await;
+                    return format!("health probe failed {failures} times in a row: {err}");
+                }
+                slot.set_state(TunnelState::Degraded, format!("health probe failed ({failures}/{}): {err}", cfg.health.reconnect_after));
+            }
+        }
+    }
+    tunnel
+        .disconnect_reason()
+        .unwrap_or_else(|| "connection lost".into())
+}
