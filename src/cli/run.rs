@@ -55,10 +55,10 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
                 }
             }
             _ = tick.tick() => {
-                if let Some(w) = watcher.as_mut() {
-                    if w.changed() {
-                        reload(&pool, &args.ssh, w);
-                    }
+                if let Some(w) = watcher.as_mut()
+                    && w.changed()
+                {
+                    reload(&pool, &args.ssh, w);
                 }
             }
         }
