@@ -219,13 +219,15 @@ async fn pump(
             Some(_) => {}
         }
     };
+    // Stop taking this channel's data first: russh's session loop may be blocked delivering
+    // into this channel's full queue, and would then never send the CLOSE below.
+    drop(rx);
     if let PumpEnd::Done = end {
         // Closing a channel the peer already closed is harmless; a congested session must not
         // hold this task forever.
         let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, wh.close()).await;
         shared.mark_closed(Some((io::ErrorKind::BrokenPipe, "the channel is closed")));
     }
-    drop(rx);
 }
 
 enum Push {

@@ -6,6 +6,7 @@ HTTP on --http-port (default 10250, the kubelet port):
   GET  /whoami    -> 200 "<node-name> <local-address>:<port>" (which node's stub answered)
   POST /echo      -> 200 with the request body
   GET  /close     -> 200 "bye", then the server closes the connection (destination-first close)
+HTTP/1.0 requests and "Connection: close" end the connection after the response.
 Raw TCP echo on --echo-port (default 10260): echoes bytes; on EOF from the client it sends
 what is left and shuts down its write side (half-close both ways).
 Stdlib only (asyncio), so it runs wherever python3 does.
@@ -63,6 +64,8 @@ async def http(reader, writer, name):
                 writer.write(response("400 Bad Request", b"bad request\n", True))
                 break
             method, path = parts[0], parts[1]
+            version = parts[2] if len(parts) > 2 else "HTTP/1.0"
+            keep_alive = version == "HTTP/1.1"
             length = 0
             while True:
                 h = await reader.readline()
@@ -71,6 +74,10 @@ async def http(reader, writer, name):
                 k, _, v = h.decode("latin-1").partition(":")
                 if k.strip().lower() == "content-length":
                     length = int(v.strip())
+                elif k.strip().lower() == "connection":
+                    keep_alive = v.strip().lower() != "close"
+                    if v.strip().lower() == "keep-alive":
+                        keep_alive = True
             body = await reader.readexactly(length) if length else b""
             if path == "/healthz":
                 writer.write(response("200 OK", b"ok"))
@@ -85,6 +92,8 @@ async def http(reader, writer, name):
             else:
                 writer.write(response("404 Not Found", b"not found\n"))
             await writer.drain()
+            if not keep_alive:
+                break
     except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError):
         pass
     finally:

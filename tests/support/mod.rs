@@ -103,6 +103,29 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
+/// Resident set size of this process in bytes (from /proc/self/status).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A loopback address where nothing listens on `port` (connections are refused).
+pub fn refused_address(port: u16) -> Ipv4Addr {
+    try_pick_address(&[port]).expect("a free loopback address")
+}
+
 /// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -147,7 +170,117 @@ fn pick_address() -> (Ipv4Addr, u16) {
     panic!("no free loopback address found for a test node");
 }
 
-/// One test node: sshd + kubelet stub on their own loopback address.
+/// A network namespace made for one test node, joined to the root namespace by a veth pair.
+/// Deleted (with its veth pair) when dropped.
+pub struct Netns {
+    pub name: String,
+    /// The veth end inside the namespace (set it down to cut the node off).
+    pub inner_if: String,
+    pub host_addr: Ipv4Addr,
+    pub node_addr: Ipv4Addr,
+}
+
+impl Netns {
+    fn create() -> Netns {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        reap_stale_netns();
+        let tag: u32 = rng.random_range(0..0xff_ffff);
+        // The creator's PID is in the name so that namespaces of a killed test run can be
+        // recognised and removed by the next one.
+        let name = format!("kst-{}-{tag:06x}", std::process::id());
+        let host_if = format!("kh{tag:06x}");
+        let inner_if = format!("kn{tag:06x}");
+        // 198.18.0.0/15 (RFC 2544 benchmark range) inside a namespace we create; /30 per node.
+        let third = rng.random_range(0..=255u8);
+        let fourth = rng.random_range(0..=63u8) * 4;
+        let host_addr = Ipv4Addr::new(198, 18, third, fourth + 1);
+        let node_addr = Ipv4Addr::new(198, 18, third, fourth + 2);
+        let ip = |args: &[&str]| run(Command::new("ip").args(args));
+        ip(&["netns", "add", &name]);
+        let ns = Netns {
+            name: name.clone(),
+            inner_if: inner_if.clone(),
+            host_addr,
+            node_addr,
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &inner_if,
+        ]);
+        ip(&["link", "set", &inner_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{node_addr}/30"),
+            "dev",
+            &inner_if,
+        ]);
+        ip(&["-n", &name, "link", "set", &inner_if, "up"]);
+        ns
+    }
+
+    /// Sets the namespace side of the veth pair down (`false`) or up (`true`).
+    pub fn set_link(&self, up: bool) {
+        run(Command::new("ip").args([
+            "-n",
+            &self.name,
+            "link",
+            "set",
+            &self.inner_if,
+            if up { "up" } else { "down" },
+        ]));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// Deletes `kst-PID-*` namespaces whose creating process is gone (a test run killed with
+/// SIGKILL cannot clean up after itself).
+fn reap_stale_netns() {
+    let Ok(out) = Command::new("ip")
+        .args(["netns", "list"])
+        .stdin(Stdio::null())
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name.strip_prefix("kst-").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", name])
+                .stdin(Stdio::null())
+                .output();
+        }
+    }
+}
+
+/// True when network namespaces can be made here (root with `ip`).
+pub fn can_use_netns() -> bool {
+    is_root()
+        && Command::new("ip")
+            .arg("-V")
+            .stdin(Stdio::null())
+            .output()
+            .is_ok()
+}
+
+/// One test node: sshd + kubelet stub on their own loopback address (or in a namespace).
 pub struct TestNode {
     pub name: String,
     pub addr: Ipv4Addr,
@@ -156,11 +289,30 @@ pub struct TestNode {
     config: PathBuf,
     sshd: Mutex<Option<Child>>,
     stub: Mutex<Option<Child>>,
+    /// The node's namespace, when it lives in one (dropped after its processes).
+    pub netns: Option<Netns>,
 }
 
 impl TestNode {
     fn start(name: &str, root: &Path, authorized_keys: &str) -> TestNode {
-        let (addr, ssh_port) = pick_address();
+        Self::start_placed(name, root, authorized_keys, None)
+    }
+
+    /// Starts a node in a fresh network namespace (root only; see `can_use_netns`).
+    pub fn start_in_netns(name: &str, root: &Path, authorized_keys: &str) -> TestNode {
+        Self::start_placed(name, root, authorized_keys, Some(Netns::create()))
+    }
+
+    fn start_placed(
+        name: &str,
+        root: &Path,
+        authorized_keys: &str,
+        netns: Option<Netns>,
+    ) -> TestNode {
+        let (addr, ssh_port) = match &netns {
+            Some(ns) => (ns.node_addr, 22),
+            None => pick_address(),
+        };
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("node dir");
         keygen(&dir.join("ssh_host_ed25519_key"), "ed25519", None);
@@ -189,15 +341,34 @@ impl TestNode {
             config,
             sshd: Mutex::new(None),
             stub: Mutex::new(None),
+            netns,
         };
         node.start_stub();
         node.start_sshd();
         node
     }
 
-    fn start_stub(&self) {
-        let log = std::fs::File::create(self.dir.join("stub.log")).expect("stub log");
-        let child = Command::new("python3")
+    /// A command that runs `program` in this node's namespace (or here).
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// Starts the kubelet stub (again) and waits until it listens.
+    pub fn start_stub(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("stub.log"))
+            .expect("stub log");
+        let child = self
+            .command("python3")
             .arg(repo().join("tests/node/kubelet_stub.py"))
             .args(["--listen", &self.addr.to_string()])
             .args(["--http-port", &HTTP_PORT.to_string()])
@@ -226,7 +397,8 @@ impl TestNode {
             .append(true)
             .open(self.dir.join("sshd.log"))
             .expect("sshd log");
-        let child = Command::new(SSHD)
+        let child = self
+            .command(SSHD)
             .args(["-D", "-e", "-f"])
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -242,6 +414,14 @@ impl TestNode {
             self.name,
             self.sshd_log()
         );
+    }
+
+    /// Kills the kubelet stub (its ports then refuse connections).
+    pub fn kill_stub(&self) {
+        if let Some(mut c) = self.stub.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// The listener sshd's PID, if running.
@@ -363,6 +543,7 @@ impl Drop for TestNode {
             }
             let _ = c.wait();
         }
+        // `netns` drops after this body: the namespace goes once its processes are gone.
     }
 }
 
@@ -420,6 +601,16 @@ impl Cluster {
             authorized_keys,
             dir,
         }
+    }
+
+    /// Adds a node living in its own network namespace (root only).
+    pub fn add_netns_node(&mut self, name: &str) -> &TestNode {
+        let node = TestNode::start_in_netns(name, self.dir.path(), &self.authorized_keys);
+        let mut kh = std::fs::read_to_string(&self.known_hosts).unwrap();
+        kh.push_str(&node.known_hosts_line());
+        std::fs::write(&self.known_hosts, kh).unwrap();
+        self.nodes.push(node);
+        self.nodes.last().unwrap()
     }
 
     /// The temp dir everything lives in.

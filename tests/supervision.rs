@@ -1,0 +1,806 @@
+//! Keeping tunnels alive (supervision) against real sshd nodes, with timeouts and intervals
+//! shortened by configuration.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube_ssh_tunnel::pool::backoff::BackoffPolicy;
+use kube_ssh_tunnel::pool::{NodeStatus, PoolConfig, Probe, TunnelState};
+use kube_ssh_tunnel::ssh::ChannelLimits;
+use kube_ssh_tunnel::{Destination, DialError, Node, Pool, SshSettings, TunnelStream};
+use sha2::{Digest, Sha256};
+use support::{Cluster, ECHO_PORT, HTTP_PORT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const KEEPALIVE: Duration = Duration::from_secs(1);
+const KEEPALIVE_MAX: usize = 3;
+
+fn dest(addr: impl std::fmt::Display, port: u16) -> Destination {
+    format!("{addr}:{port}").parse().unwrap()
+}
+
+fn settings(c: &Cluster) -> SshSettings {
+    SshSettings::builder(c.user.clone())
+        .key_file(&c.keys.ed25519, None)
+        .unwrap()
+        .known_hosts_file(&c.known_hosts)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .open_timeout(Duration::from_secs(5))
+        .keepalive(Some(KEEPALIVE), KEEPALIVE_MAX)
+        .build()
+}
+
+/// Short intervals: keepalive 1 s × 3, no probes, backoff 0.2 s → 1 s.
+fn fast(c: &Cluster) -> PoolConfig {
+    let mut cfg = PoolConfig::new(settings(c));
+    cfg.health.probe = Probe::None;
+    cfg.backoff = BackoffPolicy {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(1),
+    };
+    cfg.drain_timeout = Duration::from_secs(10);
+    cfg
+}
+
+/// Waits until node `name`'s status satisfies `pred`; returns how long it took.
+async fn wait_status(
+    pool: &Pool,
+    name: &str,
+    limit: Duration,
+    pred: impl Fn(&NodeStatus) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    let mut rx = pool.subscribe(name)?;
+    tokio::time::timeout(limit, rx.wait_for(|s| pred(s)))
+        .await
+        .ok()?
+        .ok()?;
+    Some(start.elapsed())
+}
+
+fn is(state: TunnelState) -> impl Fn(&NodeStatus) -> bool {
+    move |s| s.state == state
+}
+
+/// Pushes `total` random bytes through `stream` to the echo server and reads them back, with
+/// a pause every MiB so that the transfer takes a while. Returns (bytes back, hashes equal).
+async fn paced_round_trip(stream: TunnelStream, total: usize, pause: Duration) -> (usize, bool) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        use rand::{RngCore, SeedableRng};
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            rng.fill_bytes(&mut buf);
+            wr.write_all(&buf).await.unwrap();
+            h.update(&buf);
+            sent += buf.len();
+            if sent % (1 << 20) == 0 {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        wr.shutdown().await.unwrap();
+        h.finalize()
+    });
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    loop {
+        let n = rd.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        got += n;
+    }
+    let sent = writer.await.unwrap();
+    (got, sent == h.finalize())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_sshd_is_noticed_and_a_restart_brings_the_node_back() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let mut cfg = fast(&cluster);
+    cfg.reconnect_wait = Some(Duration::from_secs(15));
+    let pool = Arc::new(Pool::with_config(cfg, cluster.node_list()).unwrap());
+    wait_status(
+        &pool,
+        "node-1",
+        Duration::from_secs(10),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("ready");
+
+    node.kill_sshd();
+    let budget = KEEPALIVE * (KEEPALIVE_MAX as u32 + 1) + Duration::from_secs(2);
+    wait_status(&pool, "node-1", budget, |s| s.state != TunnelState::Ready)
+        .await
+        .expect("node leaves ready within the keepalive budget");
+
+    // A dial issued while the node is down waits for it.
+    let p = pool.clone();
+    let d = dest(node.addr, HTTP_PORT);
+    let pending = tokio::spawn(async move { p.dial(&d).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !pending.is_finished(),
+        "the dial waits while the node reconnects"
+    );
+    node.start_sshd();
+    let back = wait_status(
+        &pool,
+        "node-1",
+        Duration::from_secs(5),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("ready again after the restart");
+    // One backoff step (≤ 1 s) plus a connect.
+    assert!(back < Duration::from_secs(3), "ready again after {back:?}");
+    let mut s = pending
+        .await
+        .unwrap()
+        .expect("the waiting dial succeeded once the node was back");
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.ends_with("ok"), "{reply}");
+    let st = pool.status("node-1").unwrap();
+    assert_eq!(st.reconnects, 1);
+    assert!(
+        st.last_error.is_some(),
+        "the reason of the drop is kept: {st:?}"
+    );
+
+    // Down again, and a dial that runs out of time fails naming the node, state and error.
+    node.kill_sshd();
+    wait_status(&pool, "node-1", Duration::from_secs(6), |s| {
+        s.state != TunnelState::Ready
+    })
+    .await
+    .unwrap();
+    let mut cfg = fast(&cluster);
+    cfg.reconnect_wait = Some(Duration::from_millis(500));
+    let short = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    let t0 = Instant::now();
+    let err = short.dial(&dest(node.addr, HTTP_PORT)).await.unwrap_err();
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "bounded: {:?}",
+        t0.elapsed()
+    );
+    let DialError::NotReady { node: n, state, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(n, "node-1");
+    assert!(
+        matches!(state, TunnelState::Backoff | TunnelState::Connecting),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("TCP connect"),
+        "names the last error: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_sshd_is_detected_by_keepalive_and_recovers_after_sigcont() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let pool = Pool::with_config(fast(&cluster), cluster.node_list()).unwrap();
+    wait_status(
+        &pool,
+        "node-1",
+        Duration::from_secs(10),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("ready");
+    node.stop_sshd();
+    let limit = KEEPALIVE * (KEEPALIVE_MAX as u32 + 1) + Duration::from_millis(1500);
+    let took = wait_status(&pool, "node-1", limit + Duration::from_secs(5), |s| {
+        s.state != TunnelState::Ready
+    })
+    .await
+    .expect("a frozen node is noticed");
+    node.cont_sshd();
+    assert!(took <= limit, "detected after {took:?}, budget {limit:?}");
+    assert!(
+        took >= KEEPALIVE * 2,
+        "noticed by keepalive, not at once ({took:?})"
+    );
+    let st = pool.status("node-1").unwrap();
+    assert!(
+        st.last_error.as_deref().unwrap_or("").contains("keepalive"),
+        "{st:?}"
+    );
+    wait_status(
+        &pool,
+        "node-1",
+        Duration::from_secs(15),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("recovers after SIGCONT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_port_and_blackhole_listener_back_off_with_growing_jittered_delays() {
+    let cluster = Cluster::start(0);
+    // A listener that accepts TCP and never speaks SSH; it records when attempts arrive.
+    let hole_addr = support::refused_address(2022);
+    let listener = tokio::net::TcpListener::bind((hole_addr, 2022))
+        .await
+        .unwrap();
+    let arrivals = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let rec = arrivals.clone();
+    let hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            let Ok((sock, _)) = listener.accept().await else {
+                break;
+            };
+            rec.lock().unwrap().push(Instant::now());
+            held.push(sock);
+        }
+    });
+    let refused = support::refused_address(22);
+    let nodes = vec![
+        Node::parse_spec(&format!("refused={refused}:22")).unwrap(),
+        Node::parse_spec(&format!("blackhole={hole_addr}:2022")).unwrap(),
+    ];
+    let mut cfg = PoolConfig::new(
+        SshSettings::builder(cluster.user.clone())
+            .key_file(&cluster.keys.ed25519, None)
+            .unwrap()
+            .known_hosts_file(&cluster.known_hosts)
+            .unwrap()
+            .connect_timeout(Duration::from_millis(700))
+            .build(),
+    );
+    cfg.health.probe = Probe::None;
+    cfg.backoff = BackoffPolicy {
+        min: Duration::from_millis(300),
+        max: Duration::from_secs(4),
+    };
+    let pool = Pool::with_config(cfg, nodes).unwrap();
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    hole.abort();
+
+    let refused_st = pool.status("refused").unwrap();
+    assert!(
+        (3..=9).contains(&refused_st.attempts),
+        "refused port: {} attempts in 12 s (growing backoff, no busy loop)",
+        refused_st.attempts
+    );
+    assert_eq!(refused_st.state, TunnelState::Backoff, "{refused_st:?}");
+    assert!(
+        refused_st.reason.contains("TCP connect") && refused_st.reason.contains("next attempt in"),
+        "{}",
+        refused_st.reason
+    );
+
+    let times = arrivals.lock().unwrap().clone();
+    assert!(
+        (3..=8).contains(&times.len()),
+        "blackhole: {} attempts in 12 s",
+        times.len()
+    );
+    assert!(
+        times[0] - start < Duration::from_secs(1),
+        "the first attempt is immediate"
+    );
+    let bh = pool.status("blackhole").unwrap();
+    assert!(
+        bh.last_error.as_deref().unwrap_or("").contains("timed out"),
+        "handshake timeout: {bh:?}"
+    );
+    // Delay between attempts = gap - connect timeout. It grows, and it is not the bare doubling.
+    let delays: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64() - 0.7)
+        .collect();
+    let first = delays[0];
+    let later_max = delays[1..].iter().cloned().fold(0.0, f64::max);
+    assert!(later_max > first + 0.2, "delays grow: {delays:?}");
+    let ceilings = [0.3, 0.6, 1.2, 2.4, 4.0, 4.0, 4.0];
+    let jittered = delays
+        .iter()
+        .zip(ceilings)
+        .skip(1)
+        .any(|(d, c)| (d - c).abs() > 0.05 * c);
+    assert!(
+        jittered,
+        "delays are jittered, not exact doublings: {delays:?}"
+    );
+    assert!(
+        delays.iter().zip(ceilings).all(|(d, c)| *d <= c + 0.3),
+        "delays stay under the cap: {delays:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_key_is_a_slow_failure_and_restoring_it_recovers() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    // Default needs-a-human backoff (5 s doubling to 5 min).
+    let mut cfg = fast(&cluster);
+    cfg.backoff_needs_human = BackoffPolicy::NEEDS_HUMAN;
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    wait_status(
+        &pool,
+        "node-1",
+        Duration::from_secs(10),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("ready");
+    node.set_authorized_keys("");
+    node.restart_sshd(); // drops the established connection; the next one must authenticate
+    let failed = wait_status(
+        &pool,
+        "node-1",
+        Duration::from_secs(10),
+        is(TunnelState::Failed),
+    )
+    .await;
+    assert!(
+        failed.is_some(),
+        "authentication rejected → failed: {:?}",
+        pool.status("node-1")
+    );
+    let st = pool.status("node-1").unwrap();
+    assert!(
+        st.reason.contains("needs a human") && st.reason.contains("rejected"),
+        "{}",
+        st.reason
+    );
+    let before = st.attempts;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let st = pool.status("node-1").unwrap();
+    let tried = st.attempts - before;
+    assert!(
+        tried <= 4,
+        "{tried} attempts in 30 s with a rejected key (few, no hammering)"
+    );
+    assert!(
+        node.sshd_log()
+            .matches("Connection closed by authenticating user")
+            .count()
+            <= 6
+            || node.sshd_log().matches("Failed publickey").count() <= 6,
+        "sshd saw few attempts"
+    );
+    // Restore the key: an operator's reconnect (or the next slow retry) brings it back.
+    node.set_authorized_keys(&cluster.authorized_keys);
+    assert!(pool.reconnect("node-1"));
+    wait_status(
+        &pool,
+        "node-1",
+        Duration::from_secs(10),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("restoring the key recovers");
+
+    // Without the operator: a short needs-a-human backoff recovers by itself.
+    let mut cfg = fast(&cluster);
+    cfg.backoff_needs_human = BackoffPolicy {
+        min: Duration::from_millis(300),
+        max: Duration::from_secs(1),
+    };
+    let pool2 = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    wait_status(
+        &pool2,
+        "node-1",
+        Duration::from_secs(10),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("ready");
+    node.set_authorized_keys("");
+    node.restart_sshd();
+    wait_status(
+        &pool2,
+        "node-1",
+        Duration::from_secs(10),
+        is(TunnelState::Failed),
+    )
+    .await
+    .expect("failed");
+    node.set_authorized_keys(&cluster.authorized_keys);
+    wait_status(
+        &pool2,
+        "node-1",
+        Duration::from_secs(10),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("recovers on its own");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_down_in_a_network_namespace_is_detected_and_recovers() {
+    if !support::can_use_netns() {
+        eprintln!(
+            "SKIPPED link_down_in_a_network_namespace_is_detected_and_recovers: needs root and iproute2 for network namespaces"
+        );
+        return;
+    }
+    let mut cluster = Cluster::start(0);
+    cluster.add_netns_node("node-ns");
+    let node = &cluster.nodes[0];
+    let pool = Pool::with_config(fast(&cluster), cluster.node_list()).unwrap();
+    wait_status(
+        &pool,
+        "node-ns",
+        Duration::from_secs(10),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("ready");
+    let mut s = pool.dial(&dest(node.addr, HTTP_PORT)).await.unwrap();
+    s.write_all(b"GET /whoami HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.contains("node-ns"), "{reply}");
+
+    node.netns.as_ref().unwrap().set_link(false);
+    let limit = KEEPALIVE * (KEEPALIVE_MAX as u32 + 1) + Duration::from_millis(1500);
+    let took = wait_status(&pool, "node-ns", limit + Duration::from_secs(5), |s| {
+        s.state != TunnelState::Ready
+    })
+    .await;
+    node.netns.as_ref().unwrap().set_link(true);
+    let took = took.expect("a cut link is noticed");
+    assert!(took <= limit, "detected after {took:?}, budget {limit:?}");
+    wait_status(
+        &pool,
+        "node-ns",
+        Duration::from_secs(15),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("recovers when the link is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_node_finishes_its_transfer_refuses_new_dials_then_closes() {
+    let cluster = Cluster::start(3);
+    let (n1, n2, n3) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+    let pool = Arc::new(Pool::with_config(fast(&cluster), vec![n1.node(), n2.node()]).unwrap());
+    let stream = pool.dial(&dest(n1.addr, ECHO_PORT)).await.unwrap();
+    let transfer = tokio::spawn(paced_round_trip(
+        stream,
+        32 << 20,
+        Duration::from_millis(60),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !transfer.is_finished(),
+        "the transfer is still running when the node is removed"
+    );
+
+    // An update that does not validate is refused whole; the set stays.
+    let bad = Node {
+        address: "999.0.0.1".into(),
+        ..n2.node()
+    };
+    assert!(pool.update(vec![n1.node(), bad]).is_err());
+    assert_eq!(pool.nodes().len(), 2);
+
+    let summary = pool.update(vec![n2.node()]).unwrap();
+    assert_eq!(summary.removed, vec!["node-1".to_string()]);
+    let t0 = Instant::now();
+    let err = pool.dial(&dest(n1.addr, ECHO_PORT)).await.unwrap_err();
+    assert!(matches!(err, DialError::NoRoute { .. }), "{err}");
+    assert!(t0.elapsed() < Duration::from_millis(200), "refused at once");
+    let draining = pool
+        .statuses()
+        .into_iter()
+        .find(|(n, _)| n.name == "node-1")
+        .map(|(_, s)| s.state);
+    assert_eq!(draining, Some(TunnelState::Draining));
+
+    let (got, same) = tokio::time::timeout(Duration::from_secs(120), transfer)
+        .await
+        .expect("transfer ends")
+        .unwrap();
+    assert_eq!(got, 32 << 20);
+    assert!(same, "the 32 MiB came back intact");
+    assert!(
+        support::wait_until(Duration::from_secs(5), || n1.ssh_connections() == 0),
+        "node-1's connection closes after its stream ended"
+    );
+    assert_eq!(n2.ssh_connections(), 1, "node-2 untouched");
+
+    // node-2 moves to node-3's address: a new connection there, the old one drains away.
+    let moved = Node {
+        address: n3.addr.to_string(),
+        ..n2.node()
+    };
+    let summary = pool.update(vec![moved]).unwrap();
+    assert_eq!(summary.replaced, vec!["node-2".to_string()]);
+    wait_status(
+        &pool,
+        "node-2",
+        Duration::from_secs(10),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect("ready at the new address");
+    assert!(support::wait_until(Duration::from_secs(5), || n2
+        .ssh_connections()
+        == 0
+        && n3.ssh_connections() == 1));
+    let mut s = pool
+        .dial_through("node-2", &dest(n3.addr, HTTP_PORT))
+        .await
+        .unwrap();
+    s.write_all(b"GET /whoami HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.contains("node-3"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_open_streams_up_to_the_drain_timeout() {
+    let cluster = Cluster::start(1);
+    let n1 = &cluster.nodes[0];
+    let mut cfg = fast(&cluster);
+    cfg.drain_timeout = Duration::from_secs(2);
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    let stream = pool.dial(&dest(n1.addr, ECHO_PORT)).await.unwrap();
+    let transfer = tokio::spawn(paced_round_trip(
+        stream,
+        8 << 20,
+        Duration::from_millis(100),
+    ));
+    // An idle stream that never finishes: cut at the drain timeout.
+    let mut idle = pool.dial(&dest(n1.addr, ECHO_PORT)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    pool.shutdown().await;
+    let took = t0.elapsed();
+    let (got, same) = transfer.await.unwrap();
+    assert!(
+        got == 8 << 20 && same,
+        "the running transfer finished intact during the drain"
+    );
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+        "shutdown waited for the drain timeout: {took:?}"
+    );
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .expect("no hang");
+    assert!(matches!(r, Ok(0) | Err(_)), "the idle stream ended: {r:?}");
+    assert!(support::wait_until(Duration::from_secs(5), || n1
+        .ssh_connections()
+        == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probe_failures_degrade_then_replace_the_connection() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let mut cfg = fast(&cluster);
+    cfg.health.probe = Probe::Http {
+        host: None,
+        port: HTTP_PORT,
+        path: "/healthz".into(),
+    };
+    cfg.health.interval = Duration::from_millis(300);
+    cfg.health.timeout = Duration::from_secs(1);
+    cfg.health.reconnect_after = 3;
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    wait_status(&pool, "node-1", Duration::from_secs(10), |s| {
+        s.state == TunnelState::Ready && s.last_health.as_ref().is_some_and(|h| h.ok)
+    })
+    .await
+    .expect("ready with a passing probe");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut rx = pool.subscribe("node-1").unwrap();
+    let rec = seen.clone();
+    let watcher = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let st = rx.borrow_and_update().state;
+            let mut v = rec.lock().unwrap();
+            if v.last() != Some(&st) {
+                v.push(st);
+            }
+        }
+    });
+    node.kill_stub();
+    let reconnected = wait_status(&pool, "node-1", Duration::from_secs(10), |s| {
+        s.reconnects >= 1
+    })
+    .await;
+    node.start_stub();
+    assert!(
+        reconnected.is_some(),
+        "three failed probes replace the connection: {:?}",
+        pool.status("node-1")
+    );
+    wait_status(&pool, "node-1", Duration::from_secs(10), |s| {
+        s.state == TunnelState::Ready && s.last_health.as_ref().is_some_and(|h| h.ok)
+    })
+    .await
+    .expect("healthy again once the kubelet is back");
+    watcher.abort();
+    let states = seen.lock().unwrap().clone();
+    let degraded = states
+        .iter()
+        .position(|s| *s == TunnelState::Degraded)
+        .expect("went through degraded");
+    assert!(
+        states[degraded..].contains(&TunnelState::Connecting),
+        "then reconnected: {states:?}"
+    );
+    let st = pool.status("node-1").unwrap();
+    assert!(
+        st.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("health probe"),
+        "{st:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_does_not_stall_its_neighbours_and_loses_its_channel() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let mut s = settings(&cluster);
+    s.channel = ChannelLimits {
+        recv_buffer: 1 << 20,
+        recv_buffer_max: 4 << 20,
+        stall_timeout: Duration::from_secs(2),
+    };
+    let mut cfg = fast(&cluster);
+    cfg.ssh = s;
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    let d = dest(node.addr, ECHO_PORT);
+    let rss_before = support::rss_bytes();
+
+    // Channel A: we push 24 MiB into the echo server and never read the echo.
+    let stuck = pool.dial(&d).await.unwrap();
+    let (mut stuck_rd, mut stuck_wr) = tokio::io::split(stuck);
+    let pusher = tokio::spawn(async move {
+        let buf = vec![7u8; 64 * 1024];
+        for _ in 0..384 {
+            if stuck_wr.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Channel B on the same connection moves 64 MiB both ways.
+    let busy = pool.dial(&d).await.unwrap();
+    let (got, same) = tokio::time::timeout(
+        Duration::from_secs(120),
+        paced_round_trip(busy, 64 << 20, Duration::ZERO),
+    )
+    .await
+    .expect("the neighbour's 64 MiB completes");
+    assert!(got == 64 << 20 && same);
+    let rss_after = support::rss_bytes();
+    let grew = rss_after.saturating_sub(rss_before);
+    eprintln!(
+        "stalled-reader test: RSS before {} MiB, after {} MiB, growth {} MiB",
+        rss_before >> 20,
+        rss_after >> 20,
+        grew >> 20
+    );
+    assert!(
+        grew < 64 << 20,
+        "memory stays bounded: grew {} MiB",
+        grew >> 20
+    );
+
+    // The stuck reader lost its channel, with an error (not a silent EOF), and it was counted.
+    let tunnel = pool.tunnel("node-1").unwrap();
+    assert!(support::wait_until(Duration::from_secs(10), || tunnel
+        .stalled_channels()
+        == 1));
+    let mut sink = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), stuck_rd.read_to_end(&mut sink))
+        .await
+        .expect("no hang");
+    let e = r.expect_err("the stalled channel ends with an error");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    pusher.abort();
+    assert_eq!(
+        pool.status("node-1").unwrap().state,
+        TunnelState::Ready,
+        "the connection itself survived"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_sequential_dials_leave_no_fd_or_task_behind() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let pool = Pool::with_config(fast(&cluster), cluster.node_list()).unwrap();
+    let d = dest(node.addr, ECHO_PORT);
+    let tunnel = {
+        wait_status(
+            &pool,
+            "node-1",
+            Duration::from_secs(10),
+            is(TunnelState::Ready),
+        )
+        .await
+        .expect("ready");
+        pool.tunnel("node-1").unwrap()
+    };
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let one = |i: u32| {
+        let pool = &pool;
+        let d = &d;
+        async move {
+            let mut s = pool
+                .dial(d)
+                .await
+                .unwrap_or_else(|e| panic!("dial {i}: {e}"));
+            s.write_all(&[i as u8]).await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(b[0], i as u8);
+            if i % 2 == 0 {
+                s.shutdown().await.unwrap(); // graceful half-close
+            } // odd ones are just dropped
+        }
+    };
+    for i in 0..20 {
+        one(i).await;
+    }
+    assert!(support::wait_until(Duration::from_secs(5), || tunnel
+        .open_channels()
+        == 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fds_before = support::open_fds();
+    let tasks_before = metrics.num_alive_tasks();
+    let t0 = Instant::now();
+    for i in 0..10_000 {
+        one(i).await;
+    }
+    let took = t0.elapsed();
+    let settled = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = tunnel.open_channels() == 0
+                && support::open_fds() <= fds_before
+                && metrics.num_alive_tasks() <= tasks_before;
+            if ok || Instant::now() > deadline {
+                break ok;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    eprintln!(
+        "10,000 dials in {took:?}; fds {} -> {}; tasks {} -> {}",
+        fds_before,
+        support::open_fds(),
+        tasks_before,
+        metrics.num_alive_tasks()
+    );
+    assert!(
+        settled,
+        "back to the start: fds {} (was {fds_before}), tasks {} (was {tasks_before}), channels {}",
+        support::open_fds(),
+        metrics.num_alive_tasks(),
+        tunnel.open_channels()
+    );
+    assert_eq!(node.ssh_connections(), 1);
+}
