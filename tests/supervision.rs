@@ -757,7 +757,7 @@ async fn ten_thousand_sequential_dials_leave_no_fd_or_task_behind() {
             let mut b = [0u8; 1];
             s.read_exact(&mut b).await.unwrap();
             assert_eq!(b[0], i as u8);
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 s.shutdown().await.unwrap(); // graceful half-close
             } // odd ones are just dropped
         }
