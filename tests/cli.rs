@@ -396,3 +396,164 @@ fn run_connects_every_node_and_stops_on_sigterm() {
         "{stderr}"
     );
 }
+
+/// A `run` daemon under test, with its log collected as it comes.
+struct Daemon {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    fn start(args: &[String]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Daemon {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_log(&self, needle: &str, count: usize, limit: Duration) -> bool {
+        support::wait_until(limit, || self.log().matches(needle).count() >= count)
+    }
+
+    /// Sends `sig` and waits (bounded) for the exit code.
+    fn stop(&mut self, sig: i32) -> Option<i32> {
+        support::signal(self.child.id(), sig);
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return st.code();
+            }
+            if start.elapsed() > Duration::from_secs(40) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nodes_toml(nodes: &[&support::TestNode]) -> String {
+    nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nssh_port = {}\n\n",
+                n.name, n.addr, n.ssh_port
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn run_follows_the_node_file_and_keeps_the_last_good_set() {
+    let cluster = Cluster::start(2);
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let file = cluster.path().join("nodes.toml");
+    std::fs::write(&file, nodes_toml(&[n1, n2])).unwrap();
+    let mut args = s(&["run", "--ssh-tunnel", "--ssh-user", &cluster.user]);
+    args.extend(s(&[
+        "--ssh-keyfile",
+        cluster.keys.ed25519.to_str().unwrap(),
+    ]));
+    args.extend(s(&[
+        "--ssh-known-hosts",
+        cluster.known_hosts.to_str().unwrap(),
+    ]));
+    args.extend(s(&[
+        "--nodes",
+        file.to_str().unwrap(),
+        "--reload-interval",
+        "200ms",
+        "--drain-timeout",
+        "5s",
+    ]));
+    let mut d = Daemon::start(&args);
+    assert!(
+        d.wait_log("tunnel ready", 2, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+
+    // A broken file: logged, and both tunnels stay.
+    std::fs::write(
+        &file,
+        "[[nodes]]\nname = \"node-1\"\naddress = \"not an address\"\n",
+    )
+    .unwrap();
+    assert!(
+        d.wait_log("keeping the last good node set", 1, Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        (n1.ssh_connections(), n2.ssh_connections()),
+        (1, 1),
+        "{}",
+        d.log()
+    );
+
+    // node-2 removed: its connection drains and closes; node-1 untouched.
+    std::fs::write(&file, nodes_toml(&[n1])).unwrap();
+    assert!(
+        support::wait_until(Duration::from_secs(10), || n2.ssh_connections() == 0),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("node set updated"), "{}", d.log());
+    assert_eq!(n1.ssh_connections(), 1);
+
+    // SIGHUP re-reads at once; node-2 is back.
+    std::fs::write(&file, nodes_toml(&[n1, n2])).unwrap();
+    support::signal(d.child.id(), libc::SIGHUP);
+    assert!(
+        support::wait_until(Duration::from_secs(10), || n2.ssh_connections() == 1),
+        "{}",
+        d.log()
+    );
+
+    // SIGTERM: drain, close, exit 0.
+    assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+    assert!(d.log().contains("stopped"), "{}", d.log());
+    assert!(support::wait_until(Duration::from_secs(5), || n1
+        .ssh_connections()
+        == 0
+        && n2.ssh_connections() == 0));
+}

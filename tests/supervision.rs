@@ -273,11 +273,12 @@ async fn refused_port_and_blackhole_listener_back_off_with_growing_jittered_dela
     let pool = Pool::with_config(cfg, nodes).unwrap();
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(12)).await;
-    hole.abort();
 
+    // Full jitter over [0.3 s, d] with d doubling to 4 s: ~9 attempts expected in 12 s; a busy
+    // loop would make thousands. The bound allows for unlucky (short) draws.
     let refused_st = pool.status("refused").unwrap();
     assert!(
-        (3..=9).contains(&refused_st.attempts),
+        (3..=15).contains(&refused_st.attempts),
         "refused port: {} attempts in 12 s (growing backoff, no busy loop)",
         refused_st.attempts
     );
@@ -290,7 +291,7 @@ async fn refused_port_and_blackhole_listener_back_off_with_growing_jittered_dela
 
     let times = arrivals.lock().unwrap().clone();
     assert!(
-        (3..=8).contains(&times.len()),
+        (3..=12).contains(&times.len()),
         "blackhole: {} attempts in 12 s",
         times.len()
     );
@@ -303,6 +304,7 @@ async fn refused_port_and_blackhole_listener_back_off_with_growing_jittered_dela
         bh.last_error.as_deref().unwrap_or("").contains("timed out"),
         "handshake timeout: {bh:?}"
     );
+    hole.abort();
     // Delay between attempts = gap - connect timeout. It grows, and it is not the bare doubling.
     let delays: Vec<f64> = times
         .windows(2)

@@ -87,6 +87,17 @@ impl NodeSlot {
 
     /// Moves to `state` with `reason`; logs the change once (with the node and the reason).
     pub(crate) fn set_state(&self, state: TunnelState, reason: impl Into<String>) {
+        self.set_state_with(state, reason, |_| {});
+    }
+
+    /// Like `set_state`, with further changes made in the same update, so that no reader
+    /// sees half of a transition (e.g. "first attempt done" without its outcome).
+    pub(crate) fn set_state_with(
+        &self,
+        state: TunnelState,
+        reason: impl Into<String>,
+        also: impl FnOnce(&mut NodeStatus),
+    ) {
         let reason = reason.into();
         let name = self.name();
         self.status.send_modify(|s| {
@@ -108,6 +119,7 @@ impl NodeSlot {
             if state != TunnelState::Backoff && state != TunnelState::Failed {
                 s.next_retry = None;
             }
+            also(s);
         });
     }
 

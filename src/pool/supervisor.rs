@@ -60,16 +60,16 @@ pub(crate) async fn supervise(
             Ok(tunnel) => {
                 let tunnel = Arc::new(tunnel);
                 let host_key = tunnel.host_key().to_string();
-                slot.update_status(|s| {
+                slot.publish(Some(tunnel.clone()));
+                let reconnect = connected_once;
+                slot.set_state_with(TunnelState::Ready, "connected", |s| {
                     s.first_attempt_done = true;
                     s.host_key = Some(host_key);
-                    if connected_once {
+                    if reconnect {
                         s.reconnects += 1;
                     }
                 });
                 connected_once = true;
-                slot.publish(Some(tunnel.clone()));
-                slot.set_state(TunnelState::Ready, "connected");
                 let up_since = Instant::now();
                 let why = watch_connection(&slot, &tunnel, &cfg, &kick).await;
                 if slot.stop.is_cancelled() {
@@ -82,12 +82,12 @@ pub(crate) async fn supervise(
                     transient.reset();
                     human.reset();
                 }
-                slot.update_status(|s| s.last_error = Some(why.clone()));
                 if kick.is_cancelled() {
+                    slot.update_status(|s| s.last_error = Some(why.clone()));
                     continue;
                 }
                 delay = transient.next_delay();
-                enter_backoff(&slot, TunnelState::Backoff, &why, delay);
+                enter_backoff(&slot, TunnelState::Backoff, &why, delay, Some(why.clone()));
             }
             Err(e) => {
                 let needs_human = e.needs_human();
@@ -97,19 +97,15 @@ pub(crate) async fn supervise(
                     transient.next_delay()
                 };
                 let msg = e.to_string();
-                slot.update_status(|s| {
-                    s.first_attempt_done = true;
-                    s.last_error = Some(msg.clone());
-                });
                 let (state, why) = if needs_human {
                     (
                         TunnelState::Failed,
                         format!("needs a human, retrying slowly: {msg}"),
                     )
                 } else {
-                    (TunnelState::Backoff, msg)
+                    (TunnelState::Backoff, msg.clone())
                 };
-                enter_backoff(&slot, state, &why, delay);
+                enter_backoff(&slot, state, &why, delay, Some(msg));
             }
         }
         tokio::select! {
@@ -120,12 +116,22 @@ pub(crate) async fn supervise(
     }
 }
 
-fn enter_backoff(slot: &NodeSlot, state: TunnelState, why: &str, delay: Duration) {
-    slot.update_status(|s| s.next_retry = Some(Instant::now() + delay));
-    slot.set_state(
-        state,
-        format!("{why} (next attempt in {:.1}s)", delay.as_secs_f64()),
-    );
+/// Enters backoff/failed, recording the attempt's outcome in the same status update.
+fn enter_backoff(
+    slot: &NodeSlot,
+    state: TunnelState,
+    why: &str,
+    delay: Duration,
+    error: Option<String>,
+) {
+    let reason = format!("{why} (next attempt in {:.1}s)", delay.as_secs_f64());
+    slot.set_state_with(state, reason, |s| {
+        s.first_attempt_done = true;
+        s.next_retry = Some(Instant::now() + delay);
+        if error.is_some() {
+            s.last_error = error;
+        }
+    });
 }
 
 /// Watches a ready connection; returns why it must be replaced.
