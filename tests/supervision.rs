@@ -806,3 +806,78 @@ async fn ten_thousand_sequential_dials_leave_no_fd_or_task_behind() {
     );
     assert_eq!(node.ssh_connections(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_flight_are_capped_across_the_pool() {
+    let cluster = Cluster::start(0);
+    // Eight nodes behind one listener that accepts TCP and never speaks: every attempt is a
+    // handshake in flight until the connect timeout. Record each attempt's (open, close).
+    let addr = support::refused_address(2022);
+    let listener = tokio::net::TcpListener::bind((addr, 2022)).await.unwrap();
+    let spans = Arc::new(Mutex::new(Vec::<(Instant, Instant)>::new()));
+    let rec = spans.clone();
+    let hole = tokio::spawn(async move {
+        for _ in 0..500 {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                break;
+            };
+            let opened = Instant::now();
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let mut b = [0u8; 1024];
+                // Until the client gives up on the handshake and closes.
+                while let Ok(n) = sock.read(&mut b).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                rec.lock().unwrap().push((opened, Instant::now()));
+            });
+        }
+    });
+    let nodes: Vec<Node> = (0..8)
+        .map(|i| Node::parse_spec(&format!("n{i}={addr}:2022")).unwrap())
+        .collect();
+    let mut cfg = PoolConfig::new(
+        SshSettings::builder(cluster.user.clone())
+            .key_file(&cluster.keys.ed25519, None)
+            .unwrap()
+            .known_hosts_file(&cluster.known_hosts)
+            .unwrap()
+            .connect_timeout(Duration::from_millis(600))
+            .build(),
+    );
+    cfg.health.probe = Probe::None;
+    cfg.max_handshakes = 3;
+    cfg.backoff = BackoffPolicy {
+        min: Duration::from_millis(100),
+        max: Duration::from_millis(200),
+    };
+    let pool = Pool::with_config(cfg, nodes).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    drop(pool);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hole.abort();
+    let spans = spans.lock().unwrap().clone();
+    assert!(
+        spans.len() >= 8,
+        "every node tried ({} attempts)",
+        spans.len()
+    );
+    // Peak overlap, allowing 50 ms for the server to see a client's close.
+    let lag = Duration::from_millis(50);
+    let peak = spans
+        .iter()
+        .map(|(a, _)| {
+            spans
+                .iter()
+                .filter(|(b, c)| *b <= *a && *a < c.checked_sub(lag).unwrap_or(*c))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        peak, 3,
+        "at most 3 handshakes at once, and the cap was reached"
+    );
+}
