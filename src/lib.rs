@@ -24,6 +24,7 @@ pub mod gate;
 pub mod node;
 pub mod pool;
 pub mod ssh;
+pub mod tls;
 
 pub use destination::Destination;
 pub use error::{ConfigError, ConnectError, DialError, OpenError};

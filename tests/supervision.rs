@@ -600,6 +600,7 @@ async fn health_probe_failures_degrade_then_replace_the_connection() {
         host: None,
         port: HTTP_PORT,
         path: "/healthz".into(),
+        tls: false,
     };
     cfg.health.interval = Duration::from_millis(300);
     cfg.health.timeout = Duration::from_secs(1);
@@ -880,4 +881,80 @@ async fn handshakes_in_flight_are_capped_across_the_pool() {
         peak, 3,
         "at most 3 handshakes at once, and the cap was reached"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_probe_verifies_the_kubelet_certificate_through_the_tunnel() {
+    use kube_ssh_tunnel::tls::{ServerTrust, client_config};
+    let cluster = Cluster::start(1);
+    let probe_cfg = |trust: ServerTrust<'_>| {
+        let mut cfg = fast(&cluster);
+        cfg.health.probe = Probe::parse_url(&format!(
+            "https://{{address}}:{}/healthz",
+            support::HTTPS_PORT
+        ))
+        .unwrap();
+        cfg.health.interval = Duration::from_millis(300);
+        cfg.health.timeout = Duration::from_secs(2);
+        cfg.health.reconnect_after = 1000;
+        cfg.health.tls = Some(client_config(trust).unwrap());
+        cfg
+    };
+    let healthy = |s: &NodeStatus| {
+        s.state == TunnelState::Ready && s.last_health.as_ref().is_some_and(|h| h.ok)
+    };
+
+    // The cluster CA: the kubelet's certificate (SAN = node IP) verifies.
+    let pool = Pool::with_config(
+        probe_cfg(ServerTrust::CaFile(&cluster.ca_file)),
+        cluster.node_list(),
+    )
+    .unwrap();
+    wait_status(&pool, "node-1", Duration::from_secs(10), healthy)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "https probe passes with the right CA: {:?}",
+                pool.status("node-1")
+            )
+        });
+
+    // Another CA: the handshake is refused, the node is degraded, and the error says why.
+    let other = support::TestCa::new("some other CA");
+    let other_file = cluster.path().join("other-ca.crt");
+    other.write(&other_file);
+    let pool2 = Pool::with_config(
+        probe_cfg(ServerTrust::CaFile(&other_file)),
+        cluster.node_list(),
+    )
+    .unwrap();
+    wait_status(
+        &pool2,
+        "node-1",
+        Duration::from_secs(10),
+        is(TunnelState::Degraded),
+    )
+    .await
+    .expect("a certificate from an unknown CA fails the probe");
+    let err = pool2
+        .status("node-1")
+        .unwrap()
+        .last_health
+        .unwrap()
+        .error
+        .unwrap();
+    assert!(
+        err.contains("TLS") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    // Explicitly insecure: any certificate passes.
+    let pool3 = Pool::with_config(
+        probe_cfg(ServerTrust::InsecureSkipVerify),
+        cluster.node_list(),
+    )
+    .unwrap();
+    wait_status(&pool3, "node-1", Duration::from_secs(10), healthy)
+        .await
+        .expect("insecure mode accepts it");
 }

@@ -76,12 +76,21 @@ pub struct SuperviseArgs {
     pub health_port: u16,
 
     /// URL the http probe GETs as seen from the node (HOST may be {address}); wants a 2xx.
+    /// https:// needs --health-ca (or --health-insecure-skip-tls-verify).
     #[arg(
         long,
         env = "KUBE_SSH_TUNNEL_HEALTH_URL",
         default_value = "http://127.0.0.1:10248/healthz"
     )]
     pub health_url: String,
+
+    /// CA certificate(s) (PEM) that https probes verify the node's serving certificate with.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_CA")]
+    pub health_ca: Option<std::path::PathBuf>,
+
+    /// Let https probes accept any certificate (INSECURE; for self-signed kubelet certificates).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_INSECURE_SKIP_TLS_VERIFY")]
+    pub health_insecure_skip_tls_verify: bool,
 
     /// Time between health probes.
     #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_INTERVAL", default_value = "10s", value_parser = parse_duration)]

@@ -9,6 +9,7 @@ use clap::Args;
 use kube_ssh_tunnel::pool::backoff::BackoffPolicy;
 use kube_ssh_tunnel::pool::{HealthConfig, PoolConfig, Probe};
 use kube_ssh_tunnel::ssh::ChannelLimits;
+use kube_ssh_tunnel::tls::{self, ServerTrust};
 use kube_ssh_tunnel::{Node, Pool};
 
 use super::CliError;
@@ -97,11 +98,34 @@ fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
         ..ChannelLimits::default()
     };
     let mut cfg = PoolConfig::new(ssh);
+    let needs_tls = matches!(probe, Probe::Http { tls: true, .. });
+    let tls = match (&s.health_ca, s.health_insecure_skip_tls_verify) {
+        (Some(ca), false) => Some(tls::client_config(ServerTrust::CaFile(ca))?),
+        (None, true) => {
+            tracing::warn!(
+                "--health-insecure-skip-tls-verify: https probes accept any certificate"
+            );
+            Some(tls::client_config(ServerTrust::InsecureSkipVerify)?)
+        }
+        (Some(_), true) => {
+            return Err(CliError::usage(
+                "--health-ca and --health-insecure-skip-tls-verify exclude each other; pick one",
+            ));
+        }
+        (None, false) if needs_tls => {
+            return Err(CliError::usage(
+                "an https --health-url needs --health-ca FILE (the CA of the kubelets' serving \
+                 certificates) or --health-insecure-skip-tls-verify",
+            ));
+        }
+        (None, false) => None,
+    };
     cfg.health = HealthConfig {
         probe,
         interval: s.health_interval,
         timeout: s.health_timeout,
         reconnect_after: s.health_failures.max(1),
+        tls,
     };
     cfg.backoff = BackoffPolicy {
         min: s.backoff_min,

@@ -1,11 +1,13 @@
 //! Health probes through the tunnel. SSH keepalives prove the SSH server answers; a probe
 //! proves the node can still reach what we dial (by default: a channel to the node's kubelet
-//! port). An HTTP probe GETs a URL as seen from the node (e.g. the kubelet's own
-//! `http://127.0.0.1:10248/healthz`) and wants a 2xx. Every probe runs under a timeout.
+//! port). An HTTP(S) probe GETs a URL as seen from the node (e.g. the kubelet's own
+//! `http://127.0.0.1:10248/healthz`, or `https://{address}:10250/healthz` with the cluster
+//! CA) and wants a 2xx. Every probe runs under a timeout.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::state::HealthResult;
 use crate::error::ConfigError;
@@ -20,29 +22,30 @@ pub enum Probe {
     /// Open (and close) a channel to the node's address on this port.
     Tcp { port: u16 },
     /// `GET path` on host:port as seen from the node; `host` None = the node's address.
+    /// With `tls`, over TLS checked by `HealthConfig::tls`.
     Http {
         host: Option<String>,
         port: u16,
         path: String,
+        tls: bool,
     },
 }
 
 impl Probe {
-    /// Parses `http://HOST[:PORT]/PATH`; HOST may be `{address}` for the node's address.
+    /// Parses `http(s)://HOST[:PORT]/PATH`; HOST may be `{address}` for the node's address.
     pub fn parse_url(url: &str) -> Result<Probe, ConfigError> {
         let err = |reason: &str| {
             ConfigError::Invalid(format!(
-                "invalid health probe URL '{url}': {reason}; expected http://HOST[:PORT]/PATH, HOST may be {{address}}"
+                "invalid health probe URL '{url}': {reason}; expected http(s)://HOST[:PORT]/PATH, HOST may be {{address}}"
             ))
         };
-        if url.starts_with("https://") {
-            return Err(err(
-                "https probes are not supported yet; use http (e.g. the kubelet's http://127.0.0.1:10248/healthz) or a tcp probe",
-            ));
-        }
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| err("it must start with http://"))?;
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(err("it must start with http:// or https://"));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -59,8 +62,9 @@ impl Probe {
         }
         Ok(Probe::Http {
             host,
-            port: port.unwrap_or(80),
+            port: port.unwrap_or(if tls { 443 } else { 80 }),
             path: path.to_string(),
+            tls,
         })
     }
 }
@@ -74,6 +78,8 @@ pub struct HealthConfig {
     /// Consecutive failures before the connection is replaced (the first failure already
     /// marks the node `degraded`).
     pub reconnect_after: u32,
+    /// TLS client settings for `https` probes (see `crate::tls`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for HealthConfig {
@@ -83,6 +89,7 @@ impl Default for HealthConfig {
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(5),
             reconnect_after: 3,
+            tls: None,
         }
     }
 }
@@ -90,7 +97,7 @@ impl Default for HealthConfig {
 /// Runs one probe through `tunnel` within the configured timeout.
 pub async fn probe(tunnel: &NodeTunnel, node: &Node, cfg: &HealthConfig) -> HealthResult {
     let start = Instant::now();
-    let outcome = match tokio::time::timeout(cfg.timeout, run(tunnel, node, &cfg.probe)).await {
+    let outcome = match tokio::time::timeout(cfg.timeout, run(tunnel, node, cfg)).await {
         Ok(r) => r,
         Err(_) => Err(format!("health probe timed out after {:?}", cfg.timeout)),
     };
@@ -102,50 +109,80 @@ pub async fn probe(tunnel: &NodeTunnel, node: &Node, cfg: &HealthConfig) -> Heal
     }
 }
 
-async fn run(tunnel: &NodeTunnel, node: &Node, probe: &Probe) -> Result<(), String> {
-    match probe {
+async fn run(tunnel: &NodeTunnel, node: &Node, cfg: &HealthConfig) -> Result<(), String> {
+    match &cfg.probe {
         Probe::None => Ok(()),
         Probe::Tcp { port } => {
             let mut s = tunnel
                 .open(&node.address, *port)
                 .await
-                .map_err(|e| format!("probe {}:{port}: {e}", node.address))?;
+                .map_err(|e| format!("health probe {}:{port}: {e}", node.address))?;
             let _ = s.shutdown().await;
             Ok(())
         }
-        Probe::Http { host, port, path } => {
+        Probe::Http {
+            host,
+            port,
+            path,
+            tls,
+        } => {
             let host = host.as_deref().unwrap_or(&node.address);
-            let mut s = tunnel
+            let url = format!(
+                "{}://{host}:{port}{path}",
+                if *tls { "https" } else { "http" }
+            );
+            let stream = tunnel
                 .open(host, *port)
                 .await
-                .map_err(|e| format!("probe {host}:{port}: {e}"))?;
-            let req = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-ssh-tunnel\r\nConnection: close\r\n\r\n"
-            );
-            s.write_all(req.as_bytes())
+                .map_err(|e| format!("health probe {url}: {e}"))?;
+            if !*tls {
+                return get(stream, host, path, &url).await;
+            }
+            let config = cfg
+                .tls
+                .clone()
+                .ok_or_else(|| format!("health probe {url}: no TLS settings for an https probe"))?;
+            let name = crate::tls::server_name(host)?;
+            let tls_stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
                 .await
-                .map_err(|e| format!("probe http://{host}:{port}{path}: {e}"))?;
-            let mut head = Vec::with_capacity(256);
-            let mut buf = [0u8; 256];
-            while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-                let n = s
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| format!("probe http://{host}:{port}{path}: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
-            let line = String::from_utf8_lossy(&head);
-            let status = line.split_whitespace().nth(1).unwrap_or("");
-            if status.len() == 3 && status.starts_with('2') {
-                Ok(())
-            } else {
-                let first = line.lines().next().unwrap_or("(no response)");
-                Err(format!("probe http://{host}:{port}{path}: {first}"))
-            }
+                .map_err(|e| format!("health probe {url}: TLS: {e}"))?;
+            get(tls_stream, host, path, &url).await
         }
+    }
+}
+
+/// Sends a GET over `s` and wants a 2xx status line.
+async fn get<S>(mut s: S, host: &str, path: &str, url: &str) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-ssh-tunnel\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("health probe {url}: {e}"))?;
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
+        let n = s
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("health probe {url}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let _ = s.shutdown().await;
+    let line = String::from_utf8_lossy(&head);
+    let status = line.split_whitespace().nth(1).unwrap_or("");
+    if status.len() == 3 && status.starts_with('2') {
+        Ok(())
+    } else {
+        let first = line.lines().next().unwrap_or("(no response)");
+        Err(format!("health probe {url}: {first}"))
     }
 }
 
@@ -160,19 +197,20 @@ mod tests {
             Probe::Http {
                 host: Some("127.0.0.1".into()),
                 port: 10248,
-                path: "/healthz".into()
+                path: "/healthz".into(),
+                tls: false
             }
         );
         assert_eq!(
-            Probe::parse_url("http://{address}:10250").unwrap(),
+            Probe::parse_url("https://{address}:10250").unwrap(),
             Probe::Http {
                 host: None,
                 port: 10250,
-                path: "/".into()
+                path: "/".into(),
+                tls: true
             }
         );
         assert!(Probe::parse_url("ftp://x/").is_err());
-        assert!(Probe::parse_url("https://x/").is_err());
         assert!(Probe::parse_url("http://bad host/").is_err());
     }
 }

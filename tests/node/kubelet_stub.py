@@ -7,6 +7,8 @@ HTTP on --http-port (default 10250, the kubelet port):
   POST /echo      -> 200 with the request body
   GET  /close     -> 200 "bye", then the server closes the connection (destination-first close)
 HTTP/1.0 requests and "Connection: close" end the connection after the response.
+The same HTTP endpoints over TLS on --https-port when --tls-cert/--tls-key are given (like the
+real kubelet's HTTPS port).
 Raw TCP echo on --echo-port (default 10260): echoes bytes; on EOF from the client it sends
 what is left and shuts down its write side (half-close both ways).
 Stdlib only (asyncio), so it runs wherever python3 does.
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import resource
 import signal
+import ssl
 
 
 def raise_fd_limit():
@@ -106,16 +109,26 @@ async def main():
     p.add_argument("--http-port", type=int, default=10250)
     p.add_argument("--echo-port", type=int, default=10260)
     p.add_argument("--name", default="node")
+    p.add_argument("--https-port", type=int, default=0)
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     a = p.parse_args()
     raise_fd_limit()
     h = await asyncio.start_server(lambda r, w: http(r, w, a.name), a.listen, a.http_port, backlog=4096)
     e = await asyncio.start_server(echo, a.listen, a.echo_port, backlog=4096)
+    servers = [h, e]
+    if a.https_port and a.tls_cert and a.tls_key:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        servers.append(await asyncio.start_server(
+            lambda r, w: http(r, w, a.name), a.listen, a.https_port, ssl=ctx, backlog=4096))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for s in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(s, stop.set)
-    async with h, e:
-        await stop.wait()
+    await stop.wait()
+    for s in servers:
+        s.close()
 
 
 if __name__ == "__main__":

@@ -18,8 +18,75 @@ use tempfile::TempDir;
 
 /// Port of the kubelet stub's HTTP side (the real kubelet port).
 pub const HTTP_PORT: u16 = 10250;
+/// Port of the kubelet stub's HTTPS side (same endpoints, cert signed by the cluster's CA).
+pub const HTTPS_PORT: u16 = 10251;
 /// Port of the kubelet stub's raw TCP echo.
 pub const ECHO_PORT: u16 = 10260;
+
+/// A test certificate authority (rcgen) that issues serving and client certificates.
+pub struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    /// The CA certificate, PEM.
+    pub cert_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key).expect("CA cert");
+        TestCa {
+            cert_pem: cert.pem(),
+            params,
+            key,
+        }
+    }
+
+    /// Issues a certificate for `sans` (IPs or DNS names); writes NAME.crt and NAME.key into
+    /// `dir` and returns their paths.
+    pub fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        sans: &[String],
+        client: bool,
+    ) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(sans.to_vec()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("signed cert");
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        (c, k)
+    }
+
+    /// Writes the CA certificate to `path`.
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, &self.cert_pem).unwrap();
+    }
+}
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -163,7 +230,7 @@ fn try_pick_address(ports: &[u16]) -> Option<Ipv4Addr> {
 fn pick_address() -> (Ipv4Addr, u16) {
     let candidates: &[u16] = if is_root() { &[22, 2222] } else { &[2222] };
     for &ssh_port in candidates {
-        if let Some(a) = try_pick_address(&[ssh_port, HTTP_PORT, ECHO_PORT]) {
+        if let Some(a) = try_pick_address(&[ssh_port, HTTP_PORT, HTTPS_PORT, ECHO_PORT]) {
             return (a, ssh_port);
         }
     }
@@ -294,19 +361,20 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    fn start(name: &str, root: &Path, authorized_keys: &str) -> TestNode {
-        Self::start_placed(name, root, authorized_keys, None)
+    fn start(name: &str, root: &Path, authorized_keys: &str, ca: &TestCa) -> TestNode {
+        Self::start_placed(name, root, authorized_keys, ca, None)
     }
 
     /// Starts a node in a fresh network namespace (root only; see `can_use_netns`).
-    pub fn start_in_netns(name: &str, root: &Path, authorized_keys: &str) -> TestNode {
-        Self::start_placed(name, root, authorized_keys, Some(Netns::create()))
+    pub fn start_in_netns(name: &str, root: &Path, authorized_keys: &str, ca: &TestCa) -> TestNode {
+        Self::start_placed(name, root, authorized_keys, ca, Some(Netns::create()))
     }
 
     fn start_placed(
         name: &str,
         root: &Path,
         authorized_keys: &str,
+        ca: &TestCa,
         netns: Option<Netns>,
     ) -> TestNode {
         let (addr, ssh_port) = match &netns {
@@ -316,11 +384,13 @@ impl TestNode {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("node dir");
         keygen(&dir.join("ssh_host_ed25519_key"), "ed25519", None);
+        // The kubelet stub's serving certificate, for the node's address (like a kubelet's).
+        ca.issue(&dir, "kubelet", &[addr.to_string()], false);
         std::fs::write(dir.join("authorized_keys"), authorized_keys).expect("authorized_keys");
         let template = std::fs::read_to_string(repo().join("tests/node/sshd_config.template"))
             .expect("tests/node/sshd_config.template");
         let config = dir.join("sshd_config");
-        let permit = format!("{addr}:{HTTP_PORT} {addr}:{ECHO_PORT}");
+        let permit = format!("{addr}:{HTTP_PORT} {addr}:{HTTPS_PORT} {addr}:{ECHO_PORT}");
         std::fs::write(
             &config,
             template
@@ -373,6 +443,11 @@ impl TestNode {
             .args(["--listen", &self.addr.to_string()])
             .args(["--http-port", &HTTP_PORT.to_string()])
             .args(["--echo-port", &ECHO_PORT.to_string()])
+            .args(["--https-port", &HTTPS_PORT.to_string()])
+            .arg("--tls-cert")
+            .arg(self.dir.join("kubelet.crt"))
+            .arg("--tls-key")
+            .arg(self.dir.join("kubelet.key"))
             .args(["--name", &self.name])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -380,7 +455,7 @@ impl TestNode {
             .spawn()
             .expect("start kubelet stub (python3)");
         *self.stub.lock().unwrap() = Some(child);
-        for port in [HTTP_PORT, ECHO_PORT] {
+        for port in [HTTP_PORT, HTTPS_PORT, ECHO_PORT] {
             let a = SocketAddr::from((self.addr, port));
             assert!(
                 wait_until(Duration::from_secs(10), || TcpStream::connect(a).is_ok()),
@@ -557,6 +632,10 @@ pub struct ClientKeys {
 /// N nodes plus the client side: keys, known_hosts, user. Dropping it stops everything.
 pub struct Cluster {
     pub nodes: Vec<TestNode>,
+    /// The CA that signed every kubelet stub's serving certificate.
+    pub ca: TestCa,
+    /// `ca`'s certificate as a PEM file.
+    pub ca_file: PathBuf,
     pub keys: ClientKeys,
     pub known_hosts: PathBuf,
     pub user: String,
@@ -587,14 +666,19 @@ impl Cluster {
             let public = std::fs::read_to_string(k.with_extension("pub")).unwrap();
             authorized_keys.push_str(&format!("restrict,port-forwarding {public}"));
         }
+        let ca = TestCa::new("kube-ssh-tunnel test cluster CA");
+        let ca_file = kd.join("cluster-ca.crt");
+        ca.write(&ca_file);
         let nodes: Vec<TestNode> = (1..=n)
-            .map(|i| TestNode::start(&format!("node-{i}"), dir.path(), &authorized_keys))
+            .map(|i| TestNode::start(&format!("node-{i}"), dir.path(), &authorized_keys, &ca))
             .collect();
         let known_hosts = kd.join("known_hosts");
         let text: String = nodes.iter().map(|n| n.known_hosts_line()).collect();
         std::fs::write(&known_hosts, text).unwrap();
         Cluster {
             nodes,
+            ca,
+            ca_file,
             keys,
             known_hosts,
             user: current_user(),
@@ -605,7 +689,7 @@ impl Cluster {
 
     /// Adds a node living in its own network namespace (root only).
     pub fn add_netns_node(&mut self, name: &str) -> &TestNode {
-        let node = TestNode::start_in_netns(name, self.dir.path(), &self.authorized_keys);
+        let node = TestNode::start_in_netns(name, self.dir.path(), &self.authorized_keys, &self.ca);
         let mut kh = std::fs::read_to_string(&self.known_hosts).unwrap();
         kh.push_str(&node.known_hosts_line());
         std::fs::write(&self.known_hosts, kh).unwrap();
