@@ -197,6 +197,8 @@ pub enum OpenError {
 pub enum DialError {
     #[error("no node matches destination {destination}")]
     NoRoute { destination: String },
+    #[error("no ready tunnel for destination {destination}: no node is ready")]
+    NoReadyNode { destination: String },
     #[error("dial {destination} via node {node}: the node's tunnel is {state}: {reason}")]
     NotReady {
         node: String,
@@ -220,7 +222,7 @@ impl DialError {
     /// The node the dial was routed to, if it got that far.
     pub fn node(&self) -> Option<&str> {
         match self {
-            DialError::NoRoute { .. } => None,
+            DialError::NoRoute { .. } | DialError::NoReadyNode { .. } => None,
             DialError::NotReady { node, .. } | DialError::Open { node, .. } => Some(node),
         }
     }

@@ -22,7 +22,9 @@ pub mod destination;
 pub mod error;
 pub mod gate;
 pub mod node;
+pub mod policy;
 pub mod pool;
+pub mod proxy;
 pub mod ssh;
 pub mod tls;
 

@@ -25,7 +25,7 @@ pub struct Node {
     pub ssh_port: u16,
     /// Pod CIDRs routed to this node (used by the router of the CONNECT front).
     #[serde(default)]
-    pub pod_cidrs: Vec<String>,
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 fn default_port() -> u16 {
@@ -106,6 +106,11 @@ impl Node {
     /// The address as an IP, when it is a literal.
     pub fn ip(&self) -> Option<IpAddr> {
         self.address.parse().ok()
+    }
+
+    /// True when `ip` is inside one of this node's pod CIDRs.
+    pub fn owns_pod_ip(&self, ip: IpAddr) -> bool {
+        self.pod_cidrs.iter().any(|c| c.contains(&ip))
     }
 
     /// True when `host` names this node: its name, or its address (IPs compared as IPs, so

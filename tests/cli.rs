@@ -336,6 +336,8 @@ fn run_connects_every_node_and_stops_on_sigterm() {
     let cluster = Cluster::start(2);
     let mut args = vec!["run".to_string()];
     args.extend(cluster.cli_args());
+    args.push("--proxy-uds".into());
+    args.push(cluster.path().join("proxy.sock").display().to_string());
     let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
         .args(&args)
         .stdin(Stdio::null())
@@ -397,78 +399,6 @@ fn run_connects_every_node_and_stops_on_sigterm() {
     );
 }
 
-/// A `run` daemon under test, with its log collected as it comes.
-struct Daemon {
-    child: std::process::Child,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Daemon {
-    fn start(args: &[String]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Daemon {
-            child,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, needle: &str, count: usize, limit: Duration) -> bool {
-        support::wait_until(limit, || self.log().matches(needle).count() >= count)
-    }
-
-    /// Sends `sig` and waits (bounded) for the exit code.
-    fn stop(&mut self, sig: i32) -> Option<i32> {
-        support::signal(self.child.id(), sig);
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                if let Some(r) = self.reader.take() {
-                    let _ = r.join();
-                }
-                return st.code();
-            }
-            if start.elapsed() > Duration::from_secs(40) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn nodes_toml(nodes: &[&support::TestNode]) -> String {
     nodes
         .iter()
@@ -504,7 +434,11 @@ fn run_follows_the_node_file_and_keeps_the_last_good_set() {
         "--drain-timeout",
         "5s",
     ]));
-    let mut d = Daemon::start(&args);
+    args.extend(s(&[
+        "--proxy-uds",
+        cluster.path().join("proxy.sock").to_str().unwrap(),
+    ]));
+    let mut d = support::daemon::Daemon::start(&args);
     assert!(
         d.wait_log("tunnel ready", 2, Duration::from_secs(20)),
         "{}",

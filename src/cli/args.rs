@@ -10,6 +10,11 @@ use super::duration::parse_duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct SshArgs {
+    /// TOML file whose keys are these flags' names (e.g. ssh_user = "kube-tunnel"); flags and
+    /// environment variables take precedence over it.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Enable the deprecated SSH tunnel mode (required; Konnectivity is the supported replacement).
     #[arg(long, env = "KUBE_SSH_TUNNEL_SSH_TUNNEL")]
     pub ssh_tunnel: bool,
@@ -131,4 +136,62 @@ pub struct SuperviseArgs {
     /// How often the --nodes file is checked for changes (SIGHUP reloads at once).
     #[arg(long, env = "KUBE_SSH_TUNNEL_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub reload_interval: Duration,
+}
+
+/// Flags of `run` for the CONNECT front and its destination policy.
+#[derive(Args, Debug, Clone)]
+pub struct FrontArgs {
+    /// Unix socket for kube-apiserver's egress selector (HTTPConnect over uds); mode 0660.
+    /// Served by default (at /run/kube-ssh-tunnel/proxy.sock) unless only --proxy-listen is given.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_PROXY_UDS")]
+    pub proxy_uds: Option<std::path::PathBuf>,
+
+    /// TCP address for CONNECT over TLS with client certificates (needs --tls-cert, --tls-key, --client-ca).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_PROXY_LISTEN")]
+    pub proxy_listen: Option<std::net::SocketAddr>,
+
+    /// Serving certificate (PEM chain) of the TLS listener.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of the TLS listener.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// CA (PEM) that client certificates of the TLS listener must chain to.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_CLIENT_CA")]
+    pub client_ca: Option<std::path::PathBuf>,
+
+    /// Service CIDR(s) whose ClusterIPs may be dialled (any port), e.g. 10.96.0.0/12.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_SERVICE_CIDR", value_delimiter = ',')]
+    pub service_cidr: Vec<ipnet::IpNet>,
+
+    /// Ports allowed on node addresses (default: the kubelet's 10250).
+    #[arg(
+        long,
+        env = "KUBE_SSH_TUNNEL_NODE_PORT",
+        value_delimiter = ',',
+        default_value = "10250"
+    )]
+    pub node_port: Vec<u16>,
+
+    /// Further CIDRs that may be dialled (any port).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_ALLOW_CIDR", value_delimiter = ',')]
+    pub allow_cidr: Vec<ipnet::IpNet>,
+
+    /// Ports allowed on a node's own loopback (e.g. 10248); none by default.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_LOOPBACK_PORT", value_delimiter = ',')]
+    pub loopback_port: Vec<u16>,
+
+    /// Refuse pod IPs (by default IPs inside a node's pod CIDRs may be dialled).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_DENY_POD_IPS")]
+    pub deny_pod_ips: bool,
+
+    /// A client must send its CONNECT request within this time.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Concurrent client connections; beyond it new CONNECTs get 503.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_MAX_CONNECTIONS", default_value_t = 8192)]
+    pub max_connections: usize,
 }

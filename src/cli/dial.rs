@@ -2,7 +2,7 @@
 //! it connects to the node itself with the same flags as `run`.
 
 use clap::Args;
-use kube_ssh_tunnel::pool::route::route;
+use kube_ssh_tunnel::pool::route::owner;
 use kube_ssh_tunnel::pool::{PoolConfig, Probe};
 use kube_ssh_tunnel::{Destination, Pool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,7 +45,7 @@ pub async fn dial(args: DialArgs) -> Result<(), CliError> {
         Some(name) => nodes.iter().find(|n| &n.name == name).ok_or_else(|| {
             CliError::usage(format!("--via {name}: no such node; give it with --node {name}=ADDR"))
         })?,
-        None => route(&nodes, &dest).ok_or_else(|| {
+        None => owner(&nodes, &dest).ok_or_else(|| {
             CliError::usage(format!(
                 "no node matches destination {dest}; name a node with --node, or pick the node with --via NODE"
             ))

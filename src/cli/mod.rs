@@ -3,13 +3,14 @@
 //! configuration error (including the `--ssh-tunnel` gate).
 
 mod args;
+mod config_file;
 mod dial;
 mod duration;
 mod logging;
 mod run;
 mod settings;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit code for usage and configuration errors.
 pub const EXIT_USAGE: i32 = 2;
@@ -58,14 +59,21 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the tunnel daemon: one SSH connection per node, kept open.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Relay stdin/stdout through one channel to NODE or HOST:PORT (like `ssh -W`).
     Dial(dial::DialArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let argv = match config_file::expand(&Cli::command(), std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kube-ssh-tunnel: {}", e.message);
+            return e.code;
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -84,7 +92,7 @@ pub fn main() -> i32 {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(a) => run::run(a).await,
+            Command::Run(a) => run::run(*a).await,
             Command::Dial(a) => dial::dial(a).await,
         }
     });

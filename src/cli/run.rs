@@ -6,14 +6,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
+use kube_ssh_tunnel::policy::Policy;
 use kube_ssh_tunnel::pool::backoff::BackoffPolicy;
 use kube_ssh_tunnel::pool::{HealthConfig, PoolConfig, Probe};
+use kube_ssh_tunnel::proxy::{ConnectFront, FrontLimits, listen};
 use kube_ssh_tunnel::ssh::ChannelLimits;
 use kube_ssh_tunnel::tls::{self, ServerTrust};
 use kube_ssh_tunnel::{Node, Pool};
+use std::sync::Arc;
 
 use super::CliError;
-use super::args::{SshArgs, SuperviseArgs};
+use super::args::{FrontArgs, SshArgs, SuperviseArgs};
 use super::settings::{check_gate, nodes, ssh_settings};
 
 #[derive(Args, Debug)]
@@ -22,7 +25,12 @@ pub struct RunArgs {
     pub ssh: SshArgs,
     #[command(flatten)]
     pub supervise: SuperviseArgs,
+    #[command(flatten)]
+    pub front: FrontArgs,
 }
+
+/// Where the CONNECT socket goes when no listener is named.
+const DEFAULT_PROXY_UDS: &str = "/run/kube-ssh-tunnel/proxy.sock";
 
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
     super::logging::init(args.ssh.log_level.as_deref());
@@ -34,7 +42,51 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         ));
     }
     let cfg = pool_config(&args)?;
-    let pool = Pool::with_config(cfg, all)?;
+    let policy = policy(&args.front)?;
+    let limits = FrontLimits {
+        header_timeout: args.front.header_timeout,
+        max_connections: args.front.max_connections.max(1),
+        ..FrontLimits::default()
+    };
+    // Bind before connecting anything: a taken socket is a start-up error (exit 2).
+    let uds_path = match (&args.front.proxy_uds, &args.front.proxy_listen) {
+        (Some(p), _) => Some(p.clone()),
+        (None, None) => Some(PathBuf::from(DEFAULT_PROXY_UDS)),
+        (None, Some(_)) => None,
+    };
+    let uds = match &uds_path {
+        Some(p) => Some(listen::bind_uds(p)?),
+        None => None,
+    };
+    let tcp = match args.front.proxy_listen {
+        None => None,
+        Some(addr) => {
+            let (Some(cert), Some(key), Some(ca)) = (
+                &args.front.tls_cert,
+                &args.front.tls_key,
+                &args.front.client_ca,
+            ) else {
+                return Err(CliError::usage(
+                    "--proxy-listen needs --tls-cert, --tls-key and --client-ca: kube-apiserver's TCP transport always uses mutual TLS",
+                ));
+            };
+            let acceptor = listen::mtls_acceptor(cert, key, ca)?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| CliError::usage(format!("--proxy-listen {addr}: {e}")))?;
+            Some((l, acceptor))
+        }
+    };
+    let pool = Arc::new(Pool::with_config(cfg, all)?);
+    let front = ConnectFront::new(pool.clone(), policy, limits);
+    if let Some(l) = uds {
+        tracing::info!(socket = %uds_path.as_deref().unwrap_or(Path::new("")).display(), "serving CONNECT on a Unix socket");
+        front.spawn_uds(l);
+    }
+    if let Some((l, acceptor)) = tcp {
+        tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving CONNECT over mutual TLS");
+        front.spawn_tls(l, acceptor);
+    }
     // Listen for signals before anything slow, so a SIGTERM during start-up is a clean stop.
     let stop = shutdown_signal()?;
     tokio::pin!(stop);
@@ -64,10 +116,33 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
             }
         }
     }
-    tracing::info!(drain_timeout = ?pool.config().drain_timeout, "shutting down: draining open streams");
-    pool.shutdown().await;
+    let drain = pool.config().drain_timeout;
+    tracing::info!(drain_timeout = ?drain, open = front.active(), "shutting down: no new CONNECTs; draining open streams");
+    front.stop_accepting();
+    if let Some(p) = &uds_path {
+        let _ = std::fs::remove_file(p);
+    }
+    let started = std::time::Instant::now();
+    let left = front.drain(drain).await;
+    if left > 0 {
+        tracing::warn!(open = left, "drain timeout: closing streams still open");
+    }
+    pool.shutdown_within(drain.saturating_sub(started.elapsed()))
+        .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn policy(f: &FrontArgs) -> Result<Policy, CliError> {
+    let p = Policy {
+        node_ports: f.node_port.clone(),
+        service_cidrs: f.service_cidr.clone(),
+        allow_pod_ips: !f.deny_pod_ips,
+        allow_cidrs: f.allow_cidr.clone(),
+        loopback_ports: f.loopback_port.clone(),
+    };
+    p.validate()?;
+    Ok(p)
 }
 
 fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {

@@ -88,6 +88,15 @@ impl Pool {
 
     /// Moves `slot` out of the dialable set and drains it in the background.
     fn retire(&self, slot: Arc<NodeSlot>, why: &str) -> tokio::task::JoinHandle<()> {
+        self.retire_within(slot, why, self.cfg.drain_timeout)
+    }
+
+    fn retire_within(
+        &self,
+        slot: Arc<NodeSlot>,
+        why: &str,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let name = slot.name();
         self.slots.remove_if(&name, |_, v| Arc::ptr_eq(v, &slot));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -95,7 +104,6 @@ impl Pool {
         slot.stop.cancel();
         slot.set_state(TunnelState::Draining, why);
         let draining = self.draining.clone();
-        let timeout = self.cfg.drain_timeout;
         tokio::spawn(async move {
             if let Some(t) = slot.publish(None) {
                 drain::drain_tunnel(t, timeout).await;
@@ -213,15 +221,55 @@ impl Pool {
         }
     }
 
-    /// Opens a channel to `dest` through the node that owns it.
+    /// The node a dial to `dest` would use now (see `route`), or why there is none. With
+    /// `any_ready`, a destination no node owns goes to the least-loaded ready node;
+    /// without, it has no route.
+    pub fn route(&self, dest: &Destination, any_ready: bool) -> Result<String, DialError> {
+        let slots = self.all_slots();
+        let nodes: Vec<Node> = slots.iter().map(|s| s.node()).collect();
+        match route::classify(&nodes, dest) {
+            route::Route::Node(n) | route::Route::PodOf(n) => Ok(n),
+            route::Route::AnyReady if !any_ready => Err(DialError::NoRoute {
+                destination: dest.to_string(),
+            }),
+            route::Route::AnyReady => {
+                let candidates: Vec<(String, bool, usize)> = slots
+                    .iter()
+                    .filter_map(|s| {
+                        let st = s.status().state;
+                        let t = s.live()?;
+                        st.accepts_dials()
+                            .then(|| (s.name(), st == TunnelState::Ready, t.open_channels()))
+                    })
+                    .collect();
+                route::least_loaded(&candidates)
+                    .map(str::to_string)
+                    .ok_or_else(|| DialError::NoReadyNode {
+                        destination: dest.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Opens a channel to `dest` through the node that owns it (by name or address, then by
+    /// pod CIDR); `NoRoute` if no node does.
     pub async fn dial(&self, dest: &Destination) -> Result<TunnelStream, DialError> {
-        let slot = {
-            let slots = self.all_slots();
-            let nodes: Vec<Node> = slots.iter().map(|s| s.node()).collect();
-            let chosen = route::route(&nodes, dest).map(|n| n.name.clone());
-            chosen.and_then(|name| slots.into_iter().find(|s| s.name() == name))
-        };
-        let slot = slot.ok_or_else(|| DialError::NoRoute {
+        self.dial_routed(dest, false).await
+    }
+
+    /// Like `dial`, but a destination no node owns (a service ClusterIP, say) goes through the
+    /// least-loaded ready node. Check such destinations against a `Policy` first.
+    pub async fn dial_any(&self, dest: &Destination) -> Result<TunnelStream, DialError> {
+        self.dial_routed(dest, true).await
+    }
+
+    async fn dial_routed(
+        &self,
+        dest: &Destination,
+        any_ready: bool,
+    ) -> Result<TunnelStream, DialError> {
+        let name = self.route(dest, any_ready)?;
+        let slot = self.slot(&name).ok_or_else(|| DialError::NoRoute {
             destination: dest.to_string(),
         })?;
         self.dial_via(&slot, dest).await
@@ -277,12 +325,17 @@ impl Pool {
     /// Stops every supervisor, drains every node (bounded by the drain timeout) and closes
     /// the connections.
     pub async fn shutdown(&self) {
+        self.shutdown_within(self.cfg.drain_timeout).await
+    }
+
+    /// Like `shutdown`, with open streams given at most `drain` before their connections close.
+    pub async fn shutdown_within(&self, drain: Duration) {
         let handles: Vec<_> = self
             .all_slots()
             .into_iter()
-            .map(|s| self.retire(s, "shutting down"))
+            .map(|s| self.retire_within(s, "shutting down", drain))
             .collect();
-        let limit = self.cfg.drain_timeout + Duration::from_secs(5);
+        let limit = drain + Duration::from_secs(5);
         let _ = tokio::time::timeout(limit, futures::future::join_all(handles)).await;
     }
 }

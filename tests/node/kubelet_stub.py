@@ -6,6 +6,7 @@ HTTP on --http-port (default 10250, the kubelet port):
   GET  /whoami    -> 200 "<node-name> <local-address>:<port>" (which node's stub answered)
   POST /echo      -> 200 with the request body
   GET  /close     -> 200 "bye", then the server closes the connection (destination-first close)
+  GET  /upgrade   -> 101 Switching Protocols, then echoes raw bytes until EOF (exec/attach shape)
 HTTP/1.0 requests and "Connection: close" end the connection after the response.
 The same HTTP endpoints over TLS on --https-port when --tls-cert/--tls-key are given (like the
 real kubelet's HTTPS port).
@@ -26,6 +27,18 @@ def raise_fd_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         pass
+
+
+async def echo_until_eof(reader, writer):
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            break
+        writer.write(data)
+        await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()
+    await writer.drain()
 
 
 async def echo(reader, writer):
@@ -88,6 +101,12 @@ async def http(reader, writer, name):
                 writer.write(response("200 OK", f"{name} {local}".encode()))
             elif path == "/echo" and method == "POST":
                 writer.write(response("200 OK", body))
+            elif path == "/upgrade":
+                # The shape of exec/attach/port-forward: 101, then raw bytes both ways.
+                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+                await writer.drain()
+                await echo_until_eof(reader, writer)
+                break
             elif path == "/close":
                 writer.write(response("200 OK", b"bye", True))
                 await writer.drain()

@@ -7,6 +7,8 @@
 //! is stopped by PID when the node is dropped, which also happens on panic (unwinding).
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -188,6 +190,32 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
+/// Starts a kubelet stub (plain HTTP and echo) named `name` on `addr` and waits for it.
+fn spawn_stub(base: &Command, addr: Ipv4Addr, name: &str, log: &Path) -> Child {
+    let mut c = Command::new(base.get_program());
+    c.args(base.get_args());
+    let log = std::fs::File::create(log).expect("stub log");
+    let child = c
+        .arg(repo().join("tests/node/kubelet_stub.py"))
+        .args(["--listen", &addr.to_string()])
+        .args(["--http-port", &HTTP_PORT.to_string()])
+        .args(["--echo-port", &ECHO_PORT.to_string()])
+        .args(["--name", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start stub (python3)");
+    for port in [HTTP_PORT, ECHO_PORT] {
+        let a = SocketAddr::from((addr, port));
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect(a).is_ok()),
+            "stub {name} did not listen on {a}"
+        );
+    }
+    child
+}
+
 /// A loopback address where nothing listens on `port` (connections are refused).
 pub fn refused_address(port: u16) -> Ipv4Addr {
     try_pick_address(&[port]).expect("a free loopback address")
@@ -351,6 +379,10 @@ pub fn can_use_netns() -> bool {
 pub struct TestNode {
     pub name: String,
     pub addr: Ipv4Addr,
+    /// This node's pod CIDR (a loopback /24) and the address its pod stub uses in it.
+    pub pod_cidr: ipnet::IpNet,
+    pub pod_addr: Ipv4Addr,
+    pod_stub: Mutex<Option<Child>>,
     pub ssh_port: u16,
     pub dir: PathBuf,
     config: PathBuf,
@@ -377,6 +409,17 @@ impl TestNode {
         ca: &TestCa,
         netns: Option<Netns>,
     ) -> TestNode {
+        Self::start_full(name, root, authorized_keys, ca, netns, None)
+    }
+
+    fn start_full(
+        name: &str,
+        root: &Path,
+        authorized_keys: &str,
+        ca: &TestCa,
+        netns: Option<Netns>,
+        service: Option<Ipv4Addr>,
+    ) -> TestNode {
         let (addr, ssh_port) = match &netns {
             Some(ns) => (ns.node_addr, 22),
             None => pick_address(),
@@ -390,7 +433,20 @@ impl TestNode {
         let template = std::fs::read_to_string(repo().join("tests/node/sshd_config.template"))
             .expect("tests/node/sshd_config.template");
         let config = dir.join("sshd_config");
-        let permit = format!("{addr}:{HTTP_PORT} {addr}:{HTTPS_PORT} {addr}:{ECHO_PORT}");
+        let pod_addr = {
+            let a = try_pick_address(&[HTTP_PORT, ECHO_PORT]).expect("pod address");
+            Ipv4Addr::new(127, a.octets()[1], a.octets()[2], 10)
+        };
+        let pod_cidr: ipnet::IpNet =
+            format!("127.{}.{}.0/24", pod_addr.octets()[1], pod_addr.octets()[2])
+                .parse()
+                .unwrap();
+        // Each sshd may only forward to its own node's services, its pods and the services.
+        let mut permit =
+            format!("{addr}:{HTTP_PORT} {addr}:{HTTPS_PORT} {addr}:{ECHO_PORT} {pod_addr}:*");
+        if let Some(svc) = service {
+            permit.push_str(&format!(" {svc}:*"));
+        }
         std::fs::write(
             &config,
             template
@@ -406,6 +462,9 @@ impl TestNode {
         let node = TestNode {
             name: name.to_string(),
             addr,
+            pod_cidr,
+            pod_addr,
+            pod_stub: Mutex::new(None),
             ssh_port,
             dir,
             config,
@@ -491,6 +550,18 @@ impl TestNode {
         );
     }
 
+    /// Starts a stub playing a pod of this node, on `pod_addr` (answers /whoami with
+    /// `pod-on-NODE`).
+    pub fn start_pod_stub(&self) {
+        let child = spawn_stub(
+            &self.command("python3"),
+            self.pod_addr,
+            &format!("pod-on-{}", self.name),
+            &self.dir.join("pod.log"),
+        );
+        *self.pod_stub.lock().unwrap() = Some(child);
+    }
+
     /// Kills the kubelet stub (its ports then refuse connections).
     pub fn kill_stub(&self) {
         if let Some(mut c) = self.stub.lock().unwrap().take() {
@@ -558,9 +629,11 @@ impl TestNode {
         format!("{}={}:{}", self.name, self.addr, self.ssh_port)
     }
 
-    /// The library's view of this node.
+    /// The library's view of this node (with its pod CIDR).
     pub fn node(&self) -> Node {
-        Node::parse_spec(&self.spec()).expect("valid node spec")
+        let mut n = Node::parse_spec(&self.spec()).expect("valid node spec");
+        n.pod_cidrs = vec![self.pod_cidr];
+        n
     }
 
     /// The host public key line (`ssh-ed25519 AAAA… comment`).
@@ -594,14 +667,11 @@ impl TestNode {
 impl Drop for TestNode {
     fn drop(&mut self) {
         // get_mut works on a poisoned mutex too: cleanup must happen after any panic.
-        let stub = self
-            .stub
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(mut c) = stub {
-            let _ = c.kill();
-            let _ = c.wait();
+        for m in [&mut self.stub, &mut self.pod_stub] {
+            if let Some(mut c) = m.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
         let sshd = self
             .sshd
@@ -640,7 +710,20 @@ pub struct Cluster {
     pub known_hosts: PathBuf,
     pub user: String,
     pub authorized_keys: String,
+    /// A "service" address (a stand-in ClusterIP) that every node may forward to; its stub
+    /// answers /whoami with `svc`.
+    pub service_addr: Ipv4Addr,
+    service_stub: Option<Child>,
     dir: TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.service_stub.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Cluster {
@@ -669,8 +752,26 @@ impl Cluster {
         let ca = TestCa::new("kube-ssh-tunnel test cluster CA");
         let ca_file = kd.join("cluster-ca.crt");
         ca.write(&ca_file);
+        let service_addr = try_pick_address(&[HTTP_PORT, ECHO_PORT]).expect("service address");
+        let service_stub = (n > 0).then(|| {
+            spawn_stub(
+                &Command::new("python3"),
+                service_addr,
+                "svc",
+                &dir.path().join("svc.log"),
+            )
+        });
         let nodes: Vec<TestNode> = (1..=n)
-            .map(|i| TestNode::start(&format!("node-{i}"), dir.path(), &authorized_keys, &ca))
+            .map(|i| {
+                TestNode::start_full(
+                    &format!("node-{i}"),
+                    dir.path(),
+                    &authorized_keys,
+                    &ca,
+                    None,
+                    Some(service_addr),
+                )
+            })
             .collect();
         let known_hosts = kd.join("known_hosts");
         let text: String = nodes.iter().map(|n| n.known_hosts_line()).collect();
@@ -683,6 +784,8 @@ impl Cluster {
             known_hosts,
             user: current_user(),
             authorized_keys,
+            service_addr,
+            service_stub,
             dir,
         }
     }

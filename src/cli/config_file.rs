@@ -1,0 +1,119 @@
+//! `--config FILE`: a TOML file whose keys are the subcommand's flag names (`ssh_user` or
+//! `ssh-user`). It is applied by turning its entries into flags placed before the user's own,
+//! skipping any flag the user gave or whose environment variable is set, so the precedence is
+//! flag > environment > file > default, and clap validates every value the same way.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::{ArgAction, Command};
+
+use super::CliError;
+
+/// Returns `argv` with the config file's entries inserted after the subcommand.
+pub fn expand(cmd: &Command, argv: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
+    let Some(sub_pos) = argv
+        .iter()
+        .skip(1)
+        .position(|a| !a.to_string_lossy().starts_with('-'))
+        .map(|p| p + 1)
+    else {
+        return Ok(argv);
+    };
+    let sub_name = argv[sub_pos].to_string_lossy().to_string();
+    let Some(sub) = cmd.get_subcommands().find(|s| s.get_name() == sub_name) else {
+        return Ok(argv);
+    };
+    let user: Vec<String> = argv[sub_pos + 1..]
+        .iter()
+        .map(|a| a.to_string_lossy().to_string())
+        .collect();
+    let mut file = None;
+    for (i, a) in user.iter().enumerate() {
+        if a == "--" {
+            break;
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            file = Some(v.to_string());
+        } else if a == "--config" {
+            file = user.get(i + 1).cloned();
+        }
+    }
+    let file = match file.or_else(|| std::env::var("KUBE_SSH_TUNNEL_CONFIG").ok()) {
+        Some(f) => f,
+        None => return Ok(argv),
+    };
+    let extra = flags_from_file(sub, Path::new(&file), &user)?;
+    let mut out: Vec<OsString> = argv[..=sub_pos].to_vec();
+    out.extend(extra.into_iter().map(OsString::from));
+    out.extend(argv[sub_pos + 1..].iter().cloned());
+    Ok(out)
+}
+
+fn flags_from_file(sub: &Command, path: &Path, user: &[String]) -> Result<Vec<String>, CliError> {
+    let err = |reason: String| CliError::usage(format!("config file {}: {reason}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| err(e.message().to_string()))?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let Some(arg) = sub
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+        else {
+            let known: Vec<String> = sub
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .filter(|l| *l != "config" && *l != "help")
+                .map(|l| l.replace('-', "_"))
+                .collect();
+            return Err(err(format!(
+                "unknown key '{key}' for `{}`; known keys: {}",
+                sub.get_name(),
+                known.join(", ")
+            )));
+        };
+        if long == "config" {
+            return Err(err("a config file cannot name another config file".into()));
+        }
+        let flag = format!("--{long}");
+        let given = user
+            .iter()
+            .any(|a| a == &flag || a.starts_with(&format!("{flag}=")));
+        let from_env = arg.get_env().is_some_and(|e| std::env::var_os(e).is_some());
+        if given || from_env {
+            continue;
+        }
+        let is_switch = matches!(arg.get_action(), ArgAction::SetTrue);
+        let scalar = |v: &toml::Value| -> Result<String, CliError> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                toml::Value::Boolean(b) => Ok(b.to_string()),
+                other => Err(err(format!(
+                    "key '{key}': expected a string, number or boolean, got {}",
+                    other.type_str()
+                ))),
+            }
+        };
+        match (&value, is_switch) {
+            (toml::Value::Boolean(true), true) => out.push(flag),
+            (toml::Value::Boolean(false), true) => {}
+            (_, true) => return Err(err(format!("key '{key}' is a switch: write {key} = true"))),
+            (toml::Value::Array(items), false) => {
+                for item in items {
+                    out.push(flag.clone());
+                    out.push(scalar(item)?);
+                }
+            }
+            (v, false) => {
+                out.push(flag);
+                out.push(scalar(v)?);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,318 @@
+//! `ConnectFront`: the HTTP CONNECT proxy that kube-apiserver's egress selector (and `curl -p`)
+//! talks to. Per connection: read the request head (bounded in time and size), check the
+//! method, parse the target from the request line, apply the policy, dial through the pool —
+//! cancelling the dial if the client leaves meanwhile — and only then answer 200 and relay
+//! bytes both ways with half-close. Every failure is an HTTP status with a one-line reason.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::request::{HeadError, read_head};
+use super::response::{ESTABLISHED, Failure};
+use crate::destination::Destination;
+use crate::error::{DialError, OpenError};
+use crate::policy::{Denied, Policy};
+use crate::pool::Pool;
+
+/// Bytes a client may send after its CONNECT head before the 200 (kept and forwarded).
+const MAX_EARLY_BYTES: usize = 64 * 1024;
+/// Bound on writing an error response to a client that does not read.
+const RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Limits that keep the listener healthy under slow or hostile clients.
+#[derive(Debug, Clone)]
+pub struct FrontLimits {
+    /// A client must send its whole request head within this time.
+    pub header_timeout: Duration,
+    /// Largest request head accepted.
+    pub max_header_bytes: usize,
+    /// Concurrent client connections (negotiating or relaying); beyond it: 503.
+    pub max_connections: usize,
+    /// TLS handshake bound on the TCP listener.
+    pub tls_handshake_timeout: Duration,
+    /// Relay buffer per direction.
+    pub relay_buffer: usize,
+}
+
+impl Default for FrontLimits {
+    fn default() -> Self {
+        FrontLimits {
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 8 * 1024,
+            max_connections: 8192,
+            tls_handshake_timeout: Duration::from_secs(10),
+            relay_buffer: 64 * 1024,
+        }
+    }
+}
+
+/// The CONNECT proxy in front of a pool.
+pub struct ConnectFront {
+    pool: Arc<Pool>,
+    policy: RwLock<Arc<Policy>>,
+    limits: FrontLimits,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl ConnectFront {
+    /// A front for `pool` with `policy` and `limits`.
+    pub fn new(pool: Arc<Pool>, policy: Policy, limits: FrontLimits) -> Arc<ConnectFront> {
+        Arc::new(ConnectFront {
+            pool,
+            policy: RwLock::new(Arc::new(policy)),
+            slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            limits,
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// Replaces the policy (applies to the next CONNECT).
+    pub fn set_policy(&self, policy: Policy) {
+        if let Ok(mut p) = self.policy.write() {
+            *p = Arc::new(policy);
+        }
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        self.policy.read().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Connections being negotiated or relayed now.
+    pub fn active(&self) -> usize {
+        self.limits.max_connections.max(1) - self.slots.available_permits()
+    }
+
+    /// Serves CONNECT on a Unix socket until `stop_accepting`.
+    pub fn spawn_uds(self: &Arc<Self>, listener: UnixListener) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = me.stop.cancelled() => break,
+                };
+                match accepted {
+                    Ok((stream, _)) => {
+                        let permit = me.slots.clone().try_acquire_owned().ok();
+                        let m = me.clone();
+                        me.tracker
+                            .spawn(async move { m.serve(stream, permit).await });
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        })
+    }
+
+    /// Serves CONNECT over TLS with client certificates on a TCP listener until `stop_accepting`.
+    pub fn spawn_tls(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = me.stop.cancelled() => break,
+                };
+                match accepted {
+                    Ok((tcp, peer)) => {
+                        let _ = tcp.set_nodelay(true);
+                        let permit = me.slots.clone().try_acquire_owned().ok();
+                        let m = me.clone();
+                        let acceptor = acceptor.clone();
+                        me.tracker.spawn(async move {
+                            let limit = m.limits.tls_handshake_timeout;
+                            match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                                Ok(Ok(tls)) => m.serve(tls, permit).await,
+                                Ok(Err(e)) => {
+                                    tracing::info!(%peer, error = %e, "TLS handshake refused")
+                                }
+                                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        })
+    }
+
+    /// Stops accepting new connections (open ones continue).
+    pub fn stop_accepting(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits, bounded by `limit`, for every open connection to end; returns how many remain.
+    pub async fn drain(&self, limit: Duration) -> usize {
+        self.tracker.close();
+        let _ = tokio::time::timeout(limit, self.tracker.wait()).await;
+        self.tracker.len()
+    }
+
+    /// Handles one client connection.
+    pub async fn serve<S>(self: Arc<Self>, mut io: S, permit: Option<OwnedSemaphorePermit>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Some(_permit) = permit else {
+            let f = Failure::new(
+                503,
+                None,
+                "-",
+                "too many concurrent CONNECT requests; retry shortly",
+            );
+            respond(&mut io, &f).await;
+            return;
+        };
+        let head = tokio::time::timeout(
+            self.limits.header_timeout,
+            read_head(&mut io, self.limits.max_header_bytes),
+        )
+        .await;
+        let (head, mut early) = match head {
+            Err(_) => {
+                tracing::debug!(timeout = ?self.limits.header_timeout, "closed a client that did not send its request in time");
+                return;
+            }
+            Ok(Err(HeadError::Closed)) => return,
+            Ok(Err(HeadError::TooLarge(max))) => {
+                let f = Failure::new(
+                    400,
+                    None,
+                    "-",
+                    format!("request header larger than {max} bytes"),
+                );
+                return respond(&mut io, &f).await;
+            }
+            Ok(Err(HeadError::Malformed(why))) => {
+                return respond(&mut io, &Failure::new(400, None, "-", why)).await;
+            }
+            Ok(Ok(h)) => h,
+        };
+        if head.method != "CONNECT" {
+            let f = Failure::new(
+                405,
+                None,
+                &head.target,
+                format!(
+                    "method {} is not allowed; this is an HTTP CONNECT proxy",
+                    head.method
+                ),
+            );
+            return respond(&mut io, &f).await;
+        }
+        let dest: Destination = match head.target.parse() {
+            Ok(d) => d,
+            Err(e) => return respond(&mut io, &Failure::new(400, None, &head.target, e)).await,
+        };
+        let nodes = self.pool.nodes();
+        if let Err(Denied(why)) = self.policy().check(&dest, &nodes) {
+            return respond(&mut io, &Failure::new(403, None, &dest.to_string(), why)).await;
+        }
+        let outcome = tokio::select! {
+            r = self.pool.dial_any(&dest) => Some(r),
+            _ = watch_client(&mut io, &mut early) => None,
+        };
+        let mut tunnel = match outcome {
+            None => {
+                tracing::debug!(destination = %dest, "client left while its dial was pending; dial cancelled");
+                return;
+            }
+            Some(Err(e)) => return respond(&mut io, &dial_failure(&dest, e)).await,
+            Some(Ok(t)) => t,
+        };
+        let node = tunnel.node().to_string();
+        if io.write_all(ESTABLISHED).await.is_err() || io.flush().await.is_err() {
+            return;
+        }
+        if !early.is_empty() && tunnel.write_all(&early).await.is_err() {
+            return;
+        }
+        let n = self.limits.relay_buffer;
+        match tokio::io::copy_bidirectional_with_sizes(&mut io, &mut tunnel, n, n).await {
+            Ok((up, down)) => {
+                tracing::debug!(%node, destination = %dest, up, down, "CONNECT finished")
+            }
+            Err(e) => {
+                tracing::debug!(%node, destination = %dest, error = %e, "CONNECT ended with an error")
+            }
+        }
+    }
+}
+
+/// Reads from a client whose dial is pending: keeps early bytes, returns when it leaves.
+async fn watch_client<S: AsyncRead + Unpin>(io: &mut S, early: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match io.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if early.len() + n > MAX_EARLY_BYTES {
+                    return;
+                }
+                early.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+}
+
+fn dial_failure(dest: &Destination, e: DialError) -> Failure {
+    let d = dest.to_string();
+    match &e {
+        DialError::NoRoute { .. } | DialError::NoReadyNode { .. } => {
+            Failure::new(503, None, &d, "no ready tunnel for this destination")
+        }
+        DialError::NotReady {
+            node,
+            state,
+            reason,
+            ..
+        } => Failure::new(
+            503,
+            Some(node),
+            &d,
+            format!("no ready tunnel: the node is {state}: {reason}"),
+        ),
+        DialError::Open { node, source, .. } => match source {
+            OpenError::Refused { reason } => Failure::new(
+                502,
+                Some(node),
+                &d,
+                format!("the node could not reach it: {reason}"),
+            ),
+            OpenError::Timeout { after } => Failure::new(
+                504,
+                Some(node),
+                &d,
+                format!("channel open timed out after {after:?}"),
+            ),
+            OpenError::ConnectionLost => {
+                Failure::new(503, Some(node), &d, "the node's SSH connection was lost")
+            }
+        },
+    }
+}
+
+async fn respond<S: AsyncWrite + Unpin>(io: &mut S, f: &Failure) {
+    tracing::info!(status = f.status, reason = %f.body, "CONNECT refused");
+    let _ = tokio::time::timeout(RESPONSE_WRITE_TIMEOUT, f.send(io)).await;
+}
+
+async fn accept_error(e: std::io::Error) {
+    // EMFILE and friends: do not spin; the limit frees up as connections end.
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

@@ -1,0 +1,122 @@
+//! The CONNECT front's sockets. A Unix socket (kube-apiserver's `uds` transport) is created
+//! with mode 0660 under a temporary name and renamed into place, so it is never reachable with
+//! looser permissions; a stale socket left by a dead daemon is replaced, a live one is not. A
+//! TCP listener always speaks TLS and requires a client certificate signed by `--client-ca`
+//! (kube-apiserver's `tcp` transport dials with mTLS).
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::UnixListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::ConfigError;
+
+/// Binds the Unix socket at `path` (mode 0660, parent directories created).
+pub fn bind_uds(path: &Path) -> Result<UnixListener, ConfigError> {
+    let err = |reason: String| ConfigError::File {
+        what: "proxy socket",
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(err(
+                    "another process is serving on it; stop that one or choose another path".into(),
+                ));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+        }
+        Ok(_) => {
+            return Err(err(
+                "it exists and is not a socket; refusing to replace it".into()
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("sock"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|e| err(e.to_string()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            err(e.to_string())
+        })?;
+    Ok(listener)
+}
+
+/// A TLS acceptor that presents `cert`/`key` and requires client certificates from `client_ca`.
+pub fn mtls_acceptor(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<TlsAcceptor, ConfigError> {
+    let file_err = |what: &'static str, path: &Path, reason: String| ConfigError::File {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| file_err("TLS certificate", cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(file_err(
+            "TLS certificate",
+            cert,
+            "no PEM certificate in it".into(),
+        ));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| file_err("TLS key", key, e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(client_ca)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| file_err("client CA", client_ca, e.to_string()))?;
+    if cas.is_empty() {
+        return Err(file_err(
+            "client CA",
+            client_ca,
+            "no PEM certificate in it".into(),
+        ));
+    }
+    for c in cas {
+        roots
+            .add(c)
+            .map_err(|e| file_err("client CA", client_ca, e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| file_err("client CA", client_ca, e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::Invalid(format!("TLS set-up failed: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            file_err(
+                "TLS key",
+                key,
+                format!("does not match the certificate or is unusable: {e}"),
+            )
+        })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,9 @@
+//! The HTTP CONNECT front that kube-apiserver's EgressSelectorConfiguration (`HTTPConnect`
+//! over a Unix socket, or over TCP with mutual TLS) sends its `cluster` traffic to.
+
+pub mod front;
+pub mod listen;
+pub mod request;
+pub mod response;
+
+pub use front::{ConnectFront, FrontLimits};
