@@ -61,7 +61,7 @@ enum Command {
     /// Run the tunnel daemon: one SSH connection per node, kept open.
     Run(Box<run::RunArgs>),
     /// Relay stdin/stdout through one channel to NODE or HOST:PORT (like `ssh -W`).
-    Dial(dial::DialArgs),
+    Dial(Box<dial::DialArgs>),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -93,7 +93,7 @@ pub fn main() -> i32 {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(a) => run::run(*a).await,
-            Command::Dial(a) => dial::dial(a).await,
+            Command::Dial(a) => dial::dial(*a).await,
         }
     });
     let code = match result {
