@@ -491,3 +491,91 @@ fn run_follows_the_node_file_and_keeps_the_last_good_set() {
         == 0
         && n2.ssh_connections() == 0));
 }
+
+/// Sends a CONNECT on a Unix socket and returns the response head.
+fn connect_uds(sock: &std::path::Path, target: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[test]
+fn config_file_sets_every_flag_and_flags_win_over_it() {
+    let cluster = Cluster::start(1);
+    let n1 = &cluster.nodes[0];
+    let sock = cluster.path().join("cfg.sock");
+    let config = cluster.path().join("kube-ssh-tunnel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "ssh_tunnel = true\nssh_user = \"no-such-user\"\nssh_keyfile = \"{}\"\nssh_known_hosts = [\"{}\"]\n\
+             node = [\"{}\"]\nproxy_uds = \"{}\"\nhealth_probe = \"none\"\nservice_cidr = [\"10.96.0.0/12\"]\n\
+             node_port = [10250]\ndrain_timeout = \"2s\"\n",
+            cluster.keys.ed25519.display(),
+            cluster.known_hosts.display(),
+            n1.spec(),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    // The flag beats the file's wrong user.
+    let args = s(&["run", "--config", config.to_str().unwrap(), "--ssh-user", &cluster.user]);
+    let mut d = support::daemon::Daemon::start(&args);
+    assert!(d.wait_log("tunnel ready", 1, Duration::from_secs(20)), "{}", d.log());
+    let head = connect_uds(&sock, &format!("{}:{HTTP_PORT}", n1.addr));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let head = connect_uds(&sock, &format!("{}:22", n1.addr));
+    assert!(head.starts_with("HTTP/1.1 403"), "node_port from the file applies: {head}");
+    assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+    assert!(!sock.exists(), "the socket file is removed on exit");
+
+    // Unknown keys and bad values are usage errors naming the key.
+    std::fs::write(&config, "ssh_tunnel = true\nbogus_key = 1\n").unwrap();
+    let o = run_cli(&s(&["run", "--config", config.to_str().unwrap()]), b"", Duration::from_secs(10));
+    assert_usage_error(&o, "unknown key 'bogus_key'");
+    std::fs::write(&config, "service_cidr = [\"10.96.0.0/33\"]\n").unwrap();
+    let o = run_cli(&s(&["run", "--config", config.to_str().unwrap()]), b"", Duration::from_secs(10));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("--service-cidr") && o.stderr.contains("10.96.0.0/33"), "{}", o.stderr);
+    std::fs::write(&config, "ssh_tunnel = \"yes\"\n").unwrap();
+    let o = run_cli(&s(&["run", "--config", config.to_str().unwrap()]), b"", Duration::from_secs(10));
+    assert_usage_error(&o, "ssh_tunnel = true");
+}
+
+#[test]
+fn a_stale_proxy_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
+    let cluster = Cluster::start(1);
+    let base = |sock: &std::path::Path| {
+        let mut a = vec!["run".to_string()];
+        a.extend(cluster.cli_args());
+        a.extend(s(&["--health-probe", "none", "--proxy-uds", sock.to_str().unwrap()]));
+        a
+    };
+    // Stale: a socket file nobody listens on (a crashed daemon's).
+    let stale = cluster.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let mut d = support::daemon::Daemon::start(&base(&stale));
+    assert!(d.wait_log("serving CONNECT on a Unix socket", 1, Duration::from_secs(20)), "{}", d.log());
+    assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+
+    // Live: another process serves there.
+    let live = cluster.path().join("live.sock");
+    let _other = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let o = run_cli(&base(&live), b"", Duration::from_secs(20));
+    assert_usage_error(&o, "another process is serving on it");
+
+    // A regular file is never replaced.
+    let file = cluster.path().join("not-a-socket");
+    std::fs::write(&file, "keep me").unwrap();
+    let o = run_cli(&base(&file), b"", Duration::from_secs(20));
+    assert_usage_error(&o, "is not a socket");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
