@@ -526,26 +526,55 @@ fn config_file_sets_every_flag_and_flags_win_over_it() {
     )
     .unwrap();
     // The flag beats the file's wrong user.
-    let args = s(&["run", "--config", config.to_str().unwrap(), "--ssh-user", &cluster.user]);
+    let args = s(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--ssh-user",
+        &cluster.user,
+    ]);
     let mut d = support::daemon::Daemon::start(&args);
-    assert!(d.wait_log("tunnel ready", 1, Duration::from_secs(20)), "{}", d.log());
+    assert!(
+        d.wait_log("tunnel ready", 1, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
     let head = connect_uds(&sock, &format!("{}:{HTTP_PORT}", n1.addr));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let head = connect_uds(&sock, &format!("{}:22", n1.addr));
-    assert!(head.starts_with("HTTP/1.1 403"), "node_port from the file applies: {head}");
+    assert!(
+        head.starts_with("HTTP/1.1 403"),
+        "node_port from the file applies: {head}"
+    );
     assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
     assert!(!sock.exists(), "the socket file is removed on exit");
 
     // Unknown keys and bad values are usage errors naming the key.
     std::fs::write(&config, "ssh_tunnel = true\nbogus_key = 1\n").unwrap();
-    let o = run_cli(&s(&["run", "--config", config.to_str().unwrap()]), b"", Duration::from_secs(10));
+    let o = run_cli(
+        &s(&["run", "--config", config.to_str().unwrap()]),
+        b"",
+        Duration::from_secs(10),
+    );
     assert_usage_error(&o, "unknown key 'bogus_key'");
     std::fs::write(&config, "service_cidr = [\"10.96.0.0/33\"]\n").unwrap();
-    let o = run_cli(&s(&["run", "--config", config.to_str().unwrap()]), b"", Duration::from_secs(10));
+    let o = run_cli(
+        &s(&["run", "--config", config.to_str().unwrap()]),
+        b"",
+        Duration::from_secs(10),
+    );
     assert_eq!(o.code, 2, "{}", o.stderr);
-    assert!(o.stderr.contains("--service-cidr") && o.stderr.contains("10.96.0.0/33"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("--service-cidr") && o.stderr.contains("10.96.0.0/33"),
+        "{}",
+        o.stderr
+    );
     std::fs::write(&config, "ssh_tunnel = \"yes\"\n").unwrap();
-    let o = run_cli(&s(&["run", "--config", config.to_str().unwrap()]), b"", Duration::from_secs(10));
+    let o = run_cli(
+        &s(&["run", "--config", config.to_str().unwrap()]),
+        b"",
+        Duration::from_secs(10),
+    );
     assert_usage_error(&o, "ssh_tunnel = true");
 }
 
@@ -555,7 +584,12 @@ fn a_stale_proxy_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
     let base = |sock: &std::path::Path| {
         let mut a = vec!["run".to_string()];
         a.extend(cluster.cli_args());
-        a.extend(s(&["--health-probe", "none", "--proxy-uds", sock.to_str().unwrap()]));
+        a.extend(s(&[
+            "--health-probe",
+            "none",
+            "--proxy-uds",
+            sock.to_str().unwrap(),
+        ]));
         a
     };
     // Stale: a socket file nobody listens on (a crashed daemon's).
@@ -563,7 +597,15 @@ fn a_stale_proxy_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
     let mut d = support::daemon::Daemon::start(&base(&stale));
-    assert!(d.wait_log("serving CONNECT on a Unix socket", 1, Duration::from_secs(20)), "{}", d.log());
+    assert!(
+        d.wait_log(
+            "serving CONNECT on a Unix socket",
+            1,
+            Duration::from_secs(20)
+        ),
+        "{}",
+        d.log()
+    );
     assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
 
     // Live: another process serves there.

@@ -233,7 +233,7 @@ async fn curl_proxytunnel_through_the_mtls_listener_needs_a_client_cert() {
         "without a client certificate the handshake is refused"
     );
     assert!(refused.stdout.is_empty());
-    assert!(d.log().contains("TLS handshake refused"), "{}", d.log());
+    assert!(d.wait_log("TLS handshake refused", 1, Duration::from_secs(5)), "{}", d.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,4 +592,40 @@ async fn five_hundred_concurrent_connects_across_three_nodes_then_fds_return_to_
         .map(|n| f.pool.tunnel(n).unwrap().open_channels())
         .sum();
     assert_eq!(open, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_get_503_and_the_slots_come_back() {
+    let cluster = Cluster::start(1);
+    let n1 = &cluster.nodes[0];
+    let limits = FrontLimits {
+        max_connections: 2,
+        ..FrontLimits::default()
+    };
+    let f = front(
+        &cluster,
+        cluster.node_list(),
+        Policy::default(),
+        limits,
+        Duration::from_secs(5),
+    )
+    .await;
+    let target = format!("{}:{HTTP_PORT}", n1.addr);
+    let (a, ha) = connect(&f.sock, &target).await;
+    let (b, hb) = connect(&f.sock, &target).await;
+    assert!(ha.starts_with("HTTP/1.1 200") && hb.starts_with("HTTP/1.1 200"));
+    let (st, body) = refused(
+        &f.sock,
+        format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains("too many concurrent"), "{body}");
+    drop((a, b));
+    assert!(support::wait_until(Duration::from_secs(5), || f
+        .front
+        .active()
+        == 0));
+    let (_c, hc) = connect(&f.sock, &target).await;
+    assert!(hc.starts_with("HTTP/1.1 200"), "a slot is free again: {hc}");
 }

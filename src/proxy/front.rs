@@ -25,6 +25,9 @@ use crate::pool::Pool;
 const MAX_EARLY_BYTES: usize = 64 * 1024;
 /// Bound on writing an error response to a client that does not read.
 const RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After an error response: how long, and how many bytes, we read before closing.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Limits that keep the listener healthy under slow or hostile clients.
 #[derive(Debug, Clone)]
@@ -306,9 +309,28 @@ fn dial_failure(dest: &Destination, e: DialError) -> Failure {
     }
 }
 
-async fn respond<S: AsyncWrite + Unpin>(io: &mut S, f: &Failure) {
+/// Sends a failure, then closes gracefully: unread request bytes left in the socket would
+/// make the close an RST, and the client could lose the response. So after shutting our
+/// write side we read and discard what the client still sends, bounded in bytes and time.
+async fn respond<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, f: &Failure) {
     tracing::info!(status = f.status, reason = %f.body, "CONNECT refused");
-    let _ = tokio::time::timeout(RESPONSE_WRITE_TIMEOUT, f.send(io)).await;
+    if tokio::time::timeout(RESPONSE_WRITE_TIMEOUT, f.send(io))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut buf = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 async fn accept_error(e: std::io::Error) {
