@@ -233,7 +233,11 @@ async fn curl_proxytunnel_through_the_mtls_listener_needs_a_client_cert() {
         "without a client certificate the handshake is refused"
     );
     assert!(refused.stdout.is_empty());
-    assert!(d.wait_log("TLS handshake refused", 1, Duration::from_secs(5)), "{}", d.log());
+    assert!(
+        d.wait_log("TLS handshake refused", 1, Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
