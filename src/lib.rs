@@ -18,14 +18,17 @@
 //! # drop(stream); Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod destination;
 pub mod error;
 pub mod gate;
+pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
 pub mod ssh;
+pub mod status;
 pub mod tls;
 
 pub use destination::Destination;

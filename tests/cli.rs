@@ -338,6 +338,8 @@ fn run_connects_every_node_and_stops_on_sigterm() {
     args.extend(cluster.cli_args());
     args.push("--proxy-uds".into());
     args.push(cluster.path().join("proxy.sock").display().to_string());
+    args.push("--admin-uds".into());
+    args.push(cluster.path().join("admin.sock").display().to_string());
     let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
         .args(&args)
         .stdin(Stdio::null())
@@ -438,6 +440,10 @@ fn run_follows_the_node_file_and_keeps_the_last_good_set() {
         "--proxy-uds",
         cluster.path().join("proxy.sock").to_str().unwrap(),
     ]));
+    args.extend(s(&[
+        "--admin-uds",
+        cluster.path().join("admin.sock").to_str().unwrap(),
+    ]));
     let mut d = support::daemon::Daemon::start(&args);
     assert!(
         d.wait_log("tunnel ready", 2, Duration::from_secs(20)),
@@ -526,12 +532,15 @@ fn config_file_sets_every_flag_and_flags_win_over_it() {
     )
     .unwrap();
     // The flag beats the file's wrong user.
+    let admin = cluster.path().join("cfg-admin.sock");
     let args = s(&[
         "run",
         "--config",
         config.to_str().unwrap(),
         "--ssh-user",
         &cluster.user,
+        "--admin-uds",
+        admin.to_str().unwrap(),
     ]);
     let mut d = support::daemon::Daemon::start(&args);
     assert!(
@@ -590,6 +599,7 @@ fn a_stale_proxy_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
             "--proxy-uds",
             sock.to_str().unwrap(),
         ]));
+        a.extend(s(&["--admin-uds", &format!("{}.admin", sock.display())]));
         a
     };
     // Stale: a socket file nobody listens on (a crashed daemon's).
@@ -620,4 +630,48 @@ fn a_stale_proxy_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
     let o = run_cli(&base(&file), b"", Duration::from_secs(20));
     assert_usage_error(&o, "is not a socket");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_and_node_lines_carry_node() {
+    let cluster = Cluster::start(1);
+    let mut args = vec!["run".to_string()];
+    args.extend(cluster.cli_args());
+    args.extend(s(&["--log-format", "json", "--health-probe", "none"]));
+    args.extend(s(&[
+        "--proxy-uds",
+        cluster.path().join("j.sock").to_str().unwrap(),
+    ]));
+    args.extend(s(&[
+        "--admin-uds",
+        cluster.path().join("ja.sock").to_str().unwrap(),
+    ]));
+    let mut d = support::daemon::Daemon::start(&args);
+    assert!(
+        d.wait_log("tunnel ready", 1, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.stop(libc::SIGTERM), Some(0));
+    let log = d.log();
+    let key = std::fs::read_to_string(&cluster.keys.ed25519).unwrap();
+    let secret_line = key.lines().nth(1).unwrap();
+    assert!(!log.contains(secret_line), "no key material in the log");
+    let mut node_lines = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("message").is_some(),
+            "{line}"
+        );
+        if v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("tunnel "))
+        {
+            assert_eq!(v["node"], "node-1", "{line}");
+            node_lines += 1;
+        }
+    }
+    assert!(node_lines >= 1, "{log}");
 }

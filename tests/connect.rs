@@ -124,6 +124,13 @@ fn run_args(c: &Cluster) -> Vec<String> {
     let mut a = vec!["run".to_string()];
     a.extend(c.cli_args());
     a.extend(["--health-probe".into(), "none".into()]);
+    a.extend([
+        "--admin-uds".into(),
+        c.path()
+            .join(format!("admin-{}.sock", rand_tag()))
+            .display()
+            .to_string(),
+    ]);
     a
 }
 

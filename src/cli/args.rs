@@ -66,6 +66,26 @@ pub struct SshArgs {
     /// Log level or filter (e.g. info, debug, kube_ssh_tunnel=debug); default from RUST_LOG, else info.
     #[arg(long, env = "KUBE_SSH_TUNNEL_LOG_LEVEL")]
     pub log_level: Option<String>,
+
+    /// Log format: text or json (one JSON object per line).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Where the admin API listens (run) or is looked for (status, reconnect, drain).
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Admin API Unix socket (mode 0600).
+    #[arg(
+        long,
+        env = "KUBE_SSH_TUNNEL_ADMIN_UDS",
+        default_value = "/run/kube-ssh-tunnel/admin.sock"
+    )]
+    pub admin_uds: PathBuf,
+
+    /// Admin API on TCP instead (loopback only unless --admin-allow-remote).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 /// Flags of `run` that shape supervision: health probes, backoff, drain, stall handling.

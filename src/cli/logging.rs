@@ -5,8 +5,17 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber (once).
+/// Installs the global subscriber (once), text or JSON lines on stderr.
+pub fn init_with(level: Option<&str>, format: &str) {
+    init_inner(level, format == "json")
+}
+
+/// Installs the global subscriber (once), text.
 pub fn init(level: Option<&str>) {
+    init_inner(level, false)
+}
+
+fn init_inner(level: Option<&str>, json: bool) {
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).ok(),
         None => EnvFilter::try_from_default_env().ok(),
@@ -18,9 +27,14 @@ pub fn init(level: Option<&str>) {
     } else {
         filter
     };
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .try_init()
+    };
 }

@@ -9,6 +9,7 @@ mod duration;
 mod logging;
 mod run;
 mod settings;
+mod status;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -62,6 +63,12 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Relay stdin/stdout through one channel to NODE or HOST:PORT (like `ssh -W`).
     Dial(Box<dial::DialArgs>),
+    /// Show every node of a running daemon (exit 0 all ready, 1 some not, 2 unreachable).
+    Status(status::StatusArgs),
+    /// Make a running daemon drop a node's connection and reconnect now.
+    Reconnect(status::NodeActionArgs),
+    /// Make a running daemon drain a node: no new dials; open streams finish.
+    Drain(status::NodeActionArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -92,12 +99,15 @@ pub fn main() -> i32 {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(a) => run::run(*a).await,
-            Command::Dial(a) => dial::dial(*a).await,
+            Command::Run(a) => run::run(*a).await.map(|()| 0),
+            Command::Dial(a) => dial::dial(*a).await.map(|()| 0),
+            Command::Status(a) => status::status(a).await,
+            Command::Reconnect(a) => status::node_action(a, "reconnect").await,
+            Command::Drain(a) => status::node_action(a, "drain").await,
         }
     });
     let code = match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("kube-ssh-tunnel: {}", e.message);
             e.code

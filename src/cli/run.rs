@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
+use kube_ssh_tunnel::admin::server::{AdminState, router as admin_router};
 use kube_ssh_tunnel::policy::Policy;
 use kube_ssh_tunnel::pool::backoff::BackoffPolicy;
 use kube_ssh_tunnel::pool::{HealthConfig, PoolConfig, Probe};
@@ -16,7 +17,7 @@ use kube_ssh_tunnel::{Node, Pool};
 use std::sync::Arc;
 
 use super::CliError;
-use super::args::{FrontArgs, SshArgs, SuperviseArgs};
+use super::args::{AdminArgs, FrontArgs, SshArgs, SuperviseArgs};
 use super::settings::{check_gate, nodes, ssh_settings};
 
 #[derive(Args, Debug)]
@@ -27,14 +28,29 @@ pub struct RunArgs {
     pub supervise: SuperviseArgs,
     #[command(flatten)]
     pub front: FrontArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+
+    /// Allow --admin-listen on a non-loopback address (the admin API has no authentication).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_ADMIN_ALLOW_REMOTE")]
+    pub admin_allow_remote: bool,
+
+    /// /readyz wants at least this share (0..1) of the desired nodes ready, and at least one.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_READY_SHARE", default_value_t = 0.0)]
+    pub ready_share: f64,
 }
 
 /// Where the CONNECT socket goes when no listener is named.
 const DEFAULT_PROXY_UDS: &str = "/run/kube-ssh-tunnel/proxy.sock";
 
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
-    super::logging::init(args.ssh.log_level.as_deref());
+    super::logging::init_with(args.ssh.log_level.as_deref(), &args.ssh.log_format);
     check_gate(&args.ssh)?;
+    if !(0.0..=1.0).contains(&args.ready_share) {
+        return Err(CliError::usage(
+            "--ready-share must be between 0 and 1 (a share of the desired nodes)",
+        ));
+    }
     let all = nodes(&args.ssh)?;
     if all.is_empty() {
         return Err(CliError::usage(
@@ -77,8 +93,52 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
             Some((l, acceptor))
         }
     };
+    let admin = match args.admin.admin_listen {
+        Some(addr) => {
+            if !addr.ip().is_loopback() && !args.admin_allow_remote {
+                return Err(CliError::usage(format!(
+                    "--admin-listen {addr} is not a loopback address; the admin API can drain nodes and has no authentication. Use 127.0.0.1, the default Unix socket, or pass --admin-allow-remote"
+                )));
+            }
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| CliError::usage(format!("--admin-listen {addr}: {e}")))?;
+            AdminListener::Tcp(l)
+        }
+        None => AdminListener::Unix(listen::bind_uds_mode(
+            &args.admin.admin_uds,
+            0o600,
+            "admin socket",
+        )?),
+    };
+    let insecure = args.ssh.insecure_skip_host_key_verification;
     let pool = Arc::new(Pool::with_config(cfg, all)?);
     let front = ConnectFront::new(pool.clone(), policy, limits);
+    let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let state = AdminState {
+        pool: pool.clone(),
+        ready_share: args.ready_share,
+        insecure_host_keys: insecure,
+        alive: alive.clone(),
+    };
+    let app = admin_router(state);
+    let admin_alive = alive.clone();
+    match admin {
+        AdminListener::Tcp(l) => {
+            tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving the admin API");
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app).await;
+                admin_alive.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        AdminListener::Unix(l) => {
+            tracing::info!(socket = %args.admin.admin_uds.display(), "serving the admin API");
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app).await;
+                admin_alive.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+    }
     if let Some(l) = uds {
         tracing::info!(socket = %uds_path.as_deref().unwrap_or(Path::new("")).display(), "serving CONNECT on a Unix socket");
         front.spawn_uds(l);
@@ -122,6 +182,9 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
     if let Some(p) = &uds_path {
         let _ = std::fs::remove_file(p);
     }
+    if args.admin.admin_listen.is_none() {
+        let _ = std::fs::remove_file(&args.admin.admin_uds);
+    }
     let started = std::time::Instant::now();
     let left = front.drain(drain).await;
     if left > 0 {
@@ -131,6 +194,11 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+enum AdminListener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
 }
 
 fn policy(f: &FrontArgs) -> Result<Policy, CliError> {

@@ -16,6 +16,8 @@ mod supervisor;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::Metrics;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -42,6 +44,7 @@ pub struct UpdateSummary {
 /// One SSH connection per node, shared by every dial to that node.
 pub struct Pool {
     cfg: Arc<PoolConfig>,
+    metrics: Arc<Metrics>,
     slots: DashMap<String, Arc<NodeSlot>>,
     draining: Arc<DashMap<u64, Arc<NodeSlot>>>,
     next_id: AtomicU64,
@@ -59,6 +62,7 @@ impl Pool {
     pub fn with_config(cfg: PoolConfig, nodes: Vec<Node>) -> Result<Pool, ConfigError> {
         validate(&nodes)?;
         let pool = Pool {
+            metrics: Arc::new(Metrics::new()),
             handshakes: Arc::new(Semaphore::new(cfg.max_handshakes.max(1))),
             cfg: Arc::new(cfg),
             slots: DashMap::new(),
@@ -76,12 +80,21 @@ impl Pool {
         &self.cfg
     }
 
+    /// The pool's metrics (also what the admin API serves).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     fn add(&self, node: Node) {
-        let slot = Arc::new(NodeSlot::new(node.clone()));
+        let slot = Arc::new(NodeSlot::with_link(
+            node.clone(),
+            self.metrics.link(&node.name),
+        ));
         tokio::spawn(supervisor::supervise(
             slot.clone(),
             self.cfg.clone(),
             self.handshakes.clone(),
+            self.metrics.clone(),
         ));
         self.slots.insert(node.name, slot);
     }
@@ -268,11 +281,118 @@ impl Pool {
         dest: &Destination,
         any_ready: bool,
     ) -> Result<TunnelStream, DialError> {
-        let name = self.route(dest, any_ready)?;
-        let slot = self.slot(&name).ok_or_else(|| DialError::NoRoute {
-            destination: dest.to_string(),
-        })?;
-        self.dial_via(&slot, dest).await
+        let start = std::time::Instant::now();
+        let routed = self.route(dest, any_ready).and_then(|name| {
+            self.slot(&name).ok_or_else(|| DialError::NoRoute {
+                destination: dest.to_string(),
+            })
+        });
+        let result = match &routed {
+            Ok(slot) => self.dial_via(slot, dest).await,
+            Err(e) => Err(clone_routing_error(e)),
+        };
+        self.account(routed.ok().as_deref(), &result, start.elapsed());
+        result
+    }
+
+    /// Counts a dial in the node's status and the metrics.
+    fn account(
+        &self,
+        slot: Option<&NodeSlot>,
+        result: &Result<TunnelStream, DialError>,
+        took: Duration,
+    ) {
+        use crate::metrics::{DialLabels, DialResult};
+        let outcome = match result {
+            Ok(_) => DialResult::Ok,
+            Err(DialError::NoRoute { .. }) | Err(DialError::NoReadyNode { .. }) => {
+                DialResult::NoRoute
+            }
+            Err(DialError::NotReady { .. }) => DialResult::NotReady,
+            Err(DialError::Open { source, .. }) => match source {
+                OpenError::Refused { .. } => DialResult::Refused,
+                OpenError::Timeout { .. } => DialResult::Timeout,
+                OpenError::ConnectionLost => DialResult::ConnectionLost,
+            },
+        };
+        if let Some(slot) = slot {
+            slot.dials_total.fetch_add(1, Ordering::Relaxed);
+            if outcome != DialResult::Ok {
+                slot.dial_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let node = slot.map(|s| s.name()).unwrap_or_else(|| "-".into());
+        let labels = DialLabels {
+            node,
+            result: outcome.as_str(),
+        };
+        self.metrics.dials.get_or_create(&labels).inc();
+        self.metrics.dial_duration.observe(took.as_secs_f64());
+    }
+
+    /// Dials counted for node `name`: (total, failed).
+    pub fn dial_counts(&self, name: &str) -> Option<(u64, u64)> {
+        let s = self.slot(name)?;
+        Some((
+            s.dials_total.load(Ordering::Relaxed),
+            s.dial_failures.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Drains node `name` now (no new dials; open streams finish), until the next node-set
+    /// update names it again. False if there is no such node.
+    pub fn drain_node(&self, name: &str) -> bool {
+        match self.slot(name) {
+            Some(s) => {
+                self.retire(s, "drained by an operator");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets the gauges that describe the pool now (called before metrics are rendered).
+    pub fn refresh_metrics(&self) {
+        use crate::metrics::{NodeLabel, StateLabel};
+        let m = &self.metrics;
+        m.tunnels.clear();
+        m.tunnel_up.clear();
+        m.open_channels.clear();
+        for st in [
+            TunnelState::Connecting,
+            TunnelState::Ready,
+            TunnelState::Degraded,
+            TunnelState::Backoff,
+            TunnelState::Draining,
+            TunnelState::Failed,
+        ] {
+            m.tunnels
+                .get_or_create(&StateLabel {
+                    state: st.to_string(),
+                })
+                .set(0);
+        }
+        for (node, status) in self.statuses() {
+            m.tunnels
+                .get_or_create(&StateLabel {
+                    state: status.state.to_string(),
+                })
+                .inc();
+            if status.state == TunnelState::Draining {
+                continue;
+            }
+            let label = NodeLabel {
+                node: node.name.clone(),
+            };
+            m.tunnel_up
+                .get_or_create(&label)
+                .set(i64::from(status.state.accepts_dials()));
+            let open = self
+                .tunnel(&node.name)
+                .map(|t| t.open_channels())
+                .unwrap_or(0);
+            m.open_channels.get_or_create(&label).set(open as i64);
+        }
     }
 
     /// Opens a channel to `dest` through the named node, whatever the destination.
@@ -281,10 +401,13 @@ impl Pool {
         node: &str,
         dest: &Destination,
     ) -> Result<TunnelStream, DialError> {
+        let start = std::time::Instant::now();
         let slot = self.slot(node).ok_or_else(|| DialError::NoRoute {
             destination: format!("{dest} (no node named '{node}')"),
         })?;
-        self.dial_via(&slot, dest).await
+        let result = self.dial_via(&slot, dest).await;
+        self.account(Some(&slot), &result, start.elapsed());
+        result
     }
 
     async fn dial_via(
@@ -345,6 +468,20 @@ impl Drop for Pool {
         for s in self.slots.iter() {
             s.value().stop.cancel();
         }
+    }
+}
+
+fn clone_routing_error(e: &DialError) -> DialError {
+    match e {
+        DialError::NoReadyNode { destination } => DialError::NoReadyNode {
+            destination: destination.clone(),
+        },
+        other => DialError::NoRoute {
+            destination: match other {
+                DialError::NoRoute { destination } => destination.clone(),
+                _ => String::new(),
+            },
+        },
     }
 }
 

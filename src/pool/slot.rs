@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::state::{NodeStatus, TunnelState};
 use crate::node::Node;
 use crate::ssh::NodeTunnel;
+use crate::ssh::stream::LinkStats;
+use std::sync::atomic::AtomicU64;
 
 /// Why a dial could not get a usable tunnel from a slot.
 #[derive(Debug, Clone)]
@@ -29,12 +31,24 @@ pub struct NodeSlot {
     pub(crate) stop: CancellationToken,
     /// Cancelled to make the supervisor drop the connection and reconnect now.
     pub(crate) kick: std::sync::Mutex<CancellationToken>,
+    /// The node's byte and stall counters (its metrics), kept across reconnects.
+    pub(crate) link: LinkStats,
+    pub(crate) dials_total: AtomicU64,
+    pub(crate) dial_failures: AtomicU64,
 }
 
 impl NodeSlot {
     /// An empty slot for `node` (state `connecting`).
     pub fn new(node: Node) -> Self {
+        Self::with_link(node, LinkStats::default())
+    }
+
+    /// An empty slot whose channels update `link`.
+    pub fn with_link(node: Node, link: LinkStats) -> Self {
         NodeSlot {
+            link,
+            dials_total: AtomicU64::new(0),
+            dial_failures: AtomicU64::new(0),
             node: RwLock::new(node),
             current: RwLock::new(None),
             status: watch::Sender::new(NodeStatus::new()),

@@ -80,6 +80,10 @@ pub struct NodeStatus {
     pub last_health: Option<HealthResult>,
     /// The verified host key of the current (or last) connection.
     pub host_key: Option<String>,
+    /// When the current connection came up (None while not connected).
+    pub connected_at: Option<Instant>,
+    /// Latest SSH ping round trip on the current connection.
+    pub keepalive_rtt: Option<Duration>,
     /// The latest failed connection attempt, typed (cleared by a successful one).
     pub last_connect_error: Option<std::sync::Arc<crate::error::ConnectError>>,
 }
@@ -98,6 +102,8 @@ impl NodeStatus {
             first_attempt_done: false,
             last_health: None,
             host_key: None,
+            connected_at: None,
+            keepalive_rtt: None,
             last_connect_error: None,
         }
     }

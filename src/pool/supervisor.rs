@@ -16,6 +16,7 @@ use super::drain::drain_tunnel;
 use super::health;
 use super::slot::NodeSlot;
 use super::state::TunnelState;
+use crate::metrics::{CheckLabels, Metrics, NodeLabel};
 use crate::ssh::NodeTunnel;
 
 /// How often the supervisor checks a connection's `is_closed()` in case russh ended the
@@ -28,6 +29,7 @@ pub(crate) async fn supervise(
     slot: Arc<NodeSlot>,
     cfg: Arc<PoolConfig>,
     handshakes: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 ) {
     let ssh = Arc::new(cfg.ssh.clone());
     let mut transient = Backoff::new(cfg.backoff);
@@ -46,7 +48,7 @@ pub(crate) async fn supervise(
         slot.update_status(|s| s.attempts += 1);
         let node = slot.node();
         let attempt = tokio::select! {
-            r = NodeTunnel::connect(&node, ssh.clone()) => r,
+            r = NodeTunnel::connect_with(&node, ssh.clone(), slot.link.clone()) => r,
             _ = slot.stop.cancelled() => return,
         };
         drop(permit);
@@ -65,17 +67,28 @@ pub(crate) async fn supervise(
                 slot.set_state_with(TunnelState::Ready, "connected", |s| {
                     s.first_attempt_done = true;
                     s.host_key = Some(host_key);
+                    s.connected_at = Some(Instant::now());
+                    s.keepalive_rtt = None;
                     if reconnect {
                         s.reconnects += 1;
                     }
                 });
+                if reconnect {
+                    metrics
+                        .reconnects
+                        .get_or_create(&NodeLabel {
+                            node: node.name.clone(),
+                        })
+                        .inc();
+                }
                 connected_once = true;
                 let up_since = Instant::now();
-                let why = watch_connection(&slot, &tunnel, &cfg, &kick).await;
+                let why = watch_connection(&slot, &tunnel, &cfg, &kick, &metrics).await;
                 if slot.stop.is_cancelled() {
                     return;
                 }
                 slot.publish(None);
+                slot.update_status(|s| s.connected_at = None);
                 // Open streams keep running on the old connection until they end.
                 tokio::spawn(drain_tunnel(tunnel, cfg.drain_timeout));
                 if up_since.elapsed() >= cfg.stable_after {
@@ -140,7 +153,9 @@ async fn watch_connection(
     tunnel: &NodeTunnel,
     cfg: &PoolConfig,
     kick: &tokio_util::sync::CancellationToken,
+    metrics: &Metrics,
 ) -> String {
+    let label = NodeLabel { node: slot.name() };
     let probing = cfg.health.probe != health::Probe::None;
     let mut probe_tick = tokio::time::interval_at(
         tokio::time::Instant::now() + cfg.health.interval,
@@ -158,10 +173,24 @@ async fn watch_connection(
                 tunnel.disconnect().await;
                 return "reconnect requested".into();
             }
-            _ = probe_tick.tick(), if probing => {
+            _ = probe_tick.tick() => {
+                // An SSH ping measures the link's round trip (also when probes are off).
+                let rtt = tunnel.ping(cfg.health.timeout).await;
+                slot.update_status(|s| s.keepalive_rtt = rtt);
+                if let Some(rtt) = rtt {
+                    metrics.keepalive_rtt.get_or_create(&label).set(rtt.as_secs_f64());
+                }
+                if !probing {
+                    continue;
+                }
                 // Sequential: the next probe starts only after this one ends (never piles up).
                 let result = health::probe(tunnel, &slot.node(), &cfg.health).await;
                 let ok = result.ok;
+                let check = CheckLabels {
+                    node: label.node.clone(),
+                    result: if ok { "ok" } else { "fail" },
+                };
+                metrics.health_checks.get_or_create(&check).inc();
                 let error = result.error.clone();
                 slot.update_status(|s| s.last_health = Some(result));
                 if ok {

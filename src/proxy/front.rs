@@ -177,7 +177,7 @@ impl ConnectFront {
                 "-",
                 "too many concurrent CONNECT requests; retry shortly",
             );
-            respond(&mut io, &f).await;
+            respond(&self.pool, &mut io, &f).await;
             return;
         };
         let head = tokio::time::timeout(
@@ -198,10 +198,10 @@ impl ConnectFront {
                     "-",
                     format!("request header larger than {max} bytes"),
                 );
-                return respond(&mut io, &f).await;
+                return respond(&self.pool, &mut io, &f).await;
             }
             Ok(Err(HeadError::Malformed(why))) => {
-                return respond(&mut io, &Failure::new(400, None, "-", why)).await;
+                return respond(&self.pool, &mut io, &Failure::new(400, None, "-", why)).await;
             }
             Ok(Ok(h)) => h,
         };
@@ -215,15 +215,27 @@ impl ConnectFront {
                     head.method
                 ),
             );
-            return respond(&mut io, &f).await;
+            return respond(&self.pool, &mut io, &f).await;
         }
         let dest: Destination = match head.target.parse() {
             Ok(d) => d,
-            Err(e) => return respond(&mut io, &Failure::new(400, None, &head.target, e)).await,
+            Err(e) => {
+                return respond(
+                    &self.pool,
+                    &mut io,
+                    &Failure::new(400, None, &head.target, e),
+                )
+                .await;
+            }
         };
         let nodes = self.pool.nodes();
         if let Err(Denied(why)) = self.policy().check(&dest, &nodes) {
-            return respond(&mut io, &Failure::new(403, None, &dest.to_string(), why)).await;
+            return respond(
+                &self.pool,
+                &mut io,
+                &Failure::new(403, None, &dest.to_string(), why),
+            )
+            .await;
         }
         let outcome = tokio::select! {
             r = self.pool.dial_any(&dest) => Some(r),
@@ -234,10 +246,11 @@ impl ConnectFront {
                 tracing::debug!(destination = %dest, "client left while its dial was pending; dial cancelled");
                 return;
             }
-            Some(Err(e)) => return respond(&mut io, &dial_failure(&dest, e)).await,
+            Some(Err(e)) => return respond(&self.pool, &mut io, &dial_failure(&dest, e)).await,
             Some(Ok(t)) => t,
         };
         let node = tunnel.node().to_string();
+        count(&self.pool, 200);
         if io.write_all(ESTABLISHED).await.is_err() || io.flush().await.is_err() {
             return;
         }
@@ -312,8 +325,9 @@ fn dial_failure(dest: &Destination, e: DialError) -> Failure {
 /// Sends a failure, then closes gracefully: unread request bytes left in the socket would
 /// make the close an RST, and the client could lose the response. So after shutting our
 /// write side we read and discard what the client still sends, bounded in bytes and time.
-async fn respond<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, f: &Failure) {
-    tracing::info!(status = f.status, reason = %f.body, "CONNECT refused");
+async fn respond<S: AsyncRead + AsyncWrite + Unpin>(pool: &Pool, io: &mut S, f: &Failure) {
+    tracing::info!(node = f.node.as_deref().unwrap_or("-"), status = f.status, reason = %f.body, "CONNECT refused");
+    count(pool, f.status);
     if tokio::time::timeout(RESPONSE_WRITE_TIMEOUT, f.send(io))
         .await
         .is_err()
@@ -331,6 +345,13 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, f: &Failure) {
         }
     })
     .await;
+}
+
+fn count(pool: &Pool, status: u16) {
+    let code = crate::metrics::CodeLabel {
+        code: status.to_string(),
+    };
+    pool.metrics().connect_requests.get_or_create(&code).inc();
 }
 
 async fn accept_error(e: std::io::Error) {

@@ -16,10 +16,20 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::error::ConfigError;
 
-/// Binds the Unix socket at `path` (mode 0660, parent directories created).
+/// Binds the CONNECT socket at `path` (mode 0660, parent directories created).
 pub fn bind_uds(path: &Path) -> Result<UnixListener, ConfigError> {
+    bind_uds_mode(path, 0o660, "proxy socket")
+}
+
+/// Binds a Unix socket at `path` with `mode`; `what` names it in errors. A stale socket is
+/// replaced; a live one or a non-socket file is not.
+pub fn bind_uds_mode(
+    path: &Path,
+    mode: u32,
+    what: &'static str,
+) -> Result<UnixListener, ConfigError> {
     let err = |reason: String| ConfigError::File {
-        what: "proxy socket",
+        what,
         path: path.to_path_buf(),
         reason,
     };
@@ -54,7 +64,7 @@ pub fn bind_uds(path: &Path) -> Result<UnixListener, ConfigError> {
     ));
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp).map_err(|e| err(e.to_string()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);

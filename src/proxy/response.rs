@@ -13,6 +13,8 @@ pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
 pub struct Failure {
     pub status: u16,
     pub body: String,
+    /// The node the request was routed to, if it got that far (for the log's `node=`).
+    pub node: Option<String>,
 }
 
 impl Failure {
@@ -30,6 +32,7 @@ impl Failure {
         Failure {
             status,
             body: body.replace(['\r', '\n'], " "),
+            node: node.map(str::to_string),
         }
     }
 

@@ -16,7 +16,9 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -75,12 +77,24 @@ impl Shared {
     }
 }
 
-/// The node-level counters a channel updates: open channels (a gauge, decremented when the
-/// pump ends) and channels closed for a stalled reader.
+/// Per-node counters that outlive a connection (they are the node's metrics): bytes relayed
+/// each way and channels closed for a stalled reader.
+#[derive(Clone, Debug, Default)]
+pub struct LinkStats {
+    /// Bytes read by consumers (from the node).
+    pub bytes_in: Counter,
+    /// Bytes written by producers (to the node).
+    pub bytes_out: Counter,
+    /// Channels closed because their reader stalled.
+    pub stalled: Counter,
+}
+
+/// The counters a channel updates: the connection's open-channel gauge (decremented when the
+/// pump ends) and the node's link stats.
 #[derive(Clone)]
 pub(crate) struct ChannelCounters {
     pub(crate) open: Arc<AtomicUsize>,
-    pub(crate) stalled: Arc<AtomicU64>,
+    pub(crate) link: LinkStats,
 }
 
 struct OpenGuard(Arc<AtomicUsize>);
@@ -96,6 +110,7 @@ pub struct TunnelStream {
     shared: Arc<Shared>,
     tx: Pin<Box<dyn AsyncWrite + Send + Sync>>,
     node: Arc<str>,
+    link: LinkStats,
 }
 
 impl std::fmt::Debug for TunnelStream {
@@ -141,9 +156,14 @@ impl TunnelStream {
             limits,
             node.clone(),
             guard,
-            counters.stalled,
+            counters.link.stalled.clone(),
         ));
-        TunnelStream { shared, tx, node }
+        TunnelStream {
+            shared,
+            tx,
+            node,
+            link: counters.link,
+        }
     }
 
     /// The node this stream goes through.
@@ -166,7 +186,7 @@ async fn pump(
     limits: ChannelLimits,
     node: Arc<str>,
     _guard: OpenGuard,
-    stalled: Arc<AtomicU64>,
+    stalled: Counter,
 ) {
     let end = loop {
         let local_done = || {
@@ -191,7 +211,7 @@ async fn pump(
                     Push::Taken => {}
                     Push::Dropped => break PumpEnd::Done,
                     Push::Stalled => {
-                        stalled.fetch_add(1, Ordering::AcqRel);
+                        stalled.inc();
                         break PumpEnd::Done;
                     }
                 }
@@ -322,6 +342,7 @@ impl AsyncRead for TunnelStream {
             st.last_read = Instant::now();
             drop(st);
             shared.space.notify_one();
+            self.link.bytes_in.inc_by(freed as u64);
             return Poll::Ready(Ok(()));
         }
         if let Some((kind, msg)) = st.error {
@@ -361,7 +382,11 @@ impl AsyncWrite for TunnelStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.tx.as_mut().poll_write(cx, buf)
+        let r = self.tx.as_mut().poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.link.bytes_out.inc_by(*n as u64);
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -2,7 +2,7 @@
 //! public-key auth, all under one timeout) and opens `direct-tcpip` channels on it, many at a
 //! time. Reconnection and health belong to the pool's supervisor, not here.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::known_hosts::Verdict;
 use super::settings::SshSettings;
 use super::socket::QuickAckStream;
-use super::stream::{ChannelCounters, TunnelStream};
+use super::stream::{ChannelCounters, LinkStats, TunnelStream};
 use super::verifier::{HostKeyReport, NodeHandler};
 use crate::error::{ConnectError, OpenError};
 use crate::node::Node;
@@ -30,7 +30,7 @@ pub struct NodeTunnel {
     closed: CancellationToken,
     host_key: String,
     open_channels: Arc<AtomicUsize>,
-    stalled_channels: Arc<AtomicU64>,
+    link: LinkStats,
     disconnect_reason: Arc<Mutex<Option<String>>>,
     settings: Arc<SshSettings>,
 }
@@ -51,9 +51,22 @@ impl NodeTunnel {
         node: &Node,
         settings: Arc<SshSettings>,
     ) -> Result<NodeTunnel, ConnectError> {
+        Self::connect_with(node, settings, LinkStats::default()).await
+    }
+
+    /// Like `connect`, with the node's counters (kept across reconnects by the pool).
+    pub async fn connect_with(
+        node: &Node,
+        settings: Arc<SshSettings>,
+        link: LinkStats,
+    ) -> Result<NodeTunnel, ConnectError> {
         let limit = settings.connect_timeout;
         let stage = Arc::new(Mutex::new("TCP connect"));
-        match tokio::time::timeout(limit, Self::connect_inner(node, settings, stage.clone())).await
+        match tokio::time::timeout(
+            limit,
+            Self::connect_inner(node, settings, stage.clone(), link),
+        )
+        .await
         {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout {
@@ -68,6 +81,7 @@ impl NodeTunnel {
         node: &Node,
         settings: Arc<SshSettings>,
         stage: Arc<Mutex<&'static str>>,
+        link: LinkStats,
     ) -> Result<NodeTunnel, ConnectError> {
         let set_stage = |s: &'static str| {
             if let Ok(mut g) = stage.lock() {
@@ -182,7 +196,7 @@ impl NodeTunnel {
             closed,
             host_key,
             open_channels: Arc::new(AtomicUsize::new(0)),
-            stalled_channels: Arc::new(AtomicU64::new(0)),
+            link,
             disconnect_reason,
             settings,
         })
@@ -205,7 +219,14 @@ impl NodeTunnel {
 
     /// Channels closed because their reader stalled past the limit (see `ssh::stream`).
     pub fn stalled_channels(&self) -> u64 {
-        self.stalled_channels.load(Ordering::Acquire)
+        self.link.stalled.get()
+    }
+
+    /// Sends an SSH ping (keepalive with reply) and returns its round trip, if answered in time.
+    pub async fn ping(&self, limit: Duration) -> Option<Duration> {
+        let start = std::time::Instant::now();
+        let r = tokio::time::timeout(limit, self.handle.send_ping()).await;
+        (matches!(r, Ok(Ok(()))) && !self.is_closed()).then(|| start.elapsed())
     }
 
     /// Why the connection ended, once it has.
@@ -238,7 +259,7 @@ impl NodeTunnel {
         let limits = self.settings.channel.clone();
         let counters = ChannelCounters {
             open: self.open_channels.clone(),
-            stalled: self.stalled_channels.clone(),
+            link: self.link.clone(),
         };
         // The open runs in its own task so that giving up on it never leaks a channel that
         // sshd confirms afterwards: the task then closes it.

@@ -1,0 +1,146 @@
+//! The `/status` document (design.md §4): one entry per node and the pool's summary. The same
+//! types are serialized by the daemon and parsed by `kube-ssh-tunnel status`.
+
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pool::{NodeStatus, Pool, TunnelState};
+
+/// The latest health probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthDocument {
+    pub ok: bool,
+    /// RFC 3339 time of the probe.
+    pub at: String,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+}
+
+/// One node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeDocument {
+    pub name: String,
+    pub address: String,
+    pub ssh_port: u16,
+    /// connecting | ready | degraded | backoff | draining | failed
+    pub state: String,
+    /// Why it is in this state.
+    pub reason: String,
+    /// RFC 3339 time the state began.
+    pub since: String,
+    /// Seconds in this state.
+    pub for_s: f64,
+    /// Seconds the current connection has been up (null while not connected).
+    pub uptime_s: Option<f64>,
+    pub open_channels: usize,
+    pub dials_total: u64,
+    pub dial_failures_total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub reconnects: u64,
+    pub last_health: Option<HealthDocument>,
+    pub last_error: Option<String>,
+    /// Seconds until the next connection attempt (in backoff/failed).
+    pub next_retry_s: Option<f64>,
+    /// Verified host key of the current or last connection (`ALG SHA256:…`).
+    pub host_key: Option<String>,
+    pub keepalive_rtt_ms: Option<f64>,
+    pub pod_cidrs: Vec<String>,
+}
+
+/// The whole document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusDocument {
+    pub version: String,
+    pub deprecated_mode: bool,
+    /// Host keys are not verified (--insecure-skip-host-key-verification).
+    pub insecure_host_keys: bool,
+    /// Nodes in the desired set (draining ones not counted).
+    pub desired: usize,
+    /// Desired nodes that are ready.
+    pub ready: usize,
+    pub nodes: Vec<NodeDocument>,
+}
+
+/// RFC 3339 (UTC, seconds) for a wall-clock time.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl StatusDocument {
+    /// The document for `pool` now.
+    pub fn build(pool: &Pool, insecure_host_keys: bool) -> StatusDocument {
+        let now = Instant::now();
+        let mut nodes = Vec::new();
+        for (node, st) in pool.statuses() {
+            nodes.push(node_document(pool, &node, &st, now));
+        }
+        let desired = nodes
+            .iter()
+            .filter(|n| n.state != TunnelState::Draining.as_str())
+            .count();
+        let ready = nodes
+            .iter()
+            .filter(|n| n.state == TunnelState::Ready.as_str())
+            .count();
+        StatusDocument {
+            version: crate::VERSION.to_string(),
+            deprecated_mode: true,
+            insecure_host_keys,
+            desired,
+            ready,
+            nodes,
+        }
+    }
+}
+
+fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant) -> NodeDocument {
+    let draining = st.state == TunnelState::Draining;
+    let (dials, fails) = if draining {
+        (0, 0)
+    } else {
+        pool.dial_counts(&node.name).unwrap_or((0, 0))
+    };
+    let link = pool.metrics().link(&node.name);
+    let open = if draining {
+        0
+    } else {
+        pool.tunnel(&node.name)
+            .map(|t| t.open_channels())
+            .unwrap_or(0)
+    };
+    NodeDocument {
+        name: node.name.clone(),
+        address: node.address.clone(),
+        ssh_port: node.ssh_port,
+        state: st.state.to_string(),
+        reason: st.reason.clone(),
+        since: rfc3339(st.since),
+        for_s: now
+            .saturating_duration_since(st.since_instant)
+            .as_secs_f64(),
+        uptime_s: st
+            .connected_at
+            .map(|c| now.saturating_duration_since(c).as_secs_f64()),
+        open_channels: open,
+        dials_total: dials,
+        dial_failures_total: fails,
+        bytes_in: link.bytes_in.get(),
+        bytes_out: link.bytes_out.get(),
+        reconnects: st.reconnects,
+        last_health: st.last_health.as_ref().map(|h| HealthDocument {
+            ok: h.ok,
+            at: rfc3339(h.at),
+            latency_ms: h.latency.as_secs_f64() * 1000.0,
+            error: h.error.clone(),
+        }),
+        last_error: st.last_error.clone(),
+        next_retry_s: st
+            .next_retry
+            .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+        host_key: st.host_key.clone(),
+        keepalive_rtt_ms: st.keepalive_rtt.map(|d| d.as_secs_f64() * 1000.0),
+        pod_cidrs: node.pod_cidrs.iter().map(|c| c.to_string()).collect(),
+    }
+}

@@ -1,0 +1,195 @@
+//! Prometheus metrics (OpenMetrics text via prometheus-client), prefix `kube_ssh_tunnel_`.
+//! Counters are updated where things happen (dials, bytes, probes, reconnects); gauges that
+//! describe the current pool (`tunnels{state}`, `tunnel_up`, `open_channels`) are refreshed
+//! from the pool's state when scraped, so they can never drift.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DialLabels {
+    pub node: String,
+    /// A `DialResult` name.
+    pub result: &'static str,
+}
+
+/// How a dial ended (the `result` label; failures by reason).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DialResult {
+    Ok,
+    NoRoute,
+    NotReady,
+    Refused,
+    Timeout,
+    ConnectionLost,
+}
+
+impl DialResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialResult::Ok => "ok",
+            DialResult::NoRoute => "no_route",
+            DialResult::NotReady => "not_ready",
+            DialResult::Refused => "refused",
+            DialResult::Timeout => "timeout",
+            DialResult::ConnectionLost => "connection_lost",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub node: String,
+    /// `in` (from the node) or `out` (to the node).
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub node: String,
+    /// `ok` or `fail`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+/// All metrics of one daemon.
+pub struct Metrics {
+    registry: Registry,
+    pub tunnels: Family<StateLabel, Gauge>,
+    pub tunnel_up: Family<NodeLabel, Gauge>,
+    pub dials: Family<DialLabels, Counter>,
+    pub dial_duration: Histogram,
+    pub open_channels: Family<NodeLabel, Gauge>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub reconnects: Family<NodeLabel, Counter>,
+    pub health_checks: Family<CheckLabels, Counter>,
+    pub keepalive_rtt: Family<NodeLabel, Gauge<f64, AtomicU64>>,
+    pub stalled_channels: Family<NodeLabel, Counter>,
+    pub connect_requests: Family<CodeLabel, Counter>,
+    pub deprecated_mode: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kube_ssh_tunnel");
+        let m = Metrics {
+            tunnels: Family::default(),
+            tunnel_up: Family::default(),
+            dials: Family::default(),
+            // 0.5 ms .. ~16 s.
+            dial_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            open_channels: Family::default(),
+            bytes: Family::default(),
+            reconnects: Family::default(),
+            health_checks: Family::default(),
+            keepalive_rtt: Family::default(),
+            stalled_channels: Family::default(),
+            connect_requests: Family::default(),
+            deprecated_mode: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("tunnels", "Tunnels by state", m.tunnels.clone());
+        registry.register(
+            "tunnel_up",
+            "1 when the node's tunnel accepts dials",
+            m.tunnel_up.clone(),
+        );
+        registry.register("dials", "Dials by node and result", m.dials.clone());
+        registry.register(
+            "dial_duration_seconds",
+            "Time to open a channel for a dial",
+            m.dial_duration.clone(),
+        );
+        registry.register(
+            "open_channels",
+            "Open channels per node",
+            m.open_channels.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes relayed per node and direction (in: from the node)",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Successful reconnections per node",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "health_checks",
+            "Health probes per node and result",
+            m.health_checks.clone(),
+        );
+        registry.register(
+            "keepalive_rtt_seconds",
+            "Latest SSH ping round trip per node",
+            m.keepalive_rtt.clone(),
+        );
+        registry.register(
+            "stalled_channels",
+            "Channels closed because their reader stalled",
+            m.stalled_channels.clone(),
+        );
+        registry.register(
+            "connect_requests",
+            "CONNECT requests by HTTP status",
+            m.connect_requests.clone(),
+        );
+        registry.register(
+            "deprecated_mode_enabled",
+            "1: running in deprecated SSH tunnel mode",
+            m.deprecated_mode.clone(),
+        );
+        m.deprecated_mode.set(1);
+        Metrics { registry, ..m }
+    }
+
+    /// The node's counters that its channels update.
+    pub fn link(&self, node: &str) -> crate::ssh::stream::LinkStats {
+        let b = |direction| BytesLabels {
+            node: node.to_string(),
+            direction,
+        };
+        crate::ssh::stream::LinkStats {
+            bytes_in: self.bytes.get_or_create_owned(&b("in")),
+            bytes_out: self.bytes.get_or_create_owned(&b("out")),
+            stalled: self.stalled_channels.get_or_create_owned(&NodeLabel {
+                node: node.to_string(),
+            }),
+        }
+    }
+
+    /// Renders the OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

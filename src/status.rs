@@ -1,0 +1,193 @@
+//! Rendering of the `status` command: a table an operator can read at 3 a.m. (which node is
+//! broken and why), a wide variant, and the exit code rule (0 all desired nodes ready, 1 not).
+
+use crate::admin::document::{NodeDocument, StatusDocument};
+
+/// Output shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Wide,
+}
+
+/// 0 when every desired node is ready, 1 otherwise.
+pub fn exit_code(doc: &StatusDocument) -> i32 {
+    if doc.ready == doc.desired { 0 } else { 1 }
+}
+
+/// `5s`, `3m12s`, `2h05m`, `3d4h`.
+pub fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn health(n: &NodeDocument, now: std::time::SystemTime) -> String {
+    match &n.last_health {
+        None => "-".into(),
+        Some(h) => {
+            let ago = humantime::parse_rfc3339(&h.at)
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .map(|d| human_duration(d.as_secs_f64()))
+                .unwrap_or_else(|| "?".into());
+            if h.ok {
+                format!("ok {ago} ago")
+            } else {
+                format!("fail: {}", h.error.as_deref().unwrap_or("?"))
+            }
+        }
+    }
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", U[i])
+    }
+}
+
+fn paint(state: &str, color: bool) -> String {
+    if !color {
+        return state.to_string();
+    }
+    let code = match state {
+        "ready" => "32",
+        "degraded" | "connecting" | "backoff" => "33",
+        "failed" => "31",
+        "draining" => "36",
+        _ => "0",
+    };
+    format!("\x1b[{code}m{state}\x1b[0m")
+}
+
+/// The header line and the table.
+pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
+    let now = std::time::SystemTime::now();
+    let mut out = format!(
+        "kube-ssh-tunnel {} — {}/{} nodes ready — DEPRECATED SSH tunnel mode (Konnectivity is the supported replacement)",
+        doc.version, doc.ready, doc.desired
+    );
+    if doc.insecure_host_keys {
+        out.push_str(" — HOST KEYS NOT VERIFIED");
+    }
+    out.push('\n');
+    let mut head = vec![
+        "NODE",
+        "ADDRESS",
+        "STATE",
+        "FOR",
+        "CHANNELS",
+        "DIALS",
+        "FAILS",
+        "HEALTH",
+        "RETRY-IN",
+        "LAST ERROR",
+    ];
+    if format == Format::Wide {
+        head.extend(["HOST KEY", "POD CIDRS", "IN", "OUT", "RECONNECTS"]);
+    }
+    let err_width = if format == Format::Wide { 200 } else { 60 };
+    let rows: Vec<Vec<String>> = doc
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut r = vec![
+                n.name.clone(),
+                if n.ssh_port == 22 {
+                    n.address.clone()
+                } else {
+                    format!("{}:{}", n.address, n.ssh_port)
+                },
+                n.state.clone(),
+                human_duration(n.for_s),
+                n.open_channels.to_string(),
+                n.dials_total.to_string(),
+                n.dial_failures_total.to_string(),
+                cut(&health(n, now), 40),
+                n.next_retry_s
+                    .map(|s| format!("{s:.1}s"))
+                    .unwrap_or_else(|| "-".into()),
+                cut(n.last_error.as_deref().unwrap_or("-"), err_width),
+            ];
+            if format == Format::Wide {
+                r.extend([
+                    n.host_key.clone().unwrap_or_else(|| "-".into()),
+                    if n.pod_cidrs.is_empty() {
+                        "-".into()
+                    } else {
+                        n.pod_cidrs.join(",")
+                    },
+                    bytes(n.bytes_in),
+                    bytes(n.bytes_out),
+                    n.reconnects.to_string(),
+                ]);
+            }
+            r
+        })
+        .collect();
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>, color_state: bool| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            let shown = if i == 2 && color_state {
+                paint(c, color)
+            } else {
+                c.clone()
+            };
+            if i + 1 == cells.len() {
+                l.push_str(&shown);
+            } else {
+                l.push_str(&shown);
+                l.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    out.push_str(&line(head.iter().map(|s| s.to_string()).collect(), false));
+    for r in rows {
+        out.push_str(&line(r, true));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(5.4), "5s");
+        assert_eq!(human_duration(192.0), "3m12s");
+        assert_eq!(human_duration(7500.0), "2h05m");
+        assert_eq!(human_duration(273600.0), "3d4h");
+    }
+}
