@@ -58,16 +58,25 @@ pub enum ConnectError {
     #[error("node {node}: SSH handshake failed: {reason}")]
     Handshake { node: String, reason: String },
     #[error(
-        "node {node}: HOST KEY MISMATCH: the server offered {offered} but {file}:{line} holds a \
-         different key for it; refusing to connect (possible man-in-the-middle). If the node's \
-         key really changed, replace that line with the new key"
+        "node {node}: HOST KEY CHANGED: the server offered {offered} but {file}:{line} holds \
+         {expected}; refusing to connect (possible man-in-the-middle). If the node's key really \
+         changed, replace that line with the new key"
     )]
     HostKeyMismatch {
         node: String,
         offered: String,
+        expected: String,
         file: String,
         line: usize,
     },
+    #[error("node {node}: host certificate {certificate} refused: {reason}")]
+    HostCertificateRejected {
+        node: String,
+        certificate: String,
+        reason: String,
+    },
+    #[error("node {node}: ssh-agent: {reason}")]
+    Agent { node: String, reason: String },
     #[error(
         "node {node}: host key {offered} is not in {files}; refusing to connect. Add it after \
          checking it out of band, e.g. `ssh-keyscan -p {port} {address} >> <known_hosts>`"
@@ -129,13 +138,28 @@ impl ConnectError {
             ConnectError::HostKeyMismatch {
                 node,
                 offered,
+                expected,
                 file,
                 line,
             } => ConnectError::HostKeyMismatch {
                 node: node.clone(),
                 offered: offered.clone(),
+                expected: expected.clone(),
                 file: file.clone(),
                 line: *line,
+            },
+            ConnectError::HostCertificateRejected {
+                node,
+                certificate,
+                reason,
+            } => ConnectError::HostCertificateRejected {
+                node: node.clone(),
+                certificate: certificate.clone(),
+                reason: reason.clone(),
+            },
+            ConnectError::Agent { node, reason } => ConnectError::Agent {
+                node: node.clone(),
+                reason: reason.clone(),
             },
             ConnectError::HostKeyUnknown {
                 node,
@@ -174,6 +198,8 @@ impl ConnectError {
         matches!(
             self,
             ConnectError::HostKeyMismatch { .. }
+                | ConnectError::HostCertificateRejected { .. }
+                | ConnectError::Agent { .. }
                 | ConnectError::HostKeyUnknown { .. }
                 | ConnectError::HostKeyRevoked { .. }
                 | ConnectError::AuthRejected { .. }

@@ -675,3 +675,104 @@ fn json_logs_are_one_object_per_line_and_node_lines_carry_node() {
     }
     assert!(node_lines >= 1, "{log}");
 }
+
+#[test]
+fn check_reports_what_it_found_and_every_problem_with_its_fix() {
+    let cluster = Cluster::start(2);
+    let mut args = vec!["check".to_string()];
+    args.extend(cluster.cli_args());
+    let o = run_cli(&args, b"", Duration::from_secs(20));
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("nodes: 2") && o.stdout.contains("key: ssh-ed25519 SHA256:"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("host key policy: strict") && o.stdout.contains("problems: none"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(
+        cluster.nodes[0].ssh_connections(),
+        0,
+        "check does not connect"
+    );
+
+    // A node missing from known_hosts is a problem, with the fix.
+    let kh = cluster.path().join("kh_one");
+    std::fs::write(&kh, cluster.nodes[0].known_hosts_line()).unwrap();
+    let mut bad = args.clone();
+    let i = bad.iter().position(|a| a == "--ssh-known-hosts").unwrap();
+    bad[i + 1] = kh.display().to_string();
+    let o = run_cli(&bad, b"", Duration::from_secs(20));
+    assert_eq!(o.code, 2, "{}", o.stdout);
+    assert!(
+        o.stdout.contains("node node-2") && o.stdout.contains("ssh-keyscan"),
+        "{}",
+        o.stdout
+    );
+
+    // --connect tries each node: auth, host key, kubelet.
+    let mut conn = args.clone();
+    conn.push("--connect".into());
+    let o = run_cli(&conn, b"", Duration::from_secs(30));
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert_eq!(
+        o.stdout.matches("auth ok, host key ok").count(),
+        2,
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains(":10250 reachable"), "{}", o.stdout);
+    cluster.nodes[1].kill_sshd();
+    let o = run_cli(&conn, b"", Duration::from_secs(30));
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stdout.contains("connect node-2: FAILED"), "{}", o.stdout);
+}
+
+#[test]
+fn insecure_mode_is_loud_in_the_log_and_in_status() {
+    let cluster = Cluster::start(1);
+    let admin = cluster.path().join("ins-admin.sock");
+    let mut args = vec!["run".to_string()];
+    args.extend(s(&["--ssh-tunnel", "--ssh-user", &cluster.user]));
+    args.extend(s(&[
+        "--ssh-keyfile",
+        cluster.keys.ed25519.to_str().unwrap(),
+    ]));
+    args.extend(s(&[
+        "--insecure-skip-host-key-verification",
+        "--health-probe",
+        "none",
+    ]));
+    args.extend(s(&["--node", &cluster.nodes[0].spec()]));
+    args.extend(s(&[
+        "--proxy-uds",
+        cluster.path().join("ins.sock").to_str().unwrap(),
+    ]));
+    args.extend(s(&["--admin-uds", admin.to_str().unwrap()]));
+    let d = support::daemon::Daemon::start(&args);
+    assert!(
+        d.wait_log("tunnel ready", 1, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains("host keys are NOT verified"),
+        "{}",
+        d.log()
+    );
+    let o = run_cli(
+        &s(&["status", "--admin-uds", admin.to_str().unwrap()]),
+        b"",
+        Duration::from_secs(10),
+    );
+    assert!(o.stdout.contains("HOST KEYS NOT VERIFIED"), "{}", o.stdout);
+    // accept-new without its file is a usage error.
+    let mut a = vec!["check".to_string()];
+    a.extend(cluster.cli_args());
+    a.extend(s(&["--host-key-policy", "accept-new"]));
+    let o = run_cli(&a, b"", Duration::from_secs(10));
+    assert_usage_error(&o, "--learned-known-hosts");
+}

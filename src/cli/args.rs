@@ -35,6 +35,23 @@ pub struct SshArgs {
     #[arg(long, env = "KUBE_SSH_TUNNEL_SSH_KNOWN_HOSTS", value_delimiter = ',')]
     pub ssh_known_hosts: Vec<PathBuf>,
 
+    /// Host key policy: strict (known_hosts only) or accept-new (trust on first use, recorded in
+    /// --learned-known-hosts; a later change is refused).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HOST_KEY_POLICY", default_value = "strict", value_parser = ["strict", "accept-new"])]
+    pub host_key_policy: String,
+
+    /// Our own known_hosts file that accept-new records learned keys in.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_LEARNED_KNOWN_HOSTS")]
+    pub learned_known_hosts: Option<PathBuf>,
+
+    /// OpenSSH user certificate for --ssh-keyfile (default: KEYFILE-cert.pub when it exists).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_SSH_CERTIFICATE")]
+    pub ssh_certificate: Option<PathBuf>,
+
+    /// Authenticate with the ssh-agent at $SSH_AUTH_SOCK (before --ssh-keyfile, which becomes optional).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_SSH_AGENT")]
+    pub ssh_agent: bool,
+
     /// Accept any host key (INSECURE: allows man-in-the-middle). Logged loudly.
     #[arg(long, env = "KUBE_SSH_TUNNEL_INSECURE_SKIP_HOST_KEY_VERIFICATION")]
     pub insecure_skip_host_key_verification: bool,

@@ -3,9 +3,11 @@
 //! configuration error (including the `--ssh-tunnel` gate).
 
 mod args;
+mod check;
 mod config_file;
 mod dial;
 mod duration;
+mod keygen;
 mod logging;
 mod run;
 mod settings;
@@ -69,6 +71,10 @@ enum Command {
     Reconnect(status::NodeActionArgs),
     /// Make a running daemon drain a node: no new dials; open streams finish.
     Drain(status::NodeActionArgs),
+    /// Write an ed25519 key pair and print the restricted authorized_keys line for the nodes.
+    Keygen(keygen::KeygenArgs),
+    /// Validate config, keys, known_hosts and nodes without connecting (--connect: try each node).
+    Check(Box<check::CheckArgs>),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -104,6 +110,8 @@ pub fn main() -> i32 {
             Command::Status(a) => status::status(a).await,
             Command::Reconnect(a) => status::node_action(a, "reconnect").await,
             Command::Drain(a) => status::node_action(a, "drain").await,
+            Command::Keygen(a) => keygen::keygen(a).map(|()| 0),
+            Command::Check(a) => check::check(*a).await,
         }
     });
     let code = match result {

@@ -112,6 +112,19 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         )?),
     };
     let insecure = args.ssh.insecure_skip_host_key_verification;
+    if insecure {
+        // Repeated hourly so that it cannot scroll out of sight.
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                tracing::warn!(
+                    "host keys are NOT verified (--insecure-skip-host-key-verification)"
+                );
+            }
+        });
+    }
     let pool = Arc::new(Pool::with_config(cfg, all)?);
     let front = ConnectFront::new(pool.clone(), policy, limits);
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));

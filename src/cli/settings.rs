@@ -42,15 +42,26 @@ pub fn ssh_settings(args: &SshArgs) -> Result<SshSettings, CliError> {
                 "--ssh-user is required: the SSH user on the nodes (e.g. --ssh-user kube-tunnel)",
             )
         })?;
-    let keyfile = args.ssh_keyfile.clone().ok_or_else(|| {
-        CliError::usage("--ssh-keyfile is required: the private key the nodes accept (make one with `kube-ssh-tunnel keygen`)")
-    })?;
+    let agent = if args.ssh_agent {
+        let sock = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()).ok_or_else(|| {
+            CliError::usage("--ssh-agent: SSH_AUTH_SOCK is not set; start ssh-agent (eval $(ssh-agent)) and ssh-add the key")
+        })?;
+        Some(PathBuf::from(sock))
+    } else {
+        None
+    };
+    if args.ssh_keyfile.is_none() && agent.is_none() {
+        return Err(CliError::usage(
+            "--ssh-keyfile is required (or --ssh-agent): the private key the nodes accept (make one with `kube-ssh-tunnel keygen`)",
+        ));
+    }
     let mut known_hosts = args.ssh_known_hosts.clone();
     if known_hosts.is_empty() {
         let default = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/known_hosts"));
         match default {
             Some(p) if p.exists() => known_hosts.push(p),
-            _ if args.insecure_skip_host_key_verification => {}
+            _ if args.insecure_skip_host_key_verification
+                || args.host_key_policy == "accept-new" => {}
             _ => {
                 return Err(CliError::usage(
                     "no known_hosts file: pass --ssh-known-hosts FILE with the nodes' host keys \
@@ -59,24 +70,52 @@ pub fn ssh_settings(args: &SshArgs) -> Result<SshSettings, CliError> {
             }
         }
     }
-    let policy = if args.insecure_skip_host_key_verification {
-        tracing::warn!(
-            "--insecure-skip-host-key-verification: host keys are NOT verified; anyone on the \
-             path to a node can impersonate it"
-        );
-        HostKeyPolicy::InsecureSkip
-    } else {
-        HostKeyPolicy::Strict
+    let policy = match (
+        args.insecure_skip_host_key_verification,
+        args.host_key_policy.as_str(),
+    ) {
+        (true, "accept-new") => {
+            return Err(CliError::usage(
+                "--insecure-skip-host-key-verification and --host-key-policy accept-new exclude each other; pick one",
+            ));
+        }
+        (true, _) => {
+            tracing::warn!(
+                "--insecure-skip-host-key-verification: host keys are NOT verified; anyone on the \
+                 path to a node can impersonate it"
+            );
+            HostKeyPolicy::InsecureSkip
+        }
+        (false, "accept-new") => HostKeyPolicy::AcceptNew,
+        _ => HostKeyPolicy::Strict,
     };
+    if policy == HostKeyPolicy::AcceptNew && args.learned_known_hosts.is_none() {
+        return Err(CliError::usage(
+            "--host-key-policy accept-new needs --learned-known-hosts FILE: the file of ours that first-seen host keys are recorded in",
+        ));
+    }
     let keepalive = (!args.keepalive_interval.is_zero()).then_some(args.keepalive_interval);
     if args.connect_timeout.is_zero() || args.dial_timeout.is_zero() {
         return Err(CliError::usage(
             "--connect-timeout and --dial-timeout must be greater than 0",
         ));
     }
-    Ok(SshSettings::builder(user)
-        .key_file(&keyfile, args.ssh_key_passphrase_file.as_deref())?
-        .known_hosts_files(&known_hosts)?
+    let mut b = SshSettings::builder(user);
+    if let Some(keyfile) = &args.ssh_keyfile {
+        b = match &args.ssh_certificate {
+            Some(cert) => {
+                b.key_file_with_certificate(keyfile, args.ssh_key_passphrase_file.as_deref(), cert)?
+            }
+            None => b.key_file(keyfile, args.ssh_key_passphrase_file.as_deref())?,
+        };
+    }
+    if let Some(a) = agent {
+        b = b.agent(a);
+    }
+    if let (HostKeyPolicy::AcceptNew, Some(f)) = (policy, &args.learned_known_hosts) {
+        b = b.learned_hosts(f)?;
+    }
+    Ok(b.known_hosts_files(&known_hosts)?
         .host_key_policy(policy)
         .connect_timeout(args.connect_timeout)
         .open_timeout(args.dial_timeout)

@@ -40,6 +40,8 @@ pub struct Identity {
     pub fingerprint: String,
     /// Algorithm name, e.g. `ssh-ed25519`.
     pub algorithm: String,
+    /// An OpenSSH user certificate for this key (authenticates with it instead of the key).
+    pub certificate: Option<russh::keys::Certificate>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -109,7 +111,27 @@ impl Identity {
             algorithm: public.algorithm().to_string(),
             key: Arc::new(key),
             path: path.to_path_buf(),
+            certificate: None,
         })
+    }
+
+    /// Attaches the user certificate at `cert` (it must certify this key).
+    pub fn with_certificate(mut self, cert: &Path) -> Result<Identity, KeyError> {
+        let c = russh::keys::load_openssh_certificate(cert).map_err(|e| KeyError::Invalid {
+            path: cert.to_path_buf(),
+            reason: format!("not an OpenSSH certificate: {e}"),
+        })?;
+        if c.public_key() != self.key.public_key().key_data() {
+            return Err(KeyError::Invalid {
+                path: cert.to_path_buf(),
+                reason: format!(
+                    "this certificate is not for the key {}",
+                    self.path.display()
+                ),
+            });
+        }
+        self.certificate = Some(c);
+        Ok(self)
     }
 
     /// True for RSA keys, which need the server's preferred rsa-sha2 hash at auth time.
@@ -124,4 +146,85 @@ fn read_passphrase(key: &Path, file: &Path) -> Result<String, KeyError> {
         reason: format!("passphrase file {}: {e}", file.display()),
     })?;
     Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+/// Where the client key comes from; reloaded when the file changes, so a rotated key is used
+/// by the next connection without a restart. A replacement that does not load is logged and
+/// the previous key kept.
+#[derive(Debug)]
+pub struct IdentitySource {
+    path: PathBuf,
+    passphrase_file: Option<PathBuf>,
+    /// `Some(path)`: an explicit certificate; `None`: `<key>-cert.pub` when it exists.
+    certificate: Option<PathBuf>,
+    state: std::sync::Mutex<(Option<Stamp>, Identity)>,
+}
+
+type Stamp = (std::time::SystemTime, u64, Option<std::time::SystemTime>);
+
+fn stamp_of(key: &Path, cert: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(key).ok()?;
+    Some((
+        m.modified().ok()?,
+        m.len(),
+        std::fs::metadata(cert).and_then(|c| c.modified()).ok(),
+    ))
+}
+
+impl IdentitySource {
+    /// Loads the key (and its certificate, explicit or `<key>-cert.pub`).
+    pub fn open(
+        path: &Path,
+        passphrase_file: Option<&Path>,
+        certificate: Option<&Path>,
+    ) -> Result<Self, KeyError> {
+        let src = IdentitySource {
+            path: path.to_path_buf(),
+            passphrase_file: passphrase_file.map(Path::to_path_buf),
+            certificate: certificate.map(Path::to_path_buf),
+            state: std::sync::Mutex::new((None, Identity::load(path, passphrase_file)?)),
+        };
+        let id = src.load()?;
+        let stamp = stamp_of(&src.path, &src.cert_path());
+        if let Ok(mut st) = src.state.lock() {
+            *st = (stamp, id);
+        }
+        Ok(src)
+    }
+
+    fn cert_path(&self) -> PathBuf {
+        self.certificate.clone().unwrap_or_else(|| {
+            let mut p = self.path.clone().into_os_string();
+            p.push("-cert.pub");
+            PathBuf::from(p)
+        })
+    }
+
+    fn load(&self) -> Result<Identity, KeyError> {
+        let id = Identity::load(&self.path, self.passphrase_file.as_deref())?;
+        let cert = self.cert_path();
+        if self.certificate.is_some() || cert.exists() {
+            return id.with_certificate(&cert);
+        }
+        Ok(id)
+    }
+
+    /// The key to use now (reloaded first if its file changed).
+    pub fn current(&self) -> Identity {
+        let stamp = stamp_of(&self.path, &self.cert_path());
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if stamp.is_some() && stamp != st.0 {
+            match self.load() {
+                Ok(id) => {
+                    tracing::info!(key = %self.path.display(), fingerprint = %id.fingerprint, "client key changed on disk; using the new one");
+                    *st = (stamp, id);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "client key changed on disk but does not load; keeping the previous key");
+                    st.0 = stamp;
+                }
+            }
+        }
+        st.1.clone()
+    }
 }

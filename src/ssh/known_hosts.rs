@@ -10,8 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, KeyInit, Mac};
+use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, Marker};
-use russh::keys::{HashAlg, PublicKey};
+use russh::keys::{Certificate, HashAlg, PublicKey};
 use thiserror::Error;
 
 /// A problem with a known_hosts file.
@@ -46,8 +47,12 @@ pub struct KnownHosts {
 pub enum Verdict {
     /// A line for this host holds exactly this key.
     Trusted { file: String, line: usize },
-    /// Lines for this host exist but hold other keys.
-    Mismatch { file: String, line: usize },
+    /// Lines for this host exist but hold other keys (`expected`: the first one's fingerprint).
+    Mismatch {
+        file: String,
+        line: usize,
+        expected: String,
+    },
     /// The key is listed as `@revoked`.
     Revoked { file: String, line: usize },
     /// No line names this host.
@@ -151,11 +156,158 @@ impl KnownHosts {
             let (file, line) = at(t);
             return Verdict::Trusted { file, line };
         }
-        if let Some(m) = mismatch {
-            let (file, line) = at(m);
-            return Verdict::Mismatch { file, line };
+        if let Some((f, n)) = mismatch {
+            let expected = self
+                .lines
+                .iter()
+                .find(|l| l.file == f && l.number == n)
+                .map(|l| describe_key(l.entry.public_key()))
+                .unwrap_or_default();
+            let (file, line) = at((f, n));
+            return Verdict::Mismatch {
+                file,
+                line,
+                expected,
+            };
         }
         Verdict::Unknown
+    }
+
+    /// True when some line (a key, or a `@cert-authority`) applies to this host.
+    pub fn has_entry_for(&self, host: &str, port: u16, aliases: &[&str]) -> bool {
+        let lookups: Vec<String> = std::iter::once(host)
+            .chain(aliases.iter().copied())
+            .map(|h| lookup_name(h, port))
+            .collect();
+        self.lines.iter().any(|l| {
+            l.entry.marker() != Some(&Marker::Revoked)
+                && lookups
+                    .iter()
+                    .any(|n| host_matches(l.entry.host_patterns(), n))
+        })
+    }
+
+    /// Line numbers (in file order) of plain key lines whose patterns match `lookup` (a name
+    /// as OpenSSH looks it up: `host` or `[host]:port`). For comparing with `ssh-keygen -F`.
+    pub fn lines_matching(&self, lookup: &str) -> Vec<usize> {
+        let lookup = lookup.to_ascii_lowercase();
+        self.lines
+            .iter()
+            .filter(|l| {
+                l.entry.marker().is_none() && host_matches(l.entry.host_patterns(), &lookup)
+            })
+            .map(|l| l.number)
+            .collect()
+    }
+
+    /// True when some `@cert-authority` line exists (then host certificates are asked for).
+    pub fn has_cert_authorities(&self) -> bool {
+        self.lines
+            .iter()
+            .any(|l| l.entry.marker() == Some(&Marker::CertAuthority))
+    }
+
+    /// Adds one entry (e.g. a key learned under `accept-new`) as if read from `path`.
+    pub fn add_entry(&mut self, path: &Path, entry: Entry) {
+        let file = match self.files.iter().position(|f| f == path) {
+            Some(i) => i,
+            None => {
+                self.files.push(path.to_path_buf());
+                self.files.len() - 1
+            }
+        };
+        let number = self
+            .lines
+            .iter()
+            .filter(|l| l.file == file)
+            .map(|l| l.number)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        self.lines.push(Line {
+            file,
+            number,
+            entry,
+        });
+    }
+
+    /// Checks a host certificate offered by `host` on `port` (aliases: further names of the
+    /// node): a host (not user) certificate, inside its validity window at `now` (Unix
+    /// seconds), signed by a CA from an `@cert-authority` line whose patterns match the host,
+    /// with a principal equal to the host or an alias, and neither the CA nor the certified
+    /// key `@revoked`. Returns the trusting line, or why not.
+    pub fn check_certificate(
+        &self,
+        host: &str,
+        port: u16,
+        aliases: &[&str],
+        cert: &Certificate,
+        now: u64,
+    ) -> Result<(String, usize), String> {
+        let names: Vec<&str> = std::iter::once(host)
+            .chain(aliases.iter().copied())
+            .collect();
+        let lookups: Vec<String> = names.iter().map(|h| lookup_name(h, port)).collect();
+        let signer = cert.signature_key();
+        let certified = cert.public_key();
+        for l in &self.lines {
+            if l.entry.marker() == Some(&Marker::Revoked) {
+                let k = l.entry.public_key().key_data();
+                if k == signer || k == certified {
+                    return Err(format!(
+                        "the certificate's {} is @revoked in {}:{}",
+                        if k == signer { "CA" } else { "key" },
+                        self.files[l.file].display(),
+                        l.number
+                    ));
+                }
+            }
+        }
+        if cert.cert_type() != CertType::Host {
+            return Err("it is a user certificate, not a host certificate".into());
+        }
+        let cas: Vec<&Line> = self
+            .lines
+            .iter()
+            .filter(|l| l.entry.marker() == Some(&Marker::CertAuthority))
+            .filter(|l| {
+                lookups
+                    .iter()
+                    .any(|n| host_matches(l.entry.host_patterns(), n))
+            })
+            .collect();
+        let Some(ca) = cas
+            .iter()
+            .find(|l| l.entry.public_key().key_data() == signer)
+        else {
+            return Err(format!(
+                "it is signed by CA {}, which no @cert-authority line trusts for this host",
+                signer.fingerprint(HashAlg::Sha256)
+            ));
+        };
+        if now < cert.valid_after() {
+            return Err(format!(
+                "it is not valid before {}",
+                unix_time(cert.valid_after())
+            ));
+        }
+        if now >= cert.valid_before() {
+            return Err(format!("it expired at {}", unix_time(cert.valid_before())));
+        }
+        let principals = cert.valid_principals();
+        if !principals
+            .iter()
+            .any(|p| names.iter().any(|n| p.eq_ignore_ascii_case(n)))
+        {
+            return Err(format!(
+                "its principals {principals:?} include neither {}",
+                names.join(" nor ")
+            ));
+        }
+        let fp = signer.fingerprint(HashAlg::Sha256);
+        cert.validate_at(now, [&fp])
+            .map_err(|e| format!("its signature does not verify: {e}"))?;
+        Ok((self.files[ca.file].display().to_string(), ca.number))
     }
 }
 
@@ -164,8 +316,15 @@ pub fn describe_key(key: &PublicKey) -> String {
     format!("{} {}", key.algorithm(), key.fingerprint(HashAlg::Sha256))
 }
 
+fn unix_time(secs: u64) -> String {
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)) {
+        Some(t) if secs < u64::MAX / 2 => humantime::format_rfc3339_seconds(t).to_string(),
+        _ => "forever".into(),
+    }
+}
+
 /// The name OpenSSH looks up: `host` on port 22, else `[host]:port`.
-fn lookup_name(host: &str, port: u16) -> String {
+pub fn lookup_name(host: &str, port: u16) -> String {
     if port == 22 {
         host.to_ascii_lowercase()
     } else {
@@ -265,6 +424,9 @@ mod tests {
             k.check("10.0.0.1", 22, &[], &key(KEY_B)),
             Verdict::Mismatch { line: 1, .. }
         ));
+        if let Verdict::Mismatch { expected, .. } = k.check("10.0.0.1", 22, &[], &key(KEY_B)) {
+            assert!(expected.contains("SHA256:"), "{expected}");
+        }
         assert!(matches!(
             k.check("x", 22, &["node-1"], &key(KEY_A)),
             Verdict::Trusted { .. }

@@ -9,8 +9,8 @@ pub mod stream;
 pub mod tunnel;
 pub mod verifier;
 
-pub use keys::Identity;
+pub use keys::{Identity, IdentitySource};
 pub use known_hosts::KnownHosts;
-pub use settings::{ChannelLimits, HostKeyPolicy, SshSettings};
+pub use settings::{ChannelLimits, HostKeyPolicy, LearnedHosts, SshSettings};
 pub use stream::TunnelStream;
 pub use tunnel::NodeTunnel;

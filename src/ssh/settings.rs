@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use russh::{Limits, Preferred, cipher, kex};
 
-use super::keys::Identity;
+use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
+
+use super::keys::IdentitySource;
 use super::known_hosts::KnownHosts;
 use crate::error::ConfigError;
 
@@ -18,8 +20,98 @@ pub enum HostKeyPolicy {
     /// Refuse unknown and changed keys (default).
     #[default]
     Strict,
+    /// Trust a node's key on first use, record it in our learned-hosts file, refuse a later
+    /// change.
+    AcceptNew,
     /// Accept any key except a revoked one. Only with an explicit insecure flag.
     InsecureSkip,
+}
+
+/// The known_hosts file of our own that `accept-new` learns into. Appends are atomic (a new
+/// file is written and renamed over the old one), so a crash never leaves half a line.
+#[derive(Debug)]
+pub struct LearnedHosts {
+    path: PathBuf,
+    known: std::sync::RwLock<KnownHosts>,
+}
+
+impl LearnedHosts {
+    /// Opens (or creates, empty) the file at `path`.
+    pub fn open(path: &Path) -> Result<LearnedHosts, ConfigError> {
+        if !path.exists() {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| ConfigError::File {
+                    what: "learned known_hosts",
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+            }
+            std::fs::write(path, "").map_err(|e| ConfigError::File {
+                what: "learned known_hosts",
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(LearnedHosts {
+            known: std::sync::RwLock::new(KnownHosts::load(&[path.to_path_buf()])?),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks against what was learned so far.
+    pub fn check(
+        &self,
+        host: &str,
+        port: u16,
+        key: &russh::keys::PublicKey,
+    ) -> super::known_hosts::Verdict {
+        self.known
+            .read()
+            .map(|k| k.check(host, port, &[], key))
+            .unwrap_or(super::known_hosts::Verdict::Unknown)
+    }
+
+    /// Records `host`'s key: appended to the file (atomically) and remembered.
+    pub fn record(
+        &self,
+        host: &str,
+        port: u16,
+        key: &russh::keys::PublicKey,
+    ) -> std::io::Result<()> {
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if matches!(
+            known.check(host, port, &[], key),
+            super::known_hosts::Verdict::Trusted { .. }
+        ) {
+            return Ok(());
+        }
+        let line = format!(
+            "{} {}",
+            super::known_hosts::lookup_name(host, port),
+            key.to_openssh().map_err(std::io::Error::other)?
+        );
+        let entry: russh::keys::ssh_key::known_hosts::Entry = line
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("{e}")))?;
+        let mut text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&line);
+        text.push('\n');
+        let tmp = self
+            .path
+            .with_extension(format!("tmp.{}", std::process::id()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &self.path)?;
+        known.add_entry(&self.path, entry);
+        Ok(())
+    }
 }
 
 /// Receive-side limits of one channel (see `ssh::stream`).
@@ -52,8 +144,12 @@ impl Default for ChannelLimits {
 pub struct SshSettings {
     /// SSH user on the nodes.
     pub user: String,
-    /// Client key (None only before `key_file` is called; connecting then fails).
-    pub identity: Option<Identity>,
+    /// Client key (reloaded when its file changes); None when only the agent is used.
+    pub identity: Option<Arc<IdentitySource>>,
+    /// ssh-agent socket to authenticate with (tried before the key file).
+    pub agent: Option<PathBuf>,
+    /// Where `accept-new` records learned host keys.
+    pub learned: Option<Arc<LearnedHosts>>,
     /// Trusted host keys.
     pub known_hosts: Arc<KnownHosts>,
     /// Host key policy.
@@ -78,6 +174,8 @@ impl SshSettings {
             settings: SshSettings {
                 user: user.into(),
                 identity: None,
+                agent: None,
+                learned: None,
                 known_hosts: Arc::new(KnownHosts::default()),
                 host_key_policy: HostKeyPolicy::Strict,
                 connect_timeout: Duration::from_secs(15),
@@ -108,6 +206,29 @@ impl SshSettings {
                 rekey_time_limit: Duration::from_secs(100 * 365 * 24 * 3600),
             },
             preferred: Preferred {
+                // Ask for host certificates only when some CA is trusted for them.
+                host_key_certificates: if self.known_hosts.has_cert_authorities() {
+                    Cow::Owned(vec![
+                        Algorithm::Ed25519,
+                        Algorithm::Ecdsa {
+                            curve: EcdsaCurve::NistP256,
+                        },
+                        Algorithm::Ecdsa {
+                            curve: EcdsaCurve::NistP384,
+                        },
+                        Algorithm::Ecdsa {
+                            curve: EcdsaCurve::NistP521,
+                        },
+                        Algorithm::Rsa {
+                            hash: Some(HashAlg::Sha512),
+                        },
+                        Algorithm::Rsa {
+                            hash: Some(HashAlg::Sha256),
+                        },
+                    ])
+                } else {
+                    Cow::Borrowed(&[])
+                },
                 kex: Cow::Owned(vec![
                     kex::CURVE25519,
                     kex::CURVE25519_PRE_RFC_8731,
@@ -134,13 +255,45 @@ pub struct SshSettingsBuilder {
 }
 
 impl SshSettingsBuilder {
-    /// Loads the client key (see [`Identity::load`]).
+    /// Loads the client key (see [`crate::ssh::Identity::load`]); a `<key>-cert.pub` next to
+    /// it is used as its user certificate.
     pub fn key_file(
         mut self,
         path: impl AsRef<Path>,
         passphrase_file: Option<&Path>,
     ) -> Result<Self, ConfigError> {
-        self.settings.identity = Some(Identity::load(path.as_ref(), passphrase_file)?);
+        self.settings.identity = Some(Arc::new(IdentitySource::open(
+            path.as_ref(),
+            passphrase_file,
+            None,
+        )?));
+        Ok(self)
+    }
+
+    /// Loads the client key with an explicit user certificate.
+    pub fn key_file_with_certificate(
+        mut self,
+        path: impl AsRef<Path>,
+        passphrase_file: Option<&Path>,
+        certificate: &Path,
+    ) -> Result<Self, ConfigError> {
+        self.settings.identity = Some(Arc::new(IdentitySource::open(
+            path.as_ref(),
+            passphrase_file,
+            Some(certificate),
+        )?));
+        Ok(self)
+    }
+
+    /// Authenticates with the ssh-agent at `socket` (before any key file).
+    pub fn agent(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.settings.agent = Some(socket.into());
+        self
+    }
+
+    /// Records keys learned under `accept-new` in `path` (created if missing).
+    pub fn learned_hosts(mut self, path: &Path) -> Result<Self, ConfigError> {
+        self.settings.learned = Some(Arc::new(LearnedHosts::open(path)?));
         Ok(self)
     }
 

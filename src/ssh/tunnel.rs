@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client::Handle;
-use russh::keys::PrivateKeyWithHashAlg;
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -88,14 +88,13 @@ impl NodeTunnel {
                 *g = s;
             }
         };
-        let identity = settings
-            .identity
-            .clone()
-            .ok_or_else(|| ConnectError::AuthRejected {
+        if settings.identity.is_none() && settings.agent.is_none() {
+            return Err(ConnectError::AuthRejected {
                 node: node.name.clone(),
                 user: settings.user.clone(),
-                key: "(no key configured)".into(),
-            })?;
+                key: "(no key or agent configured)".into(),
+            });
+        }
         let addr = match node.ip() {
             Some(ip) => std::net::SocketAddr::new(ip, node.ssh_port),
             None => {
@@ -135,6 +134,7 @@ impl NodeTunnel {
             port: node.ssh_port,
             aliases: vec![node.name.clone()],
             known_hosts: settings.known_hosts.clone(),
+            learned: settings.learned.clone(),
             policy: settings.host_key_policy,
             report: report.clone(),
             closed: closed.clone(),
@@ -158,34 +158,19 @@ impl NodeTunnel {
         };
 
         set_stage("authentication");
-        let hash = if identity.is_rsa() {
-            handle
-                .best_supported_rsa_hash()
-                .await
-                .map_err(|e| ConnectError::Handshake {
-                    node: node.name.clone(),
-                    reason: e.to_string(),
-                })?
-                .flatten()
-        } else {
-            None
-        };
-        let auth = handle
-            .authenticate_publickey(
-                settings.user.clone(),
-                PrivateKeyWithHashAlg::new(identity.key.clone(), hash),
-            )
-            .await
-            .map_err(|e| ConnectError::Handshake {
-                node: node.name.clone(),
-                reason: format!("during authentication: {e}"),
-            })?;
-        if !auth.success() {
-            return Err(ConnectError::AuthRejected {
-                node: node.name.clone(),
-                user: settings.user.clone(),
-                key: format!("{} {}", identity.algorithm, identity.fingerprint),
-            });
+        authenticate(&mut handle, node, &settings).await?;
+        if let (Some(key), Some(learned)) = (&host_report.learn, &settings.learned) {
+            match learned.record(&node.address, node.ssh_port, key) {
+                Ok(()) => tracing::warn!(
+                    node = %node.name,
+                    host_key = %host_report.offered.clone().unwrap_or_default(),
+                    file = %learned.path().display(),
+                    "accept-new: trusting this node's host key from now on"
+                ),
+                Err(e) => {
+                    tracing::error!(node = %node.name, error = %e, "accept-new: could not record the host key")
+                }
+            }
         }
         let host_key = host_report.offered.unwrap_or_default();
         tracing::debug!(node = %node.name, %addr, %host_key, "SSH connection ready");
@@ -324,6 +309,131 @@ impl NodeTunnel {
     }
 }
 
+/// Authenticates: with the ssh-agent's identities first (if configured), then with the key
+/// file (with its user certificate, when there is one).
+async fn authenticate(
+    handle: &mut Handle<NodeHandler>,
+    node: &Node,
+    settings: &SshSettings,
+) -> Result<(), ConnectError> {
+    let hs = |e: russh::Error| ConnectError::Handshake {
+        node: node.name.clone(),
+        reason: format!("during authentication: {e}"),
+    };
+    let mut tried = Vec::new();
+    if let Some(sock) = &settings.agent {
+        let agent_err = |reason: String| ConnectError::Agent {
+            node: node.name.clone(),
+            reason,
+        };
+        let mut agent = russh::keys::agent::client::AgentClient::connect_uds(sock)
+            .await
+            .map_err(|e| agent_err(format!("cannot reach the agent at {}: {e}", sock.display())))?;
+        let ids = agent
+            .request_identities()
+            .await
+            .map_err(|e| agent_err(format!("cannot list its keys: {e}")))?;
+        if ids.is_empty() && settings.identity.is_none() {
+            return Err(agent_err(format!(
+                "the agent at {} holds no keys (ssh-add one)",
+                sock.display()
+            )));
+        }
+        for id in ids {
+            let r = match &id {
+                russh::keys::agent::AgentIdentity::PublicKey { key, .. } => {
+                    tried.push(format!(
+                        "agent {} {}",
+                        key.algorithm(),
+                        key.fingerprint(HashAlg::Sha256)
+                    ));
+                    let hash = if matches!(key.algorithm(), russh::keys::Algorithm::Rsa { .. }) {
+                        handle
+                            .best_supported_rsa_hash()
+                            .await
+                            .map_err(hs)?
+                            .flatten()
+                    } else {
+                        None
+                    };
+                    handle
+                        .authenticate_publickey_with(
+                            settings.user.clone(),
+                            key.clone(),
+                            hash,
+                            &mut agent,
+                        )
+                        .await
+                }
+                russh::keys::agent::AgentIdentity::Certificate { certificate, .. } => {
+                    tried.push(format!("agent certificate '{}'", certificate.key_id()));
+                    handle
+                        .authenticate_certificate_with(
+                            settings.user.clone(),
+                            certificate.clone(),
+                            None,
+                            &mut agent,
+                        )
+                        .await
+                }
+            };
+            match r {
+                Ok(a) if a.success() => return Ok(()),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(node = %node.name, error = %e, "agent signature failed"),
+            }
+        }
+    }
+    if let Some(source) = &settings.identity {
+        let identity = source.current();
+        let auth = match &identity.certificate {
+            Some(cert) => {
+                tried.push(format!(
+                    "certificate '{}' for {} {}",
+                    cert.key_id(),
+                    identity.algorithm,
+                    identity.fingerprint
+                ));
+                handle
+                    .authenticate_openssh_cert(
+                        settings.user.clone(),
+                        identity.key.clone(),
+                        cert.clone(),
+                    )
+                    .await
+                    .map_err(hs)?
+            }
+            None => {
+                tried.push(format!("{} {}", identity.algorithm, identity.fingerprint));
+                let hash = if identity.is_rsa() {
+                    handle
+                        .best_supported_rsa_hash()
+                        .await
+                        .map_err(hs)?
+                        .flatten()
+                } else {
+                    None
+                };
+                handle
+                    .authenticate_publickey(
+                        settings.user.clone(),
+                        PrivateKeyWithHashAlg::new(identity.key.clone(), hash),
+                    )
+                    .await
+                    .map_err(hs)?
+            }
+        };
+        if auth.success() {
+            return Ok(());
+        }
+    }
+    Err(ConnectError::AuthRejected {
+        node: node.name.clone(),
+        user: settings.user.clone(),
+        key: tried.join(", "),
+    })
+}
+
 fn open_failure_text(reason: &russh::ChannelOpenFailure) -> String {
     match reason {
         russh::ChannelOpenFailure::AdministrativelyProhibited => {
@@ -341,19 +451,25 @@ fn open_failure_text(reason: &russh::ChannelOpenFailure) -> String {
 fn host_key_error(node: &Node, settings: &SshSettings, r: &HostKeyReport) -> Option<ConnectError> {
     let offered = r.offered.clone()?;
     if r.certificate {
-        return Some(ConnectError::HostKeyUnknown {
+        return Some(ConnectError::HostCertificateRejected {
             node: node.name.clone(),
-            offered: format!("{offered} (host certificates are not trusted yet)"),
-            files: settings.known_hosts.files_display(),
-            address: node.address.clone(),
-            port: node.ssh_port,
+            certificate: offered,
+            reason: r
+                .certificate_error
+                .clone()
+                .unwrap_or_else(|| "not trusted".into()),
         });
     }
     match r.verdict.clone()? {
         Verdict::Trusted { .. } => None,
-        Verdict::Mismatch { file, line } => Some(ConnectError::HostKeyMismatch {
+        Verdict::Mismatch {
+            file,
+            line,
+            expected,
+        } => Some(ConnectError::HostKeyMismatch {
             node: node.name.clone(),
             offered,
+            expected,
             file,
             line,
         }),

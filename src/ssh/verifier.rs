@@ -9,7 +9,7 @@ use russh::keys::PublicKeyOrCertificate;
 use tokio_util::sync::CancellationToken;
 
 use super::known_hosts::{KnownHosts, Verdict, describe_key};
-use super::settings::HostKeyPolicy;
+use super::settings::{HostKeyPolicy, LearnedHosts};
 
 /// What the handler saw of the server's key.
 #[derive(Debug, Clone, Default)]
@@ -18,8 +18,12 @@ pub struct HostKeyReport {
     pub offered: Option<String>,
     /// The verdict against known_hosts (`None` for a certificate or when skipped).
     pub verdict: Option<Verdict>,
-    /// The server offered a certificate, which is not trusted yet.
+    /// The server offered a host certificate.
     pub certificate: bool,
+    /// Why the certificate was refused.
+    pub certificate_error: Option<String>,
+    /// `accept-new`: the key to record once the connection is authenticated.
+    pub learn: Option<russh::keys::PublicKey>,
 }
 
 /// Host key check and disconnect notice for one node connection.
@@ -28,6 +32,7 @@ pub struct NodeHandler {
     pub(crate) port: u16,
     pub(crate) aliases: Vec<String>,
     pub(crate) known_hosts: Arc<KnownHosts>,
+    pub(crate) learned: Option<Arc<LearnedHosts>>,
     pub(crate) policy: HostKeyPolicy,
     pub(crate) report: Arc<Mutex<HostKeyReport>>,
     pub(crate) closed: CancellationToken,
@@ -46,9 +51,23 @@ impl russh::client::Handler for NodeHandler {
             PublicKeyOrCertificate::PublicKey { key, .. } => {
                 report.offered = Some(describe_key(key));
                 let aliases: Vec<&str> = self.aliases.iter().map(String::as_str).collect();
-                let verdict = self
+                let mut verdict = self
                     .known_hosts
                     .check(&self.address, self.port, &aliases, key);
+                if self.policy == HostKeyPolicy::AcceptNew
+                    && verdict == Verdict::Unknown
+                    && let Some(learned) = &self.learned
+                {
+                    verdict = learned.check(&self.address, self.port, key);
+                    if verdict == Verdict::Unknown {
+                        // Trust on first use; recorded after authentication succeeds.
+                        report.learn = Some(key.clone());
+                        verdict = Verdict::Trusted {
+                            file: learned.path().display().to_string(),
+                            line: 0,
+                        };
+                    }
+                }
                 let ok = matches!(verdict, Verdict::Trusted { .. })
                     || (self.policy == HostKeyPolicy::InsecureSkip
                         && !matches!(verdict, Verdict::Revoked { .. }));
@@ -57,8 +76,30 @@ impl russh::client::Handler for NodeHandler {
             }
             PublicKeyOrCertificate::Certificate(cert) => {
                 report.certificate = true;
-                report.offered = Some(format!("certificate {}", cert.key_id()));
-                self.policy == HostKeyPolicy::InsecureSkip
+                report.offered = Some(format!(
+                    "'{}' ({} {})",
+                    cert.key_id(),
+                    cert.algorithm(),
+                    cert.public_key().fingerprint(russh::keys::HashAlg::Sha256)
+                ));
+                let aliases: Vec<&str> = self.aliases.iter().map(String::as_str).collect();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                match self.known_hosts.check_certificate(
+                    &self.address,
+                    self.port,
+                    &aliases,
+                    cert,
+                    now,
+                ) {
+                    Ok(_) => true,
+                    Err(reason) => {
+                        report.certificate_error = Some(reason);
+                        self.policy == HostKeyPolicy::InsecureSkip
+                    }
+                }
             }
         };
         if let Ok(mut r) = self.report.lock() {

@@ -221,6 +221,50 @@ pub fn refused_address(port: u16) -> Ipv4Addr {
     try_pick_address(&[port]).expect("a free loopback address")
 }
 
+/// An ssh-agent of our own on a socket in `dir`; killed by PID when dropped.
+pub struct Agent {
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl Agent {
+    pub fn start(dir: &Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ssh-agent");
+        assert!(
+            wait_until(Duration::from_secs(10), || socket.exists()),
+            "ssh-agent socket"
+        );
+        Agent { socket, child }
+    }
+
+    /// `ssh-add KEY` into this agent.
+    pub fn add(&self, key: &Path) {
+        run(Command::new("ssh-add")
+            .env("SSH_AUTH_SOCK", &self.socket)
+            .arg(key));
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command and returns its stdout (panics on failure).
+pub fn run_ok(cmd: &mut Command) -> String {
+    run(cmd)
+}
+
 /// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -656,6 +700,22 @@ impl TestNode {
     /// What sshd logged so far.
     pub fn sshd_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Appends a line to this node's sshd_config (takes effect at the next (re)start).
+    pub fn add_sshd_config(&self, line: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Replaces the node's host key with a fresh one (takes effect at the next (re)start).
+    pub fn regenerate_host_key(&self) {
+        let key = self.dir.join("ssh_host_ed25519_key");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        keygen(&key, "ed25519", None);
     }
 
     /// Replaces authorized_keys (e.g. empty to revoke the client).
