@@ -77,19 +77,6 @@ fn start(c: &Cluster, extra: &[&str]) -> Running {
     Running { d, admin, proxy }
 }
 
-fn connect(sock: &Path, target: &str) -> (std::os::unix::net::UnixStream, String) {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-        head.push(b[0]);
-    }
-    (s, String::from_utf8_lossy(&head).into_owned())
-}
-
 async fn get(admin: &Path, path: &str) -> (u16, String) {
     request(
         &Endpoint::Unix(admin.to_path_buf()),
@@ -312,7 +299,7 @@ async fn metrics_are_valid_openmetrics_and_count_dials_exactly() {
     let hist0 = sample(&before, "kube_ssh_tunnel_dial_duration_seconds_count", "");
     const N: usize = 7;
     for _ in 0..N {
-        let (mut s, head) = connect(&r.proxy, &format!("{}:{HTTP_PORT}", n1.addr));
+        let (mut s, head) = support::connect_uds(&r.proxy, &format!("{}:{HTTP_PORT}", n1.addr));
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
         let mut body = String::new();
@@ -393,7 +380,7 @@ fn drain_refuses_new_connects_lets_open_streams_finish_and_reconnect_makes_a_new
         .status(&[])
         .code
         == 0));
-    let (mut open, head) = connect(&r.proxy, &format!("{}:{ECHO_PORT}", n1.addr));
+    let (mut open, head) = support::connect_uds(&r.proxy, &format!("{}:{ECHO_PORT}", n1.addr));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     open.write_all(b"before").unwrap();
 
@@ -410,7 +397,7 @@ fn drain_refuses_new_connects_lets_open_streams_finish_and_reconnect_makes_a_new
         .unwrap()
         .clone();
     assert_eq!(node1["state"], "draining");
-    let (_, head) = connect(&r.proxy, &format!("{}:{HTTP_PORT}", n1.addr));
+    let (_, head) = support::connect_uds(&r.proxy, &format!("{}:{HTTP_PORT}", n1.addr));
     assert!(
         head.starts_with("HTTP/1.1 403"),
         "a new CONNECT to a drained node is refused: {head}"

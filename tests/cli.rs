@@ -340,56 +340,21 @@ fn run_connects_every_node_and_stops_on_sigterm() {
     args.push(cluster.path().join("proxy.sock").display().to_string());
     args.push("--admin-uds".into());
     args.push(cluster.path().join("admin.sock").display().to_string());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let mut err = child.stderr.take().unwrap();
-    let sink = log.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let ready = support::wait_until(Duration::from_secs(20), || {
-        log.lock().unwrap().matches("tunnel ready").count() == 2
-    });
+    let mut d = support::daemon::Daemon::start(&args);
+    let ready = d.wait_log("tunnel ready", 2, Duration::from_secs(20));
     let one_each = cluster.nodes.iter().all(|n| n.ssh_connections() == 1);
-    support::signal(pid, libc::SIGTERM);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if start.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    reader.join().unwrap();
-    let stderr = log.lock().unwrap().clone();
     assert!(
         ready && one_each,
-        "run opened one SSH connection per node; log: {stderr}"
+        "run opened one SSH connection per node; log: {}",
+        d.log()
     );
     assert_eq!(
-        status.and_then(|s| s.code()),
+        d.stop(libc::SIGTERM),
         Some(0),
-        "exit 0 on SIGTERM; log: {stderr}"
+        "exit 0 on SIGTERM; log: {}",
+        d.log()
     );
+    let stderr = d.log();
     assert_eq!(
         stderr.matches("deprecated SSH tunnel mode").count(),
         1,
@@ -498,20 +463,6 @@ fn run_follows_the_node_file_and_keeps_the_last_good_set() {
         && n2.ssh_connections() == 0));
 }
 
-/// Sends a CONNECT on a Unix socket and returns the response head.
-fn connect_uds(sock: &std::path::Path, target: &str) -> String {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-        head.push(b[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 #[test]
 fn config_file_sets_every_flag_and_flags_win_over_it() {
     let cluster = Cluster::start(1);
@@ -548,9 +499,9 @@ fn config_file_sets_every_flag_and_flags_win_over_it() {
         "{}",
         d.log()
     );
-    let head = connect_uds(&sock, &format!("{}:{HTTP_PORT}", n1.addr));
+    let (_s, head) = support::connect_uds(&sock, &format!("{}:{HTTP_PORT}", n1.addr));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let head = connect_uds(&sock, &format!("{}:22", n1.addr));
+    let (_s, head) = support::connect_uds(&sock, &format!("{}:22", n1.addr));
     assert!(
         head.starts_with("HTTP/1.1 403"),
         "node_port from the file applies: {head}"

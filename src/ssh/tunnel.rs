@@ -347,15 +347,8 @@ async fn authenticate(
                         key.algorithm(),
                         key.fingerprint(HashAlg::Sha256)
                     ));
-                    let hash = if matches!(key.algorithm(), russh::keys::Algorithm::Rsa { .. }) {
-                        handle
-                            .best_supported_rsa_hash()
-                            .await
-                            .map_err(hs)?
-                            .flatten()
-                    } else {
-                        None
-                    };
+                    let is_rsa = matches!(key.algorithm(), russh::keys::Algorithm::Rsa { .. });
+                    let hash = rsa_hash(handle, is_rsa).await.map_err(hs)?;
                     handle
                         .authenticate_publickey_with(
                             settings.user.clone(),
@@ -405,15 +398,7 @@ async fn authenticate(
             }
             None => {
                 tried.push(format!("{} {}", identity.algorithm, identity.fingerprint));
-                let hash = if identity.is_rsa() {
-                    handle
-                        .best_supported_rsa_hash()
-                        .await
-                        .map_err(hs)?
-                        .flatten()
-                } else {
-                    None
-                };
+                let hash = rsa_hash(handle, identity.is_rsa()).await.map_err(hs)?;
                 handle
                     .authenticate_publickey(
                         settings.user.clone(),
@@ -432,6 +417,18 @@ async fn authenticate(
         user: settings.user.clone(),
         key: tried.join(", "),
     })
+}
+
+/// The signature hash for an RSA key: the best rsa-sha2 the server offers (None: ssh-rsa, or
+/// not an RSA key).
+async fn rsa_hash(
+    handle: &Handle<NodeHandler>,
+    is_rsa: bool,
+) -> Result<Option<HashAlg>, russh::Error> {
+    if !is_rsa {
+        return Ok(None);
+    }
+    Ok(handle.best_supported_rsa_hash().await?.flatten())
 }
 
 fn open_failure_text(reason: &russh::ChannelOpenFailure) -> String {

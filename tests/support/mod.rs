@@ -260,6 +260,22 @@ impl Drop for Agent {
     }
 }
 
+/// Sends kube-apiserver's CONNECT request on a Unix socket (blocking) and returns the stream
+/// and the response head (read byte by byte, never past its end).
+pub fn connect_uds(sock: &Path, target: &str) -> (std::os::unix::net::UnixStream, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
 /// Runs a command and returns its stdout (panics on failure).
 pub fn run_ok(cmd: &mut Command) -> String {
     run(cmd)
