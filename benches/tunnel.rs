@@ -216,6 +216,53 @@ async fn main() {
         .known_hosts_file(&cluster.known_hosts)
         .unwrap()
         .build();
+    let me = std::process::id();
+    let mut lines = Vec::new();
+    let mut out = |l: String| {
+        println!("{l}");
+        lines.push(l);
+    };
+    // First, from a clean baseline: N idle node connections (all to the one sshd).
+    node.add_sshd_config("MaxStartups 2000:30:4000");
+    node.restart_sshd();
+    // 5. N idle node connections (all to the one sshd): cold start and memory per connection.
+    let n = if o.smoke { 10 } else { o.nodes };
+    let nodes: Vec<Node> = (0..n)
+        .map(|i| Node::parse_spec(&format!("n{i}={}:{}", node.addr, node.ssh_port)).unwrap())
+        .collect();
+    let mut cfg = PoolConfig::new(settings.clone());
+    cfg.health.probe = Probe::None;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss0 = rss_mib();
+    let (c0, t0) = (cpu_of(me), Instant::now());
+    let many = Pool::with_config(cfg, nodes).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while many
+        .statuses()
+        .iter()
+        .filter(|(_, s)| s.state == TunnelState::Ready)
+        .count()
+        < n
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = many
+        .statuses()
+        .iter()
+        .filter(|(_, s)| s.state == TunnelState::Ready)
+        .count();
+    let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_of(me) - c0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per = (rss_mib() - rss0) * 1024.0 / n as f64;
+    out(format!(
+        "| {n} node connections: ready from cold | {ready}/{n} in {secs:.1} s, {cpu:.1} CPU-s | | |"
+    ));
+    out(format!(
+        "| idle memory per node connection | {per:.0} KiB | ssh: ~8 MB per client process | |"
+    ));
+    many.shutdown_within(Duration::from_secs(1)).await;
+
     let mut cfg = PoolConfig::new(settings.clone());
     cfg.health.probe = Probe::None;
     let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
@@ -223,14 +270,8 @@ async fn main() {
     st.wait_for(|s| s.state == TunnelState::Ready)
         .await
         .unwrap();
-    let me = std::process::id();
     let sink_dest: Destination = sink.to_string().parse().unwrap();
     let echo_dest: Destination = echo.to_string().parse().unwrap();
-    let mut lines = Vec::new();
-    let mut out = |l: String| {
-        println!("{l}");
-        lines.push(l);
-    };
 
     // 1. One-stream upload throughput and client-side CPU per GB (both include our own
     //    generator and sink, which are the same in both runs; `ssh`'s CPU is added to ours).
@@ -334,45 +375,6 @@ async fn main() {
         "| RSS before / after 10,000 channels | {before:.1} MiB / {after:.1} MiB | ssh: +33 KB per channel, kept | {:+.1} % |",
         (after / before - 1.0) * 100.0
     ));
-
-    // 5. N idle node connections (all to the one sshd): cold start and memory per connection.
-    node.add_sshd_config("MaxStartups 2000:30:4000");
-    node.restart_sshd();
-    let n = if o.smoke { 10 } else { o.nodes };
-    let nodes: Vec<Node> = (0..n)
-        .map(|i| Node::parse_spec(&format!("n{i}={}:{}", node.addr, node.ssh_port)).unwrap())
-        .collect();
-    let mut cfg = PoolConfig::new(settings);
-    cfg.health.probe = Probe::None;
-    let rss0 = rss_mib();
-    let (c0, t0) = (cpu_of(me), Instant::now());
-    let many = Pool::with_config(cfg, nodes).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while many
-        .statuses()
-        .iter()
-        .filter(|(_, s)| s.state == TunnelState::Ready)
-        .count()
-        < n
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let ready = many
-        .statuses()
-        .iter()
-        .filter(|(_, s)| s.state == TunnelState::Ready)
-        .count();
-    let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_of(me) - c0);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let per = (rss_mib() - rss0) * 1024.0 / n as f64;
-    out(format!(
-        "| {n} node connections: ready from cold | {ready}/{n} in {secs:.1} s, {cpu:.1} CPU-s | | |"
-    ));
-    out(format!(
-        "| idle memory per node connection | {per:.0} KiB | ssh: ~8 MB per client process | |"
-    ));
-    many.shutdown_within(Duration::from_secs(1)).await;
 
     if !o.smoke {
         let date = String::from_utf8_lossy(
