@@ -41,7 +41,7 @@ sed -e "s|@PORT@|$PORT|; s|@LISTEN@|$ADDR|; s|@DIR@|$DIR|g; s|@PERMITOPEN@|$ADDR
 if [[ $PORT == 22 ]]; then HOST=$ADDR; else HOST="[$ADDR]:$PORT"; fi
 echo "$HOST $(cut -d' ' -f1-2 "$DIR/ssh_host_ed25519_key.pub")" > keys/known_hosts
 /usr/sbin/sshd -t -f "$DIR/sshd_config"
-/usr/sbin/sshd -D -e -f "$DIR/sshd_config" 2>>"$DIR/sshd.log" </dev/null & echo $! > "$PIDS"
+/usr/sbin/sshd -D -e -f "$DIR/sshd_config" >/dev/null 2>>"$DIR/sshd.log" </dev/null & echo $! > "$PIDS"
 python3 tests/node/kubelet_stub.py --listen $ADDR --name node-1 2>>"$DIR/stub.log" </dev/null >/dev/null & echo $! >> "$PIDS"
 for _ in $(seq 100); do
   if (exec 3<>/dev/tcp/$ADDR/$PORT) 2>/dev/null && (exec 3<>/dev/tcp/$ADDR/10250) 2>/dev/null; then
