@@ -87,19 +87,20 @@ impl Identity {
             None => None,
             Some(pf) => Some(read_passphrase(path, pf)?),
         };
+        // An OpenSSH key parses (without decrypting) and says whether it is encrypted, so a
+        // decoding failure can be told apart: no passphrase, wrong passphrase, or not a key.
+        let encrypted = PrivateKey::from_openssh(&text).is_ok_and(|k| k.is_encrypted());
         let key =
             russh::keys::decode_secret_key(&text, passphrase.as_deref()).map_err(|e| {
-                match (e, passphrase_file) {
-                    (russh::keys::Error::KeyIsEncrypted, None) => KeyError::Encrypted {
+                match (passphrase_file, encrypted) {
+                    (None, true) => KeyError::Encrypted {
                         path: path.to_path_buf(),
                     },
-                    (_, Some(pf)) if text.contains("BEGIN OPENSSH PRIVATE KEY") => {
-                        KeyError::BadPassphrase {
-                            path: path.to_path_buf(),
-                            passphrase_file: pf.to_path_buf(),
-                        }
-                    }
-                    (e, _) => KeyError::Invalid {
+                    (Some(pf), true) => KeyError::BadPassphrase {
+                        path: path.to_path_buf(),
+                        passphrase_file: pf.to_path_buf(),
+                    },
+                    _ => KeyError::Invalid {
                         path: path.to_path_buf(),
                         reason: e.to_string(),
                     },
