@@ -109,90 +109,6 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// A copy for the node's status (io errors are not `Clone`; their text and kind are kept).
-    pub fn clone_for_status(&self) -> ConnectError {
-        match self {
-            ConnectError::Tcp { node, addr, source } => ConnectError::Tcp {
-                node: node.clone(),
-                addr: addr.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
-            },
-            ConnectError::Resolve {
-                node,
-                address,
-                reason,
-            } => ConnectError::Resolve {
-                node: node.clone(),
-                address: address.clone(),
-                reason: reason.clone(),
-            },
-            ConnectError::Timeout { node, stage, after } => ConnectError::Timeout {
-                node: node.clone(),
-                stage,
-                after: *after,
-            },
-            ConnectError::Handshake { node, reason } => ConnectError::Handshake {
-                node: node.clone(),
-                reason: reason.clone(),
-            },
-            ConnectError::HostKeyMismatch {
-                node,
-                offered,
-                expected,
-                file,
-                line,
-            } => ConnectError::HostKeyMismatch {
-                node: node.clone(),
-                offered: offered.clone(),
-                expected: expected.clone(),
-                file: file.clone(),
-                line: *line,
-            },
-            ConnectError::HostCertificateRejected {
-                node,
-                certificate,
-                reason,
-            } => ConnectError::HostCertificateRejected {
-                node: node.clone(),
-                certificate: certificate.clone(),
-                reason: reason.clone(),
-            },
-            ConnectError::Agent { node, reason } => ConnectError::Agent {
-                node: node.clone(),
-                reason: reason.clone(),
-            },
-            ConnectError::HostKeyUnknown {
-                node,
-                offered,
-                files,
-                address,
-                port,
-            } => ConnectError::HostKeyUnknown {
-                node: node.clone(),
-                offered: offered.clone(),
-                files: files.clone(),
-                address: address.clone(),
-                port: *port,
-            },
-            ConnectError::HostKeyRevoked {
-                node,
-                offered,
-                file,
-                line,
-            } => ConnectError::HostKeyRevoked {
-                node: node.clone(),
-                offered: offered.clone(),
-                file: file.clone(),
-                line: *line,
-            },
-            ConnectError::AuthRejected { node, user, key } => ConnectError::AuthRejected {
-                node: node.clone(),
-                user: user.clone(),
-                key: key.clone(),
-            },
-        }
-    }
-
     /// True for failures that retrying soon will not fix (a human must act).
     pub fn needs_human(&self) -> bool {
         matches!(
@@ -251,16 +167,5 @@ impl DialError {
             DialError::NoRoute { .. } | DialError::NoReadyNode { .. } => None,
             DialError::NotReady { node, .. } | DialError::Open { node, .. } => Some(node),
         }
-    }
-
-    /// True when the failure was a timeout (HTTP 504 in the CONNECT front).
-    pub fn is_timeout(&self) -> bool {
-        matches!(
-            self,
-            DialError::Open {
-                source: OpenError::Timeout { .. },
-                ..
-            }
-        ) || matches!(self, DialError::NotReady { last_error: Some(e), .. } if matches!(**e, ConnectError::Timeout { .. }))
     }
 }

@@ -127,6 +127,12 @@ impl Node {
     }
 }
 
+impl AsRef<Node> for Node {
+    fn as_ref(&self) -> &Node {
+        self
+    }
+}
+
 /// Rejects node lists in which two nodes share a name.
 pub fn check_unique(nodes: &[Node]) -> Result<(), ConfigError> {
     let mut seen = std::collections::HashSet::new();

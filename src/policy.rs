@@ -57,8 +57,9 @@ impl Policy {
         Ok(())
     }
 
-    /// Allows or refuses `dest`, given the current nodes.
-    pub fn check(&self, dest: &Destination, nodes: &[Node]) -> Result<(), Denied> {
+    /// Allows or refuses `dest`, given the current nodes (`Node`s or `Arc<Node>`s).
+    pub fn check<N: AsRef<Node>>(&self, dest: &Destination, nodes: &[N]) -> Result<(), Denied> {
+        let nodes: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
         let ip = dest.ip();
         let explicitly_allowed =
             ip.is_some_and(|ip| self.allow_cidrs.iter().any(|c| c.contains(&ip)));

@@ -284,7 +284,7 @@ async fn accept_new_learns_the_first_key_and_refuses_a_changed_one() {
                 .build(),
         )
     };
-    let old_fp = fingerprint(&node.host_key_pub());
+    let old_fp = support::fingerprint(&node.host_key_pub());
     let t = NodeTunnel::connect(&node.node(), settings())
         .await
         .expect("first use is trusted");
@@ -303,7 +303,7 @@ async fn accept_new_learns_the_first_key_and_refuses_a_changed_one() {
 
     node.regenerate_host_key();
     node.restart_sshd();
-    let new_fp = fingerprint(&node.host_key_pub());
+    let new_fp = support::fingerprint(&node.host_key_pub());
     let e = NodeTunnel::connect(&node.node(), settings())
         .await
         .unwrap_err();
@@ -318,17 +318,6 @@ async fn accept_new_learns_the_first_key_and_refuses_a_changed_one() {
         text,
         "a changed key is not learned"
     );
-}
-
-fn fingerprint(pub_line: &str) -> String {
-    let k: russh::keys::PublicKey = pub_line
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-        .parse()
-        .unwrap();
-    k.fingerprint(russh::keys::HashAlg::Sha256).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

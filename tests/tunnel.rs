@@ -297,7 +297,7 @@ async fn wrong_host_key_is_refused_and_no_channel_is_opened() {
         panic!("expected HostKeyMismatch, got {source}");
     };
     let n1_key = n1.host_key_pub();
-    let fp = fingerprint(&n1_key);
+    let fp = support::fingerprint(&n1_key);
     assert!(
         offered.contains(&fp),
         "offered {offered} names node-1's real key {fp}"
@@ -329,17 +329,6 @@ fn cluster_settings(c: &Cluster, kh: &std::path::Path) -> kube_ssh_tunnel::SshSe
         .known_hosts_file(kh)
         .unwrap()
         .build()
-}
-
-fn fingerprint(pub_line: &str) -> String {
-    let key: russh::keys::PublicKey = pub_line
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-        .parse()
-        .unwrap();
-    key.fingerprint(russh::keys::HashAlg::Sha256).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

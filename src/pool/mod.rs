@@ -86,10 +86,7 @@ impl Pool {
     }
 
     fn add(&self, node: Node) {
-        let slot = Arc::new(NodeSlot::with_link(
-            node.clone(),
-            self.metrics.link(&node.name),
-        ));
+        let slot = Arc::new(NodeSlot::new(node.clone(), self.metrics.link(&node.name)));
         tokio::spawn(supervisor::supervise(
             slot.clone(),
             self.cfg.clone(),
@@ -166,7 +163,7 @@ impl Pool {
                         );
                         self.add(node.clone());
                         summary.replaced.push(node.name.clone());
-                    } else if old != *node {
+                    } else if *old != *node {
                         slot.set_node(node.clone());
                     }
                 }
@@ -184,7 +181,11 @@ impl Pool {
 
     /// Nodes of the pool (not counting draining ones), sorted by name.
     pub fn nodes(&self) -> Vec<Node> {
-        let mut v: Vec<Node> = self.slots.iter().map(|e| e.value().node()).collect();
+        let mut v: Vec<Node> = self
+            .slots
+            .iter()
+            .map(|e| Node::clone(&e.value().node()))
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -194,11 +195,11 @@ impl Pool {
         let mut v: Vec<(Node, NodeStatus)> = self
             .slots
             .iter()
-            .map(|e| (e.value().node(), e.value().status()))
+            .map(|e| (Node::clone(&e.value().node()), e.value().status()))
             .chain(
                 self.draining
                     .iter()
-                    .map(|e| (e.value().node(), e.value().status())),
+                    .map(|e| (Node::clone(&e.value().node()), e.value().status())),
             )
             .collect();
         v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
@@ -225,26 +226,23 @@ impl Pool {
         self.slot(name).map(|s| s.reconnect_now()).is_some()
     }
 
-    /// Waits until every node has finished its first connection attempt, bounded by `limit`.
-    pub async fn wait_first_attempts(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        for slot in self.all_slots() {
-            let mut rx = slot.subscribe();
-            let _ = tokio::time::timeout_at(deadline, rx.wait_for(|s| s.first_attempt_done)).await;
-        }
+    /// The nodes now (shared, no copies), for routing and policy checks on the dial path.
+    pub fn node_snapshot(&self) -> Vec<Arc<Node>> {
+        self.slots.iter().map(|e| e.value().node()).collect()
     }
 
-    /// The node a dial to `dest` would use now (see `route`), or why there is none. With
-    /// `any_ready`, a destination no node owns goes to the least-loaded ready node;
-    /// without, it has no route.
-    pub fn route(&self, dest: &Destination, any_ready: bool) -> Result<String, DialError> {
+    /// The slot a dial to `dest` goes through now, or why there is none. With `any_ready`, a
+    /// destination no node owns goes to the least-loaded ready node; without, it has no route.
+    fn route(&self, dest: &Destination, any_ready: bool) -> Result<Arc<NodeSlot>, DialError> {
         let slots = self.all_slots();
-        let nodes: Vec<Node> = slots.iter().map(|s| s.node()).collect();
-        match route::classify(&nodes, dest) {
-            route::Route::Node(n) | route::Route::PodOf(n) => Ok(n),
-            route::Route::AnyReady if !any_ready => Err(DialError::NoRoute {
-                destination: dest.to_string(),
-            }),
+        let nodes: Vec<Arc<Node>> = slots.iter().map(|s| s.node()).collect();
+        let name = match route::classify(&nodes, dest) {
+            route::Route::Node(n) | route::Route::PodOf(n) => n,
+            route::Route::AnyReady if !any_ready => {
+                return Err(DialError::NoRoute {
+                    destination: dest.to_string(),
+                });
+            }
             route::Route::AnyReady => {
                 let candidates: Vec<(String, bool, usize)> = slots
                     .iter()
@@ -259,9 +257,15 @@ impl Pool {
                     .map(str::to_string)
                     .ok_or_else(|| DialError::NoReadyNode {
                         destination: dest.to_string(),
-                    })
+                    })?
             }
-        }
+        };
+        slots
+            .into_iter()
+            .find(|s| s.node().name == name)
+            .ok_or_else(|| DialError::NoRoute {
+                destination: dest.to_string(),
+            })
     }
 
     /// Opens a channel to `dest` through the node that owns it (by name or address, then by
@@ -282,34 +286,28 @@ impl Pool {
         any_ready: bool,
     ) -> Result<TunnelStream, DialError> {
         let start = std::time::Instant::now();
-        let routed = self.route(dest, any_ready).and_then(|name| {
-            self.slot(&name).ok_or_else(|| DialError::NoRoute {
-                destination: dest.to_string(),
-            })
-        });
-        let result = match &routed {
-            Ok(slot) => self.dial_via(slot, dest).await,
-            Err(e) => Err(clone_routing_error(e)),
+        let slot = match self.route(dest, any_ready) {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.account(None, Some(&e), start.elapsed());
+                return Err(e);
+            }
         };
-        self.account(routed.ok().as_deref(), &result, start.elapsed());
+        let result = self.dial_via(&slot, dest).await;
+        self.account(Some(&slot), result.as_ref().err(), start.elapsed());
         result
     }
 
     /// Counts a dial in the node's status and the metrics.
-    fn account(
-        &self,
-        slot: Option<&NodeSlot>,
-        result: &Result<TunnelStream, DialError>,
-        took: Duration,
-    ) {
+    fn account(&self, slot: Option<&NodeSlot>, error: Option<&DialError>, took: Duration) {
         use crate::metrics::{DialLabels, DialResult};
-        let outcome = match result {
-            Ok(_) => DialResult::Ok,
-            Err(DialError::NoRoute { .. }) | Err(DialError::NoReadyNode { .. }) => {
+        let outcome = match error {
+            None => DialResult::Ok,
+            Some(DialError::NoRoute { .. }) | Some(DialError::NoReadyNode { .. }) => {
                 DialResult::NoRoute
             }
-            Err(DialError::NotReady { .. }) => DialResult::NotReady,
-            Err(DialError::Open { source, .. }) => match source {
+            Some(DialError::NotReady { .. }) => DialResult::NotReady,
+            Some(DialError::Open { source, .. }) => match source {
                 OpenError::Refused { .. } => DialResult::Refused,
                 OpenError::Timeout { .. } => DialResult::Timeout,
                 OpenError::ConnectionLost => DialResult::ConnectionLost,
@@ -406,7 +404,7 @@ impl Pool {
             destination: format!("{dest} (no node named '{node}')"),
         })?;
         let result = self.dial_via(&slot, dest).await;
-        self.account(Some(&slot), &result, start.elapsed());
+        self.account(Some(&slot), result.as_ref().err(), start.elapsed());
         result
     }
 
@@ -468,20 +466,6 @@ impl Drop for Pool {
         for s in self.slots.iter() {
             s.value().stop.cancel();
         }
-    }
-}
-
-fn clone_routing_error(e: &DialError) -> DialError {
-    match e {
-        DialError::NoReadyNode { destination } => DialError::NoReadyNode {
-            destination: destination.clone(),
-        },
-        other => DialError::NoRoute {
-            destination: match other {
-                DialError::NoRoute { destination } => destination.clone(),
-                _ => String::new(),
-            },
-        },
     }
 }
 

@@ -33,13 +33,14 @@ where
     nodes.into_iter().find(|n| n.owns_pod_ip(ip))
 }
 
-/// Classifies `dest` against `nodes`.
-pub fn classify(nodes: &[Node], dest: &Destination) -> Route {
-    if let Some(n) = nodes.iter().find(|n| n.matches_host(&dest.host)) {
+/// Classifies `dest` against `nodes` (`Node`s or `Arc<Node>`s).
+pub fn classify<N: AsRef<Node>>(nodes: &[N], dest: &Destination) -> Route {
+    let mut nodes = nodes.iter().map(AsRef::as_ref);
+    if let Some(n) = nodes.clone().find(|n| n.matches_host(&dest.host)) {
         return Route::Node(n.name.clone());
     }
     if let Some(ip) = dest.ip()
-        && let Some(n) = nodes.iter().find(|n| n.owns_pod_ip(ip))
+        && let Some(n) = nodes.find(|n| n.owns_pod_ip(ip))
     {
         return Route::PodOf(n.name.clone());
     }

@@ -24,7 +24,7 @@ pub struct NotUsable {
 
 /// One node's place in the pool.
 pub struct NodeSlot {
-    node: RwLock<Node>,
+    node: RwLock<Arc<Node>>,
     current: RwLock<Option<Arc<NodeTunnel>>>,
     status: watch::Sender<NodeStatus>,
     /// Cancelled to stop this node's supervisor (removal, shutdown).
@@ -38,18 +38,13 @@ pub struct NodeSlot {
 }
 
 impl NodeSlot {
-    /// An empty slot for `node` (state `connecting`).
-    pub fn new(node: Node) -> Self {
-        Self::with_link(node, LinkStats::default())
-    }
-
-    /// An empty slot whose channels update `link`.
-    pub fn with_link(node: Node, link: LinkStats) -> Self {
+    /// An empty slot for `node` (state `connecting`) whose channels update `link`.
+    pub fn new(node: Node, link: LinkStats) -> Self {
         NodeSlot {
             link,
             dials_total: AtomicU64::new(0),
             dial_failures: AtomicU64::new(0),
-            node: RwLock::new(node),
+            node: RwLock::new(Arc::new(node)),
             current: RwLock::new(None),
             status: watch::Sender::new(NodeStatus::new()),
             stop: CancellationToken::new(),
@@ -57,23 +52,18 @@ impl NodeSlot {
         }
     }
 
-    /// The node (a copy: pod CIDRs may be updated in place).
-    pub fn node(&self) -> Node {
-        self.node
-            .read()
-            .map(|n| n.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+    /// The node (shared; replaced whole when its pod CIDRs change).
+    pub fn node(&self) -> Arc<Node> {
+        self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The node's name.
     pub fn name(&self) -> String {
-        self.node().name
+        self.node().name.clone()
     }
 
     pub(crate) fn set_node(&self, node: Node) {
-        if let Ok(mut n) = self.node.write() {
-            *n = node;
-        }
+        *self.node.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(node);
     }
 
     /// The current status.

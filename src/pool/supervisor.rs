@@ -53,10 +53,9 @@ pub(crate) async fn supervise(
         };
         drop(permit);
         let delay;
-        let connect_error = attempt
-            .as_ref()
-            .err()
-            .map(|e| Arc::new(e.clone_for_status()));
+        // Shared with the status (and dials that report it), not copied.
+        let attempt = attempt.map_err(Arc::new);
+        let connect_error = attempt.as_ref().err().cloned();
         slot.update_status(|s| s.last_connect_error = connect_error);
         match attempt {
             Ok(tunnel) => {

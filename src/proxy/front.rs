@@ -4,7 +4,7 @@
 //! cancelling the dial if the client leaves meanwhile — and only then answer 200 and relay
 //! bytes both ways with half-close. Every failure is an HTTP status with a one-line reason.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -59,7 +59,7 @@ impl Default for FrontLimits {
 /// The CONNECT proxy in front of a pool.
 pub struct ConnectFront {
     pool: Arc<Pool>,
-    policy: RwLock<Arc<Policy>>,
+    policy: Policy,
     limits: FrontLimits,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -71,23 +71,12 @@ impl ConnectFront {
     pub fn new(pool: Arc<Pool>, policy: Policy, limits: FrontLimits) -> Arc<ConnectFront> {
         Arc::new(ConnectFront {
             pool,
-            policy: RwLock::new(Arc::new(policy)),
+            policy,
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             limits,
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
         })
-    }
-
-    /// Replaces the policy (applies to the next CONNECT).
-    pub fn set_policy(&self, policy: Policy) {
-        if let Ok(mut p) = self.policy.write() {
-            *p = Arc::new(policy);
-        }
-    }
-
-    fn policy(&self) -> Arc<Policy> {
-        self.policy.read().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// Connections being negotiated or relayed now.
@@ -228,8 +217,8 @@ impl ConnectFront {
                 .await;
             }
         };
-        let nodes = self.pool.nodes();
-        if let Err(Denied(why)) = self.policy().check(&dest, &nodes) {
+        let nodes = self.pool.node_snapshot();
+        if let Err(Denied(why)) = self.policy.check(&dest, &nodes) {
             return respond(
                 &self.pool,
                 &mut io,

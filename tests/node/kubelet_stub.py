@@ -43,15 +43,7 @@ async def echo_until_eof(reader, writer):
 
 async def echo(reader, writer):
     try:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-        await writer.drain()
+        await echo_until_eof(reader, writer)
         # Wait for the peer to close its side too.
         await reader.read()
     except (ConnectionError, OSError):

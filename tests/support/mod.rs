@@ -96,7 +96,8 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn run(cmd: &mut Command) -> String {
+/// Runs a command and returns its stdout (panics on failure).
+pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -126,11 +127,11 @@ pub fn keygen(path: &Path, kind: &str, bits: Option<u32>) {
     if let Some(b) = bits {
         c.args(["-b", &b.to_string()]);
     }
-    run(&mut c);
+    run_ok(&mut c);
 }
 
 fn current_user() -> String {
-    run(Command::new("id").arg("-un")).trim().to_string()
+    run_ok(Command::new("id").arg("-un")).trim().to_string()
 }
 
 fn is_root() -> bool {
@@ -170,6 +171,18 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// `SHA256:…` fingerprint of an OpenSSH public key line.
+pub fn fingerprint(pub_line: &str) -> String {
+    let key: russh::keys::PublicKey = pub_line
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .parse()
+        .unwrap();
+    key.fingerprint(russh::keys::HashAlg::Sha256).to_string()
 }
 
 /// Resident set size of this process in bytes (from /proc/self/status).
@@ -247,9 +260,11 @@ impl Agent {
 
     /// `ssh-add KEY` into this agent.
     pub fn add(&self, key: &Path) {
-        run(Command::new("ssh-add")
-            .env("SSH_AUTH_SOCK", &self.socket)
-            .arg(key));
+        run_ok(
+            Command::new("ssh-add")
+                .env("SSH_AUTH_SOCK", &self.socket)
+                .arg(key),
+        );
     }
 }
 
@@ -274,11 +289,6 @@ pub fn connect_uds(sock: &Path, target: &str) -> (std::os::unix::net::UnixStream
         head.push(b[0]);
     }
     (s, String::from_utf8_lossy(&head).into_owned())
-}
-
-/// Runs a command and returns its stdout (panics on failure).
-pub fn run_ok(cmd: &mut Command) -> String {
-    run(cmd)
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
@@ -351,7 +361,7 @@ impl Netns {
         let fourth = rng.random_range(0..=63u8) * 4;
         let host_addr = Ipv4Addr::new(198, 18, third, fourth + 1);
         let node_addr = Ipv4Addr::new(198, 18, third, fourth + 2);
-        let ip = |args: &[&str]| run(Command::new("ip").args(args));
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
         ip(&["netns", "add", &name]);
         let ns = Netns {
             name: name.clone(),
@@ -381,7 +391,7 @@ impl Netns {
 
     /// Sets the namespace side of the veth pair down (`false`) or up (`true`).
     pub fn set_link(&self, up: bool) {
-        run(Command::new("ip").args([
+        run_ok(Command::new("ip").args([
             "-n",
             &self.name,
             "link",
@@ -453,10 +463,6 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    fn start(name: &str, root: &Path, authorized_keys: &str, ca: &TestCa) -> TestNode {
-        Self::start_placed(name, root, authorized_keys, ca, None)
-    }
-
     /// Starts a node in a fresh network namespace (root only; see `can_use_netns`).
     pub fn start_in_netns(name: &str, root: &Path, authorized_keys: &str, ca: &TestCa) -> TestNode {
         Self::start_placed(name, root, authorized_keys, ca, Some(Netns::create()))
@@ -518,7 +524,7 @@ impl TestNode {
         )
         .expect("sshd_config");
         std::fs::create_dir_all("/run/sshd").ok();
-        run(Command::new(SSHD).arg("-t").arg("-f").arg(&config));
+        run_ok(Command::new(SSHD).arg("-t").arg("-f").arg(&config));
         let node = TestNode {
             name: name.to_string(),
             addr,
