@@ -19,6 +19,7 @@
 //! ```
 
 pub mod admin;
+pub mod demo;
 pub mod destination;
 pub mod error;
 pub mod gate;

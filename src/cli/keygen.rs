@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use clap::Args;
 use kube_ssh_tunnel::Node;
 use russh::keys::ssh_key::LineEnding;
-use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
 use russh::keys::{HashAlg, PrivateKey};
 
 use super::CliError;
@@ -95,39 +94,9 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
             a.out.display()
         )));
     }
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
-        .map_err(|e| CliError::failure(format!("cannot read /dev/urandom: {e}")))?;
-    let pair = Ed25519Keypair::from_seed(&seed);
-    let key = PrivateKey::new(KeypairData::Ed25519(pair), a.comment.clone())
+    let key = kube_ssh_tunnel::ssh::keys::generate_ed25519(&a.comment)
         .map_err(|e| CliError::failure(format!("cannot make the key: {e}")))?;
-    let private = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| CliError::failure(format!("cannot encode the key: {e}")))?;
-    let public = key
-        .public_key()
-        .to_openssh()
-        .map_err(|e| CliError::failure(format!("cannot encode the key: {e}")))?;
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    }
-    // Written under a temporary name with mode 0600 from the start, then renamed.
-    let tmp = a.out.with_extension("tmp-keygen");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, e))?;
-    f.write_all(private.as_bytes())
-        .map_err(|e| io_err(&tmp, e))?;
-    f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, &a.out).map_err(|e| io_err(&a.out, e))?;
-    std::fs::write(&public_path, format!("{public}\n")).map_err(|e| io_err(&public_path, e))?;
-    std::fs::set_permissions(&public_path, std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| io_err(&public_path, e))?;
+    let public = write_key_pair(&a.out, &public_path, &key)?;
 
     println!(
         "wrote {} (0600) and {} (0644): {} {}",
@@ -176,4 +145,39 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
     println!("# Do not set DisableForwarding for this user: it would also disable the tunnel's");
     println!("# direct-tcpip channels. Pod and service IPs need further PermitOpen entries.");
     Ok(())
+}
+
+/// Writes `key` to `out` (0600, under a temporary name first, then renamed) and its public
+/// half to `public_path` (0644); returns the public key line.
+pub fn write_key_pair(
+    out: &std::path::Path,
+    public_path: &std::path::Path,
+    key: &PrivateKey,
+) -> Result<String, CliError> {
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| CliError::failure(format!("cannot encode the key: {e}")))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| CliError::failure(format!("cannot encode the key: {e}")))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    }
+    let tmp = out.with_extension("tmp-keygen");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io_err(&tmp, e))?;
+    f.write_all(private.as_bytes())
+        .map_err(|e| io_err(&tmp, e))?;
+    f.sync_all().map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, out).map_err(|e| io_err(out, e))?;
+    std::fs::write(public_path, format!("{public}\n")).map_err(|e| io_err(public_path, e))?;
+    std::fs::set_permissions(public_path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| io_err(public_path, e))?;
+    Ok(public)
 }

@@ -5,6 +5,7 @@
 mod args;
 mod check;
 mod config_file;
+mod demo;
 mod dial;
 mod duration;
 mod keygen;
@@ -61,6 +62,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Try it with nothing installed: in-process SSH nodes, the real daemon, one request of
+    /// each kind, the status table; runs until Ctrl-C.
+    Demo(demo::DemoArgs),
     /// Run the tunnel daemon: one SSH connection per node, kept open.
     Run(Box<run::RunArgs>),
     /// Relay stdin/stdout through one channel to NODE or HOST:PORT (like `ssh -W`).
@@ -105,6 +109,7 @@ pub fn main() -> i32 {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Demo(a) => demo::demo(a).await,
             Command::Run(a) => run::run(*a).await.map(|()| 0),
             Command::Dial(a) => dial::dial(*a).await.map(|()| 0),
             Command::Status(a) => status::status(a).await,

@@ -44,6 +44,14 @@ pub struct RunArgs {
 const DEFAULT_PROXY_UDS: &str = "/run/kube-ssh-tunnel/proxy.sock";
 
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
+    run_until(args, std::future::pending()).await
+}
+
+/// `run`, which also stops (the same graceful way as on SIGTERM) when `until` completes.
+pub async fn run_until(
+    args: RunArgs,
+    until: impl std::future::Future<Output = ()>,
+) -> Result<(), CliError> {
     super::logging::init_with(args.ssh.log_level.as_deref(), &args.ssh.log_format);
     check_gate(&args.ssh)?;
     if !(0.0..=1.0).contains(&args.ready_share) {
@@ -161,7 +169,13 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         front.spawn_tls(l, acceptor);
     }
     // Listen for signals before anything slow, so a SIGTERM during start-up is a clean stop.
-    let stop = shutdown_signal()?;
+    let signal = shutdown_signal()?;
+    let stop = async move {
+        tokio::select! {
+            _ = signal => {}
+            _ = until => {}
+        }
+    };
     tokio::pin!(stop);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| CliError::failure(format!("cannot listen for SIGHUP: {e}")))?;

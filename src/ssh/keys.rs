@@ -229,3 +229,16 @@ impl IdentitySource {
         st.1.clone()
     }
 }
+
+/// A fresh ed25519 key from the operating system's randomness.
+pub fn generate_ed25519(comment: &str) -> std::io::Result<PrivateKey> {
+    use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    PrivateKey::new(
+        KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
+        comment,
+    )
+    .map_err(|e| std::io::Error::other(format!("cannot make an ed25519 key: {e}")))
+}

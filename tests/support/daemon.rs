@@ -1,5 +1,5 @@
-//! A `kube-ssh-tunnel run` process under test: started with arguments, its stderr collected as
-//! it comes, stopped by PID (also when dropped).
+//! A `kube-ssh-tunnel run` (or `demo`) process under test: started with arguments, its stderr
+//! and stdout collected as they come, stopped by PID (also when dropped).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -9,7 +9,26 @@ use std::time::{Duration, Instant};
 pub struct Daemon {
     pub child: std::process::Child,
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Appends everything `from` produces to `sink`, in a thread.
+fn collect(
+    mut from: impl Read + Send + 'static,
+    sink: std::sync::Arc<std::sync::Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
 }
 
 impl Daemon {
@@ -18,33 +37,29 @@ impl Daemon {
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let reader = collect(child.stderr.take().unwrap(), log.clone());
+        collect(child.stdout.take().unwrap(), out.clone());
         Daemon {
             child,
             log,
+            out,
             reader: Some(reader),
         }
     }
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// What it printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
     }
 
     pub fn wait_log(&self, needle: &str, count: usize, limit: Duration) -> bool {

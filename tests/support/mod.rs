@@ -25,36 +25,15 @@ pub const HTTPS_PORT: u16 = 10251;
 /// Port of the kubelet stub's raw TCP echo.
 pub const ECHO_PORT: u16 = 10260;
 
-/// A test certificate authority (rcgen) that issues serving and client certificates.
-pub struct TestCa {
-    params: rcgen::CertificateParams,
-    key: rcgen::KeyPair,
-    /// The CA certificate, PEM.
-    pub cert_pem: String,
-}
+/// A test certificate authority: the library's demo CA, with panics instead of errors.
+pub struct TestCa(kube_ssh_tunnel::demo::pki::Ca);
 
 impl TestCa {
     pub fn new(name: &str) -> TestCa {
-        let key = rcgen::KeyPair::generate().expect("CA key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let cert = params.self_signed(&key).expect("CA cert");
-        TestCa {
-            cert_pem: cert.pem(),
-            params,
-            key,
-        }
+        TestCa(kube_ssh_tunnel::demo::pki::Ca::new(name).expect("CA"))
     }
 
-    /// Issues a certificate for `sans` (IPs or DNS names); writes NAME.crt and NAME.key into
-    /// `dir` and returns their paths.
+    /// Issues a certificate for `sans`; writes NAME.crt and NAME.key into `dir`.
     pub fn issue(
         &self,
         dir: &Path,
@@ -62,31 +41,12 @@ impl TestCa {
         sans: &[String],
         client: bool,
     ) -> (PathBuf, PathBuf) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(sans.to_vec()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).expect("signed cert");
-        let (c, k) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        (c, k)
+        self.0.issue(dir, name, sans, client).expect("certificate")
     }
 
     /// Writes the CA certificate to `path`.
     pub fn write(&self, path: &Path) {
-        std::fs::write(path, &self.cert_pem).unwrap();
+        self.0.write(path).expect("CA file");
     }
 }
 
