@@ -25,6 +25,7 @@ pub mod error;
 pub mod gate;
 pub mod metrics;
 pub mod node;
+pub mod nodes;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

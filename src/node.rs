@@ -1,5 +1,6 @@
 //! A node of the cluster as the tunnel sees it: a name, the address its SSH server listens
-//! on, and (for routing) its pod CIDRs. Parsed from `--node NAME=ADDR[:PORT]` or a TOML file.
+//! on, and (for routing) its pod CIDRs and other addresses. Parsed from `--node NAME=ADDR[:PORT]`,
+//! a TOML list, or Kubernetes Node objects (see `nodes`).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -26,6 +27,10 @@ pub struct Node {
     /// Pod CIDRs routed to this node (used by the router of the CONNECT front).
     #[serde(default)]
     pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// Other addresses of the node (e.g. its ExternalIP when `address` is the InternalIP):
+    /// dials naming one of them go to this node, as dials naming `address` do.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 fn default_port() -> u16 {
@@ -55,19 +60,16 @@ impl Node {
             address,
             ssh_port: port.unwrap_or(DEFAULT_SSH_PORT),
             pod_cidrs: Vec::new(),
+            aliases: Vec::new(),
         };
         node.validate()?;
         Ok(node)
     }
 
-    /// Reads a TOML node list (`[[nodes]] name=… address=… ssh_port=… pod_cidrs=[…]`).
-    pub fn load_file(path: &Path) -> Result<Vec<Node>, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            what: "node list",
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let file: NodeFile = toml::from_str(&text).map_err(|e| ConfigError::File {
+    /// Parses a TOML node list (`[[nodes]] name=… address=… ssh_port=… pod_cidrs=[…]`);
+    /// `path` names the file in errors.
+    pub fn parse_toml_list(text: &str, path: &Path) -> Result<Vec<Node>, ConfigError> {
+        let file: NodeFile = toml::from_str(text).map_err(|e| ConfigError::File {
             what: "node list",
             path: path.to_path_buf(),
             reason: e.message().to_string(),
@@ -97,6 +99,9 @@ impl Node {
             )));
         }
         validate_host(&self.address).map_err(|r| err(format!("invalid address: {r}")))?;
+        for a in &self.aliases {
+            validate_host(a).map_err(|r| err(format!("invalid alias address '{a}': {r}")))?;
+        }
         if self.ssh_port == 0 {
             return Err(err("ssh_port must be between 1 and 65535".into()));
         }
@@ -119,11 +124,14 @@ impl Node {
         if host.eq_ignore_ascii_case(&self.name) {
             return true;
         }
-        match (host.parse::<IpAddr>(), self.ip()) {
-            (Ok(a), Some(b)) => a == b,
-            (Ok(_), None) => false,
-            (Err(_), _) => host.eq_ignore_ascii_case(&self.address),
-        }
+        let ip = host.parse::<IpAddr>().ok();
+        std::iter::once(&self.address)
+            .chain(&self.aliases)
+            .any(|a| match (ip, a.parse::<IpAddr>()) {
+                (Some(x), Ok(y)) => x == y,
+                (Some(_), Err(_)) => false,
+                (None, _) => host.eq_ignore_ascii_case(a),
+            })
     }
 }
 

@@ -727,3 +727,142 @@ fn insecure_mode_is_loud_in_the_log_and_in_status() {
     let o = run_cli(&a, b"", Duration::from_secs(10));
     assert_usage_error(&o, "--learned-known-hosts");
 }
+
+/// A `kubectl get nodes -o json` document (kind List) for test nodes: node-1 has only an
+/// InternalIP and dual-stack pod CIDRs; node-2 has an InternalIP, an ExternalIP and an
+/// IPv6-only pod CIDR. The SSH port comes from the annotation.
+fn nodes_json(nodes: &[&support::TestNode]) -> String {
+    let items: Vec<serde_json::Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut addresses = vec![
+                serde_json::json!({"type": "InternalIP", "address": n.addr.to_string()}),
+                serde_json::json!({"type": "Hostname", "address": n.name}),
+            ];
+            let cidrs = if i == 0 {
+                vec!["10.244.1.0/24".to_string(), "fd00:10:244:1::/64".into()]
+            } else {
+                addresses.push(serde_json::json!({"type": "ExternalIP", "address": "203.0.113.2"}));
+                vec![format!("fd00:10:244:{}::/64", i + 1)]
+            };
+            serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": n.name,
+                    "annotations": {"kube-ssh-tunnel.io/ssh-port": n.ssh_port.to_string(),
+                                    "node.alpha.kubernetes.io/ttl": "0"},
+                    "labels": {"kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux"},
+                    "resourceVersion": "1234",
+                },
+                "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
+                "status": {
+                    "addresses": addresses,
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                    "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                    "nodeInfo": {"kubeletVersion": "v1.31.4", "osImage": "Debian GNU/Linux 12 (bookworm)"},
+                },
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({
+        "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items
+    }))
+    .unwrap()
+}
+
+#[test]
+fn run_reads_kubectl_node_json_and_keeps_the_last_good_set() {
+    let cluster = Cluster::start(2);
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let file = cluster.path().join("nodes.json");
+    std::fs::write(&file, nodes_json(&[n1, n2])).unwrap();
+    let admin = cluster.path().join("admin.sock");
+    let mut args = s(&["run", "--ssh-tunnel", "--ssh-user", &cluster.user]);
+    args.extend(s(&[
+        "--ssh-keyfile",
+        cluster.keys.ed25519.to_str().unwrap(),
+        "--ssh-known-hosts",
+        cluster.known_hosts.to_str().unwrap(),
+        "--nodes",
+        file.to_str().unwrap(),
+        "--reload-interval",
+        "200ms",
+        "--drain-timeout",
+        "2s",
+        "--proxy-uds",
+        cluster.path().join("proxy.sock").to_str().unwrap(),
+        "--admin-uds",
+        admin.to_str().unwrap(),
+    ]));
+    let mut d = support::daemon::Daemon::start(&args);
+    assert!(
+        d.wait_log("tunnel ready", 2, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+    let status = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
+            .args([
+                "status",
+                "-o",
+                "json",
+                "--admin-uds",
+                admin.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let doc = status();
+    let cidrs = |doc: &serde_json::Value, name: &str| -> Vec<String> {
+        doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .map(|n| {
+                n["pod_cidrs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(doc["ready"], 2, "{doc}");
+    assert_eq!(
+        cidrs(&doc, "node-1"),
+        ["10.244.1.0/24", "fd00:10:244:1::/64"],
+        "{doc}"
+    );
+    assert_eq!(cidrs(&doc, "node-2"), ["fd00:10:244:2::/64"], "{doc}");
+
+    // A broken file (truncated JSON): logged, both tunnels stay.
+    let text = nodes_json(&[n1]);
+    std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+    assert!(
+        d.wait_log("keeping the last good node set", 1, Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains("not a Kubernetes NodeList (JSON)"),
+        "{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!((n1.ssh_connections(), n2.ssh_connections()), (1, 1));
+
+    // The NodeList without node-2: it drains away.
+    std::fs::write(&file, nodes_json(&[n1])).unwrap();
+    assert!(
+        support::wait_until(Duration::from_secs(10), || n2.ssh_connections() == 0),
+        "{}",
+        d.log()
+    );
+    assert_eq!(status()["desired"], 1);
+    assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use kube_ssh_tunnel::nodes::AddressTypes;
 
 use super::duration::parse_duration;
 
@@ -60,9 +61,20 @@ pub struct SshArgs {
     #[arg(long = "node", env = "KUBE_SSH_TUNNEL_NODE", value_delimiter = ',')]
     pub nodes: Vec<String>,
 
-    /// TOML node list: [[nodes]] name = "...", address = "...", ssh_port = 22.
+    /// Node list file: TOML ([[nodes]] name, address, ssh_port, pod_cidrs) or the JSON of
+    /// `kubectl get nodes -o json`. Re-read on change and on SIGHUP.
     #[arg(long = "nodes", env = "KUBE_SSH_TUNNEL_NODES")]
     pub nodes_file: Option<PathBuf>,
+
+    /// Kubernetes node address types to connect to, most preferred first (like
+    /// kube-apiserver's --kubelet-preferred-address-types).
+    #[arg(
+        long,
+        env = "KUBE_SSH_TUNNEL_NODE_ADDRESS_TYPES",
+        default_value = "InternalIP,ExternalIP,Hostname",
+        value_parser = parse_address_types
+    )]
+    pub node_address_types: AddressTypes,
 
     /// Timeout for TCP connect + SSH handshake + authentication.
     #[arg(long, env = "KUBE_SSH_TUNNEL_CONNECT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
@@ -231,4 +243,8 @@ pub struct FrontArgs {
     /// Concurrent client connections; beyond it new CONNECTs get 503.
     #[arg(long, env = "KUBE_SSH_TUNNEL_MAX_CONNECTIONS", default_value_t = 8192)]
     pub max_connections: usize,
+}
+
+fn parse_address_types(s: &str) -> Result<AddressTypes, String> {
+    AddressTypes::parse(s).map_err(|e| e.to_string())
 }

@@ -78,7 +78,10 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
         nodes.push(Node::parse_spec(spec)?);
     }
     if let Some(f) = &a.nodes_file {
-        nodes.extend(Node::load_file(f)?);
+        nodes.extend(kube_ssh_tunnel::nodes::load_file(
+            f,
+            &kube_ssh_tunnel::nodes::AddressTypes::default(),
+        )?);
     }
     if a.node_port.contains(&0) || a.loopback_port.contains(&0) {
         return Err(CliError::usage("ports must be between 1 and 65535"));

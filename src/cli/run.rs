@@ -349,7 +349,7 @@ fn reload(pool: &Pool, ssh: &SshArgs, w: &NodeFileWatcher) {
             }
         }
     }
-    match Node::load_file(&w.path) {
+    match kube_ssh_tunnel::nodes::load_file(&w.path, &ssh.node_address_types) {
         Ok(n) => desired.extend(n),
         Err(e) => {
             tracing::error!(error = %e, nodes = pool.nodes().len(), "node file did not load; keeping the last good node set");

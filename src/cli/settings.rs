@@ -25,7 +25,10 @@ pub fn nodes(args: &SshArgs) -> Result<Vec<Node>, CliError> {
         nodes.push(Node::parse_spec(spec)?);
     }
     if let Some(f) = &args.nodes_file {
-        nodes.extend(Node::load_file(f)?);
+        nodes.extend(kube_ssh_tunnel::nodes::load_file(
+            f,
+            &args.node_address_types,
+        )?);
     }
     kube_ssh_tunnel::node::check_unique(&nodes)?;
     Ok(nodes)
