@@ -38,6 +38,24 @@ pub struct RunArgs {
     /// /readyz wants at least this share (0..1) of the desired nodes ready, and at least one.
     #[arg(long, env = "KUBE_SSH_TUNNEL_READY_SHARE", default_value_t = 0.0)]
     pub ready_share: f64,
+
+    /// Take the nodes from the cluster: watch Node objects through this kubeconfig (its
+    /// current context) instead of --node/--nodes.
+    #[arg(
+        long,
+        env = "KUBE_SSH_TUNNEL_KUBECONFIG",
+        conflicts_with = "in_cluster"
+    )]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Take the nodes from the cluster with the pod's service account (needs get/list/watch
+    /// on nodes).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_IN_CLUSTER")]
+    pub in_cluster: bool,
+
+    /// Watch only nodes with these labels (a label selector, e.g. ssh-tunnel=true).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_NODE_SELECTOR")]
+    pub node_selector: Option<String>,
 }
 
 /// Where the CONNECT socket goes when no listener is named.
@@ -60,9 +78,20 @@ pub async fn run_until(
         ));
     }
     let all = nodes(&args.ssh)?;
-    if all.is_empty() {
+    let watching = args.kubeconfig.is_some() || args.in_cluster;
+    if watching && (!all.is_empty() || args.ssh.nodes_file.is_some()) {
         return Err(CliError::usage(
-            "no nodes: give --node NAME=ADDR[:PORT] (repeatable) or --nodes FILE",
+            "--kubeconfig/--in-cluster take the nodes from the cluster; drop --node and --nodes (one source of nodes)",
+        ));
+    }
+    if all.is_empty() && !watching {
+        return Err(CliError::usage(
+            "no nodes: give --node NAME=ADDR[:PORT] (repeatable), --nodes FILE, or --kubeconfig FILE / --in-cluster",
+        ));
+    }
+    if args.node_selector.is_some() && !watching {
+        return Err(CliError::usage(
+            "--node-selector applies to watched nodes; it needs --kubeconfig or --in-cluster",
         ));
     }
     let cfg = pool_config(&args)?;
@@ -135,6 +164,10 @@ pub async fn run_until(
     }
     let pool = Arc::new(Pool::with_config(cfg, all)?);
     let front = ConnectFront::new(pool.clone(), policy, limits);
+    let watch_cancel = tokio_util::sync::CancellationToken::new();
+    if watching {
+        tokio::spawn(watch_nodes(&args, pool.clone(), watch_cancel.clone()).await?);
+    }
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let state = AdminState {
         pool: pool.clone(),
@@ -203,6 +236,7 @@ pub async fn run_until(
             }
         }
     }
+    watch_cancel.cancel();
     let drain = pool.config().drain_timeout;
     tracing::info!(drain_timeout = ?drain, open = front.active(), "shutting down: no new CONNECTs; draining open streams");
     front.stop_accepting();
@@ -221,6 +255,39 @@ pub async fn run_until(
         .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the Kubernetes watch of `run --kubeconfig/--in-cluster` (a bad kubeconfig is a
+/// start-up error); the returned future follows the nodes until `cancel`.
+#[cfg(feature = "kube")]
+async fn watch_nodes(
+    args: &RunArgs,
+    pool: Arc<Pool>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, CliError> {
+    use kube_ssh_tunnel::nodes::watch::{ApiSource, WatchConfig, start};
+    let source = match &args.kubeconfig {
+        Some(p) => ApiSource::Kubeconfig(p.clone()),
+        None => ApiSource::InCluster,
+    };
+    let cfg = WatchConfig {
+        source,
+        label_selector: args.node_selector.clone(),
+        address_types: args.ssh.node_address_types.clone(),
+    };
+    tracing::info!(source = ?cfg.source, selector = ?cfg.label_selector, "watching the cluster's Nodes");
+    start(cfg, pool, cancel).await.map_err(CliError::usage)
+}
+
+#[cfg(not(feature = "kube"))]
+async fn watch_nodes(
+    _args: &RunArgs,
+    _pool: Arc<Pool>,
+    _cancel: tokio_util::sync::CancellationToken,
+) -> Result<std::future::Ready<()>, CliError> {
+    Err(CliError::usage(
+        "--kubeconfig/--in-cluster need the `kube` cargo feature; this binary was built without it (use --nodes FILE)",
+    ))
 }
 
 enum AdminListener {

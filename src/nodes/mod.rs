@@ -6,6 +6,8 @@
 pub mod address_types;
 pub mod file;
 pub mod kube_node;
+#[cfg(feature = "kube")]
+pub mod watch;
 
 pub use address_types::{AddressType, AddressTypes};
 pub use file::load as load_file;

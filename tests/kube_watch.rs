@@ -1,0 +1,316 @@
+//! `run --kubeconfig`: the node set follows a watch of the cluster's Node objects. The API
+//! server is a stand-in that speaks the real list+watch wire format (a NodeList, then a
+//! chunked stream of ADDED/MODIFIED/DELETED events, and an ERROR 410 Gone that forces a
+//! relist); the nodes are real sshd processes.
+#![cfg(feature = "kube")]
+
+mod support;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use kube_ssh_tunnel::admin::client::{Endpoint, request};
+use kube_ssh_tunnel::admin::document::StatusDocument;
+use serde_json::{Value, json};
+use support::daemon::Daemon;
+use support::{Cluster, TestNode};
+use tokio::sync::mpsc;
+
+/// The stand-in API server's state: the lists it will answer (the last one repeats), the
+/// open watch, and what it was asked.
+#[derive(Default)]
+struct Api {
+    lists: VecDeque<Value>,
+    watch: Option<mpsc::UnboundedSender<String>>,
+    list_calls: usize,
+    watch_calls: usize,
+}
+
+type Shared = Arc<Mutex<Api>>;
+
+async fn nodes(State(api): State<Shared>, uri: axum::http::Uri) -> axum::response::Response {
+    let json_type = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    let watch = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    if watch {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        {
+            let mut a = api.lock().unwrap();
+            a.watch_calls += 1;
+            a.watch = Some(tx);
+        }
+        // One JSON object per line, as the API server streams watch events.
+        let stream = futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+                .map(|o| o.map(|line| Ok::<_, std::io::Error>(format!("{line}\n"))))
+        });
+        return (json_type, axum::body::Body::from_stream(stream)).into_response();
+    }
+    let mut a = api.lock().unwrap();
+    a.list_calls += 1;
+    let list = if a.lists.len() > 1 {
+        a.lists.pop_front().unwrap()
+    } else {
+        a.lists.front().cloned().unwrap_or(Value::Null)
+    };
+    (json_type, list.to_string()).into_response()
+}
+
+fn node_object(name: &str, n: &TestNode, rv: u32, cidr: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "resourceVersion": rv.to_string(),
+            "uid": format!("uid-{name}"),
+            "labels": {"kubernetes.io/hostname": name},
+            "annotations": {"kube-ssh-tunnel.io/ssh-port": n.ssh_port.to_string()},
+        },
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": n.addr.to_string()},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    })
+}
+
+fn node_list(rv: u32, items: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "NodeList",
+        "metadata": {"resourceVersion": rv.to_string()},
+        "items": items,
+    })
+}
+
+fn event(kind: &str, object: Value) -> String {
+    json!({"type": kind, "object": object}).to_string()
+}
+
+async fn status(ep: &Endpoint) -> Option<StatusDocument> {
+    match request(ep, "GET", "/status", Duration::from_secs(5)).await {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+/// Waits (bounded) until `cond` holds for the daemon's status document.
+async fn wait_status(ep: &Endpoint, what: &str, cond: impl Fn(&StatusDocument) -> bool) {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some(doc) = status(ep).await {
+            if cond(&doc) {
+                return;
+            }
+            last = Some(doc);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}; last status: {last:#?}");
+}
+
+fn node<'a>(
+    doc: &'a StatusDocument,
+    name: &str,
+) -> Option<&'a kube_ssh_tunnel::admin::document::NodeDocument> {
+    doc.nodes.iter().find(|n| n.name == name)
+}
+
+fn ready_at(doc: &StatusDocument, name: &str, n: &TestNode) -> bool {
+    node(doc, name).is_some_and(|d| d.state == "ready" && d.address == n.addr.to_string())
+}
+
+fn send(api: &Shared, line: String) {
+    let tx = api.lock().unwrap().watch.clone().expect("a watch is open");
+    tx.send(line).expect("the watch is still open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_a_list_and_watch_of_the_api_server() {
+    let cluster = Cluster::start(4);
+    let [n1, n2, n3, n4] = [0, 1, 2, 3].map(|i| &cluster.nodes[i]);
+
+    // The stand-in API server on loopback, and a kubeconfig pointing at it.
+    let api: Shared = Arc::new(Mutex::new(Api::default()));
+    api.lock().unwrap().lists.extend([
+        node_list(10, vec![node_object("node-1", n1, 10, "10.244.1.0/24")]),
+        // After the 410: node-1 where it moved, node-4 new; node-2 is long gone.
+        node_list(
+            20,
+            vec![
+                node_object("node-1", n3, 12, "10.244.1.0/24"),
+                node_object("node-4", n4, 20, "fd00:10:244:4::/64"),
+            ],
+        ),
+    ]);
+    let app = axum::Router::new()
+        .route("/api/v1/nodes", axum::routing::get(nodes))
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let kubeconfig = cluster.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n    token: test-token\n"
+        ),
+    )
+    .unwrap();
+
+    let admin = cluster.path().join("admin.sock");
+    let args: Vec<String> = [
+        "run",
+        "--ssh-tunnel",
+        "--ssh-user",
+        &cluster.user,
+        "--ssh-keyfile",
+        cluster.keys.ed25519.to_str().unwrap(),
+        "--ssh-known-hosts",
+        cluster.known_hosts.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-address-types",
+        "InternalIP",
+        "--drain-timeout",
+        "2s",
+        "--proxy-uds",
+        cluster.path().join("proxy.sock").to_str().unwrap(),
+        "--admin-uds",
+        admin.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut d = Daemon::start(&args);
+    let ep = Endpoint::Unix(admin);
+
+    // The initial list: node-1.
+    wait_status(&ep, "node-1 from the list", |doc| {
+        ready_at(doc, "node-1", n1)
+    })
+    .await;
+    let start = Instant::now();
+    while api.lock().unwrap().watch.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no watch request"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // ADDED: node-2 appears.
+    send(
+        &api,
+        event("ADDED", node_object("node-2", n2, 11, "10.244.2.0/24")),
+    );
+    wait_status(&ep, "node-2 added", |doc| ready_at(doc, "node-2", n2)).await;
+
+    // MODIFIED: node-1 changes address; the pool reconnects it there.
+    send(
+        &api,
+        event("MODIFIED", node_object("node-1", n3, 12, "10.244.1.0/24")),
+    );
+    wait_status(&ep, "node-1 moved to node-3's address", |doc| {
+        ready_at(doc, "node-1", n3)
+    })
+    .await;
+
+    // DELETED: node-2 disappears.
+    send(
+        &api,
+        event("DELETED", node_object("node-2", n2, 13, "10.244.2.0/24")),
+    );
+    wait_status(&ep, "node-2 removed", |doc| node(doc, "node-2").is_none()).await;
+    assert!(
+        support::wait_until(Duration::from_secs(10), || n2.ssh_connections() == 0),
+        "node-2's connection closes"
+    );
+
+    // 410 Gone: the watcher relists, and the pool follows the new list.
+    send(
+        &api,
+        json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "too old resource version: 13 (20)", "reason": "Expired", "code": 410}})
+        .to_string(),
+    );
+    wait_status(&ep, "node-4 from the relist", |doc| {
+        ready_at(doc, "node-4", n4) && ready_at(doc, "node-1", n3) && doc.nodes.len() == 2
+    })
+    .await;
+    let (lists, watches) = {
+        let a = api.lock().unwrap();
+        (a.list_calls, a.watch_calls)
+    };
+    assert!(lists >= 2, "a relist after 410 ({lists} lists)");
+    assert!(watches >= 1);
+    let doc = status(&ep).await.unwrap();
+    assert_eq!(
+        node(&doc, "node-4").unwrap().pod_cidrs,
+        ["fd00:10:244:4::/64"]
+    );
+
+    assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+    server.abort();
+}
+
+#[test]
+fn a_bad_kubeconfig_or_two_node_sources_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--ssh-tunnel",
+            "--ssh-user",
+            "u",
+            "--ssh-keyfile",
+            key.to_str().unwrap(),
+            "--insecure-skip-host-key-verification",
+            "--proxy-uds",
+        ];
+        let sock = dir.path().join("p.sock");
+        let admin = dir.path().join("a.sock");
+        args.push(sock.to_str().unwrap());
+        args.push("--admin-uds");
+        args.push(admin.to_str().unwrap());
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let missing = dir.path().join("missing-kubeconfig");
+    let out = run(&["--kubeconfig", missing.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot read kubeconfig"), "{err}");
+    let out = run(&[
+        "--kubeconfig",
+        missing.to_str().unwrap(),
+        "--node",
+        "n=127.0.0.1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("one source of nodes"), "{err}");
+}
