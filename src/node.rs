@@ -135,6 +135,19 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The host a channel through this node asks sshd for when a dial names `host`: a name
+    /// of this node (its node name, or a DNS-name alias) becomes its address, so the node
+    /// need not resolve its own name and PermitOpen can list addresses only. IP literals and
+    /// other hosts pass unchanged.
+    pub fn channel_host<'a>(&'a self, host: &'a str) -> &'a str {
+        let names_this_node = host.parse::<IpAddr>().is_err()
+            && (host.eq_ignore_ascii_case(&self.name)
+                || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(host)));
+        if names_this_node { &self.address } else { host }
+    }
+}
+
 impl AsRef<Node> for Node {
     fn as_ref(&self) -> &Node {
         self
@@ -168,6 +181,17 @@ mod tests {
         assert!(n.matches_host("fd00:0:0:0:0:0:0:5"));
         let n = Node::parse_spec("n3=::1").unwrap();
         assert_eq!(n.address, "::1");
+    }
+
+    #[test]
+    fn a_dial_by_node_name_asks_for_the_address() {
+        let mut n = Node::parse_spec("node-1=10.0.0.5").unwrap();
+        n.aliases = vec!["node-1.example.internal".into(), "203.0.113.5".into()];
+        assert_eq!(n.channel_host("node-1"), "10.0.0.5");
+        assert_eq!(n.channel_host("NODE-1.example.internal"), "10.0.0.5");
+        assert_eq!(n.channel_host("203.0.113.5"), "203.0.113.5");
+        assert_eq!(n.channel_host("10.96.0.10"), "10.96.0.10");
+        assert_eq!(n.channel_host("node-2"), "node-2");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod check;
 mod config_file;
 mod demo;
 mod dial;
+mod docs;
 mod duration;
 mod keygen;
 mod logging;
@@ -79,6 +80,13 @@ enum Command {
     Keygen(keygen::KeygenArgs),
     /// Validate config, keys, known_hosts and nodes without connecting (--connect: try each node).
     Check(Box<check::CheckArgs>),
+    /// Print shell completions (bash, zsh or fish) to stdout.
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff) to stdout, e.g. `kube-ssh-tunnel man | man -l -`.
+    Man,
+    /// Print the configuration reference (Markdown) that the README carries.
+    #[command(hide = true)]
+    Reference,
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -117,6 +125,12 @@ pub fn main() -> i32 {
             Command::Drain(a) => status::node_action(a, "drain").await,
             Command::Keygen(a) => keygen::keygen(a).map(|()| 0),
             Command::Check(a) => check::check(*a).await,
+            Command::Completions(a) => docs::completions(Cli::command(), a),
+            Command::Man => docs::man(Cli::command()),
+            Command::Reference => {
+                print!("{}", docs::reference(&Cli::command()));
+                Ok(0)
+            }
         }
     });
     let code = match result {

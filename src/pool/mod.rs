@@ -426,7 +426,8 @@ impl Pool {
                     reason: n.reason,
                     last_error: slot.status().last_connect_error,
                 })?;
-            match tunnel.open(&dest.host, dest.port).await {
+            let host = slot.node().channel_host(&dest.host).to_string();
+            match tunnel.open(&host, dest.port).await {
                 Ok(s) => return Ok(s),
                 // The connection died under us: wait for the supervisor's reconnect, if time is left.
                 Err(OpenError::ConnectionLost) if tokio::time::Instant::now() < deadline => {

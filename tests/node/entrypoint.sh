@@ -1,0 +1,43 @@
+#!/bin/sh
+# Entrypoint of a containerized kube-ssh-tunnel test node (tests/node/Dockerfile): the same
+# sshd_config template and kubelet stub as the test harness, with
+#   - host keys generated on first start (kept in /etc/ssh/kst, so every node has its own),
+#     and the public one published as "ADDR KEY" in /hostkeys/$NODE_NAME when mounted;
+#   - authorized_keys from /keys/id_ed25519.pub (run `kube-ssh-tunnel keygen` first);
+#   - the kubelet stub on the node's address (:10250), a "pod" at $POD_IP and a "service" at
+#     $SERVICE_IP, both added to lo (needs CAP_NET_ADMIN; skipped with a warning without it).
+# Environment: NODE_NAME, NODE_IP, POD_IP, SERVICE_IP (all optional but NODE_NAME).
+set -eu
+: "${NODE_NAME:?set NODE_NAME}"
+NODE_IP="${NODE_IP:-$(hostname -i | awk '{print $1}')}"
+DIR=/etc/ssh/kst
+SRC=/opt/kube-ssh-tunnel-node
+mkdir -p "$DIR" /run/sshd
+[ -f "$DIR/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$DIR/ssh_host_ed25519_key"
+if [ -d /hostkeys ]; then
+    echo "$NODE_IP $(cut -d' ' -f1,2 "$DIR/ssh_host_ed25519_key.pub")" > "/hostkeys/$NODE_NAME.tmp"
+    mv "/hostkeys/$NODE_NAME.tmp" "/hostkeys/$NODE_NAME"
+fi
+if [ -f /keys/id_ed25519.pub ]; then
+    cp /keys/id_ed25519.pub "$DIR/authorized_keys"
+else
+    echo "entrypoint: /keys/id_ed25519.pub is missing; run 'kube-ssh-tunnel keygen' and mount keys/ at /keys" >&2
+    : > "$DIR/authorized_keys"
+fi
+chmod 600 "$DIR/authorized_keys"
+
+PERMIT="$NODE_IP:10250 $NODE_IP:10260"
+for extra in ${POD_IP:-} ${SERVICE_IP:-}; do
+    if ip addr add "$extra/32" dev lo 2>/dev/null || ip addr show dev lo | grep -q " $extra/"; then
+        python3 "$SRC/kubelet_stub.py" --name "$NODE_NAME" --listen "$extra" --http-port 8080 --echo-port 8081 &
+        PERMIT="$PERMIT $extra:8080 $extra:8081"
+    else
+        echo "entrypoint: cannot add $extra to lo (no CAP_NET_ADMIN?); no stub there" >&2
+    fi
+done
+python3 "$SRC/kubelet_stub.py" --name "$NODE_NAME" --listen "$NODE_IP" &
+
+sed -e "s|@PORT@|22|" -e "s|@LISTEN@|0.0.0.0|" -e "s|@DIR@|$DIR|g" \
+    -e "s|@PERMITOPEN@|$PERMIT|" -e "s|@LOGLEVEL@|INFO|" \
+    "$SRC/sshd_config.template" > "$DIR/sshd_config"
+exec /usr/sbin/sshd -D -e -f "$DIR/sshd_config"
