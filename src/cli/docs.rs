@@ -136,7 +136,7 @@ pub fn reference(cmd: &Command) -> String {
             .get_arguments()
             .filter(|a| !a.is_hide_set() && a.get_id() != "help" && a.get_id() != "version")
             .collect();
-        let _ = writeln!(out, "#### `{} {}`\n", cmd.get_name(), sub.get_name());
+        let _ = writeln!(out, "### `{} {}`\n", cmd.get_name(), sub.get_name());
         if let Some(about) = sub.get_about() {
             let _ = writeln!(out, "{}\n", about.to_string().replace('\n', " "));
         }
@@ -152,8 +152,8 @@ pub fn reference(cmd: &Command) -> String {
             );
             let _ = writeln!(out, "|---|---|---|---|---|");
         } else {
-            let _ = writeln!(out, "| flag | default | what |");
-            let _ = writeln!(out, "|---|---|---|");
+            let _ = writeln!(out, "| flag | environment | default | what |");
+            let _ = writeln!(out, "|---|---|---|---|");
         }
         for a in args {
             let flag = flag_text(a);
@@ -183,7 +183,7 @@ pub fn reference(cmd: &Command) -> String {
             if config {
                 let _ = writeln!(out, "| `{flag}` | {env} | {key} | {default} | {help} |");
             } else {
-                let _ = writeln!(out, "| `{flag}` | {default} | {help} |");
+                let _ = writeln!(out, "| `{flag}` | {env} | {default} | {help} |");
             }
         }
         out.push('\n');

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Regenerates the configuration reference in README.md (between the GENERATED REFERENCE
+# markers) from the clap definitions: `kube-ssh-tunnel reference`. tests/docs.rs checks it.
+set -eu
+cd "$(dirname "$0")/.."
+ref=$(mktemp)
+trap 'rm -f "$ref" README.md.tmp' EXIT
+cargo run --quiet -- reference > "$ref"
+awk -v ref="$ref" '
+  /^<!-- BEGIN GENERATED REFERENCE/ { print; while ((getline line < ref) > 0) print line; skip = 1; next }
+  /^<!-- END GENERATED REFERENCE/ { skip = 0 }
+  !skip { print }
+' README.md > README.md.tmp
+mv README.md.tmp README.md
+echo "README.md: configuration reference regenerated"
