@@ -132,6 +132,8 @@ pub enum OpenError {
     Timeout { after: Duration },
     #[error("the SSH connection to the node is closed")]
     ConnectionLost,
+    #[error("the SSH connection already has {limit} channels open (its limit)")]
+    AtCapacity { limit: usize },
 }
 
 /// Why `Pool::dial` failed; every variant names the destination and, once routed, the node.

@@ -37,6 +37,7 @@ pub enum DialResult {
     Refused,
     Timeout,
     ConnectionLost,
+    AtCapacity,
 }
 
 impl DialResult {
@@ -49,6 +50,7 @@ impl DialResult {
             DialResult::Refused => "refused",
             DialResult::Timeout => "timeout",
             DialResult::ConnectionLost => "connection_lost",
+            DialResult::AtCapacity => "at_capacity",
         }
     }
 }
@@ -80,6 +82,7 @@ pub struct Metrics {
     pub dials: Family<DialLabels, Counter>,
     pub dial_duration: Histogram,
     pub open_channels: Family<NodeLabel, Gauge>,
+    pub connections: Family<NodeLabel, Gauge>,
     pub bytes: Family<BytesLabels, Counter>,
     pub reconnects: Family<NodeLabel, Counter>,
     pub health_checks: Family<CheckLabels, Counter>,
@@ -106,6 +109,7 @@ impl Metrics {
             // 0.5 ms .. ~16 s.
             dial_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             open_channels: Family::default(),
+            connections: Family::default(),
             bytes: Family::default(),
             reconnects: Family::default(),
             health_checks: Family::default(),
@@ -129,8 +133,13 @@ impl Metrics {
         );
         registry.register(
             "open_channels",
-            "Open channels per node",
+            "Open channels per node (all its connections)",
             m.open_channels.clone(),
+        );
+        registry.register(
+            "connections",
+            "Live SSH connections per node (more than 1 past the per-connection channel limit)",
+            m.connections.clone(),
         );
         registry.register(
             "bytes",

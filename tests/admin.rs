@@ -88,7 +88,7 @@ async fn get(admin: &Path, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-const NODE_KEYS: [&str; 20] = [
+const NODE_KEYS: [&str; 21] = [
     "name",
     "address",
     "ssh_port",
@@ -97,6 +97,7 @@ const NODE_KEYS: [&str; 20] = [
     "since",
     "for_s",
     "uptime_s",
+    "connections",
     "open_channels",
     "dials_total",
     "dial_failures_total",
@@ -136,6 +137,7 @@ fn status_shows_ready_nodes_then_a_killed_one_with_its_reason() {
         "STATE",
         "FOR",
         "CHANNELS",
+        "CONNS",
         "DIALS",
         "FAILS",
         "HEALTH",

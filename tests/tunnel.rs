@@ -414,3 +414,71 @@ async fn refused_target_and_dead_node_fail_with_named_errors() {
     assert_eq!(err.node(), Some("node-1"), "{err}");
     drop(tunnel);
 }
+
+/// Past the per-connection channel limit the pool opens another connection to the node
+/// (sshd would abort one past 16,384), every stream works, `status` counts the connections,
+/// and the extras close again once idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_channel_limit_a_node_gets_more_connections_then_sheds_them() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let mut cfg = kube_ssh_tunnel::pool::PoolConfig::new(cluster.settings());
+    cfg.max_channels_per_connection = 20;
+    cfg.overflow_idle_timeout = Duration::from_millis(500);
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    assert!(
+        Pool::with_config(
+            {
+                let mut c = kube_ssh_tunnel::pool::PoolConfig::new(cluster.settings());
+                c.max_channels_per_connection = 16_384;
+                c
+            },
+            vec![]
+        )
+        .is_err(),
+        "a limit at OpenSSH's ceiling is refused"
+    );
+
+    // 50 streams at once, all open together: 20 + 20 + 10 on three connections.
+    let echo = dest(node.addr, ECHO_PORT);
+    let dials = (0..50).map(|_| pool.dial(&echo));
+    let mut streams: Vec<TunnelStream> = futures::future::join_all(dials)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every dial succeeds"))
+        .collect();
+    assert_eq!(pool.connection_load("node-1"), Some((3, 50)));
+    assert!(
+        wait_until(Duration::from_secs(5), || node.ssh_connections() == 3),
+        "sshd sees 3 connections, not {}",
+        node.ssh_connections()
+    );
+    let doc = kube_ssh_tunnel::admin::document::StatusDocument::build(&pool, false);
+    assert_eq!(
+        (doc.nodes[0].connections, doc.nodes[0].open_channels),
+        (3, 50)
+    );
+    // Each stream is its own echo: distinct bytes back, in order.
+    for (i, s) in streams.iter_mut().enumerate() {
+        let msg = format!("stream {i} says hello");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    drop(streams);
+    // Idle extras close; the supervised connection stays.
+    assert!(
+        wait_until(Duration::from_secs(15), || pool.connection_load("node-1")
+            == Some((1, 0))
+            && node.ssh_connections() == 1),
+        "extras closed: {:?}, sshd sees {}",
+        pool.connection_load("node-1"),
+        node.ssh_connections()
+    );
+    let mut s = pool.dial(&dest(node.addr, HTTP_PORT)).await.unwrap();
+    assert!(http_get(&mut s, "/healthz").await.ends_with("ok"));
+}

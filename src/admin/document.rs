@@ -34,6 +34,9 @@ pub struct NodeDocument {
     /// Seconds the current connection has been up (null while not connected).
     pub uptime_s: Option<f64>,
     pub open_channels: usize,
+    /// Live SSH connections to the node: 1, plus extras past the per-connection channel limit.
+    #[serde(default)]
+    pub connections: usize,
     pub dials_total: u64,
     pub dial_failures_total: u64,
     pub bytes_in: u64,
@@ -103,12 +106,10 @@ fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant)
         pool.dial_counts(&node.name).unwrap_or((0, 0))
     };
     let link = pool.metrics().link(&node.name);
-    let open = if draining {
-        0
+    let (connections, open) = if draining {
+        (0, 0)
     } else {
-        pool.tunnel(&node.name)
-            .map(|t| t.open_channels())
-            .unwrap_or(0)
+        pool.connection_load(&node.name).unwrap_or((0, 0))
     };
     NodeDocument {
         name: node.name.clone(),
@@ -124,6 +125,7 @@ fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant)
             .connected_at
             .map(|c| now.saturating_duration_since(c).as_secs_f64()),
         open_channels: open,
+        connections,
         dials_total: dials,
         dial_failures_total: fails,
         bytes_in: link.bytes_in.get(),

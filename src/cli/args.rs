@@ -178,6 +178,19 @@ pub struct SuperviseArgs {
     #[arg(long, env = "KUBE_SSH_TUNNEL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
 
+    /// Channels per SSH connection; past it the node gets another connection (OpenSSH
+    /// aborts a connection at 16,384 channels, so at most 16,383).
+    #[arg(
+        long,
+        env = "KUBE_SSH_TUNNEL_MAX_CHANNELS_PER_CONNECTION",
+        default_value_t = 8192
+    )]
+    pub max_channels_per_connection: usize,
+
+    /// An extra connection (past the channel limit) idle this long is closed.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_EXTRA_CONNECTION_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub extra_connection_idle_timeout: Duration,
+
     /// At most this many SSH handshakes in flight at once.
     #[arg(long, env = "KUBE_SSH_TUNNEL_MAX_HANDSHAKES", default_value_t = 32)]
     pub max_handshakes: usize,

@@ -374,6 +374,8 @@ fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
     };
     cfg.drain_timeout = s.drain_timeout;
     cfg.max_handshakes = s.max_handshakes;
+    cfg.max_channels_per_connection = s.max_channels_per_connection;
+    cfg.overflow_idle_timeout = s.extra_connection_idle_timeout;
     Ok(cfg)
 }
 

@@ -27,6 +27,11 @@ pub struct PoolConfig {
     /// How long a dial waits for a node that is reconnecting (None: the channel open timeout).
     /// A dial always waits for a node's first connection attempt to finish.
     pub reconnect_wait: Option<Duration>,
+    /// At most this many channels on one SSH connection; past it the node gets another
+    /// connection (OpenSSH aborts a connection at 16,384).
+    pub max_channels_per_connection: usize,
+    /// An extra connection idle this long is closed.
+    pub overflow_idle_timeout: Duration,
 }
 
 impl PoolConfig {
@@ -41,6 +46,8 @@ impl PoolConfig {
             max_handshakes: 32,
             drain_timeout: Duration::from_secs(30),
             reconnect_wait: None,
+            max_channels_per_connection: 8192,
+            overflow_idle_timeout: Duration::from_secs(60),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod config;
 pub mod drain;
 pub mod health;
+pub mod overflow;
 pub mod route;
 pub mod slot;
 pub mod state;
@@ -49,6 +50,8 @@ pub struct Pool {
     draining: Arc<DashMap<u64, Arc<NodeSlot>>>,
     next_id: AtomicU64,
     handshakes: Arc<Semaphore>,
+    /// The SSH settings, shared by extra connections.
+    ssh: Arc<SshSettings>,
 }
 
 impl Pool {
@@ -61,7 +64,18 @@ impl Pool {
     /// A pool with explicit behaviour.
     pub fn with_config(cfg: PoolConfig, nodes: Vec<Node>) -> Result<Pool, ConfigError> {
         validate(&nodes)?;
+        if cfg.max_channels_per_connection == 0
+            || cfg.max_channels_per_connection >= overflow::OPENSSH_CHANNEL_CEILING
+        {
+            return Err(ConfigError::Invalid(format!(
+                "max channels per connection must be between 1 and {} (OpenSSH aborts a connection at {} channels); got {}",
+                overflow::OPENSSH_CHANNEL_CEILING - 1,
+                overflow::OPENSSH_CHANNEL_CEILING,
+                cfg.max_channels_per_connection
+            )));
+        }
         let pool = Pool {
+            ssh: Arc::new(cfg.ssh.clone()),
             metrics: Arc::new(Metrics::new()),
             handshakes: Arc::new(Semaphore::new(cfg.max_handshakes.max(1))),
             cfg: Arc::new(cfg),
@@ -115,9 +129,12 @@ impl Pool {
         slot.set_state(TunnelState::Draining, why);
         let draining = self.draining.clone();
         tokio::spawn(async move {
-            if let Some(t) = slot.publish(None) {
-                drain::drain_tunnel(t, timeout).await;
-            }
+            let extras = slot.overflow.take_all();
+            let drains = extras
+                .into_iter()
+                .chain(slot.publish(None))
+                .map(|t| drain::drain_tunnel(t, timeout));
+            futures::future::join_all(drains).await;
             draining.remove(&id);
         })
     }
@@ -221,6 +238,12 @@ impl Pool {
         self.slot(name)?.live()
     }
 
+    /// Node `name`'s live SSH connections and the channels open on all of them.
+    pub fn connection_load(&self, name: &str) -> Option<(usize, usize)> {
+        let slot = self.slot(name)?;
+        Some((slot.connections(), slot.open_channels()))
+    }
+
     /// Drops node `name`'s connection (its streams drain) and reconnects now.
     pub fn reconnect(&self, name: &str) -> bool {
         self.slot(name).map(|s| s.reconnect_now()).is_some()
@@ -248,9 +271,9 @@ impl Pool {
                     .iter()
                     .filter_map(|s| {
                         let st = s.status().state;
-                        let t = s.live()?;
+                        s.live()?;
                         st.accepts_dials()
-                            .then(|| (s.name(), st == TunnelState::Ready, t.open_channels()))
+                            .then(|| (s.name(), st == TunnelState::Ready, s.open_channels()))
                     })
                     .collect();
                 route::least_loaded(&candidates)
@@ -311,6 +334,7 @@ impl Pool {
                 OpenError::Refused { .. } => DialResult::Refused,
                 OpenError::Timeout { .. } => DialResult::Timeout,
                 OpenError::ConnectionLost => DialResult::ConnectionLost,
+                OpenError::AtCapacity { .. } => DialResult::AtCapacity,
             },
         };
         if let Some(slot) = slot {
@@ -356,6 +380,7 @@ impl Pool {
         m.tunnels.clear();
         m.tunnel_up.clear();
         m.open_channels.clear();
+        m.connections.clear();
         for st in [
             TunnelState::Connecting,
             TunnelState::Ready,
@@ -385,11 +410,9 @@ impl Pool {
             m.tunnel_up
                 .get_or_create(&label)
                 .set(i64::from(status.state.accepts_dials()));
-            let open = self
-                .tunnel(&node.name)
-                .map(|t| t.open_channels())
-                .unwrap_or(0);
+            let (conns, open) = self.connection_load(&node.name).unwrap_or((0, 0));
             m.open_channels.get_or_create(&label).set(open as i64);
+            m.connections.get_or_create(&label).set(conns as i64);
         }
     }
 
@@ -406,6 +429,37 @@ impl Pool {
         let result = self.dial_via(&slot, dest).await;
         self.account(Some(&slot), result.as_ref().err(), start.elapsed());
         result
+    }
+
+    /// Opens a channel on one of the node's extra connections (making one when all are full).
+    async fn open_overflow(
+        &self,
+        slot: &NodeSlot,
+        node: &Node,
+        host: &str,
+        port: u16,
+    ) -> Result<TunnelStream, OpenError> {
+        let limit = self.cfg.max_channels_per_connection;
+        match slot
+            .overflow
+            .open(
+                node,
+                host,
+                port,
+                limit,
+                &self.ssh,
+                &slot.link,
+                &self.handshakes,
+            )
+            .await
+        {
+            Ok(s) => Ok(s),
+            Err(overflow::OverflowError::Open(e)) => Err(e),
+            Err(overflow::OverflowError::Connect(e)) => {
+                tracing::warn!(node = %node.name, error = %e, "channel limit reached and another connection to the node failed");
+                Err(OpenError::AtCapacity { limit })
+            }
+        }
     }
 
     async fn dial_via(
@@ -426,8 +480,16 @@ impl Pool {
                     reason: n.reason,
                     last_error: slot.status().last_connect_error,
                 })?;
-            let host = slot.node().channel_host(&dest.host).to_string();
-            match tunnel.open(&host, dest.port).await {
+            let node_now = slot.node();
+            let host = node_now.channel_host(&dest.host).to_string();
+            let limit = self.cfg.max_channels_per_connection;
+            let opened = match tunnel.open_limited(&host, dest.port, limit).await {
+                Err(OpenError::AtCapacity { .. }) => {
+                    self.open_overflow(slot, &node_now, &host, dest.port).await
+                }
+                r => r,
+            };
+            match opened {
                 Ok(s) => return Ok(s),
                 // The connection died under us: wait for the supervisor's reconnect, if time is left.
                 Err(OpenError::ConnectionLost) if tokio::time::Instant::now() < deadline => {

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::overflow::Overflow;
 use super::state::{NodeStatus, TunnelState};
 use crate::node::Node;
 use crate::ssh::NodeTunnel;
@@ -35,6 +36,8 @@ pub struct NodeSlot {
     pub(crate) link: LinkStats,
     pub(crate) dials_total: AtomicU64,
     pub(crate) dial_failures: AtomicU64,
+    /// Extra connections past the per-connection channel limit.
+    pub(crate) overflow: Overflow,
 }
 
 impl NodeSlot {
@@ -49,6 +52,7 @@ impl NodeSlot {
             status: watch::Sender::new(NodeStatus::new()),
             stop: CancellationToken::new(),
             kick: std::sync::Mutex::new(CancellationToken::new()),
+            overflow: Overflow::default(),
         }
     }
 
@@ -80,6 +84,22 @@ impl NodeSlot {
     pub fn live(&self) -> Option<Arc<NodeTunnel>> {
         let guard = self.current.read().ok()?;
         guard.as_ref().filter(|t| !t.is_closed()).cloned()
+    }
+
+    /// The node's live SSH connections: the supervised one and any extras.
+    pub fn connections(&self) -> usize {
+        usize::from(self.live().is_some()) + self.overflow.tunnels().len()
+    }
+
+    /// Channels open or opening on all of the node's connections.
+    pub fn open_channels(&self) -> usize {
+        self.live().map(|t| t.open_channels()).unwrap_or(0)
+            + self
+                .overflow
+                .tunnels()
+                .iter()
+                .map(|t| t.open_channels())
+                .sum::<usize>()
     }
 
     pub(crate) fn publish(&self, t: Option<Arc<NodeTunnel>>) -> Option<Arc<NodeTunnel>> {

@@ -166,7 +166,15 @@ async fn watch_connection(
     loop {
         tokio::select! {
             _ = tunnel.closed() => break,
-            _ = closed_poll.tick() => if tunnel.is_closed() { break },
+            _ = closed_poll.tick() => {
+                if tunnel.is_closed() {
+                    break;
+                }
+                for idle in slot.overflow.reap(cfg.overflow_idle_timeout) {
+                    tracing::info!(node = %idle.node().name, "closing an idle extra connection");
+                    tokio::spawn(drain_tunnel(idle, cfg.drain_timeout));
+                }
+            }
             _ = slot.stop.cancelled() => return "stopping".into(),
             _ = kick.cancelled() => {
                 tunnel.disconnect().await;

@@ -307,6 +307,14 @@ fn dial_failure(dest: &Destination, e: DialError) -> Failure {
             OpenError::ConnectionLost => {
                 Failure::new(503, Some(node), &d, "the node's SSH connection was lost")
             }
+            OpenError::AtCapacity { limit } => Failure::new(
+                503,
+                Some(node),
+                &d,
+                format!(
+                    "every connection to the node has {limit} channels open and no further connection could be made"
+                ),
+            ),
         },
     }
 }

@@ -92,15 +92,28 @@ pub struct LinkStats {
     pub stalled: Counter,
 }
 
-/// The counters a channel updates: the connection's open-channel gauge (decremented when the
-/// pump ends) and the node's link stats.
-#[derive(Clone)]
+/// The counters a channel updates: its place in the connection's channel count (given back
+/// when the pump ends) and the node's link stats.
 pub(crate) struct ChannelCounters {
-    pub(crate) open: Arc<AtomicUsize>,
+    pub(crate) open: OpenGuard,
     pub(crate) link: LinkStats,
 }
 
-struct OpenGuard(Arc<AtomicUsize>);
+/// One place in a connection's channel count, taken before the channel is opened (so that
+/// concurrent opens cannot overshoot a limit) and given back when dropped.
+pub(crate) struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    /// Takes a place when fewer than `limit` are taken.
+    pub(crate) fn reserve(count: &Arc<AtomicUsize>, limit: usize) -> Option<OpenGuard> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| OpenGuard(count.clone()))
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -132,8 +145,7 @@ impl TunnelStream {
         limits: ChannelLimits,
         counters: ChannelCounters,
     ) -> TunnelStream {
-        counters.open.fetch_add(1, Ordering::AcqRel);
-        let guard = OpenGuard(counters.open.clone());
+        let guard = counters.open;
         let (read_half, write_half) = channel.split();
         let tx = Box::pin(write_half.make_writer());
         let shared = Arc::new(Shared {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::known_hosts::Verdict;
 use super::settings::SshSettings;
 use super::socket::QuickAckStream;
-use super::stream::{ChannelCounters, LinkStats, TunnelStream};
+use super::stream::{ChannelCounters, LinkStats, OpenGuard, TunnelStream};
 use super::verifier::{HostKeyReport, NodeHandler};
 use crate::error::{ConnectError, OpenError};
 use crate::node::Node;
@@ -197,7 +197,7 @@ impl NodeTunnel {
         &self.host_key
     }
 
-    /// Channels currently open on this connection.
+    /// Channels open or being opened on this connection.
     pub fn open_channels(&self) -> usize {
         self.open_channels.load(Ordering::Acquire)
     }
@@ -233,9 +233,23 @@ impl NodeTunnel {
     /// timeout. Fails at once if the connection is or becomes closed meanwhile. If the caller
     /// stops waiting (timeout, dropped future), a channel that opens later is closed.
     pub async fn open(&self, host: &str, port: u16) -> Result<TunnelStream, OpenError> {
+        self.open_limited(host, port, usize::MAX).await
+    }
+
+    /// Like `open`, but only while fewer than `limit` channels are open or opening on this
+    /// connection (`AtCapacity` otherwise): the pool keeps each connection under sshd's
+    /// channel ceiling this way and opens another connection to the node instead.
+    pub async fn open_limited(
+        &self,
+        host: &str,
+        port: u16,
+        limit: usize,
+    ) -> Result<TunnelStream, OpenError> {
         if self.is_closed() {
             return Err(OpenError::ConnectionLost);
         }
+        let place = OpenGuard::reserve(&self.open_channels, limit)
+            .ok_or(OpenError::AtCapacity { limit })?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let handle = self.handle.clone();
         let host_owned = host.to_string();
@@ -243,7 +257,7 @@ impl NodeTunnel {
         let name = self.name.clone();
         let limits = self.settings.channel.clone();
         let counters = ChannelCounters {
-            open: self.open_channels.clone(),
+            open: place,
             link: self.link.clone(),
         };
         // The open runs in its own task so that giving up on it never leaks a channel that
