@@ -779,22 +779,14 @@ fn run_reads_kubectl_node_json_and_keeps_the_last_good_set() {
     let file = cluster.path().join("nodes.json");
     std::fs::write(&file, nodes_json(&[n1, n2])).unwrap();
     let admin = cluster.path().join("admin.sock");
-    let mut args = s(&["run", "--ssh-tunnel", "--ssh-user", &cluster.user]);
+    let mut args = cluster.daemon_args();
     args.extend(s(&[
-        "--ssh-keyfile",
-        cluster.keys.ed25519.to_str().unwrap(),
-        "--ssh-known-hosts",
-        cluster.known_hosts.to_str().unwrap(),
         "--nodes",
         file.to_str().unwrap(),
         "--reload-interval",
         "200ms",
         "--drain-timeout",
         "2s",
-        "--proxy-uds",
-        cluster.path().join("proxy.sock").to_str().unwrap(),
-        "--admin-uds",
-        admin.to_str().unwrap(),
     ]));
     let mut d = support::daemon::Daemon::start(&args);
     assert!(

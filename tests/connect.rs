@@ -186,11 +186,14 @@ async fn curl_proxytunnel_through_the_mtls_listener_needs_a_client_cert() {
     let dir = cluster.path().join("mtls");
     std::fs::create_dir_all(&dir).unwrap();
     let addr = support::refused_address(8131);
-    let (server_crt, server_key) = cluster.ca.issue(&dir, "front", &[addr.to_string()], false);
-    let clients = support::TestCa::new("kube-apiserver client CA");
+    let (server_crt, server_key) = cluster
+        .ca
+        .issue(&dir, "front", &[addr.to_string()], false)
+        .unwrap();
+    let clients = support::TestCa::new("kube-apiserver client CA").unwrap();
     let client_ca = dir.join("client-ca.crt");
-    clients.write(&client_ca);
-    let (client_crt, client_key) = clients.issue(&dir, "kube-apiserver", &[], true);
+    clients.write(&client_ca).unwrap();
+    let (client_crt, client_key) = clients.issue(&dir, "kube-apiserver", &[], true).unwrap();
     let mut args = run_args(&cluster);
     for (k, v) in [
         ("--proxy-listen", format!("{addr}:8131")),

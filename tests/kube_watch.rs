@@ -173,29 +173,18 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     .unwrap();
 
     let admin = cluster.path().join("admin.sock");
-    let args: Vec<String> = [
-        "run",
-        "--ssh-tunnel",
-        "--ssh-user",
-        &cluster.user,
-        "--ssh-keyfile",
-        cluster.keys.ed25519.to_str().unwrap(),
-        "--ssh-known-hosts",
-        cluster.known_hosts.to_str().unwrap(),
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-address-types",
-        "InternalIP",
-        "--drain-timeout",
-        "2s",
-        "--proxy-uds",
-        cluster.path().join("proxy.sock").to_str().unwrap(),
-        "--admin-uds",
-        admin.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = cluster.daemon_args();
+    args.extend(
+        [
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-address-types",
+            "InternalIP",
+            "--drain-timeout",
+            "2s",
+        ]
+        .map(String::from),
+    );
     let mut d = Daemon::start(&args);
     let ep = Endpoint::Unix(admin);
 

@@ -920,9 +920,9 @@ async fn https_probe_verifies_the_kubelet_certificate_through_the_tunnel() {
         });
 
     // Another CA: the handshake is refused, the node is degraded, and the error says why.
-    let other = support::TestCa::new("some other CA");
+    let other = support::TestCa::new("some other CA").unwrap();
     let other_file = cluster.path().join("other-ca.crt");
-    other.write(&other_file);
+    other.write(&other_file).unwrap();
     let pool2 = Pool::with_config(
         probe_cfg(ServerTrust::CaFile(&other_file)),
         cluster.node_list(),

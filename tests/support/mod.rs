@@ -25,30 +25,8 @@ pub const HTTPS_PORT: u16 = 10251;
 /// Port of the kubelet stub's raw TCP echo.
 pub const ECHO_PORT: u16 = 10260;
 
-/// A test certificate authority: the library's demo CA, with panics instead of errors.
-pub struct TestCa(kube_ssh_tunnel::demo::pki::Ca);
-
-impl TestCa {
-    pub fn new(name: &str) -> TestCa {
-        TestCa(kube_ssh_tunnel::demo::pki::Ca::new(name).expect("CA"))
-    }
-
-    /// Issues a certificate for `sans`; writes NAME.crt and NAME.key into `dir`.
-    pub fn issue(
-        &self,
-        dir: &Path,
-        name: &str,
-        sans: &[String],
-        client: bool,
-    ) -> (PathBuf, PathBuf) {
-        self.0.issue(dir, name, sans, client).expect("certificate")
-    }
-
-    /// Writes the CA certificate to `path`.
-    pub fn write(&self, path: &Path) {
-        self.0.write(path).expect("CA file");
-    }
-}
+/// The test clusters' certificate authority is the demo's.
+pub use kube_ssh_tunnel::demo::pki::Ca as TestCa;
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -454,7 +432,8 @@ impl TestNode {
         std::fs::create_dir_all(&dir).expect("node dir");
         keygen(&dir.join("ssh_host_ed25519_key"), "ed25519", None);
         // The kubelet stub's serving certificate, for the node's address (like a kubelet's).
-        ca.issue(&dir, "kubelet", &[addr.to_string()], false);
+        ca.issue(&dir, "kubelet", &[addr.to_string()], false)
+            .unwrap();
         std::fs::write(dir.join("authorized_keys"), authorized_keys).expect("authorized_keys");
         let template = std::fs::read_to_string(repo().join("tests/node/sshd_config.template"))
             .expect("tests/node/sshd_config.template");
@@ -791,9 +770,9 @@ impl Cluster {
             let public = std::fs::read_to_string(k.with_extension("pub")).unwrap();
             authorized_keys.push_str(&format!("restrict,port-forwarding {public}"));
         }
-        let ca = TestCa::new("kube-ssh-tunnel test cluster CA");
+        let ca = TestCa::new("kube-ssh-tunnel test cluster CA").unwrap();
         let ca_file = kd.join("cluster-ca.crt");
-        ca.write(&ca_file);
+        ca.write(&ca_file).unwrap();
         let service_addr = try_pick_address(&[HTTP_PORT, ECHO_PORT]).expect("service address");
         let service_stub = (n > 0).then(|| {
             spawn_stub(
@@ -869,9 +848,9 @@ impl Cluster {
         self.nodes.iter().map(|n| n.node()).collect()
     }
 
-    /// CLI flags for `run`/`dial` (with `--ssh-tunnel`).
-    pub fn cli_args(&self) -> Vec<String> {
-        let mut v = vec![
+    /// The gate and SSH identity/trust flags of `run`/`dial`.
+    fn ssh_args(&self) -> Vec<String> {
+        vec![
             "--ssh-tunnel".to_string(),
             "--ssh-user".into(),
             self.user.clone(),
@@ -879,7 +858,24 @@ impl Cluster {
             self.keys.ed25519.display().to_string(),
             "--ssh-known-hosts".into(),
             self.known_hosts.display().to_string(),
-        ];
+        ]
+    }
+
+    /// `run` with the SSH flags and its sockets in the cluster's directory (proxy.sock,
+    /// admin.sock); the caller adds the nodes and the rest.
+    pub fn daemon_args(&self) -> Vec<String> {
+        let mut v = vec!["run".to_string()];
+        v.extend(self.ssh_args());
+        for (flag, file) in [("--proxy-uds", "proxy.sock"), ("--admin-uds", "admin.sock")] {
+            v.push(flag.into());
+            v.push(self.path().join(file).display().to_string());
+        }
+        v
+    }
+
+    /// CLI flags for `run`/`dial` (with `--ssh-tunnel`).
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut v = self.ssh_args();
         for n in &self.nodes {
             v.push("--node".into());
             v.push(n.spec());
