@@ -384,15 +384,7 @@ fn run_follows_the_node_file_and_keeps_the_last_good_set() {
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
     let file = cluster.path().join("nodes.toml");
     std::fs::write(&file, nodes_toml(&[n1, n2])).unwrap();
-    let mut args = s(&["run", "--ssh-tunnel", "--ssh-user", &cluster.user]);
-    args.extend(s(&[
-        "--ssh-keyfile",
-        cluster.keys.ed25519.to_str().unwrap(),
-    ]));
-    args.extend(s(&[
-        "--ssh-known-hosts",
-        cluster.known_hosts.to_str().unwrap(),
-    ]));
+    let mut args = cluster.daemon_args();
     args.extend(s(&[
         "--nodes",
         file.to_str().unwrap(),
@@ -400,14 +392,6 @@ fn run_follows_the_node_file_and_keeps_the_last_good_set() {
         "200ms",
         "--drain-timeout",
         "5s",
-    ]));
-    args.extend(s(&[
-        "--proxy-uds",
-        cluster.path().join("proxy.sock").to_str().unwrap(),
-    ]));
-    args.extend(s(&[
-        "--admin-uds",
-        cluster.path().join("admin.sock").to_str().unwrap(),
     ]));
     let mut d = support::daemon::Daemon::start(&args);
     assert!(
