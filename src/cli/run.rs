@@ -72,6 +72,11 @@ pub async fn run_until(
 ) -> Result<(), CliError> {
     super::logging::init_with(args.ssh.log_level.as_deref(), &args.ssh.log_format);
     check_gate(&args.ssh)?;
+    // Take SIGTERM/SIGINT over first: one that arrives while sockets are bound or nodes
+    // connect is then a clean stop (and removes the sockets), never the default kill.
+    let signal = shutdown_signal()?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| CliError::failure(format!("cannot listen for SIGHUP: {e}")))?;
     if !(0.0..=1.0).contains(&args.ready_share) {
         return Err(CliError::usage(
             "--ready-share must be between 0 and 1 (a share of the desired nodes)",
@@ -201,8 +206,6 @@ pub async fn run_until(
         tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving CONNECT over mutual TLS");
         front.spawn_tls(l, acceptor);
     }
-    // Listen for signals before anything slow, so a SIGTERM during start-up is a clean stop.
-    let signal = shutdown_signal()?;
     let stop = async move {
         tokio::select! {
             _ = signal => {}
@@ -210,8 +213,6 @@ pub async fn run_until(
         }
     };
     tokio::pin!(stop);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| CliError::failure(format!("cannot listen for SIGHUP: {e}")))?;
     let mut watcher = args.ssh.nodes_file.clone().map(NodeFileWatcher::new);
     let mut tick = tokio::time::interval(
         args.supervise
