@@ -70,6 +70,9 @@ pub async fn demo(args: DemoArgs) -> Result<i32, CliError> {
             args.nodes
         )));
     }
+    // Ctrl-C while the nodes start must still stop cleanly (and remove the directory).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| failure("cannot listen for SIGINT", e))?;
     let dir =
         Workdir(std::env::temp_dir().join(format!("kube-ssh-tunnel-demo-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
@@ -216,9 +219,16 @@ pub async fn demo(args: DemoArgs) -> Result<i32, CliError> {
         })
     };
     let until = async move {
-        // Only a failure stops the demo early; success keeps it up until Ctrl-C.
-        if failed_rx.await.is_err() {
-            std::future::pending::<()>().await;
+        // A failure stops the demo early; success keeps it up until Ctrl-C (also one pressed
+        // while the nodes were starting).
+        let failed = async {
+            if failed_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = failed => {}
+            _ = interrupt.recv() => {}
         }
     };
     let result = run_until(run_args, until).await;
