@@ -26,16 +26,36 @@ else
 fi
 chmod 600 "$DIR/authorized_keys"
 
+# Waits (at most 10 s) until HOST:PORT accepts connections.
+wait_port() {
+    python3 - "$1" "$2" <<'PY' || echo "entrypoint: nothing listens on $1:$2 after 10 s" >&2
+import socket, sys, time
+for _ in range(100):
+    try:
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.2).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit(1)
+PY
+}
+
 PERMIT="$NODE_IP:10250 $NODE_IP:10260"
+WAIT=""
 for extra in ${POD_IP:-} ${SERVICE_IP:-}; do
     if ip addr add "$extra/32" dev lo 2>/dev/null || ip addr show dev lo | grep -q " $extra/"; then
         python3 "$SRC/kubelet_stub.py" --name "$NODE_NAME" --listen "$extra" --http-port 8080 --echo-port 8081 &
         PERMIT="$PERMIT $extra:8080 $extra:8081"
+        WAIT="$WAIT $extra:8080"
     else
         echo "entrypoint: cannot add $extra to lo (no CAP_NET_ADMIN?); no stub there" >&2
     fi
 done
 python3 "$SRC/kubelet_stub.py" --name "$NODE_NAME" --listen "$NODE_IP" &
+# sshd comes up only after the services behind it, so a node that accepts SSH serves them.
+for hp in $WAIT "$NODE_IP:10250"; do
+    wait_port "${hp%:*}" "${hp##*:}"
+done
 
 sed -e "s|@PORT@|22|" -e "s|@LISTEN@|0.0.0.0|" -e "s|@DIR@|$DIR|g" \
     -e "s|@PERMITOPEN@|$PERMIT|" -e "s|@LOGLEVEL@|INFO|" \
