@@ -240,8 +240,7 @@ impl Pool {
 
     /// Node `name`'s live SSH connections and the channels open on all of them.
     pub fn connection_load(&self, name: &str) -> Option<(usize, usize)> {
-        let slot = self.slot(name)?;
-        Some((slot.connections(), slot.open_channels()))
+        Some(self.slot(name)?.load())
     }
 
     /// Drops node `name`'s connection (its streams drain) and reconnects now.
@@ -273,7 +272,7 @@ impl Pool {
                         let st = s.status().state;
                         s.live()?;
                         st.accepts_dials()
-                            .then(|| (s.name(), st == TunnelState::Ready, s.open_channels()))
+                            .then(|| (s.name(), st == TunnelState::Ready, s.load().1))
                     })
                     .collect();
                 route::least_loaded(&candidates)
@@ -481,11 +480,11 @@ impl Pool {
                     last_error: slot.status().last_connect_error,
                 })?;
             let node_now = slot.node();
-            let host = node_now.channel_host(&dest.host).to_string();
+            let host = node_now.channel_host(&dest.host);
             let limit = self.cfg.max_channels_per_connection;
-            let opened = match tunnel.open_limited(&host, dest.port, limit).await {
+            let opened = match tunnel.open_limited(host, dest.port, limit).await {
                 Err(OpenError::AtCapacity { .. }) => {
-                    self.open_overflow(slot, &node_now, &host, dest.port).await
+                    self.open_overflow(slot, &node_now, host, dest.port).await
                 }
                 r => r,
             };

@@ -51,6 +51,18 @@ impl Overflow {
             .collect()
     }
 
+    /// How many extra connections are live, and the channels open on them (no allocation:
+    /// routing asks this on every dial).
+    pub fn load(&self) -> (usize, usize) {
+        let guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .iter()
+            .filter(|e| !e.tunnel.is_closed())
+            .fold((0, 0), |(n, open), e| {
+                (n + 1, open + e.tunnel.open_channels())
+            })
+    }
+
     /// Takes every extra connection out (node removed or shutting down); the caller drains them.
     pub fn take_all(&self) -> Vec<Arc<NodeTunnel>> {
         let mut guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());

@@ -86,20 +86,14 @@ impl NodeSlot {
         guard.as_ref().filter(|t| !t.is_closed()).cloned()
     }
 
-    /// The node's live SSH connections: the supervised one and any extras.
-    pub fn connections(&self) -> usize {
-        usize::from(self.live().is_some()) + self.overflow.tunnels().len()
-    }
-
-    /// Channels open or opening on all of the node's connections.
-    pub fn open_channels(&self) -> usize {
-        self.live().map(|t| t.open_channels()).unwrap_or(0)
-            + self
-                .overflow
-                .tunnels()
-                .iter()
-                .map(|t| t.open_channels())
-                .sum::<usize>()
+    /// The node's live SSH connections (the supervised one and any extras) and the
+    /// channels open or opening on all of them.
+    pub fn load(&self) -> (usize, usize) {
+        let (extras, open) = self.overflow.load();
+        match self.live() {
+            Some(t) => (extras + 1, open + t.open_channels()),
+            None => (extras, open),
+        }
     }
 
     pub(crate) fn publish(&self, t: Option<Arc<NodeTunnel>>) -> Option<Arc<NodeTunnel>> {
