@@ -234,7 +234,12 @@ pub async fn demo(args: DemoArgs) -> Result<i32, CliError> {
     let result = run_until(run_args, until).await;
     // The driver reports failure by stopping the daemon early; Ctrl-C before it finished is
     // a plain stop.
-    let failed = driver.is_finished() && !driver.await.unwrap_or(false);
+    let failed = if driver.is_finished() {
+        !driver.await.unwrap_or(false)
+    } else {
+        driver.abort();
+        false
+    };
     drop(nodes);
     result?;
     Ok(if failed { 1 } else { 0 })

@@ -103,6 +103,16 @@ fn flag_text(arg: &clap::Arg) -> String {
     }
 }
 
+/// The default value(s), comma-separated, if any.
+fn default_text(arg: &clap::Arg) -> Option<String> {
+    let v: Vec<String> = arg
+        .get_default_values()
+        .iter()
+        .map(|v| v.to_string_lossy().to_string())
+        .collect();
+    (!v.is_empty()).then(|| v.join(","))
+}
+
 /// Help text plus default and environment variable.
 fn describe(arg: &clap::Arg) -> String {
     let mut d = arg
@@ -110,13 +120,8 @@ fn describe(arg: &clap::Arg) -> String {
         .or(arg.get_help())
         .map(|h| h.to_string().replace('\n', " "))
         .unwrap_or_default();
-    let defaults: Vec<String> = arg
-        .get_default_values()
-        .iter()
-        .map(|v| v.to_string_lossy().to_string())
-        .collect();
-    if !defaults.is_empty() {
-        let _ = write!(d, " [default: {}]", defaults.join(","));
+    if let Some(default) = default_text(arg) {
+        let _ = write!(d, " [default: {default}]");
     }
     if let Some(env) = arg.get_env() {
         let _ = write!(d, " [env: {}]", env.to_string_lossy());
@@ -166,16 +171,9 @@ pub fn reference(cmd: &Command) -> String {
                 .filter(|l| *l != "config")
                 .map(|l| format!("`{}`", l.replace('-', "_")))
                 .unwrap_or_default();
-            let default: Vec<String> = a
-                .get_default_values()
-                .iter()
-                .map(|v| v.to_string_lossy().to_string())
-                .collect();
-            let default = if default.is_empty() {
-                String::new()
-            } else {
-                format!("`{}`", default.join(","))
-            };
+            let default = default_text(a)
+                .map(|d| format!("`{d}`"))
+                .unwrap_or_default();
             let help = a
                 .get_help()
                 .map(|h| h.to_string().replace('\n', " ").replace('|', "\\|"))

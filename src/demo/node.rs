@@ -106,18 +106,19 @@ struct NodeHandler {
 }
 
 impl NodeHandler {
-    fn is_client(&self, key: &PublicKey) -> bool {
-        key.key_data() == self.shared.1.key_data()
+    /// Only the demo's own client key gets in.
+    fn admit(&self, key: &PublicKey) -> Auth {
+        if key.key_data() == self.shared.1.key_data() {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        }
     }
 
     /// What `host:port` reaches on this node, or None when the node's policy refuses it
     /// (as PermitOpen would).
     fn route(&self, host: &str, port: u32) -> Option<Service> {
         let spec = &self.shared.0;
-        if host.eq_ignore_ascii_case(&spec.name) && port == u32::from(spec.kubelet_port) {
-            // A node's own name resolves to itself on the node (node proxy by name).
-            return Some(Service::Kubelet);
-        }
         let ip: IpAddr = host.trim_matches(|c| c == '[' || c == ']').parse().ok()?;
         if ip == spec.ip && port == u32::from(spec.kubelet_port) {
             Some(Service::Kubelet)
@@ -139,11 +140,7 @@ impl russh::server::Handler for NodeHandler {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.is_client(offer.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(self.admit(offer.public_key))
     }
 
     async fn auth_publickey(
@@ -151,11 +148,7 @@ impl russh::server::Handler for NodeHandler {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.is_client(key.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(self.admit(key.public_key))
     }
 
     async fn channel_open_direct_tcpip(
