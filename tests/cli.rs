@@ -5,7 +5,7 @@ mod support;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{Cluster, HTTP_PORT, keygen};
 
@@ -17,49 +17,19 @@ struct Outcome {
 
 /// Runs the binary with `args`, feeding `stdin`, killing it after `limit`.
 fn run_cli(args: &[String], stdin: &[u8], limit: Duration) -> Outcome {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env("HOME", "/nonexistent-home")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kube-ssh-tunnel");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("kube-ssh-tunnel {args:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = feeder.join();
+    let out = support::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("HOME", "/nonexistent-home"),
+        stdin,
+        limit,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     Outcome {
-        code: status.code().unwrap_or(-1),
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

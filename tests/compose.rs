@@ -12,10 +12,11 @@ mod support;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::daemon::Daemon;
+use support::run_bounded;
 
 const PROJECT: &str = "kst-test";
 const BASE_IMAGE: &str = "localhost/debian:bookworm";
@@ -45,50 +46,9 @@ fn podman_compose() -> Result<PathBuf, String> {
         })
 }
 
-/// Runs `cmd` with a time limit (killed by PID when it runs over); the output, or why not.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    // Drain both pipes in threads so a chatty command cannot block on a full pipe.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
-            break st;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{what} did not finish within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Ok(Output {
-        status,
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
-    })
-}
-
 fn run_ok(cmd: &mut Command, limit: Duration) -> Result<String, String> {
     let what = format!("{cmd:?}");
-    let out = run_bounded(cmd, limit)?;
+    let out = run_bounded(cmd, b"", limit)?;
     if !out.status.success() {
         return Err(format!(
             "{what} failed ({}):\n{}\n{}",
@@ -120,6 +80,7 @@ impl Compose {
     fn down(&self) {
         let _ = run_bounded(
             self.cmd().args(["down", "-t", "2"]),
+            b"",
             Duration::from_secs(120),
         );
     }
@@ -222,6 +183,7 @@ fn compose_nodes_carry_kubelet_pod_and_service_traffic() {
             .map(|(n, _)| {
                 let out = run_bounded(
                     &mut podman(&["logs", &format!("kst-{n}")]),
+                    b"",
                     Duration::from_secs(20),
                 );
                 format!(

@@ -7,7 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::daemon::Daemon;
-use support::wait_until;
+use support::{run_bounded, wait_until};
+
+/// Bound on each command the test runs.
+const LIMIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn demo_serves_every_kind_of_request_then_exits_0_on_sigint() {
@@ -50,7 +53,7 @@ fn demo_serves_every_kind_of_request_then_exits_0_on_sigint() {
         .find(|l| l.contains(" status --admin-uds "))
         .expect("a status command");
     let words: Vec<&str> = status_line.split_whitespace().collect();
-    let st = Command::new(words[0]).args(&words[1..]).output().unwrap();
+    let st = run_bounded(Command::new(words[0]).args(&words[1..]), b"", LIMIT).unwrap();
     assert_eq!(st.status.code(), Some(0), "{status_line}: {st:?}");
     if Command::new("curl").arg("--version").output().is_ok() {
         let curl_line = out
@@ -58,11 +61,14 @@ fn demo_serves_every_kind_of_request_then_exits_0_on_sigint() {
             .find(|l| l.trim_start().starts_with("curl ") && l.contains("/healthz"))
             .expect("a curl command");
         let words: Vec<&str> = curl_line.split_whitespace().collect();
-        let c = Command::new("curl")
-            .args(["-sS", "--max-time", "10"])
-            .args(&words[1..])
-            .output()
-            .unwrap();
+        let c = run_bounded(
+            Command::new("curl")
+                .args(["-sS", "--max-time", "10"])
+                .args(&words[1..]),
+            b"",
+            LIMIT,
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&c.stdout),
             "ok\n",
@@ -83,10 +89,12 @@ fn demo_serves_every_kind_of_request_then_exits_0_on_sigint() {
 
 #[test]
 fn demo_refuses_a_bad_node_count() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-        .args(["demo", "--nodes", "0"])
-        .output()
-        .unwrap();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args(["demo", "--nodes", "0"]),
+        b"",
+        LIMIT,
+    )
+    .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes must be between 1 and 200"));
 }

@@ -279,15 +279,20 @@ fn a_bad_kubeconfig_or_two_node_sources_are_usage_errors() {
         args.push("--admin-uds");
         args.push(admin.to_str().unwrap());
         args.extend_from_slice(extra);
-        std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-            .args(&args)
-            .output()
-            .unwrap()
+        support::run_bounded(
+            std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args(&args),
+            b"",
+            Duration::from_secs(30),
+        )
+        .unwrap()
     };
-    std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-        .args(["keygen", "--out", key.to_str().unwrap()])
-        .output()
-        .unwrap();
+    support::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args([
+            "keygen",
+            "--out",
+            key.to_str().unwrap(),
+        ]),
+    );
     let missing = dir.path().join("missing-kubeconfig");
     let out = run(&["--kubeconfig", missing.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -61,6 +61,19 @@ async fn wait_status(
     Some(start.elapsed())
 }
 
+/// Waits (bounded by `secs`) for node `name` to be ready and returns how long it took;
+/// panics with `what` otherwise.
+async fn wait_ready(pool: &Pool, name: &str, secs: u64, what: &str) -> Duration {
+    wait_status(
+        pool,
+        name,
+        Duration::from_secs(secs),
+        is(TunnelState::Ready),
+    )
+    .await
+    .expect(what)
+}
+
 fn is(state: TunnelState) -> impl Fn(&NodeStatus) -> bool {
     move |s| s.state == state
 }
@@ -109,14 +122,7 @@ async fn killed_sshd_is_noticed_and_a_restart_brings_the_node_back() {
     let mut cfg = fast(&cluster);
     cfg.reconnect_wait = Some(Duration::from_secs(15));
     let pool = Arc::new(Pool::with_config(cfg, cluster.node_list()).unwrap());
-    wait_status(
-        &pool,
-        "node-1",
-        Duration::from_secs(10),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("ready");
+    wait_ready(&pool, "node-1", 10, "ready").await;
 
     node.kill_sshd();
     let budget = KEEPALIVE * (KEEPALIVE_MAX as u32 + 1) + Duration::from_secs(2);
@@ -134,14 +140,7 @@ async fn killed_sshd_is_noticed_and_a_restart_brings_the_node_back() {
         "the dial waits while the node reconnects"
     );
     node.start_sshd();
-    let back = wait_status(
-        &pool,
-        "node-1",
-        Duration::from_secs(5),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("ready again after the restart");
+    let back = wait_ready(&pool, "node-1", 5, "ready again after the restart").await;
     // One backoff step (≤ 1 s) plus a connect.
     assert!(back < Duration::from_secs(3), "ready again after {back:?}");
     let mut s = pending
@@ -195,14 +194,7 @@ async fn frozen_sshd_is_detected_by_keepalive_and_recovers_after_sigcont() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
     let pool = Pool::with_config(fast(&cluster), cluster.node_list()).unwrap();
-    wait_status(
-        &pool,
-        "node-1",
-        Duration::from_secs(10),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("ready");
+    wait_ready(&pool, "node-1", 10, "ready").await;
     node.stop_sshd();
     let limit = KEEPALIVE * (KEEPALIVE_MAX as u32 + 1) + Duration::from_millis(1500);
     let took = wait_status(&pool, "node-1", limit + Duration::from_secs(5), |s| {
@@ -221,14 +213,7 @@ async fn frozen_sshd_is_detected_by_keepalive_and_recovers_after_sigcont() {
         st.last_error.as_deref().unwrap_or("").contains("keepalive"),
         "{st:?}"
     );
-    wait_status(
-        &pool,
-        "node-1",
-        Duration::from_secs(15),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("recovers after SIGCONT");
+    wait_ready(&pool, "node-1", 15, "recovers after SIGCONT").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,14 +322,7 @@ async fn revoked_key_is_a_slow_failure_and_restoring_it_recovers() {
     let mut cfg = fast(&cluster);
     cfg.backoff_needs_human = BackoffPolicy::NEEDS_HUMAN;
     let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
-    wait_status(
-        &pool,
-        "node-1",
-        Duration::from_secs(10),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("ready");
+    wait_ready(&pool, "node-1", 10, "ready").await;
     node.set_authorized_keys("");
     node.restart_sshd(); // drops the established connection; the next one must authenticate
     let failed = wait_status(
@@ -384,14 +362,7 @@ async fn revoked_key_is_a_slow_failure_and_restoring_it_recovers() {
     // Restore the key: an operator's reconnect (or the next slow retry) brings it back.
     node.set_authorized_keys(&cluster.authorized_keys);
     assert!(pool.reconnect("node-1"));
-    wait_status(
-        &pool,
-        "node-1",
-        Duration::from_secs(10),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("restoring the key recovers");
+    wait_ready(&pool, "node-1", 10, "restoring the key recovers").await;
 
     // Without the operator: a short needs-a-human backoff recovers by itself.
     let mut cfg = fast(&cluster);
@@ -400,14 +371,7 @@ async fn revoked_key_is_a_slow_failure_and_restoring_it_recovers() {
         max: Duration::from_secs(1),
     };
     let pool2 = Pool::with_config(cfg, cluster.node_list()).unwrap();
-    wait_status(
-        &pool2,
-        "node-1",
-        Duration::from_secs(10),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("ready");
+    wait_ready(&pool2, "node-1", 10, "ready").await;
     node.set_authorized_keys("");
     node.restart_sshd();
     wait_status(
@@ -419,14 +383,7 @@ async fn revoked_key_is_a_slow_failure_and_restoring_it_recovers() {
     .await
     .expect("failed");
     node.set_authorized_keys(&cluster.authorized_keys);
-    wait_status(
-        &pool2,
-        "node-1",
-        Duration::from_secs(10),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("recovers on its own");
+    wait_ready(&pool2, "node-1", 10, "recovers on its own").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,14 +398,7 @@ async fn link_down_in_a_network_namespace_is_detected_and_recovers() {
     cluster.add_netns_node("node-ns");
     let node = &cluster.nodes[0];
     let pool = Pool::with_config(fast(&cluster), cluster.node_list()).unwrap();
-    wait_status(
-        &pool,
-        "node-ns",
-        Duration::from_secs(10),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("ready");
+    wait_ready(&pool, "node-ns", 10, "ready").await;
     let mut s = pool.dial(&dest(node.addr, HTTP_PORT)).await.unwrap();
     s.write_all(b"GET /whoami HTTP/1.0\r\n\r\n").await.unwrap();
     let mut reply = String::new();
@@ -464,14 +414,7 @@ async fn link_down_in_a_network_namespace_is_detected_and_recovers() {
     node.netns.as_ref().unwrap().set_link(true);
     let took = took.expect("a cut link is noticed");
     assert!(took <= limit, "detected after {took:?}, budget {limit:?}");
-    wait_status(
-        &pool,
-        "node-ns",
-        Duration::from_secs(15),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("recovers when the link is back");
+    wait_ready(&pool, "node-ns", 15, "recovers when the link is back").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,14 +474,7 @@ async fn removed_node_finishes_its_transfer_refuses_new_dials_then_closes() {
     };
     let summary = pool.update(vec![moved]).unwrap();
     assert_eq!(summary.replaced, vec!["node-2".to_string()]);
-    wait_status(
-        &pool,
-        "node-2",
-        Duration::from_secs(10),
-        is(TunnelState::Ready),
-    )
-    .await
-    .expect("ready at the new address");
+    wait_ready(&pool, "node-2", 10, "ready at the new address").await;
     assert!(support::wait_until(Duration::from_secs(5), || n2
         .ssh_connections()
         == 0
@@ -737,14 +673,7 @@ async fn ten_thousand_sequential_dials_leave_no_fd_or_task_behind() {
     let pool = Pool::with_config(fast(&cluster), cluster.node_list()).unwrap();
     let d = dest(node.addr, ECHO_PORT);
     let tunnel = {
-        wait_status(
-            &pool,
-            "node-1",
-            Duration::from_secs(10),
-            is(TunnelState::Ready),
-        )
-        .await
-        .expect("ready");
+        wait_ready(&pool, "node-1", 10, "ready").await;
         pool.tunnel("node-1").unwrap()
     };
     let metrics = tokio::runtime::Handle::current().metrics();

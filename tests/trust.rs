@@ -352,14 +352,7 @@ async fn user_certificate_agent_and_encrypted_key_authenticate() {
     ));
     node.set_authorized_keys("");
     node.restart_sshd();
-    let s = Arc::new(
-        builder(&cluster)
-            .key_file(&key, None)
-            .unwrap()
-            .known_hosts_file(&cluster.known_hosts)
-            .unwrap()
-            .build(),
-    );
+    let s = Arc::new(cluster.settings_with_key(&key));
     let t = NodeTunnel::connect(&node.node(), s)
         .await
         .expect("KEY-cert.pub is picked up and accepted");
@@ -373,14 +366,7 @@ async fn user_certificate_agent_and_encrypted_key_authenticate() {
     // The same key without its certificate is not authorized.
     let bare = dir.join("id_bare");
     std::fs::copy(&key, &bare).unwrap();
-    let s = Arc::new(
-        builder(&cluster)
-            .key_file(&bare, None)
-            .unwrap()
-            .known_hosts_file(&cluster.known_hosts)
-            .unwrap()
-            .build(),
-    );
+    let s = Arc::new(cluster.settings_with_key(&bare));
     assert!(matches!(
         NodeTunnel::connect(&node.node(), s).await,
         Err(ConnectError::AuthRejected { .. })
@@ -460,14 +446,7 @@ async fn the_line_keygen_prints_serves_kubelet_traffic_and_nothing_else() {
         "{line}"
     );
     node.set_authorized_keys(&format!("{line}\n"));
-    let s = Arc::new(
-        builder(&cluster)
-            .key_file(&out_key, None)
-            .unwrap()
-            .known_hosts_file(&cluster.known_hosts)
-            .unwrap()
-            .build(),
-    );
+    let s = Arc::new(cluster.settings_with_key(&out_key));
     let t = NodeTunnel::connect(&node.node(), s)
         .await
         .expect("keygen's key is accepted with keygen's line");
@@ -484,12 +463,7 @@ async fn a_key_replaced_on_disk_is_used_by_the_next_reconnect() {
     let node = &cluster.nodes[0];
     let key = cluster.path().join("rotating_key");
     std::fs::copy(&cluster.keys.ed25519, &key).unwrap();
-    let settings = builder(&cluster)
-        .key_file(&key, None)
-        .unwrap()
-        .known_hosts_file(&cluster.known_hosts)
-        .unwrap()
-        .build();
+    let settings = cluster.settings_with_key(&key);
     let mut cfg = PoolConfig::new(settings);
     cfg.health.probe = Probe::None;
     let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
