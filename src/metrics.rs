@@ -17,6 +17,11 @@ pub struct NodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -88,6 +93,14 @@ pub struct Metrics {
     pub health_checks: Family<CheckLabels, Counter>,
     pub keepalive_rtt: Family<NodeLabel, Gauge<f64, AtomicU64>>,
     pub stalled_channels: Family<NodeLabel, Counter>,
+    pub buffered_bytes: Family<NodeLabel, Gauge>,
+    pub spilled_bytes: Family<NodeLabel, Gauge>,
+    pub spilled_streams: Family<NodeLabel, Counter>,
+    pub congested_seconds: Family<NodeLabel, Counter<f64, AtomicU64>>,
+    pub congested_connections: Family<NodeLabel, Gauge>,
+    pub isolation_connections: Family<NodeLabel, Counter>,
+    pub buffer_budget_used: Family<KindLabel, Gauge>,
+    pub buffer_budget_limit: Family<KindLabel, Gauge>,
     pub connect_requests: Family<CodeLabel, Counter>,
     pub deprecated_mode: Gauge,
 }
@@ -115,6 +128,14 @@ impl Metrics {
             health_checks: Family::default(),
             keepalive_rtt: Family::default(),
             stalled_channels: Family::default(),
+            buffered_bytes: Family::default(),
+            spilled_bytes: Family::default(),
+            spilled_streams: Family::default(),
+            congested_seconds: Family::default(),
+            congested_connections: Family::default(),
+            isolation_connections: Family::default(),
+            buffer_budget_used: Family::default(),
+            buffer_budget_limit: Family::default(),
             connect_requests: Family::default(),
             deprecated_mode: Gauge::default(),
             registry: Registry::default(),
@@ -167,6 +188,46 @@ impl Metrics {
             m.stalled_channels.clone(),
         );
         registry.register(
+            "buffered_bytes",
+            "Bytes held in memory per node for readers that are behind",
+            m.buffered_bytes.clone(),
+        );
+        registry.register(
+            "spilled_bytes",
+            "Unread bytes in spill files per node (readers behind by their whole memory share)",
+            m.spilled_bytes.clone(),
+        );
+        registry.register(
+            "spilled_streams",
+            "Streams that needed a spill file, per node",
+            m.spilled_streams.clone(),
+        );
+        registry.register(
+            "congested_seconds",
+            "Seconds a connection of the node spent congested (a reader behind by its whole buffer, or bulk data waiting for window)",
+            m.congested_seconds.clone(),
+        );
+        registry.register(
+            "congested_connections",
+            "Connections of the node congested now (new dials avoid them)",
+            m.congested_connections.clone(),
+        );
+        registry.register(
+            "isolation_connections",
+            "Extra connections opened because the node's others were congested",
+            m.isolation_connections.clone(),
+        );
+        registry.register(
+            "buffer_budget_used_bytes",
+            "Bytes of the pool-wide buffer budget in use (kind: memory or spill)",
+            m.buffer_budget_used.clone(),
+        );
+        registry.register(
+            "buffer_budget_limit_bytes",
+            "The pool-wide buffer budget (kind: memory or spill; spill 0: spilling off)",
+            m.buffer_budget_limit.clone(),
+        );
+        registry.register(
             "connect_requests",
             "CONNECT requests by HTTP status",
             m.connect_requests.clone(),
@@ -186,12 +247,18 @@ impl Metrics {
             node: node.to_string(),
             direction,
         };
+        let n = NodeLabel {
+            node: node.to_string(),
+        };
         crate::ssh::stream::LinkStats {
             bytes_in: self.bytes.get_or_create_owned(&b("in")),
             bytes_out: self.bytes.get_or_create_owned(&b("out")),
-            stalled: self.stalled_channels.get_or_create_owned(&NodeLabel {
-                node: node.to_string(),
-            }),
+            stalled: self.stalled_channels.get_or_create_owned(&n),
+            buffered: self.buffered_bytes.get_or_create_owned(&n),
+            spilled: self.spilled_bytes.get_or_create_owned(&n),
+            spilled_streams: self.spilled_streams.get_or_create_owned(&n),
+            congested_seconds: self.congested_seconds.get_or_create_owned(&n),
+            isolation_connections: self.isolation_connections.get_or_create_owned(&n),
         }
     }
 

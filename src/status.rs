@@ -101,6 +101,8 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
         "FOR",
         "CHANNELS",
         "CONNS",
+        "CONGESTED",
+        "BUFFERED",
         "DIALS",
         "FAILS",
         "HEALTH",
@@ -108,7 +110,14 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
         "LAST ERROR",
     ];
     if format == Format::Wide {
-        head.extend(["HOST KEY", "POD CIDRS", "IN", "OUT", "RECONNECTS"]);
+        head.extend([
+            "HOST KEY",
+            "POD CIDRS",
+            "IN",
+            "OUT",
+            "RECONNECTS",
+            "SPILLED",
+        ]);
     }
     let err_width = if format == Format::Wide { 200 } else { 60 };
     let rows: Vec<Vec<String>> = doc
@@ -126,6 +135,8 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
                 human_duration(n.for_s),
                 n.open_channels.to_string(),
                 n.connections.to_string(),
+                n.congested_connections.to_string(),
+                bytes(n.buffered_bytes + n.spilled_bytes),
                 n.dials_total.to_string(),
                 n.dial_failures_total.to_string(),
                 cut(&health(n, now), 40),
@@ -145,6 +156,7 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
                     bytes(n.bytes_in),
                     bytes(n.bytes_out),
                     n.reconnects.to_string(),
+                    bytes(n.spilled_bytes),
                 ]);
             }
             r

@@ -138,6 +138,8 @@ fn status_shows_ready_nodes_then_a_killed_one_with_its_reason() {
         "FOR",
         "CHANNELS",
         "CONNS",
+        "CONGESTED",
+        "BUFFERED",
         "DIALS",
         "FAILS",
         "HEALTH",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kube_ssh_tunnel::pool::backoff::BackoffPolicy;
 use kube_ssh_tunnel::pool::{NodeStatus, PoolConfig, Probe, TunnelState};
-use kube_ssh_tunnel::ssh::ChannelLimits;
+use kube_ssh_tunnel::ssh::{BufferBudget, ChannelLimits};
 use kube_ssh_tunnel::{Destination, DialError, Node, Pool, SshSettings, TunnelStream};
 use sha2::{Digest, Sha256};
 use support::{Cluster, ECHO_PORT, HTTP_PORT};
@@ -595,48 +595,120 @@ async fn health_probe_failures_degrade_then_replace_the_connection() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_reader_does_not_stall_its_neighbours_and_loses_its_channel() {
-    let cluster = Cluster::start(1);
-    let node = &cluster.nodes[0];
-    let mut s = settings(&cluster);
-    s.channel = ChannelLimits {
-        recv_buffer: 1 << 20,
-        recv_buffer_max: 4 << 20,
-        stall_timeout: Duration::from_secs(2),
-    };
-    let mut cfg = fast(&cluster);
-    cfg.ssh = s;
-    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
-    let d = dest(node.addr, ECHO_PORT);
-    let rss_before = support::rss_bytes();
+/// Channel limits for the isolation tests: 1 MiB of memory per channel, spilling (if
+/// `spill`) up to 64 MiB into the cluster's directory, and `stall`.
+fn small_buffers(c: &Cluster, spill: bool, stall: Duration) -> ChannelLimits {
+    ChannelLimits {
+        recv_buffer_max: 1 << 20,
+        spill_max: if spill { 64 << 20 } else { 0 },
+        stall_timeout: stall,
+        budget: Arc::new(BufferBudget::new(
+            64 << 20,
+            spill.then(|| c.path().to_path_buf()),
+            256 << 20,
+        )),
+    }
+}
 
-    // Channel A: we push 24 MiB into the echo server and never read the echo.
-    let stuck = pool.dial(&d).await.unwrap();
-    let (mut stuck_rd, mut stuck_wr) = tokio::io::split(stuck);
-    let pusher = tokio::spawn(async move {
-        let buf = vec![7u8; 64 * 1024];
-        for _ in 0..384 {
-            if stuck_wr.write_all(&buf).await.is_err() {
+/// Pushes `total` bytes of random data into an echo channel; returns their SHA-256.
+fn push_random(
+    mut wr: tokio::io::WriteHalf<TunnelStream>,
+    total: usize,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        use rand::{RngCore, SeedableRng};
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            rng.fill_bytes(&mut buf);
+            if wr.write_all(&buf).await.is_err() {
                 break;
             }
+            h.update(&buf);
+            sent += buf.len();
         }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = wr.shutdown().await;
+        h.finalize().to_vec()
+    })
+}
 
-    // Channel B on the same connection moves 64 MiB both ways.
-    let busy = pool.dial(&d).await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_alive_reader_does_not_stall_its_neighbours_and_keeps_every_byte() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let mut cfg = fast(&cluster);
+    // The stall timeout is far above every bound below: nothing here may rely on it.
+    cfg.ssh.channel = small_buffers(&cluster, true, Duration::from_secs(600));
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    let d = dest(node.addr, ECHO_PORT);
+    wait_ready(&pool, "node-1", 10, "ready").await;
+    let rss_before = support::rss_bytes();
+
+    // The neighbour is opened first, so it certainly shares the slow reader's connection.
+    let neighbour = pool.dial(&d).await.unwrap();
+    // The slow reader: 24 MiB pushed into the echo server, read back at about 80 KB/s.
+    let slow = pool.dial(&d).await.unwrap();
+    assert_eq!(
+        pool.connection_load("node-1"),
+        Some((1, 2)),
+        "one connection"
+    );
+    let (mut slow_rd, slow_wr) = tokio::io::split(slow);
+    let sent_hash = push_random(slow_wr, 24 << 20);
+    let go_fast = Arc::new(tokio::sync::Notify::new());
+    let reader = {
+        let go_fast = go_fast.clone();
+        tokio::spawn(async move {
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0usize;
+            let mut fast = false;
+            // Bounded: 24 MiB at 80 KB/s would take 5 minutes; the test switches to full speed
+            // well before, and the whole loop is cut at 180 s.
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while Instant::now() < deadline {
+                let want = if fast { buf.len() } else { 4096 };
+                let n = match slow_rd.read(&mut buf[..want]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                h.update(&buf[..n]);
+                got += n;
+                if !fast {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = go_fast.notified() => fast = true,
+                    }
+                }
+            }
+            (got, h.finalize().to_vec())
+        })
+    };
+    // Wait until the slow reader is well behind (spilling), then the neighbour moves 64 MiB
+    // both ways on the same connection, within a bound far below the stall timeout.
+    let link = pool.metrics().link("node-1");
+    assert!(
+        support::wait_until(Duration::from_secs(20), || link.spilled.get() > 0),
+        "the slow reader's data spills"
+    );
+    let t0 = Instant::now();
     let (got, same) = tokio::time::timeout(
-        Duration::from_secs(120),
-        paced_round_trip(busy, 64 << 20, Duration::ZERO),
+        Duration::from_secs(60),
+        paced_round_trip(neighbour, 64 << 20, Duration::ZERO),
     )
     .await
-    .expect("the neighbour's 64 MiB completes");
+    .expect("the neighbour's 64 MiB completes while the slow reader lives");
     assert!(got == 64 << 20 && same);
+    eprintln!(
+        "neighbour's 64 MiB round trip beside a slow reader: {:?}",
+        t0.elapsed()
+    );
     let rss_after = support::rss_bytes();
     let grew = rss_after.saturating_sub(rss_before);
     eprintln!(
-        "stalled-reader test: RSS before {} MiB, after {} MiB, growth {} MiB",
+        "slow-reader test: RSS before {} MiB, after {} MiB, growth {} MiB",
         rss_before >> 20,
         rss_after >> 20,
         grew >> 20
@@ -647,9 +719,72 @@ async fn a_stalled_reader_does_not_stall_its_neighbours_and_loses_its_channel() 
         grew >> 20
     );
 
-    // The stuck reader lost its channel, with an error (not a silent EOF), and it was counted.
+    // The slow reader was never cut, and reading at full speed now it gets every byte.
+    go_fast.notify_one();
+    let (got, hash) = tokio::time::timeout(Duration::from_secs(120), reader)
+        .await
+        .expect("the slow reader finishes")
+        .unwrap();
+    let sent = sent_hash.await.unwrap();
+    assert_eq!(got, 24 << 20, "every byte arrives");
+    assert_eq!(hash, sent, "in order, unchanged");
+    assert_eq!(pool.tunnel("node-1").unwrap().stalled_channels(), 0);
+    assert!(
+        support::wait_until(Duration::from_secs(10), || link.spilled.get() == 0
+            && link.buffered.get() == 0),
+        "spill and buffers given back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_congests_only_its_connection_and_then_loses_its_channel() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let mut cfg = fast(&cluster);
+    // No spilling: the stuck reader holds up its connection until the stall clock cuts it.
+    cfg.ssh.channel = small_buffers(&cluster, false, Duration::from_secs(4));
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    let d = dest(node.addr, ECHO_PORT);
+    wait_ready(&pool, "node-1", 10, "ready").await;
+
+    // Channel A: we push 24 MiB into the echo server and never read the echo.
+    let stuck = pool.dial(&d).await.unwrap();
+    let (mut stuck_rd, stuck_wr) = tokio::io::split(stuck);
+    let pusher = push_random(stuck_wr, 24 << 20);
     let tunnel = pool.tunnel("node-1").unwrap();
-    assert!(support::wait_until(Duration::from_secs(10), || tunnel
+    assert!(
+        support::wait_until(Duration::from_secs(10), || tunnel.is_congested()),
+        "the connection counts as congested"
+    );
+    // New dials meanwhile go to another connection, at once (far below the stall timeout).
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let s = tokio::time::timeout(Duration::from_secs(2), pool.dial(&d))
+            .await
+            .expect("a new dial does not wait behind the stuck reader")
+            .unwrap();
+        let (mut r, mut w) = tokio::io::split(s);
+        w.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(2), r.read_exact(&mut b))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(2));
+    }
+    let (conns, _) = pool.connection_load("node-1").unwrap();
+    assert!(
+        conns >= 2,
+        "an extra connection took the new dials: {conns}"
+    );
+    assert!(pool.congested_connections("node-1").unwrap() >= 1);
+    assert!(
+        node.ssh_connections() >= 2,
+        "sshd sees the extra connection"
+    );
+
+    // The stuck reader lost its channel, with an error (not a silent EOF), and it was counted.
+    assert!(support::wait_until(Duration::from_secs(15), || tunnel
         .stalled_channels()
         == 1));
     let mut sink = Vec::new();
@@ -663,6 +798,10 @@ async fn a_stalled_reader_does_not_stall_its_neighbours_and_loses_its_channel() 
         pool.status("node-1").unwrap().state,
         TunnelState::Ready,
         "the connection itself survived"
+    );
+    assert!(
+        support::wait_until(Duration::from_secs(5), || !tunnel.is_congested()),
+        "and is no longer congested"
     );
 }
 

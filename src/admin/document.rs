@@ -37,6 +37,16 @@ pub struct NodeDocument {
     /// Live SSH connections to the node: 1, plus extras past the per-connection channel limit.
     #[serde(default)]
     pub connections: usize,
+    /// Of those, connections congested now (a reader behind by its whole buffer, or bulk data
+    /// waiting for window); new dials avoid them.
+    #[serde(default)]
+    pub congested_connections: usize,
+    /// Bytes held in memory for this node's readers that are behind.
+    #[serde(default)]
+    pub buffered_bytes: u64,
+    /// Unread bytes in this node's spill files.
+    #[serde(default)]
+    pub spilled_bytes: u64,
     pub dials_total: u64,
     pub dial_failures_total: u64,
     pub bytes_in: u64,
@@ -126,6 +136,13 @@ fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant)
             .map(|c| now.saturating_duration_since(c).as_secs_f64()),
         open_channels: open,
         connections,
+        congested_connections: if draining {
+            0
+        } else {
+            pool.congested_connections(&node.name).unwrap_or(0)
+        },
+        buffered_bytes: u64::try_from(link.buffered.get()).unwrap_or(0),
+        spilled_bytes: u64::try_from(link.spilled.get()).unwrap_or(0),
         dials_total: dials,
         dial_failures_total: fails,
         bytes_in: link.bytes_in.get(),

@@ -8,6 +8,7 @@ use clap::Args;
 use kube_ssh_tunnel::nodes::AddressTypes;
 
 use super::duration::parse_duration;
+use super::size::parse_size;
 
 #[derive(Args, Debug, Clone)]
 pub struct SshArgs {
@@ -174,9 +175,40 @@ pub struct SuperviseArgs {
     #[arg(long, env = "KUBE_SSH_TUNNEL_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// A channel whose reader stops reading for this long (with its buffer full) is closed.
+    /// A channel whose reader is behind by its whole memory and spill share and does not read
+    /// at all for this long is closed (a reader that reads, however slowly, is never cut).
     #[arg(long, env = "KUBE_SSH_TUNNEL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
+
+    /// Memory one channel may hold for a reader that is behind (e.g. 4MiB).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_CHANNEL_BUFFER", default_value = "4MiB", value_parser = parse_size)]
+    pub channel_buffer: u64,
+
+    /// Memory all channels together may hold for readers that are behind.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_BUFFER_BUDGET", default_value = "256MiB", value_parser = parse_size)]
+    pub buffer_budget: u64,
+
+    /// Where spill files go (unlinked, mode 0600) when a reader is behind by its memory
+    /// share; default $TMPDIR, else /var/tmp.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+
+    /// Unread bytes one channel may hold in its spill file (0 turns spilling off).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_CHANNEL_SPILL", default_value = "1GiB", value_parser = parse_size)]
+    pub channel_spill: u64,
+
+    /// Disk all spill files together may use (0 turns spilling off).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_SPILL_BUDGET", default_value = "2GiB", value_parser = parse_size)]
+    pub spill_budget: u64,
+
+    /// Most SSH connections to one node: the supervised one plus extras opened past the
+    /// channel limit or beside a congested connection (1 turns isolation off).
+    #[arg(
+        long,
+        env = "KUBE_SSH_TUNNEL_MAX_CONNECTIONS_PER_NODE",
+        default_value_t = 8
+    )]
+    pub max_connections_per_node: usize,
 
     /// Channels per SSH connection; past it the node gets another connection (OpenSSH
     /// aborts a connection at 16,384 channels, so at most 16,383).

@@ -13,6 +13,7 @@ mod keygen;
 mod logging;
 mod run;
 mod settings;
+mod size;
 mod status;
 
 use clap::{CommandFactory, Parser, Subcommand};

@@ -11,7 +11,7 @@ use kube_ssh_tunnel::policy::Policy;
 use kube_ssh_tunnel::pool::backoff::BackoffPolicy;
 use kube_ssh_tunnel::pool::{HealthConfig, PoolConfig, Probe};
 use kube_ssh_tunnel::proxy::{ConnectFront, FrontLimits, listen};
-use kube_ssh_tunnel::ssh::ChannelLimits;
+use kube_ssh_tunnel::ssh::{BufferBudget, ChannelLimits};
 use kube_ssh_tunnel::tls::{self, ServerTrust};
 use kube_ssh_tunnel::{Node, Pool};
 use std::sync::Arc;
@@ -330,10 +330,40 @@ fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
     if s.max_handshakes == 0 {
         return Err(CliError::usage("--max-handshakes must be at least 1"));
     }
+    if s.max_connections_per_node == 0 {
+        return Err(CliError::usage(
+            "--max-connections-per-node must be at least 1 (1 turns isolation off)",
+        ));
+    }
+    if s.channel_buffer < 64 << 10 || s.channel_buffer > s.buffer_budget {
+        return Err(CliError::usage(
+            "--channel-buffer must be at least 64KiB and at most --buffer-budget",
+        ));
+    }
+    if s.stall_timeout.is_zero() {
+        return Err(CliError::usage("--stall-timeout must be greater than 0"));
+    }
+    let spill_dir = s
+        .spill_dir
+        .clone()
+        .unwrap_or_else(kube_ssh_tunnel::ssh::budget::default_spill_dir);
+    let spilling = s.spill_budget > 0 && s.channel_spill > 0;
+    if spilling && !spill_dir.is_dir() {
+        return Err(CliError::usage(format!(
+            "--spill-dir {} is not a directory; create it, point --spill-dir elsewhere, or turn spilling off with --spill-budget 0",
+            spill_dir.display()
+        )));
+    }
     let mut ssh = ssh_settings(&args.ssh)?;
     ssh.channel = ChannelLimits {
         stall_timeout: s.stall_timeout,
-        ..ChannelLimits::default()
+        recv_buffer_max: usize::try_from(s.channel_buffer).unwrap_or(usize::MAX),
+        spill_max: if spilling { s.channel_spill } else { 0 },
+        budget: std::sync::Arc::new(BufferBudget::new(
+            s.buffer_budget,
+            spilling.then_some(spill_dir),
+            s.spill_budget,
+        )),
     };
     let mut cfg = PoolConfig::new(ssh);
     let needs_tls = matches!(probe, Probe::Http { tls: true, .. });
@@ -377,6 +407,7 @@ fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
     cfg.max_handshakes = s.max_handshakes;
     cfg.max_channels_per_connection = s.max_channels_per_connection;
     cfg.overflow_idle_timeout = s.extra_connection_idle_timeout;
+    cfg.max_connections_per_node = s.max_connections_per_node;
     Ok(cfg)
 }
 

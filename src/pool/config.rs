@@ -32,6 +32,9 @@ pub struct PoolConfig {
     pub max_channels_per_connection: usize,
     /// An extra connection idle this long is closed.
     pub overflow_idle_timeout: Duration,
+    /// At most this many SSH connections to one node (the supervised one, plus extras past
+    /// the channel limit or beside congested ones). 1 turns isolation off.
+    pub max_connections_per_node: usize,
 }
 
 impl PoolConfig {
@@ -48,6 +51,7 @@ impl PoolConfig {
             reconnect_wait: None,
             max_channels_per_connection: 8192,
             overflow_idle_timeout: Duration::from_secs(60),
+            max_connections_per_node: 8,
         }
     }
 

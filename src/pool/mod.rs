@@ -64,6 +64,11 @@ impl Pool {
     /// A pool with explicit behaviour.
     pub fn with_config(cfg: PoolConfig, nodes: Vec<Node>) -> Result<Pool, ConfigError> {
         validate(&nodes)?;
+        if cfg.max_connections_per_node == 0 {
+            return Err(ConfigError::Invalid(
+                "max connections per node must be at least 1".into(),
+            ));
+        }
         if cfg.max_channels_per_connection == 0
             || cfg.max_channels_per_connection >= overflow::OPENSSH_CHANNEL_CEILING
         {
@@ -243,6 +248,11 @@ impl Pool {
         Some(self.slot(name)?.load())
     }
 
+    /// How many of node `name`'s live connections are congested now.
+    pub fn congested_connections(&self, name: &str) -> Option<usize> {
+        Some(self.slot(name)?.congested())
+    }
+
     /// Drops node `name`'s connection (its streams drain) and reconnects now.
     pub fn reconnect(&self, name: &str) -> bool {
         self.slot(name).map(|s| s.reconnect_now()).is_some()
@@ -380,6 +390,18 @@ impl Pool {
         m.tunnel_up.clear();
         m.open_channels.clear();
         m.connections.clear();
+        m.congested_connections.clear();
+        let budget = &self.cfg.ssh.channel.budget;
+        for (kind, used, limit) in [
+            ("memory", budget.memory_used(), budget.memory_limit()),
+            ("spill", budget.spill_used(), budget.spill_limit()),
+        ] {
+            let label = crate::metrics::KindLabel { kind };
+            m.buffer_budget_used.get_or_create(&label).set(used as i64);
+            m.buffer_budget_limit
+                .get_or_create(&label)
+                .set(limit as i64);
+        }
         for st in [
             TunnelState::Connecting,
             TunnelState::Ready,
@@ -412,6 +434,10 @@ impl Pool {
             let (conns, open) = self.connection_load(&node.name).unwrap_or((0, 0));
             m.open_channels.get_or_create(&label).set(open as i64);
             m.connections.get_or_create(&label).set(conns as i64);
+            let congested = self.slot(&node.name).map_or(0, |s| s.congested());
+            m.congested_connections
+                .get_or_create(&label)
+                .set(congested as i64);
         }
     }
 
@@ -430,28 +456,28 @@ impl Pool {
         result
     }
 
-    /// Opens a channel on one of the node's extra connections (making one when all are full).
+    /// Opens a channel on one of the node's extra connections (making one when all are full,
+    /// or, for isolation, all congested).
     async fn open_overflow(
         &self,
         slot: &NodeSlot,
         node: &Node,
+        reason: overflow::Reason,
         host: &str,
         port: u16,
     ) -> Result<TunnelStream, OpenError> {
         let limit = self.cfg.max_channels_per_connection;
-        match slot
-            .overflow
-            .open(
-                node,
-                host,
-                port,
-                limit,
-                &self.ssh,
-                &slot.link,
-                &self.handshakes,
-            )
-            .await
-        {
+        let dial = overflow::OverflowDial {
+            node,
+            reason,
+            limit,
+            max_connections: self.cfg.max_connections_per_node,
+            primary: slot.live(),
+            settings: &self.ssh,
+            link: &slot.link,
+            handshakes: &self.handshakes,
+        };
+        match slot.overflow.open(dial, host, port).await {
             Ok(s) => Ok(s),
             Err(overflow::OverflowError::Open(e)) => Err(e),
             Err(overflow::OverflowError::Connect(e)) => {
@@ -482,11 +508,30 @@ impl Pool {
             let node_now = slot.node();
             let host = node_now.channel_host(&dest.host);
             let limit = self.cfg.max_channels_per_connection;
-            let opened = match tunnel.open_limited(host, dest.port, limit).await {
-                Err(OpenError::AtCapacity { .. }) => {
-                    self.open_overflow(slot, &node_now, host, dest.port).await
+            // A new dial never waits behind a congested connection (ssh::congestion).
+            let opened = if tunnel.is_congested() && self.cfg.max_connections_per_node > 1 {
+                self.open_overflow(
+                    slot,
+                    &node_now,
+                    overflow::Reason::Isolation,
+                    host,
+                    dest.port,
+                )
+                .await
+            } else {
+                match tunnel.open_limited(host, dest.port, limit).await {
+                    Err(OpenError::AtCapacity { .. }) => {
+                        self.open_overflow(
+                            slot,
+                            &node_now,
+                            overflow::Reason::Capacity,
+                            host,
+                            dest.port,
+                        )
+                        .await
+                    }
+                    r => r,
                 }
-                r => r,
             };
             match opened {
                 Ok(s) => return Ok(s),

@@ -1,9 +1,16 @@
-//! Never die at the channel ceiling. OpenSSH's sshd (and `ssh`) abort a connection — with
-//! every channel on it — past 16,384 channels (`CHANNELS_MAX_CHANNELS`). The pool keeps each
-//! connection under `max_channels_per_connection`; when a node's supervised connection is
-//! full, dials go to extra connections to the same node, opened here on demand (one at a time
-//! per node, bounded by the connect timeout and the pool's handshake limit) and closed again
-//! once they have been idle for `idle_timeout`.
+//! A node's extra connections, for two reasons:
+//! - **Never die at the channel ceiling.** OpenSSH's sshd (and `ssh`) abort a connection —
+//!   with every channel on it — past 16,384 channels (`CHANNELS_MAX_CHANNELS`). The pool keeps
+//!   each connection under `max_channels_per_connection`; a dial that finds the node's
+//!   supervised connection full goes to an extra one.
+//! - **Isolation.** A new dial never waits behind a congested connection (a reader behind by
+//!   its whole buffer, or bulk data; see `ssh::congestion`): it goes to an uncongested extra
+//!   connection of the node.
+//!
+//! Extras are opened here on demand (one at a time per node, bounded by the connect timeout,
+//! the pool's handshake limit and `max_connections_per_node`) and closed again once they have
+//! been idle for `idle_timeout`. At the per-node cap a dial takes the least busy connection
+//! with room, congested or not: better a slow dial than a failed one.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +38,30 @@ pub struct Overflow {
     /// Held while a new extra connection is being made, so that a burst of dials at the
     /// ceiling makes one connection, not one each.
     grow: tokio::sync::Mutex<()>,
+}
+
+/// Why a dial comes to the extras.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The supervised connection is at the channel limit.
+    Capacity,
+    /// The supervised connection is congested.
+    Isolation,
+}
+
+/// What an extra-connection dial needs to know besides the destination.
+pub struct OverflowDial<'a> {
+    pub node: &'a Node,
+    pub reason: Reason,
+    /// Per-connection channel limit.
+    pub limit: usize,
+    /// Most connections to the node, the supervised one included.
+    pub max_connections: usize,
+    /// The supervised connection (the fallback at the cap), if live.
+    pub primary: Option<Arc<NodeTunnel>>,
+    pub settings: &'a Arc<SshSettings>,
+    pub link: &'a LinkStats,
+    pub handshakes: &'a Arc<Semaphore>,
 }
 
 /// Why a dial found no room on any of a node's connections.
@@ -93,37 +124,54 @@ impl Overflow {
         out
     }
 
-    /// Opens a channel on an extra connection with room, making a new connection when none
-    /// has any. `limit` is the per-connection channel limit.
-    #[allow(clippy::too_many_arguments)]
+    /// Live extra connections that are congested now.
+    pub fn congested(&self) -> usize {
+        let guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .iter()
+            .filter(|e| !e.tunnel.is_closed() && e.tunnel.is_congested())
+            .count()
+    }
+
+    /// Opens a channel on an extra connection with room (and, for isolation, not congested),
+    /// making a new connection when none has any and the node is under its cap; at the cap,
+    /// on the least busy connection with room.
     pub async fn open(
         &self,
-        node: &Node,
+        d: OverflowDial<'_>,
         host: &str,
         port: u16,
-        limit: usize,
-        settings: &Arc<SshSettings>,
-        link: &LinkStats,
-        handshakes: &Arc<Semaphore>,
     ) -> Result<TunnelStream, OverflowError> {
-        if let Some(r) = self.try_existing(host, port, limit).await {
+        let calm = d.reason == Reason::Isolation;
+        if let Some(r) = self.try_existing(host, port, d.limit, calm).await {
             return r;
         }
         let _growing = self.grow.lock().await;
         // Someone else may have made room while we waited.
-        if let Some(r) = self.try_existing(host, port, limit).await {
+        if let Some(r) = self.try_existing(host, port, d.limit, calm).await {
             return r;
         }
-        let permit = handshakes
+        if self.load().0 + 1 >= d.max_connections {
+            return self.fallback(&d, host, port).await;
+        }
+        let permit = d
+            .handshakes
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| OverflowError::Open(OpenError::ConnectionLost))?;
-        let tunnel = NodeTunnel::connect_with(node, settings.clone(), link.clone())
+        let tunnel = match NodeTunnel::connect_with(d.node, d.settings.clone(), d.link.clone())
             .await
-            .map_err(|e| OverflowError::Connect(Arc::new(e)))?;
+        {
+            Ok(t) => Arc::new(t),
+            Err(e) if d.reason == Reason::Isolation => {
+                drop(permit);
+                tracing::warn!(node = %d.node.name, error = %e, "could not open another connection to isolate a dial from a congested one; using the congested one");
+                return self.fallback(&d, host, port).await;
+            }
+            Err(e) => return Err(OverflowError::Connect(Arc::new(e))),
+        };
         drop(permit);
-        let tunnel = Arc::new(tunnel);
         let count = {
             let mut guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());
             guard.push(Extra {
@@ -132,16 +180,49 @@ impl Overflow {
             });
             guard.len()
         };
-        tracing::info!(
-            node = %node.name,
-            connections = count + 1,
-            limit,
-            "channel limit reached: opened another connection to the node"
-        );
+        match d.reason {
+            Reason::Capacity => tracing::info!(
+                node = %d.node.name,
+                connections = count + 1,
+                limit = d.limit,
+                "channel limit reached: opened another connection to the node"
+            ),
+            Reason::Isolation => {
+                d.link.isolation_connections.inc();
+                tracing::info!(
+                    node = %d.node.name,
+                    connections = count + 1,
+                    "the node's connections are congested: opened another one for new dials"
+                );
+            }
+        }
         tunnel
-            .open_limited(host, port, limit)
+            .open_limited(host, port, d.limit)
             .await
             .map_err(OverflowError::Open)
+    }
+
+    /// At the per-node cap: the connection with the fewest open channels that has room,
+    /// congested or not.
+    async fn fallback(
+        &self,
+        d: &OverflowDial<'_>,
+        host: &str,
+        port: u16,
+    ) -> Result<TunnelStream, OverflowError> {
+        let mut all: Vec<Arc<NodeTunnel>> = self.tunnels();
+        all.extend(d.primary.iter().filter(|t| !t.is_closed()).cloned());
+        // Uncongested first, then the least loaded.
+        all.sort_by_key(|t| (t.is_congested(), t.open_channels()));
+        for t in all {
+            match t.open_limited(host, port, d.limit).await {
+                Err(OpenError::AtCapacity { .. }) | Err(OpenError::ConnectionLost) => continue,
+                r => return r.map_err(OverflowError::Open),
+            }
+        }
+        Err(OverflowError::Open(OpenError::AtCapacity {
+            limit: d.limit,
+        }))
     }
 
     async fn try_existing(
@@ -149,8 +230,12 @@ impl Overflow {
         host: &str,
         port: u16,
         limit: usize,
+        calm_only: bool,
     ) -> Option<Result<TunnelStream, OverflowError>> {
         for t in self.tunnels() {
+            if calm_only && t.is_congested() {
+                continue;
+            }
             match t.open_limited(host, port, limit).await {
                 Err(OpenError::AtCapacity { .. }) | Err(OpenError::ConnectionLost) => continue,
                 r => return Some(r.map_err(OverflowError::Open)),

@@ -96,6 +96,11 @@ impl NodeSlot {
         }
     }
 
+    /// How many of the node's live connections are congested now.
+    pub fn congested(&self) -> usize {
+        self.overflow.congested() + self.live().map_or(0, |t| usize::from(t.is_congested()))
+    }
+
     pub(crate) fn publish(&self, t: Option<Arc<NodeTunnel>>) -> Option<Arc<NodeTunnel>> {
         match self.current.write() {
             Ok(mut g) => std::mem::replace(&mut *g, t),

@@ -1,14 +1,19 @@
 //! Everything about one SSH connection to one node: keys, known_hosts, the russh handler,
 //! the socket tuning, the connection (`NodeTunnel`) and the per-dial stream (`TunnelStream`).
 
+pub mod budget;
+pub mod congestion;
 pub mod keys;
 pub mod known_hosts;
 pub mod settings;
 pub mod socket;
+mod spill;
 pub mod stream;
 pub mod tunnel;
 pub mod verifier;
 
+pub use budget::BufferBudget;
+pub use congestion::Congestion;
 pub use keys::{Identity, IdentitySource};
 pub use known_hosts::KnownHosts;
 pub use settings::{ChannelLimits, HostKeyPolicy, LearnedHosts, SshSettings};

@@ -10,6 +10,7 @@ use russh::{Limits, Preferred, cipher, kex};
 
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
 
+use super::budget::BufferBudget;
 use super::keys::IdentitySource;
 use super::known_hosts::KnownHosts;
 use crate::error::ConfigError;
@@ -114,30 +115,37 @@ impl LearnedHosts {
     }
 }
 
-/// Receive-side limits of one channel (see `ssh::stream`).
+/// Receive-side limits of one channel (see `ssh::stream`), and the pool-wide budget they
+/// draw on.
 #[derive(Debug, Clone)]
 pub struct ChannelLimits {
-    /// Bytes buffered per channel before its reader counts as falling behind: above this the
-    /// stall clock runs, and a reader idle for `stall_timeout` loses its channel.
-    pub recv_buffer: usize,
-    /// Hard cap per channel: at this level the channel's data stops being taken from the
-    /// connection (which briefly holds up its other channels) until the reader catches up
-    /// or the stall clock closes the channel.
+    /// Most bytes one channel holds in memory for its reader (within the budget).
     pub recv_buffer_max: usize,
-    /// How long a reader with a full buffer may go without reading before its channel is
-    /// closed (logged and counted) so that it cannot hold up the rest of the connection.
+    /// Most unread bytes one channel holds in its spill file past that (0: no spilling).
+    /// A reader behind by both holds up its connection until it reads again.
+    pub spill_max: u64,
+    /// How long a reader behind by both may go without reading at all before its channel is
+    /// closed (logged and counted). A reader that reads, however slowly, is never cut.
     pub stall_timeout: Duration,
+    /// The pool-wide memory and spill budget every channel draws on.
+    pub budget: Arc<BufferBudget>,
 }
 
 impl Default for ChannelLimits {
     fn default() -> Self {
         Self {
-            recv_buffer: 4 << 20,
-            recv_buffer_max: 16 << 20,
+            recv_buffer_max: DEFAULT_CHANNEL_BUFFER,
+            spill_max: DEFAULT_CHANNEL_SPILL,
             stall_timeout: Duration::from_secs(30),
+            budget: Arc::new(BufferBudget::default()),
         }
     }
 }
+
+/// Default memory share of one channel.
+pub const DEFAULT_CHANNEL_BUFFER: usize = 4 << 20;
+/// Default spill share of one channel.
+pub const DEFAULT_CHANNEL_SPILL: u64 = 1 << 30;
 
 /// Shared connection settings for all nodes.
 #[derive(Debug, Clone)]

@@ -1,47 +1,66 @@
 //! One dial's byte stream over a `direct-tcpip` channel.
 //!
 //! Why this is more than russh's `ChannelStream`:
-//! - russh delivers channel data through a bounded queue per channel and refills the SSH
-//!   window on receipt, so a consumer that stops reading parks the whole connection. A
-//!   **pump task** per channel always drains that queue into a bounded buffer; when the buffer
-//!   is full and the consumer has not read for `stall_timeout`, the channel is closed and the
-//!   consumer gets an error, instead of every other channel of the node stalling.
+//! - russh refills the SSH window when data arrives, not when the reader consumes it, and
+//!   delivers data through a bounded queue per channel: a reader that falls behind would hold
+//!   up the whole connection. A **pump task** per channel keeps draining that queue: into
+//!   memory up to the channel's share (`ChannelLimits::recv_buffer_max`, within the pool's
+//!   `BufferBudget`), then into a private spill file (`ssh::spill`) up to `spill_max`. Only a
+//!   reader behind by both stops taking data; its connection then counts as congested
+//!   (`ssh::congestion`) and new dials go elsewhere. If such a reader does not read at all
+//!   for `stall_timeout`, its channel is closed with an error. A reader that is slow but
+//!   reading is never cut.
 //! - Writes after the node closed the channel would wait forever for window space; here they
-//!   fail with `BrokenPipe` as soon as the CLOSE arrives.
+//!   fail with `BrokenPipe` as soon as the CLOSE arrives. A write waiting for window space
+//!   marks its connection as busy with bulk data (`ssh::congestion`).
 //! - EOF goes both ways (`shutdown()` sends CHANNEL_EOF; the node's EOF reads as end of
-//!   stream) and the channel is closed once both directions are done, or when the stream is
-//!   dropped — a raw russh `Channel` never sends CLOSE, leaking the target connection on sshd.
-//! - A connection lost mid-stream reads as an error, never as a clean (truncated) EOF.
+//!   stream, after every byte held in memory or spilled) and the channel is closed once both
+//!   directions are done, or when the stream is dropped — a raw russh `Channel` never sends
+//!   CLOSE, leaking the target connection on sshd.
+//! - A connection lost mid-stream reads as an error (after the bytes that did arrive), never
+//!   as a clean (truncated) EOF.
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use russh::ChannelMsg;
 use russh::client::Msg;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::budget::BufferBudget;
+use super::congestion::Congestion;
 use super::settings::ChannelLimits;
+use super::spill::SpillFile;
 
 /// Bound on sending our CLOSE through a congested session.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// After both EOFs (or our EOF on a dropped stream), how long we wait for the node to close
 /// the channel before we do.
 const PEER_CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Most bytes moved from a spill file into memory at once.
+const REFILL_CHUNK: usize = 256 << 10;
+/// A channel with an empty memory buffer may always take this much, budget or not, so that
+/// a reader that keeps up is never held up by others' buffers (the budget can be passed by
+/// at most this much per channel).
+const FREE_CHUNK: usize = 32 << 10;
 
 struct RecvState {
     chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
     buffered: usize,
+    /// Of those, bytes charged to the budget (the rest, at most `FREE_CHUNK`, are not).
+    charged: usize,
     remote_eof: bool,
     error: Option<(io::ErrorKind, &'static str)>,
     reader: Option<Waker>,
@@ -59,6 +78,9 @@ struct Shared {
     closed: AtomicBool,
     local_eof: AtomicBool,
     dropped: AtomicBool,
+    budget: Arc<BufferBudget>,
+    /// The node's gauge of bytes held in memory.
+    buffered_gauge: Gauge,
 }
 
 impl Shared {
@@ -68,35 +90,87 @@ impl Shared {
         }
     }
 
-    fn mark_closed(&self, error: Option<(io::ErrorKind, &'static str)>) {
+    /// Ends the reader's view: EOF (`None`) or the error, after what is buffered.
+    fn finish(&self, error: Option<(io::ErrorKind, &'static str)>) {
         if let Ok(mut st) = self.recv.lock() {
             if st.error.is_none() && !st.remote_eof {
-                st.error = error;
+                match error {
+                    Some(e) => st.error = Some(e),
+                    None => st.remote_eof = true,
+                }
             }
             Self::wake_reader(&mut st);
         }
+    }
+
+    /// The channel is closed for writing.
+    fn mark_closed(&self) {
         self.closed.store(true, Ordering::Release);
         self.writer.wake();
+    }
+
+    /// Gives back the budget of `freed` bytes just taken out of the buffer.
+    fn release(&self, st: &mut RecvState, freed: usize) {
+        st.buffered -= freed;
+        if st.charged > st.buffered {
+            self.budget.give_memory((st.charged - st.buffered) as u64);
+            st.charged = st.buffered;
+        }
+        self.buffered_gauge.dec_by(freed as i64);
+    }
+
+    /// Appends a chunk for the reader (`charged`: its bytes were taken from the budget).
+    fn push(&self, st: &mut RecvState, data: Bytes, charged: bool) {
+        let n = data.len();
+        st.buffered += n;
+        if charged {
+            st.charged += n;
+        }
+        st.chunks.push_back(data);
+        self.buffered_gauge.inc_by(n as i64);
+        Self::wake_reader(st);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Both the stream and the pump are gone: what was never read gives its share back.
+        let st = self.recv.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.budget.give_memory(st.charged as u64);
+        self.buffered_gauge.dec_by(st.buffered as i64);
+        st.charged = 0;
+        st.buffered = 0;
     }
 }
 
 /// Per-node counters that outlive a connection (they are the node's metrics): bytes relayed
-/// each way and channels closed for a stalled reader.
+/// each way, bytes held for readers that are behind, and what isolation did.
 #[derive(Clone, Debug, Default)]
 pub struct LinkStats {
     /// Bytes read by consumers (from the node).
     pub bytes_in: Counter,
     /// Bytes written by producers (to the node).
     pub bytes_out: Counter,
-    /// Channels closed because their reader stalled.
+    /// Channels closed because their reader stalled (not reading at all, buffers full).
     pub stalled: Counter,
+    /// Bytes held in memory for readers now.
+    pub buffered: Gauge,
+    /// Unread bytes in spill files now.
+    pub spilled: Gauge,
+    /// Streams that needed a spill file.
+    pub spilled_streams: Counter,
+    /// Seconds any connection of the node spent congested.
+    pub congested_seconds: Counter<f64, AtomicU64>,
+    /// Extra connections opened because the others were congested.
+    pub isolation_connections: Counter,
 }
 
 /// The counters a channel updates: its place in the connection's channel count (given back
-/// when the pump ends) and the node's link stats.
+/// when the pump ends), the node's link stats and the connection's congestion state.
 pub(crate) struct ChannelCounters {
     pub(crate) open: OpenGuard,
     pub(crate) link: LinkStats,
+    pub(crate) congestion: Arc<Congestion>,
 }
 
 /// One place in a connection's channel count, taken before the channel is opened (so that
@@ -126,32 +200,38 @@ pub struct TunnelStream {
     shared: Arc<Shared>,
     tx: Pin<Box<dyn AsyncWrite + Send + Sync>>,
     node: Arc<str>,
+    destination: Arc<str>,
     link: LinkStats,
+    congestion: Arc<Congestion>,
+    /// This stream's writer is waiting for window space (counted in `congestion`).
+    write_blocked: bool,
 }
 
 impl std::fmt::Debug for TunnelStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TunnelStream")
             .field("node", &self.node)
+            .field("destination", &self.destination)
             .finish_non_exhaustive()
     }
 }
 
 impl TunnelStream {
-    /// Takes over an opened channel: spawns its pump and returns the stream.
+    /// Takes over an opened channel to `destination`: spawns its pump and returns the stream.
     pub(crate) fn start(
         channel: russh::Channel<Msg>,
         node: Arc<str>,
+        destination: Arc<str>,
         limits: ChannelLimits,
         counters: ChannelCounters,
     ) -> TunnelStream {
-        let guard = counters.open;
         let (read_half, write_half) = channel.split();
         let tx = Box::pin(write_half.make_writer());
         let shared = Arc::new(Shared {
             recv: Mutex::new(RecvState {
                 chunks: VecDeque::new(),
                 buffered: 0,
+                charged: 0,
                 remote_eof: false,
                 error: None,
                 reader: None,
@@ -163,21 +243,32 @@ impl TunnelStream {
             closed: AtomicBool::new(false),
             local_eof: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
+            budget: limits.budget.clone(),
+            buffered_gauge: counters.link.buffered.clone(),
         });
-        tokio::spawn(pump(
-            read_half,
-            write_half,
-            shared.clone(),
+        let pump = Pump {
+            shared: shared.clone(),
             limits,
-            node.clone(),
-            guard,
-            counters.link.stalled.clone(),
-        ));
+            spill: None,
+            spill_broken: false,
+            pending: None,
+            blocked: false,
+            deferred_end: None,
+            congestion: counters.congestion.clone(),
+            destination: destination.clone(),
+            node: node.clone(),
+            link: counters.link.clone(),
+            _place: counters.open,
+        };
+        tokio::spawn(pump.run(read_half, write_half));
         TunnelStream {
             shared,
             tx,
             node,
+            destination,
             link: counters.link,
+            congestion: counters.congestion,
+            write_blocked: false,
         }
     }
 
@@ -192,175 +283,331 @@ enum PumpEnd {
     BothEof,
     /// The stream was dropped: we send EOF and let the node close (bounded), as above.
     Dropped,
-    /// The reader stalled: we close at once, to stop the flood.
+    /// The reader stalled, or the spill file failed: we close at once.
     Done,
     /// The node closed the channel (or the connection ended): nothing to send.
     Remote,
 }
 
-async fn pump(
-    mut rx: russh::ChannelReadHalf,
-    wh: russh::ChannelWriteHalf<Msg>,
+/// How the reader's view ends once everything held has been delivered.
+type ReaderEnd = Option<(io::ErrorKind, &'static str)>;
+
+/// The receive side of one channel (see the module comment).
+struct Pump {
     shared: Arc<Shared>,
     limits: ChannelLimits,
+    spill: Option<SpillFile>,
+    /// Making or writing the spill file failed: no more spilling for this channel.
+    spill_broken: bool,
+    /// Received but not yet placed (memory and spill are full): the connection waits.
+    pending: Option<Bytes>,
+    /// Counted as a blocked reader in `congestion`.
+    blocked: bool,
+    /// The node's EOF or CLOSE came while bytes were still spilled: delivered after them.
+    deferred_end: Option<ReaderEnd>,
+    congestion: Arc<Congestion>,
+    destination: Arc<str>,
     node: Arc<str>,
-    _guard: OpenGuard,
-    stalled: Counter,
-) {
-    let end = loop {
-        if shared.dropped.load(Ordering::Acquire) {
-            break PumpEnd::Dropped;
-        }
-        let both_eof = shared.local_eof.load(Ordering::Acquire)
-            && shared.recv.lock().map(|s| s.remote_eof).unwrap_or(true);
-        if both_eof {
-            break PumpEnd::BothEof;
-        }
-        let msg = tokio::select! {
-            biased;
-            _ = shared.event.notified() => continue,
-            msg = rx.wait() => msg,
+    link: LinkStats,
+    /// The channel's place in its connection's count, given back when the pump ends.
+    _place: OpenGuard,
+}
+
+/// What one placement attempt did.
+enum Placed {
+    Yes,
+    /// No room anywhere: keep it and wait for the reader.
+    No(Bytes),
+}
+
+impl Pump {
+    async fn run(mut self, mut rx: russh::ChannelReadHalf, wh: russh::ChannelWriteHalf<Msg>) {
+        let end = self.receive(&mut rx).await;
+        self.unblock();
+        // After both EOFs sshd closes the channel itself. Let it: in russh 0.65 a channel the
+        // client closes first is never removed from the session's channel map (the peer's
+        // CLOSE reply is ignored), so closing first leaks ~3.4 KiB per channel for the life of
+        // the connection (measured: +17 MiB per 5,000 channels). A dropped stream therefore
+        // sends EOF and waits for the node's CLOSE too; we close first only if it does not
+        // come in time, or to cut off a stalled reader.
+        let end = match end {
+            PumpEnd::BothEof | PumpEnd::Dropped => {
+                self.drop_held();
+                if !self.shared.local_eof.load(Ordering::Acquire) {
+                    // Tell the node we are done; it then ends its side and closes the channel.
+                    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, wh.eof()).await;
+                }
+                // Whatever still arrives is discarded (nobody reads it any more).
+                let peer_closed = tokio::time::timeout(PEER_CLOSE_WAIT, async {
+                    loop {
+                        match rx.wait().await {
+                            Some(ChannelMsg::Close) | None => return true,
+                            Some(_) => {}
+                        }
+                    }
+                })
+                .await
+                .unwrap_or(false);
+                if peer_closed {
+                    self.shared.mark_closed();
+                    PumpEnd::Remote
+                } else {
+                    PumpEnd::Done
+                }
+            }
+            other => other,
         };
-        match msg {
-            Some(ChannelMsg::Data { data }) => {
-                if data.is_empty() {
+        // Stop taking this channel's data first: russh's session loop may be blocked
+        // delivering into this channel's full queue, and would then never send the CLOSE below.
+        drop(rx);
+        if let PumpEnd::Done = end {
+            self.drop_held();
+            // Closing a channel the peer already closed is harmless; a congested session must
+            // not hold this task forever.
+            let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, wh.close()).await;
+            self.shared.mark_closed();
+            self.shared
+                .finish(Some((io::ErrorKind::BrokenPipe, "the channel is closed")));
+        }
+    }
+
+    /// Takes the channel's messages until it ends; then delivers what is still spilled.
+    async fn receive(&mut self, rx: &mut russh::ChannelReadHalf) -> PumpEnd {
+        let shared = self.shared.clone();
+        loop {
+            if shared.dropped.load(Ordering::Acquire) {
+                return PumpEnd::Dropped;
+            }
+            if let Err(end) = self.refill() {
+                return end;
+            }
+            if let Some(data) = self.pending.take() {
+                if let Placed::No(data) = self.place(data) {
+                    self.pending = Some(data);
+                    if let Some(end) = self.wait_for_reader().await {
+                        return end;
+                    }
                     continue;
                 }
-                match push_with_backpressure(&shared, &limits, data, &node).await {
-                    Push::Taken => {}
-                    Push::Dropped => break PumpEnd::Dropped,
-                    Push::Stalled => {
-                        stalled.inc();
-                        break PumpEnd::Done;
+                self.unblock();
+            }
+            let spilled = self.spill.as_ref().is_some_and(|s| !s.is_empty());
+            if let Some(end) = self.deferred_end.filter(|_| !spilled) {
+                shared.finish(end);
+                if end.is_some() || shared.closed.load(Ordering::Acquire) {
+                    return PumpEnd::Remote;
+                }
+                self.deferred_end = None;
+            }
+            let both_eof = shared.local_eof.load(Ordering::Acquire)
+                && shared.recv.lock().map(|s| s.remote_eof).unwrap_or(true);
+            if both_eof {
+                return PumpEnd::BothEof;
+            }
+            let rx_open = !shared.closed.load(Ordering::Acquire);
+            if !rx_open && !spilled {
+                // The node closed the channel and everything was delivered.
+                return PumpEnd::Remote;
+            }
+            let msg = tokio::select! {
+                biased;
+                _ = shared.event.notified() => continue,
+                _ = shared.space.notified(), if spilled => continue,
+                msg = rx.wait(), if rx_open && self.deferred_end.is_none() => msg,
+            };
+            match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if !data.is_empty()
+                        && let Placed::No(data) = self.place(data)
+                    {
+                        self.pending = Some(data);
                     }
                 }
+                Some(ChannelMsg::Eof) => self.end_when_delivered(None),
+                Some(ChannelMsg::Close) => {
+                    shared.mark_closed();
+                    self.end_when_delivered(Some((
+                        io::ErrorKind::ConnectionReset,
+                        "the node closed the channel without EOF",
+                    )));
+                }
+                None => {
+                    shared.mark_closed();
+                    self.end_when_delivered(Some((
+                        io::ErrorKind::ConnectionAborted,
+                        "the SSH connection to the node was lost",
+                    )));
+                }
+                Some(_) => {}
             }
-            Some(ChannelMsg::Eof) => {
-                if let Ok(mut st) = shared.recv.lock() {
-                    st.remote_eof = true;
-                    Shared::wake_reader(&mut st);
+        }
+    }
+
+    /// The reader sees the end (`None`: EOF) after every byte held for it.
+    fn end_when_delivered(&mut self, end: ReaderEnd) {
+        // A CLOSE after EOF is no error: the EOF stands.
+        if matches!(self.deferred_end, Some(None)) {
+            return;
+        }
+        self.deferred_end = Some(end);
+    }
+
+    /// Puts `data` where the reader will find it, in order: memory while nothing is spilled
+    /// and the channel's share and the budget allow, else the spill file.
+    fn place(&mut self, data: Bytes) -> Placed {
+        let n = data.len();
+        if self.spill.as_ref().is_none_or(|s| s.is_empty()) {
+            let Ok(mut st) = self.shared.recv.lock() else {
+                return Placed::Yes;
+            };
+            if st.buffered + n <= self.limits.recv_buffer_max
+                && self.limits.budget.take_memory(n as u64)
+            {
+                self.shared.push(&mut st, data, true);
+                return Placed::Yes;
+            }
+            if st.buffered == 0 {
+                self.shared.push(&mut st, data, false);
+                return Placed::Yes;
+            }
+        }
+        if self.spill_broken || self.limits.spill_max == 0 {
+            return Placed::No(data);
+        }
+        if self.spill.is_none() {
+            let Some(dir) = self.limits.budget.spill_dir() else {
+                return Placed::No(data);
+            };
+            match SpillFile::create(dir, self.limits.spill_max, self.limits.budget.clone()) {
+                Ok(f) => {
+                    self.link.spilled_streams.inc();
+                    tracing::debug!(node = %self.node, destination = %self.destination, "reader behind: spilling to a file");
+                    self.spill = Some(f);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.node, dir = %dir.display(), error = %e, "cannot make a spill file; this channel's reader will hold up its connection instead");
+                    self.spill_broken = true;
+                    return Placed::No(data);
                 }
             }
-            Some(ChannelMsg::Close) => {
-                shared.mark_closed(Some((
-                    io::ErrorKind::ConnectionReset,
-                    "the node closed the channel without EOF",
-                )));
-                break PumpEnd::Remote;
-            }
-            None => {
-                shared.mark_closed(Some((
-                    io::ErrorKind::ConnectionAborted,
-                    "the SSH connection to the node was lost",
-                )));
-                break PumpEnd::Remote;
-            }
-            Some(_) => {}
         }
-    };
-    // After both EOFs sshd closes the channel itself. Let it: in russh 0.65 a channel the
-    // client closes first is never removed from the session's channel map (the peer's CLOSE
-    // reply is ignored), so closing first leaks ~3.4 KiB per channel for the life of the
-    // connection (measured: +17 MiB per 5,000 channels). A dropped stream therefore sends EOF
-    // and waits for the node's CLOSE too; we close first only if it does not come in time,
-    // or to cut off a stalled reader.
-    let end = match end {
-        PumpEnd::BothEof | PumpEnd::Dropped => {
-            if !shared.local_eof.load(Ordering::Acquire) {
-                // Tell the node we are done; it then ends its side and closes the channel.
-                let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, wh.eof()).await;
+        let Some(spill) = self.spill.as_mut() else {
+            return Placed::No(data);
+        };
+        match spill.append(&data) {
+            Ok(true) => {
+                self.link.spilled.inc_by(n as i64);
+                Placed::Yes
             }
-            // Whatever still arrives is discarded (nobody reads it any more).
-            let peer_closed = tokio::time::timeout(PEER_CLOSE_WAIT, async {
-                loop {
-                    match rx.wait().await {
-                        Some(ChannelMsg::Close) | None => return true,
-                        Some(_) => {}
+            Ok(false) => Placed::No(data),
+            Err(e) => {
+                tracing::warn!(node = %self.node, error = %e, "writing the spill file failed; this channel's reader will hold up its connection instead");
+                self.spill_broken = true;
+                Placed::No(data)
+            }
+        }
+    }
+
+    /// Moves spilled bytes into memory while the channel's share allows. A spill file that
+    /// cannot be read ends the channel with an error (bytes must not go missing silently).
+    fn refill(&mut self) -> Result<(), PumpEnd> {
+        loop {
+            let Some(spill) = self.spill.as_mut().filter(|s| !s.is_empty()) else {
+                return Ok(());
+            };
+            let Ok(mut st) = self.shared.recv.lock() else {
+                return Ok(());
+            };
+            let room = self.limits.recv_buffer_max.saturating_sub(st.buffered);
+            let mut want = room.min(REFILL_CHUNK).min(spill.len() as usize);
+            let charged = want > 0 && self.limits.budget.take_memory(want as u64);
+            if !charged {
+                if st.buffered > 0 {
+                    return Ok(());
+                }
+                want = FREE_CHUNK.min(spill.len() as usize);
+            }
+            match spill.take(want) {
+                Ok(data) => {
+                    self.link.spilled.dec_by(data.len() as i64);
+                    self.shared.push(&mut st, data, charged);
+                }
+                Err(e) => {
+                    if charged {
+                        self.limits.budget.give_memory(want as u64);
                     }
+                    drop(st);
+                    tracing::error!(node = %self.node, destination = %self.destination, error = %e, "reading the spill file failed; closing the channel");
+                    self.shared.finish(Some((
+                        io::ErrorKind::Other,
+                        "reading this channel's spill file failed; channel closed",
+                    )));
+                    return Err(PumpEnd::Done);
                 }
-            })
-            .await
-            .unwrap_or(false);
-            if peer_closed {
-                shared.mark_closed(None);
-                PumpEnd::Remote
-            } else {
-                PumpEnd::Done
             }
         }
-        other => other,
-    };
-    // Stop taking this channel's data first: russh's session loop may be blocked delivering
-    // into this channel's full queue, and would then never send the CLOSE below.
-    drop(rx);
-    if let PumpEnd::Done = end {
-        // Closing a channel the peer already closed is harmless; a congested session must not
-        // hold this task forever.
-        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, wh.close()).await;
-        shared.mark_closed(Some((io::ErrorKind::BrokenPipe, "the channel is closed")));
+    }
+
+    /// Waits, with data that fits nowhere, until the reader frees space. The connection is
+    /// congested meanwhile. A reader that does not read at all for `stall_timeout` loses the
+    /// channel (returns the end); one that reads, however slowly, keeps it.
+    async fn wait_for_reader(&mut self) -> Option<PumpEnd> {
+        let (idle, held) = {
+            let st = self.shared.recv.lock().ok()?;
+            (st.last_read.elapsed(), st.buffered)
+        };
+        let spilled = self.spill.as_ref().map_or(0, |s| s.len());
+        if !self.blocked {
+            self.blocked = true;
+            self.congestion
+                .reader_blocked(&self.destination, held as u64 + spilled);
+        }
+        if idle >= self.limits.stall_timeout {
+            self.link.stalled.inc();
+            tracing::warn!(
+                node = %self.node,
+                destination = %self.destination,
+                buffered = held,
+                spilled,
+                stalled_for = ?idle,
+                "closing a channel whose reader stopped reading"
+            );
+            self.shared.finish(Some((
+                io::ErrorKind::TimedOut,
+                "the reader of this channel stalled; channel closed to protect the others",
+            )));
+            return Some(PumpEnd::Done);
+        }
+        let wait = self.limits.stall_timeout.saturating_sub(idle);
+        tokio::select! {
+            _ = self.shared.space.notified() => {}
+            _ = self.shared.event.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        None
+    }
+
+    /// No longer waiting for the reader (if it was).
+    fn unblock(&mut self) {
+        if self.blocked {
+            self.blocked = false;
+            self.congestion.reader_caught_up();
+        }
+    }
+
+    /// Drops what nobody will read: the pending chunk and the spill file.
+    fn drop_held(&mut self) {
+        self.pending = None;
+        if let Some(s) = self.spill.take() {
+            self.link.spilled.dec_by(s.len() as i64);
+        }
     }
 }
 
-enum Push {
-    Taken,
-    /// The stream was dropped while we waited.
-    Dropped,
-    /// The reader stalled past the limit: the channel must be closed.
-    Stalled,
-}
-
-/// Buffers `data` for the reader. Below `recv_buffer` it is simply taken. Above it the stall
-/// clock runs: a reader idle for `stall_timeout` loses the channel. At `recv_buffer_max` the
-/// pump waits (holding up this connection) until the reader frees space or the clock expires.
-async fn push_with_backpressure(
-    shared: &Shared,
-    limits: &ChannelLimits,
-    data: Bytes,
-    node: &str,
-) -> Push {
-    let mut data = Some(data);
-    loop {
-        let wait = {
-            let Ok(mut st) = shared.recv.lock() else {
-                return Push::Dropped;
-            };
-            if let Some(d) = data
-                .take_if(|d| st.buffered + d.len() <= limits.recv_buffer_max || st.buffered == 0)
-            {
-                st.buffered += d.len();
-                st.chunks.push_back(d);
-                Shared::wake_reader(&mut st);
-            }
-            let idle = st.last_read.elapsed();
-            let behind = st.buffered > limits.recv_buffer;
-            if behind && idle >= limits.stall_timeout {
-                st.error = Some((
-                    io::ErrorKind::TimedOut,
-                    "the reader of this channel stalled; channel closed to protect the others",
-                ));
-                Shared::wake_reader(&mut st);
-                tracing::warn!(
-                    node = %node,
-                    buffered = st.buffered,
-                    stalled_for = ?idle,
-                    "closing a channel whose reader stopped reading"
-                );
-                return Push::Stalled;
-            }
-            if data.is_none() {
-                return Push::Taken;
-            }
-            limits.stall_timeout - idle
-        };
-        tokio::select! {
-            _ = shared.space.notified() => {}
-            _ = shared.event.notified() => {
-                if shared.dropped.load(Ordering::Acquire) {
-                    return Push::Dropped;
-                }
-            }
-            _ = tokio::time::sleep(wait) => {}
-        }
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.unblock();
+        self.drop_held();
     }
 }
 
@@ -389,7 +636,7 @@ impl AsyncRead for TunnelStream {
                     let _ = front.split_to(n);
                 }
             }
-            st.buffered -= freed;
+            shared.release(&mut st, freed);
             st.last_read = Instant::now();
             drop(st);
             shared.space.notify_one();
@@ -399,7 +646,7 @@ impl AsyncRead for TunnelStream {
         if let Some((kind, msg)) = st.error {
             return Poll::Ready(Err(io::Error::new(kind, msg)));
         }
-        if st.remote_eof || shared.closed.load(Ordering::Acquire) {
+        if st.remote_eof {
             return Poll::Ready(Ok(()));
         }
         st.last_read = Instant::now();
@@ -411,6 +658,18 @@ impl AsyncRead for TunnelStream {
 impl TunnelStream {
     fn closed_error() -> io::Error {
         io::Error::new(io::ErrorKind::BrokenPipe, "the channel is closed")
+    }
+
+    fn set_write_blocked(&mut self, blocked: bool) {
+        if blocked == self.write_blocked {
+            return;
+        }
+        self.write_blocked = blocked;
+        if blocked {
+            self.congestion.writer_blocked(&self.destination);
+        } else {
+            self.congestion.writer_unblocked();
+        }
     }
 }
 
@@ -428,14 +687,20 @@ impl AsyncWrite for TunnelStream {
         }
         self.shared.writer.register(cx.waker());
         if self.shared.closed.load(Ordering::Acquire) {
+            self.set_write_blocked(false);
             return Poll::Ready(Err(Self::closed_error()));
         }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
         let r = self.tx.as_mut().poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.link.bytes_out.inc_by(*n as u64);
+        match &r {
+            Poll::Ready(Ok(n)) => {
+                self.link.bytes_out.inc_by(*n as u64);
+                self.set_write_blocked(false);
+            }
+            Poll::Ready(Err(_)) => self.set_write_blocked(false),
+            Poll::Pending => self.set_write_blocked(true),
         }
         r
     }
@@ -466,6 +731,7 @@ impl AsyncWrite for TunnelStream {
 
 impl Drop for TunnelStream {
     fn drop(&mut self) {
+        self.set_write_blocked(false);
         self.shared.dropped.store(true, Ordering::Release);
         self.shared.event.notify_one();
         self.shared.space.notify_one();

@@ -11,6 +11,7 @@ use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::congestion::Congestion;
 use super::known_hosts::Verdict;
 use super::settings::SshSettings;
 use super::socket::QuickAckStream;
@@ -31,6 +32,7 @@ pub struct NodeTunnel {
     host_key: String,
     open_channels: Arc<AtomicUsize>,
     link: LinkStats,
+    congestion: Arc<Congestion>,
     disconnect_reason: Arc<Mutex<Option<String>>>,
     settings: Arc<SshSettings>,
 }
@@ -174,8 +176,10 @@ impl NodeTunnel {
         }
         let host_key = host_report.offered.unwrap_or_default();
         tracing::debug!(node = %node.name, %addr, %host_key, "SSH connection ready");
+        let name: Arc<str> = Arc::from(node.name.as_str());
         Ok(NodeTunnel {
-            name: Arc::from(node.name.as_str()),
+            congestion: Arc::new(Congestion::new(name.clone(), closed.clone(), link.clone())),
+            name,
             node: node.clone(),
             handle: Arc::new(handle),
             closed,
@@ -200,6 +204,12 @@ impl NodeTunnel {
     /// Channels open or being opened on this connection.
     pub fn open_channels(&self) -> usize {
         self.open_channels.load(Ordering::Acquire)
+    }
+
+    /// True while a new channel here would wait behind a slow reader or bulk data (see
+    /// `ssh::congestion`); the pool then prefers another connection of the node.
+    pub fn is_congested(&self) -> bool {
+        self.congestion.is_congested()
     }
 
     /// Channels closed because their reader stalled past the limit (see `ssh::stream`).
@@ -259,7 +269,9 @@ impl NodeTunnel {
         let counters = ChannelCounters {
             open: place,
             link: self.link.clone(),
+            congestion: self.congestion.clone(),
         };
+        let destination: Arc<str> = Arc::from(crate::destination::join_host_port(host, port));
         // The open runs in its own task so that giving up on it never leaks a channel that
         // sshd confirms afterwards: the task then closes it.
         tokio::spawn(async move {
@@ -276,7 +288,7 @@ impl NodeTunnel {
                         let _ = channel.close().await;
                         return;
                     }
-                    let stream = TunnelStream::start(channel, name, limits, counters);
+                    let stream = TunnelStream::start(channel, name, destination, limits, counters);
                     // If the caller left in the meantime, dropping the stream closes it.
                     let _ = tx.send(Ok(stream));
                 }

@@ -1,0 +1,597 @@
+//! Stream isolation through the daemon's CONNECT front, against a real sshd node: a slow
+//! reader or bulk traffic on a node must not hold up the node's new dials, the bytes of the
+//! slow stream all arrive, and what readers that are behind hold stays within the budget.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kube_ssh_tunnel::admin::client::{Endpoint, request};
+use sha2::{Digest, Sha256};
+use support::Cluster;
+use support::daemon::Daemon;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixStream};
+
+/// The bytes every source sends: a random block of an odd size, repeated, so that a lost,
+/// doubled or reordered SSH packet changes the hash.
+struct Pattern(Arc<Vec<u8>>);
+
+impl Pattern {
+    fn new() -> Pattern {
+        use rand::RngCore;
+        let mut b = vec![0u8; (1 << 20) + 7];
+        rand::rng().fill_bytes(&mut b);
+        Pattern(Arc::new(b))
+    }
+
+    /// SHA-256 of the first `len` bytes.
+    fn hash(&self, len: u64) -> Vec<u8> {
+        let mut h = Sha256::new();
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(self.0.len() as u64) as usize;
+            h.update(&self.0[..n]);
+            left -= n as u64;
+        }
+        h.finalize().to_vec()
+    }
+}
+
+/// A source on `addr`: each connection gets `len` bytes of the pattern, then EOF.
+async fn source(addr: std::net::Ipv4Addr, pattern: &Pattern, len: u64) -> String {
+    let l = TcpListener::bind((addr, 0)).await.unwrap();
+    let at = l.local_addr().unwrap().to_string();
+    let block = pattern.0.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let block = block.clone();
+            tokio::spawn(async move {
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    if s.write_all(&block[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    at
+}
+
+/// An echo server on `addr`.
+async fn echo(addr: std::net::Ipv4Addr) -> String {
+    let l = TcpListener::bind((addr, 0)).await.unwrap();
+    let at = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    at
+}
+
+/// A sink on `addr` that reads and drops everything.
+async fn sink(addr: std::net::Ipv4Addr) -> String {
+    let l = TcpListener::bind((addr, 0)).await.unwrap();
+    let at = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    at
+}
+
+/// kube-apiserver's CONNECT on the front's socket; the stream once the answer is 200.
+async fn connect(sock: &Path, target: &str) -> Result<UnixStream, String> {
+    let mut s = UnixStream::connect(sock).await.map_err(|e| e.to_string())?;
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        head.push(s.read_u8().await.map_err(|e| e.to_string())?);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(s)
+    } else {
+        Err(head)
+    }
+}
+
+/// A new CONNECT + a 1-byte echo, within `limit`; how long it took.
+async fn echo_within(sock: &Path, target: &str, limit: Duration) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    tokio::time::timeout(limit, async {
+        let mut s = connect(sock, target).await?;
+        s.write_all(b"x").await.map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(())
+    })
+    .await
+    .map_err(|_| format!("no answer within {limit:?}"))??;
+    Ok(t0.elapsed())
+}
+
+/// The daemon on one node, with its sockets; `extra` flags added.
+struct Running {
+    d: Daemon,
+    admin: PathBuf,
+    proxy: PathBuf,
+}
+
+fn start(c: &Cluster, extra: &[&str]) -> Running {
+    // A node file, so that each node's pod CIDR routes (the sources live on pod addresses).
+    let mut toml = String::new();
+    for n in &c.nodes {
+        toml.push_str(&format!(
+            "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nssh_port = {}\npod_cidrs = [\"{}\"]\n",
+            n.name, n.addr, n.ssh_port, n.pod_cidr
+        ));
+    }
+    let file = c.path().join("nodes.toml");
+    std::fs::write(&file, toml).unwrap();
+    let mut args = c.daemon_args();
+    args.extend(["--nodes".to_string(), file.display().to_string()]);
+    args.extend(["--health-probe".to_string(), "none".into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let d = Daemon::start(&args);
+    let admin = c.path().join("admin.sock");
+    let proxy = c.path().join("proxy.sock");
+    assert!(
+        support::wait_until(Duration::from_secs(20), || proxy.exists() && admin.exists()),
+        "daemon sockets: {}",
+        d.log()
+    );
+    Running { d, admin, proxy }
+}
+
+impl Running {
+    async fn get(&self, path: &str) -> String {
+        request(
+            &Endpoint::Unix(self.admin.clone()),
+            "GET",
+            path,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .1
+    }
+
+    /// The first node's entry of /status.
+    async fn node(&self) -> serde_json::Value {
+        let doc: serde_json::Value = serde_json::from_str(&self.get("/status").await).unwrap();
+        doc["nodes"][0].clone()
+    }
+
+    /// Polls the first node's /status entry until `pred` holds (at most `limit`).
+    async fn wait_node(&self, limit: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if pred(&self.node().await) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.d.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A metric's value from the OpenMetrics text (the first series whose line starts so).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Reads a CONNECT stream: slowly (10 KiB every 100 ms, about 100 KB/s) until `fast` is set,
+/// then at full speed to the end; returns the byte count and SHA-256. Bounded by `limit`.
+fn slow_reader(
+    mut s: UnixStream,
+    fast: Arc<AtomicBool>,
+    limit: Duration,
+) -> tokio::task::JoinHandle<(u64, Vec<u8>)> {
+    tokio::spawn(async move {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0u64;
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            let fast_now = fast.load(Ordering::Acquire);
+            let want = if fast_now { buf.len() } else { 10 << 10 };
+            let n = match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf[..want]))
+                .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => n,
+            };
+            h.update(&buf[..n]);
+            got += n as u64;
+            if !fast_now {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        (got, h.finalize().to_vec())
+    })
+}
+
+/// One slow reader of a 256 MiB source, then 200 new CONNECTs to the same node, each of which
+/// must answer within 2 s; then the slow reader reads at full speed and must get every byte.
+async fn slow_reader_case(spill: bool) {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let pattern = Pattern::new();
+    const LEN: u64 = 256 << 20;
+    let src = source(node.pod_addr, &pattern, LEN).await;
+    let ech = echo(node.pod_addr).await;
+    let spill_dir = cluster.path().join("spill");
+    std::fs::create_dir_all(&spill_dir).unwrap();
+    let spill_flags = [
+        "--spill-dir".to_string(),
+        spill_dir.display().to_string(),
+        "--spill-budget".into(),
+        if spill { "1GiB" } else { "0" }.into(),
+    ];
+    let flags: Vec<&str> = spill_flags.iter().map(String::as_str).collect();
+    let r = start(&cluster, &flags);
+    assert!(
+        r.wait_node(Duration::from_secs(20), |n| n["state"] == "ready")
+            .await,
+        "ready: {}",
+        r.d.log()
+    );
+
+    let slow = connect(&r.proxy, &src)
+        .await
+        .expect("the slow stream opens");
+    let fast = Arc::new(AtomicBool::new(false));
+    let reader = slow_reader(slow, fast.clone(), Duration::from_secs(240));
+    // Wait until the reader is behind by its memory share: spilling, or (spill off) holding
+    // up its connection.
+    let behind = r
+        .wait_node(Duration::from_secs(30), |n| {
+            if spill {
+                n["spilled_bytes"].as_u64().unwrap_or(0) > 0
+            } else {
+                n["congested_connections"].as_u64().unwrap_or(0) >= 1
+            }
+        })
+        .await;
+    assert!(behind, "the slow reader falls behind: {}", r.node().await);
+
+    let mut worst = Duration::ZERO;
+    for i in 0..200 {
+        match echo_within(&r.proxy, &ech, Duration::from_secs(2)).await {
+            Ok(took) => worst = worst.max(took),
+            Err(e) => panic!(
+                "new CONNECT {i} beside the slow reader failed: {e}\n{}\n{}",
+                r.node().await,
+                r.d.log()
+            ),
+        }
+    }
+    let during = r.node().await;
+    eprintln!(
+        "spill {spill}: 200 CONNECTs beside a slow reader, slowest {worst:?}; node: {during}"
+    );
+    let metrics = r.get("/metrics").await;
+    if spill {
+        assert!(during["spilled_bytes"].as_u64().unwrap() > 0, "{during}");
+        assert!(
+            metric(
+                &metrics,
+                "kube_ssh_tunnel_spilled_streams_total{node=\"node-1\"}"
+            ) >= 1.0
+        );
+        assert!(
+            metric(
+                &metrics,
+                "kube_ssh_tunnel_buffer_budget_used_bytes{kind=\"spill\"}"
+            ) > 0.0,
+            "{metrics}"
+        );
+    } else {
+        assert!(
+            during["congested_connections"].as_u64().unwrap() >= 1,
+            "{during}"
+        );
+        assert!(during["connections"].as_u64().unwrap() >= 2, "{during}");
+        assert!(
+            node.ssh_connections() >= 2,
+            "sshd sees the extra connection"
+        );
+        assert!(
+            metric(
+                &metrics,
+                "kube_ssh_tunnel_isolation_connections_total{node=\"node-1\"}"
+            ) >= 1.0,
+            "{metrics}"
+        );
+        assert!(
+            metric(
+                &metrics,
+                "kube_ssh_tunnel_congested_seconds_total{node=\"node-1\"}"
+            ) > 0.0,
+            "{metrics}"
+        );
+        assert!(
+            r.d.log().contains("connection congested"),
+            "the congestion is logged: {}",
+            r.d.log()
+        );
+    }
+
+    // Now the slow reader catches up at full speed: every byte, in order.
+    fast.store(true, Ordering::Release);
+    let (got, hash) = tokio::time::timeout(Duration::from_secs(240), reader)
+        .await
+        .expect("the slow reader finishes")
+        .unwrap();
+    assert_eq!(got, LEN, "every byte of the slow stream arrives");
+    assert!(hash == pattern.hash(LEN), "the slow stream is intact");
+    let after = r.node().await;
+    assert!(
+        r.wait_node(Duration::from_secs(10), |n| n["buffered_bytes"] == 0
+            && n["spilled_bytes"] == 0
+            && n["congested_connections"] == 0)
+            .await,
+        "buffers given back and no longer congested: {after}"
+    );
+    if !spill {
+        assert!(
+            r.d.log().contains("no longer congested"),
+            "the recovery is logged"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_spills_and_new_connects_to_its_node_answer_at_once() {
+    slow_reader_case(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_spilling_a_slow_reader_congests_one_connection_and_new_connects_go_to_another() {
+    slow_reader_case(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_upload_and_download_do_not_hold_up_new_connects() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let pattern = Pattern::new();
+    let src = source(node.pod_addr, &pattern, 64 << 30).await;
+    let snk = sink(node.pod_addr).await;
+    let ech = echo(node.pod_addr).await;
+    let r = start(&cluster, &[]);
+    assert!(
+        r.wait_node(Duration::from_secs(20), |n| n["state"] == "ready")
+            .await
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    // Bulk upload and bulk download, each until told to stop (at most 120 s).
+    let mut up = connect(&r.proxy, &snk).await.unwrap();
+    let mut down = connect(&r.proxy, &src).await.unwrap();
+    let (s1, s2) = (stop.clone(), stop.clone());
+    let uploader = tokio::spawn(async move {
+        let buf = vec![0x5au8; 64 << 10];
+        let (mut sent, end) = (0u64, Instant::now() + Duration::from_secs(120));
+        while !s1.load(Ordering::Acquire) && Instant::now() < end {
+            if up.write_all(&buf).await.is_err() {
+                break;
+            }
+            sent += buf.len() as u64;
+        }
+        sent
+    });
+    let downloader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        let (mut got, end) = (0u64, Instant::now() + Duration::from_secs(120));
+        while !s2.load(Ordering::Acquire) && Instant::now() < end {
+            match down.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+        }
+        got
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut worst = Duration::ZERO;
+    for i in 0..200 {
+        match echo_within(&r.proxy, &ech, Duration::from_secs(2)).await {
+            Ok(took) => worst = worst.max(took),
+            Err(e) => panic!("new CONNECT {i} during bulk traffic failed: {e}"),
+        }
+    }
+    let during = r.node().await;
+    stop.store(true, Ordering::Release);
+    let sent = uploader.await.unwrap();
+    let got = downloader.await.unwrap();
+    eprintln!(
+        "bulk: uploaded {} MiB, downloaded {} MiB, slowest of 200 CONNECTs {worst:?}; node: {during}",
+        sent >> 20,
+        got >> 20
+    );
+    assert!(
+        sent > 8 << 20 && got > 8 << 20,
+        "both bulk streams moved data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_slow_readers_stay_within_the_budget_and_only_a_reader_that_stops_is_cut() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let pattern = Pattern::new();
+    const LEN: u64 = 48 << 20;
+    const READERS: usize = 6;
+    let src = source(node.pod_addr, &pattern, LEN).await;
+    let ech = echo(node.pod_addr).await;
+    let spill_dir = cluster.path().join("spill");
+    std::fs::create_dir_all(&spill_dir).unwrap();
+    let spill = spill_dir.display().to_string();
+    let r = start(
+        &cluster,
+        &[
+            "--channel-buffer",
+            "4MiB",
+            "--buffer-budget",
+            "16MiB",
+            "--spill-dir",
+            &spill,
+            "--channel-spill",
+            "8MiB",
+            "--spill-budget",
+            "24MiB",
+            "--stall-timeout",
+            "5s",
+        ],
+    );
+    assert!(
+        r.wait_node(Duration::from_secs(20), |n| n["state"] == "ready")
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = r.rss_kib();
+
+    // Six slow readers (about 100 KB/s each) of 48 MiB sources: together they are far
+    // behind, much more than the 16 MiB memory and 24 MiB spill budgets.
+    let fast = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..READERS - 1 {
+        let s = connect(&r.proxy, &src).await.expect("slow stream opens");
+        readers.push(slow_reader(s, fast.clone(), Duration::from_secs(240)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // And one reader that stops reading altogether.
+    let mut stopped = connect(&r.proxy, &src).await.expect("stream opens");
+    let mut first = vec![0u8; 1000];
+    stopped.read_exact(&mut first).await.unwrap();
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = r.get("/metrics").await;
+    let mem = metric(
+        &metrics,
+        "kube_ssh_tunnel_buffer_budget_used_bytes{kind=\"memory\"}",
+    );
+    let spilled = metric(
+        &metrics,
+        "kube_ssh_tunnel_buffer_budget_used_bytes{kind=\"spill\"}",
+    );
+    let rss_grew = r.rss_kib().saturating_sub(rss_before) as f64 / 1024.0;
+    let node_doc = r.node().await;
+    eprintln!(
+        "budget: memory {:.1} MiB of 16, spill {:.1} MiB of 24, daemon RSS +{rss_grew:.1} MiB; node: {node_doc}",
+        mem / 1048576.0,
+        spilled / 1048576.0
+    );
+    // Memory: the budget, plus at most one 32 KiB packet per channel taken past it.
+    assert!(
+        mem <= (16 << 20) as f64 + (READERS * (32 << 10)) as f64,
+        "memory {mem}"
+    );
+    assert!(spilled <= (24 << 20) as f64, "spill {spilled}");
+    assert!(
+        spilled > 0.0 && mem > (8 << 20) as f64,
+        "the budget is in use"
+    );
+    // RSS: the budget, plus russh's queue of up to 100 packets (3.2 MiB) for each channel
+    // that holds up its connection, plus the extra connections and allocator slack.
+    let bound = 16.0 + READERS as f64 * 3.3 + 24.0;
+    assert!(
+        rss_grew <= bound,
+        "daemon RSS grew {rss_grew:.1} MiB > {bound} MiB"
+    );
+
+    // A new CONNECT still answers at once (another connection of the node).
+    echo_within(&r.proxy, &ech, Duration::from_secs(2))
+        .await
+        .expect("a new CONNECT beside six readers that are behind");
+
+    // The reader that stopped is cut after --stall-timeout; the slow ones, which read, are not.
+    let m = r.get("/metrics").await;
+    let cut_before = metric(
+        &m,
+        "kube_ssh_tunnel_stalled_channels_total{node=\"node-1\"}",
+    );
+    let cut = {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = r.get("/metrics").await;
+            let v = metric(
+                &m,
+                "kube_ssh_tunnel_stalled_channels_total{node=\"node-1\"}",
+            );
+            if v >= 1.0 || Instant::now() > end {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert_eq!(cut_before, 0.0);
+    assert_eq!(cut, 1.0, "exactly the reader that stopped is cut");
+    assert!(
+        r.d.log()
+            .contains("closing a channel whose reader stopped reading")
+    );
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stopped.read_to_end(&mut rest)).await;
+    assert!(
+        (1000 + rest.len() as u64) < LEN,
+        "the stopped reader's stream ended early"
+    );
+
+    // The slow readers catch up at full speed: each gets every byte, intact.
+    fast.store(true, Ordering::Release);
+    let want = pattern.hash(LEN);
+    for h in readers {
+        let (got, hash) = tokio::time::timeout(Duration::from_secs(240), h)
+            .await
+            .expect("a slow reader finishes")
+            .unwrap();
+        assert_eq!(got, LEN, "every byte arrives");
+        assert!(hash == want, "intact");
+    }
+    let m = r.get("/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "kube_ssh_tunnel_stalled_channels_total{node=\"node-1\"}"
+        ),
+        1.0,
+        "no slow-but-reading reader was cut"
+    );
+}
