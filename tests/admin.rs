@@ -88,7 +88,7 @@ async fn get(admin: &Path, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-const NODE_KEYS: [&str; 21] = [
+const NODE_KEYS: [&str; 24] = [
     "name",
     "address",
     "ssh_port",
@@ -98,6 +98,9 @@ const NODE_KEYS: [&str; 21] = [
     "for_s",
     "uptime_s",
     "connections",
+    "congested_connections",
+    "buffered_bytes",
+    "spilled_bytes",
     "open_channels",
     "dials_total",
     "dial_failures_total",

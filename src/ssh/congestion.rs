@@ -127,6 +127,7 @@ impl Congestion {
             ),
         }
         let me = self.clone();
+        let destination = destination.to_string();
         tokio::spawn(async move {
             let start = Instant::now();
             let mut counted = start;
@@ -147,6 +148,7 @@ impl Congestion {
             me.watching.store(false, Ordering::Release);
             tracing::info!(
                 node = %me.node,
+                %destination,
                 congested_for = ?start.elapsed(),
                 buffered = me.link.buffered.get(),
                 spilled = me.link.spilled.get(),
