@@ -143,6 +143,11 @@ pub enum DialError {
     NoRoute { destination: String },
     #[error("no ready tunnel for destination {destination}: no node is ready")]
     NoReadyNode { destination: String },
+    #[error("destination {destination} matches more than one node ({}); refused: it must name one node", nodes.join(", "))]
+    Ambiguous {
+        destination: String,
+        nodes: Vec<String>,
+    },
     #[error("dial {destination} via node {node}: the node's tunnel is {state}: {reason}")]
     NotReady {
         node: String,
@@ -166,7 +171,9 @@ impl DialError {
     /// The node the dial was routed to, if it got that far.
     pub fn node(&self) -> Option<&str> {
         match self {
-            DialError::NoRoute { .. } | DialError::NoReadyNode { .. } => None,
+            DialError::NoRoute { .. }
+            | DialError::NoReadyNode { .. }
+            | DialError::Ambiguous { .. } => None,
             DialError::NotReady { node, .. } | DialError::Open { node, .. } => Some(node),
         }
     }

@@ -31,6 +31,10 @@ pub struct Node {
     /// dials naming one of them go to this node, as dials naming `address` do.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Aliases and pod CIDRs this node claimed that were refused (see `pool::vet`), with why;
+    /// shown in `status`. Filled by the pool, never read from a file.
+    #[serde(skip)]
+    pub refused: Vec<String>,
 }
 
 fn default_port() -> u16 {
@@ -61,6 +65,7 @@ impl Node {
             ssh_port: port.unwrap_or(DEFAULT_SSH_PORT),
             pod_cidrs: Vec::new(),
             aliases: Vec::new(),
+            refused: Vec::new(),
         };
         node.validate()?;
         Ok(node)
@@ -118,20 +123,36 @@ impl Node {
         self.pod_cidrs.iter().any(|c| c.contains(&ip))
     }
 
-    /// True when `host` names this node: its name, or its address (IPs compared as IPs, so
-    /// `::1` and `0:0:0:0:0:0:0:1` are the same node).
+    /// True when `host` names this node: its name, its address or an alias (IPs compared as
+    /// IPs, so `::1` and `0:0:0:0:0:0:0:1` are the same node). Routing asks the levels one by
+    /// one (`is_named`, `has_address`, `has_alias`) so that a node's address always wins over
+    /// another node's alias.
     pub fn matches_host(&self, host: &str) -> bool {
-        if host.eq_ignore_ascii_case(&self.name) {
-            return true;
-        }
-        let ip = host.parse::<IpAddr>().ok();
-        std::iter::once(&self.address)
-            .chain(&self.aliases)
-            .any(|a| match (ip, a.parse::<IpAddr>()) {
-                (Some(x), Ok(y)) => x == y,
-                (Some(_), Err(_)) => false,
-                (None, _) => host.eq_ignore_ascii_case(a),
-            })
+        self.is_named(host) || self.has_address(host) || self.has_alias(host)
+    }
+
+    /// True when `host` is this node's name.
+    pub fn is_named(&self, host: &str) -> bool {
+        host.eq_ignore_ascii_case(&self.name)
+    }
+
+    /// True when `host` is this node's (primary) address.
+    pub fn has_address(&self, host: &str) -> bool {
+        same_host(host, &self.address)
+    }
+
+    /// True when `host` is one of this node's aliases.
+    pub fn has_alias(&self, host: &str) -> bool {
+        self.aliases.iter().any(|a| same_host(host, a))
+    }
+}
+
+/// Two hosts are the same: IPs compared as addresses, names case-insensitively.
+pub fn same_host(a: &str, b: &str) -> bool {
+    match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+        (Ok(x), Ok(y)) => x == y,
+        (Err(_), Err(_)) => a.eq_ignore_ascii_case(b),
+        _ => false,
     }
 }
 

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::destination::Destination;
 use crate::error::ConfigError;
 use crate::node::Node;
+use crate::pool::route;
 
 /// The destination policy.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -58,29 +59,80 @@ impl Policy {
     }
 
     /// Allows or refuses `dest`, given the current nodes (`Node`s or `Arc<Node>`s).
+    ///
+    /// Order matters: an explicit `allow_cidrs` entry first; then special addresses
+    /// (link-local, unspecified, loopback), so that no node, pod CIDR or service CIDR can open
+    /// them; then which node the destination names (`pool::route`, ambiguity refused); then
+    /// pod and service CIDRs.
     pub fn check<N: AsRef<Node>>(&self, dest: &Destination, nodes: &[N]) -> Result<(), Denied> {
-        let nodes: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
         let ip = dest.ip();
         let explicitly_allowed =
             ip.is_some_and(|ip| self.allow_cidrs.iter().any(|c| c.contains(&ip)));
         if explicitly_allowed {
             return Ok(());
         }
-        if let Some(ip) = ip
-            && is_link_local(ip)
-        {
-            return Err(Denied(format!(
-                "{dest} is a link-local/metadata address; refused by policy"
-            )));
-        }
-        if let Some(node) = nodes.iter().find(|n| n.matches_host(&dest.host)) {
-            if self.node_ports.contains(&dest.port) {
-                return Ok(());
+        let route = route::classify(nodes, dest);
+        if let Some(ip) = ip {
+            if is_link_local(ip) {
+                return Err(Denied(format!(
+                    "{dest} is a link-local/metadata address; refused by policy"
+                )));
             }
-            return Err(Denied(format!(
-                "{dest} is node {}'s address, but port {} is not an allowed node port (allowed: {:?}; see policy.node_ports)",
-                node.name, dest.port, self.node_ports
-            )));
+            if ip.is_unspecified() {
+                return Err(Denied(format!(
+                    "{dest} is the unspecified address; refused by policy"
+                )));
+            }
+            // A node's own loopback: only the listed ports. A node whose address itself is
+            // loopback (a lab, or the tests) is dialled on its node ports like any node, its
+            // loopback pod CIDR is its own, and a service CIDR configured wholly inside
+            // loopback is a service CIDR.
+            let is_a_node_address = matches!(&route, route::Route::Node(_))
+                && nodes.iter().any(|n| n.as_ref().has_address(&dest.host));
+            if is_loopback(ip) && !is_a_node_address {
+                let node_is_on_loopback = match &route {
+                    route::Route::PodOf(name) => nodes
+                        .iter()
+                        .map(AsRef::as_ref)
+                        .find(|n| &n.name == name)
+                        .and_then(Node::ip)
+                        .is_some_and(is_loopback),
+                    _ => false,
+                };
+                // A service CIDR wholly inside loopback was configured for loopback (a lab);
+                // a wide one (0.0.0.0/0) does not open the node's loopback.
+                let loopback_service = self.service_cidrs.iter().any(|c| {
+                    c.contains(&ip) && is_loopback(c.network()) && is_loopback(c.broadcast())
+                });
+                if self.loopback_ports.contains(&dest.port) || loopback_service {
+                    return Ok(());
+                }
+                if !node_is_on_loopback {
+                    return Err(Denied(format!(
+                        "{dest} is the node's own loopback; port {} is not in policy.loopback_ports",
+                        dest.port
+                    )));
+                }
+            }
+        }
+        match route {
+            route::Route::Ambiguous(names) => {
+                return Err(Denied(format!(
+                    "{dest} matches more than one node ({}); refused: a destination must name one node",
+                    names.join(", ")
+                )));
+            }
+            route::Route::Node(name) => {
+                if self.node_ports.contains(&dest.port) {
+                    return Ok(());
+                }
+                return Err(Denied(format!(
+                    "{dest} is node {name}'s address, but port {} is not an allowed node port (allowed: {:?}; see policy.node_ports)",
+                    dest.port, self.node_ports
+                )));
+            }
+            route::Route::PodOf(_) if self.allow_pod_ips => return Ok(()),
+            _ => {}
         }
         let Some(ip) = ip else {
             return Err(Denied(format!(
@@ -88,20 +140,8 @@ impl Policy {
                 dest.host
             )));
         };
-        if self.allow_pod_ips && nodes.iter().any(|n| n.owns_pod_ip(ip)) {
-            return Ok(());
-        }
         if self.service_cidrs.iter().any(|c| c.contains(&ip)) {
             return Ok(());
-        }
-        if ip.is_loopback() {
-            if self.loopback_ports.contains(&dest.port) {
-                return Ok(());
-            }
-            return Err(Denied(format!(
-                "{dest} is the node's own loopback; port {} is not in policy.loopback_ports",
-                dest.port
-            )));
         }
         Err(Denied(format!(
             "{dest} is not a node address, pod IP or service IP; refused by policy (add it to policy.allow_cidrs if it must be reachable)"
@@ -109,7 +149,16 @@ impl Policy {
     }
 }
 
-fn is_link_local(ip: IpAddr) -> bool {
+/// Loopback, also as an IPv4-mapped IPv6 address.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
+    }
+}
+
+/// Link-local (and so cloud metadata), also as an IPv4-mapped IPv6 address.
+pub fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => {
@@ -166,9 +215,58 @@ mod tests {
         assert!(check(&p, "[::1]:10250").is_err());
         assert!(check(&p, "8.8.8.8:53").is_err());
         assert!(check(&p, "example.com:443").is_err());
+        assert!(
+            check(&p, "0.0.0.0:10250")
+                .unwrap_err()
+                .0
+                .contains("unspecified")
+        );
+        assert!(check(&p, "[::ffff:127.0.0.1]:22").is_err());
         p.loopback_ports = vec![10248];
         assert!(check(&p, "127.0.0.1:10248").is_ok());
         p.allow_cidrs = vec!["169.254.0.0/16".parse().unwrap()];
         assert!(check(&p, "169.254.169.254:80").is_ok());
+    }
+
+    #[test]
+    fn special_addresses_are_decided_before_any_node_pod_or_service_cidr() {
+        // A rogue pod CIDR (and service CIDR) covering everything opens nothing special.
+        let mut rogue = Node::parse_spec("rogue=10.0.0.9").unwrap();
+        rogue.pod_cidrs = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+        let p = Policy {
+            service_cidrs: vec!["0.0.0.0/0".parse().unwrap()],
+            ..Policy::default()
+        };
+        let nodes = [rogue];
+        let check = |d: &str| p.check(&d.parse().unwrap(), &nodes);
+        assert!(check("127.0.0.1:22").unwrap_err().0.contains("loopback"));
+        assert!(check("[::1]:22").unwrap_err().0.contains("loopback"));
+        assert!(check("169.254.169.254:80").is_err());
+        assert!(check("[fe80::1]:80").is_err());
+        assert!(check("0.0.0.0:80").is_err());
+        // A node that lives on loopback (a lab, the tests) is dialled on its node port, and
+        // its own loopback pod CIDR is its own.
+        let mut lab = Node::parse_spec("lab=127.0.0.5").unwrap();
+        lab.pod_cidrs = vec!["127.1.0.0/24".parse().unwrap()];
+        let lab = [lab];
+        let p = Policy::default();
+        assert!(p.check(&"127.0.0.5:10250".parse().unwrap(), &lab).is_ok());
+        assert!(p.check(&"127.0.0.5:22".parse().unwrap(), &lab).is_err());
+        assert!(p.check(&"127.1.0.9:8080".parse().unwrap(), &lab).is_ok());
+        assert!(p.check(&"127.0.0.1:22".parse().unwrap(), &lab).is_err());
+    }
+
+    #[test]
+    fn a_destination_two_nodes_claim_is_refused_naming_both() {
+        let mut a = Node::parse_spec("a=10.0.0.1").unwrap();
+        let mut b = Node::parse_spec("b=10.0.0.2").unwrap();
+        a.aliases = vec!["10.0.0.50".into()];
+        b.aliases = vec!["10.0.0.50".into()];
+        let p = Policy::default();
+        let why = p
+            .check(&"10.0.0.50:10250".parse().unwrap(), &[a, b])
+            .unwrap_err()
+            .0;
+        assert!(why.contains("a, b"), "{why}");
     }
 }

@@ -60,6 +60,9 @@ pub struct NodeDocument {
     pub host_key: Option<String>,
     pub keepalive_rtt_ms: Option<f64>,
     pub pod_cidrs: Vec<String>,
+    /// Aliases and pod CIDRs the node claimed that were refused, each with why (`pool::vet`).
+    #[serde(default)]
+    pub refused: Vec<String>,
 }
 
 /// The whole document.
@@ -161,5 +164,6 @@ fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant)
         host_key: st.host_key.clone(),
         keepalive_rtt_ms: st.keepalive_rtt.map(|d| d.as_secs_f64() * 1000.0),
         pod_cidrs: node.pod_cidrs.iter().map(|c| c.to_string()).collect(),
+        refused: node.refused.clone(),
     }
 }

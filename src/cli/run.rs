@@ -408,6 +408,7 @@ fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
     cfg.max_channels_per_connection = s.max_channels_per_connection;
     cfg.overflow_idle_timeout = s.extra_connection_idle_timeout;
     cfg.max_connections_per_node = s.max_connections_per_node;
+    cfg.service_cidrs = args.front.service_cidr.clone();
     Ok(cfg)
 }
 

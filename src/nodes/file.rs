@@ -86,7 +86,10 @@ mod tests {
         let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["cp"]);
         assert_eq!(nodes[0].address, "203.0.113.10");
-        assert_eq!(nodes[0].aliases, ["10.0.0.10", "cp"]);
+        // Only addresses of the configured types become aliases.
+        assert!(nodes[0].aliases.is_empty(), "{:?}", nodes[0].aliases);
+        let nodes = load_text(KUBECTL, "ExternalIP,Hostname").unwrap();
+        assert_eq!(nodes[0].aliases, ["cp"]);
         let nodes = load_text(KUBECTL, "Hostname,InternalDNS").unwrap();
         let addrs: Vec<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
         assert_eq!(

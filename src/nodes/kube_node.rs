@@ -100,9 +100,16 @@ impl KubeNode {
                         .join(", ")
                 },
             })?;
+        // Only addresses of the configured types become aliases: a node's own status is
+        // written by its kubelet, and any other address there is a claim we do not need (the
+        // pool vets the rest, see pool::vet).
         let mut aliases: Vec<String> = Vec::new();
         for a in &self.status.addresses {
-            if a.address != address && !a.address.is_empty() && !aliases.contains(&a.address) {
+            if a.address != address
+                && !a.address.is_empty()
+                && types.0.iter().any(|t| t.as_str() == a.kind)
+                && !aliases.contains(&a.address)
+            {
                 aliases.push(a.address.clone());
             }
         }
@@ -139,6 +146,7 @@ impl KubeNode {
             ssh_port,
             pod_cidrs,
             aliases,
+            refused: Vec::new(),
         };
         node.validate().map_err(|e| invalid(e.to_string()))?;
         Ok(node)

@@ -35,6 +35,8 @@ pub struct PoolConfig {
     /// At most this many SSH connections to one node (the supervised one, plus extras past
     /// the channel limit or beside congested ones). 1 turns isolation off.
     pub max_connections_per_node: usize,
+    /// The cluster's service CIDRs: no node's alias may lie in them (see `pool::vet`).
+    pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl PoolConfig {
@@ -52,6 +54,7 @@ impl PoolConfig {
             max_channels_per_connection: 8192,
             overflow_idle_timeout: Duration::from_secs(60),
             max_connections_per_node: 8,
+            service_cidrs: Vec::new(),
         }
     }
 

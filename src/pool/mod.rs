@@ -13,6 +13,7 @@ pub mod route;
 pub mod slot;
 pub mod state;
 mod supervisor;
+pub mod vet;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,8 +63,10 @@ impl Pool {
     }
 
     /// A pool with explicit behaviour.
-    pub fn with_config(cfg: PoolConfig, nodes: Vec<Node>) -> Result<Pool, ConfigError> {
+    pub fn with_config(cfg: PoolConfig, mut nodes: Vec<Node>) -> Result<Pool, ConfigError> {
         validate(&nodes)?;
+        vet::vet(&mut nodes, &cfg.service_cidrs);
+        log_refusals(&nodes, |_| None);
         if cfg.max_connections_per_node == 0 {
             return Err(ConfigError::Invalid(
                 "max connections per node must be at least 1".into(),
@@ -155,8 +158,10 @@ impl Pool {
     /// Replaces the node set: adds new nodes, drains removed ones, and gives a node whose
     /// address or SSH port changed a new connection while the old one drains. An invalid set
     /// is refused as a whole and the current set stays.
-    pub fn update(&self, desired: Vec<Node>) -> Result<UpdateSummary, ConfigError> {
+    pub fn update(&self, mut desired: Vec<Node>) -> Result<UpdateSummary, ConfigError> {
         validate(&desired)?;
+        vet::vet(&mut desired, &self.cfg.service_cidrs);
+        log_refusals(&desired, |name| self.slot(name).map(|s| s.node()));
         let mut summary = UpdateSummary::default();
         let current: HashMap<String, Arc<NodeSlot>> = self
             .slots
@@ -270,6 +275,12 @@ impl Pool {
         let nodes: Vec<Arc<Node>> = slots.iter().map(|s| s.node()).collect();
         let name = match route::classify(&nodes, dest) {
             route::Route::Node(n) | route::Route::PodOf(n) => n,
+            route::Route::Ambiguous(nodes) => {
+                return Err(DialError::Ambiguous {
+                    destination: dest.to_string(),
+                    nodes,
+                });
+            }
             route::Route::AnyReady if !any_ready => {
                 return Err(DialError::NoRoute {
                     destination: dest.to_string(),
@@ -335,9 +346,9 @@ impl Pool {
         use crate::metrics::{DialLabels, DialResult};
         let outcome = match error {
             None => DialResult::Ok,
-            Some(DialError::NoRoute { .. }) | Some(DialError::NoReadyNode { .. }) => {
-                DialResult::NoRoute
-            }
+            Some(DialError::NoRoute { .. })
+            | Some(DialError::NoReadyNode { .. })
+            | Some(DialError::Ambiguous { .. }) => DialResult::NoRoute,
             Some(DialError::NotReady { .. }) => DialResult::NotReady,
             Some(DialError::Open { source, .. }) => match source {
                 OpenError::Refused { .. } => DialResult::Refused,
@@ -572,6 +583,19 @@ impl Drop for Pool {
     fn drop(&mut self) {
         for s in self.slots.iter() {
             s.value().stop.cancel();
+        }
+    }
+}
+
+/// Logs each refused claim once: those the node did not already have refused.
+fn log_refusals(nodes: &[Node], current: impl Fn(&str) -> Option<Arc<Node>>) {
+    for n in nodes {
+        let before = current(&n.name);
+        for r in &n.refused {
+            if before.as_ref().is_some_and(|b| b.refused.contains(r)) {
+                continue;
+            }
+            tracing::warn!(node = %n.name, refused = %r, "a claim of this node was refused; it does not route");
         }
     }
 }

@@ -277,6 +277,7 @@ async fn watch_client<S: AsyncRead + Unpin>(io: &mut S, early: &mut Vec<u8>) {
 fn dial_failure(dest: &Destination, e: DialError) -> Failure {
     let d = dest.to_string();
     match &e {
+        DialError::Ambiguous { .. } => Failure::new(403, None, &d, e.to_string()),
         DialError::NoRoute { .. } | DialError::NoReadyNode { .. } => {
             Failure::new(503, None, &d, "no ready tunnel for this destination")
         }

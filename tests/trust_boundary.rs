@@ -1,0 +1,138 @@
+//! The trust boundary between nodes, end to end against real sshd nodes: a node cannot claim
+//! another node's traffic by adding that node's address to its own Node status.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use support::daemon::Daemon;
+use support::{Cluster, HTTP_PORT};
+
+/// A `kubectl get nodes -o json` list in which node-1 also lists node-2's address (as a
+/// second InternalIP and as its ExternalIP), and both claim the same ExternalIP 203.0.113.7.
+fn spoofing_node_list(c: &Cluster) -> String {
+    let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
+    let item = |n: &support::TestNode, extra: Vec<serde_json::Value>| {
+        let mut addresses = vec![
+            serde_json::json!({"type": "InternalIP", "address": n.addr.to_string()}),
+            serde_json::json!({"type": "Hostname", "address": n.name}),
+        ];
+        addresses.extend(extra);
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": n.name,
+                "annotations": {"kube-ssh-tunnel.io/ssh-port": n.ssh_port.to_string()},
+            },
+            "spec": {"podCIDRs": [n.pod_cidr.to_string()]},
+            "status": {"addresses": addresses},
+        })
+    };
+    let claim = |addr: String| serde_json::json!({"type": "InternalIP", "address": addr});
+    let shared = serde_json::json!({"type": "ExternalIP", "address": "203.0.113.7"});
+    let items = vec![
+        item(
+            n1,
+            vec![
+                claim(n2.addr.to_string()),
+                serde_json::json!({"type": "ExternalIP", "address": n2.addr.to_string()}),
+                shared.clone(),
+            ],
+        ),
+        item(n2, vec![shared]),
+    ];
+    serde_json::to_string_pretty(&serde_json::json!({
+        "apiVersion": "v1", "kind": "List", "items": items
+    }))
+    .unwrap()
+}
+
+/// GET /whoami through the daemon's CONNECT socket; the response.
+fn whoami_via(sock: &std::path::Path, target: &str) -> (String, String) {
+    let (mut s, head) = support::connect_uds(sock, target);
+    if !head.starts_with("HTTP/1.1 200") {
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        return (head, body);
+    }
+    s.write_all(b"GET /whoami HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    (head, body)
+}
+
+#[test]
+fn a_node_claiming_another_nodes_address_never_gets_its_traffic_on_any_start() {
+    let cluster = Cluster::start(2);
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let file = cluster.path().join("nodes.json");
+    std::fs::write(&file, spoofing_node_list(&cluster)).unwrap();
+    let admin = cluster.path().join("admin.sock");
+    let proxy = cluster.path().join("proxy.sock");
+    let mut args = cluster.daemon_args();
+    args.extend(
+        [
+            "--nodes",
+            file.to_str().unwrap(),
+            "--health-probe",
+            "none",
+            "--node-address-types",
+            "InternalIP,ExternalIP",
+        ]
+        .map(String::from),
+    );
+    let node2_target = format!("{}:{HTTP_PORT}", n2.addr);
+    for start in 0..20 {
+        let mut d = Daemon::start(&args);
+        assert!(
+            d.wait_log("tunnel ready", 2, Duration::from_secs(20)),
+            "start {start}: {}",
+            d.log()
+        );
+        let (head, body) = whoami_via(&proxy, &node2_target);
+        assert!(
+            head.starts_with("HTTP/1.1 200") && body.contains("node-2"),
+            "start {start}: CONNECT {node2_target} must be answered by node-2: {head}{body}"
+        );
+        assert!(!body.contains("node-1"), "start {start}: {body}");
+        if start == 0 {
+            // The claim is refused, logged with both names, and shown in status.
+            assert!(
+                d.log().contains("alias")
+                    && d.log()
+                        .contains(&format!("it is node {}'s address", n2.name)),
+                "{}",
+                d.log()
+            );
+            let out = support::run_ok(
+                std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args([
+                    "status",
+                    "-o",
+                    "json",
+                    "--admin-uds",
+                    admin.to_str().unwrap(),
+                ]),
+            );
+            let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let node1 = doc["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["name"] == n1.name.as_str())
+                .unwrap()
+                .clone();
+            let refused = node1["refused"].to_string();
+            assert!(
+                refused.contains(&n2.addr.to_string()) && refused.contains("node-2"),
+                "{node1}"
+            );
+            // An address both nodes claim is refused outright, naming both.
+            let (head, body) = whoami_via(&proxy, &format!("203.0.113.7:{HTTP_PORT}"));
+            assert!(head.starts_with("HTTP/1.1 403"), "{head}{body}");
+            assert!(body.contains("node-1, node-2"), "{body}");
+        }
+        assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+    }
+}
