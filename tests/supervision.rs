@@ -360,7 +360,7 @@ async fn revoked_key_is_a_slow_failure_and_restoring_it_recovers() {
         "sshd saw few attempts"
     );
     // Restore the key: an operator's reconnect (or the next slow retry) brings it back.
-    node.set_authorized_keys(&cluster.authorized_keys);
+    node.set_authorized_keys(&node.authorize(&cluster.public_keys));
     assert!(pool.reconnect("node-1"));
     wait_ready(&pool, "node-1", 10, "restoring the key recovers").await;
 
@@ -382,7 +382,7 @@ async fn revoked_key_is_a_slow_failure_and_restoring_it_recovers() {
     )
     .await
     .expect("failed");
-    node.set_authorized_keys(&cluster.authorized_keys);
+    node.set_authorized_keys(&node.authorize(&cluster.public_keys));
     wait_ready(&pool2, "node-1", 10, "recovers on its own").await;
 }
 

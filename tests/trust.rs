@@ -373,7 +373,7 @@ async fn user_certificate_agent_and_encrypted_key_authenticate() {
     ));
 
     // ssh-agent: no key file at all.
-    node.set_authorized_keys(&cluster.authorized_keys);
+    node.set_authorized_keys(&node.authorize(&cluster.public_keys));
     let agent = support::Agent::start(&dir);
     agent.add(&cluster.keys.ecdsa);
     let s = Arc::new(
@@ -396,12 +396,9 @@ async fn user_certificate_agent_and_encrypted_key_authenticate() {
             .args(["-q", "-t", "ed25519", "-N", "correct horse", "-f"])
             .arg(&enc),
     );
-    let mut ak = cluster.authorized_keys.clone();
-    ak.push_str(&format!(
-        "restrict,port-forwarding {}",
-        std::fs::read_to_string(enc.with_extension("pub")).unwrap()
-    ));
-    node.set_authorized_keys(&ak);
+    let mut ak = cluster.public_keys.clone();
+    ak.push_str(&std::fs::read_to_string(enc.with_extension("pub")).unwrap());
+    node.set_authorized_keys(&node.authorize(&ak));
     let pass = dir.join("passphrase");
     std::fs::write(&pass, "correct horse\n").unwrap();
     let s = Arc::new(
@@ -438,7 +435,7 @@ async fn the_line_keygen_prints_serves_kubelet_traffic_and_nothing_else() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let line = stdout
         .lines()
-        .find(|l| l.starts_with("restrict,port-forwarding,permitopen="))
+        .find(|l| l.starts_with("restrict,port-forwarding,command="))
         .unwrap()
         .to_string();
     assert!(
@@ -455,6 +452,26 @@ async fn the_line_keygen_prints_serves_kubelet_traffic_and_nothing_else() {
     let e = t.open(&node.addr.to_string(), ECHO_PORT).await.unwrap_err();
     assert!(matches!(e, OpenError::Refused { .. }), "{e}");
     assert!(e.to_string().contains("administratively prohibited"), "{e}");
+    // The key runs no command: `ssh node id` gets the refusing forced command instead.
+    let mut ssh = Command::new("ssh");
+    ssh.args(["-F", "/dev/null", "-T", "-o", "BatchMode=yes", "-o"])
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            cluster.known_hosts.display()
+        ))
+        .arg("-i")
+        .arg(&out_key)
+        .args(["-p", &node.ssh_port.to_string()])
+        .arg(format!("{}@{}", cluster.user, node.addr))
+        .arg("id");
+    let o = support::run_bounded(&mut ssh, b"", Duration::from_secs(30)).unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(!out.contains("uid="), "ssh ran a command: {out}");
+    assert!(!o.status.success(), "ssh node id must fail: {out}{err}");
+    assert!(err.contains("port forwarding only"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,10 +497,10 @@ async fn a_key_replaced_on_disk_is_used_by_the_next_reconnect() {
     let tmp = cluster.path().join("rotating_key.new");
     std::fs::copy(&cluster.keys.ecdsa, &tmp).unwrap();
     std::fs::rename(&tmp, &key).unwrap();
-    node.set_authorized_keys(&format!(
-        "restrict,port-forwarding {}",
-        std::fs::read_to_string(cluster.keys.ecdsa.with_extension("pub")).unwrap()
-    ));
+    node.set_authorized_keys(
+        &node
+            .authorize(&std::fs::read_to_string(cluster.keys.ecdsa.with_extension("pub")).unwrap()),
+    );
     assert!(pool.reconnect("node-1"));
     let ok = tokio::time::timeout(
         Duration::from_secs(10),

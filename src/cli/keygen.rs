@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use kube_ssh_tunnel::Node;
+use kube_ssh_tunnel::ssh::authorized::authorized_options;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{HashAlg, PrivateKey};
 
@@ -48,30 +49,6 @@ fn io_err(path: &std::path::Path, e: std::io::Error) -> CliError {
     CliError::failure(format!("cannot write {}: {e}", path.display()))
 }
 
-/// The `restrict,port-forwarding,permitopen=…` options for one node.
-pub fn authorized_options(
-    address: Option<&str>,
-    node_ports: &[u16],
-    loopback_ports: &[u16],
-) -> String {
-    let host = |a: &str| {
-        if a.contains(':') {
-            format!("[{a}]")
-        } else {
-            a.to_string()
-        }
-    };
-    let mut opts = vec!["restrict".to_string(), "port-forwarding".to_string()];
-    let addr = address.map(host).unwrap_or_else(|| "NODE_IP".into());
-    for p in node_ports {
-        opts.push(format!("permitopen=\"{addr}:{p}\""));
-    }
-    for p in loopback_ports {
-        opts.push(format!("permitopen=\"127.0.0.1:{p}\""));
-    }
-    opts.join(",")
-}
-
 pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
     let mut nodes: Vec<Node> = Vec::new();
     for spec in &a.nodes {
@@ -110,7 +87,8 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
     );
     println!();
     println!(
-        "# authorized_keys of the tunnel's user on each node: port forwarding only, to these destinations"
+        "# authorized_keys of the tunnel's user on each node: port forwarding only, to these destinations;\n\
+         # the forced command refuses any shell or command (forwarding does not run it)"
     );
     if nodes.is_empty() {
         println!(
@@ -118,14 +96,14 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
         );
         println!(
             "{} {public}",
-            authorized_options(None, &a.node_port, &a.loopback_port)
+            authorized_options(None, &a.node_port, &a.loopback_port, &[])
         );
     }
     for n in &nodes {
         println!("# {}", n.name);
         println!(
             "{} {public}",
-            authorized_options(Some(&n.address), &a.node_port, &a.loopback_port)
+            authorized_options(Some(&n.address), &a.node_port, &a.loopback_port, &[])
         );
     }
     println!();

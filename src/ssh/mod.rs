@@ -1,6 +1,7 @@
 //! Everything about one SSH connection to one node: keys, known_hosts, the russh handler,
 //! the socket tuning, the connection (`NodeTunnel`) and the per-dial stream (`TunnelStream`).
 
+pub mod authorized;
 pub mod budget;
 pub mod congestion;
 pub mod keys;

@@ -19,7 +19,11 @@ if [ -d /hostkeys ]; then
     mv "/hostkeys/$NODE_NAME.tmp" "/hostkeys/$NODE_NAME"
 fi
 if [ -f /keys/id_ed25519.pub ]; then
-    cp /keys/id_ed25519.pub "$DIR/authorized_keys"
+    # The options `kube-ssh-tunnel keygen` prints: forwarding only, and a forced command that
+    # refuses any shell or command (PermitOpen comes from sshd_config).
+    printf '%s %s\n' \
+        "restrict,port-forwarding,command=\"echo 'this key is for kube-ssh-tunnel port forwarding only' >&2; exit 1\"" \
+        "$(cat /keys/id_ed25519.pub)" > "$DIR/authorized_keys"
 else
     echo "entrypoint: /keys/id_ed25519.pub is missing; run 'kube-ssh-tunnel keygen' and mount keys/ at /keys" >&2
     : > "$DIR/authorized_keys"

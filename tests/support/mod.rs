@@ -276,6 +276,22 @@ pub fn connect_uds(sock: &Path, target: &str) -> (std::os::unix::net::UnixStream
     (s, String::from_utf8_lossy(&head).into_owned())
 }
 
+/// Each public key line of `public_keys` with `keygen`'s options for a node at `addr`
+/// (kubelet, HTTPS and echo ports) and the extra `permits`.
+fn authorize_lines(addr: &str, permits: &[String], public_keys: &str) -> String {
+    let opts = kube_ssh_tunnel::ssh::authorized::authorized_options(
+        Some(addr),
+        &[HTTP_PORT, HTTPS_PORT, ECHO_PORT],
+        &[],
+        permits,
+    );
+    public_keys
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{opts} {l}\n"))
+        .collect()
+}
+
 /// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -438,6 +454,8 @@ pub struct TestNode {
     pub pod_cidr: ipnet::IpNet,
     pub pod_addr: Ipv4Addr,
     pod_stub: Mutex<Option<Child>>,
+    /// Extra permitopen entries of this node's authorized_keys (pod and service addresses).
+    permits: Vec<String>,
     pub ssh_port: u16,
     pub dir: PathBuf,
     config: PathBuf,
@@ -449,24 +467,24 @@ pub struct TestNode {
 
 impl TestNode {
     /// Starts a node in a fresh network namespace (root only; see `can_use_netns`).
-    pub fn start_in_netns(name: &str, root: &Path, authorized_keys: &str, ca: &TestCa) -> TestNode {
-        Self::start_placed(name, root, authorized_keys, ca, Some(Netns::create()))
+    pub fn start_in_netns(name: &str, root: &Path, public_keys: &str, ca: &TestCa) -> TestNode {
+        Self::start_placed(name, root, public_keys, ca, Some(Netns::create()))
     }
 
     fn start_placed(
         name: &str,
         root: &Path,
-        authorized_keys: &str,
+        public_keys: &str,
         ca: &TestCa,
         netns: Option<Netns>,
     ) -> TestNode {
-        Self::start_full(name, root, authorized_keys, ca, netns, None)
+        Self::start_full(name, root, public_keys, ca, netns, None)
     }
 
     fn start_full(
         name: &str,
         root: &Path,
-        authorized_keys: &str,
+        public_keys: &str,
         ca: &TestCa,
         netns: Option<Netns>,
         service: Option<Ipv4Addr>,
@@ -481,7 +499,6 @@ impl TestNode {
         // The kubelet stub's serving certificate, for the node's address (like a kubelet's).
         ca.issue(&dir, "kubelet", &[addr.to_string()], false)
             .unwrap();
-        std::fs::write(dir.join("authorized_keys"), authorized_keys).expect("authorized_keys");
         let template = std::fs::read_to_string(repo().join("tests/node/sshd_config.template"))
             .expect("tests/node/sshd_config.template");
         let config = dir.join("sshd_config");
@@ -493,6 +510,16 @@ impl TestNode {
             format!("127.{}.{}.0/24", pod_addr.octets()[1], pod_addr.octets()[2])
                 .parse()
                 .unwrap();
+        // The client keys go in with the options `keygen` prints (port forwarding only, a
+        // refusing forced command, permitopen for the node's ports), plus the pod and service
+        // addresses, as an operator adds them.
+        let mut permits = vec![format!("{pod_addr}:*")];
+        permits.extend(service.map(|svc| format!("{svc}:*")));
+        std::fs::write(
+            dir.join("authorized_keys"),
+            authorize_lines(&addr.to_string(), &permits, public_keys),
+        )
+        .expect("authorized_keys");
         // Each sshd may only forward to its own node's services, its pods and the services.
         let mut permit =
             format!("{addr}:{HTTP_PORT} {addr}:{HTTPS_PORT} {addr}:{ECHO_PORT} {pod_addr}:*");
@@ -523,6 +550,7 @@ impl TestNode {
             sshd: Mutex::new(None),
             stub: Mutex::new(None),
             netns,
+            permits,
         };
         node.start_stub();
         node.start_sshd();
@@ -726,6 +754,13 @@ impl TestNode {
         keygen(&key, "ed25519", None);
     }
 
+    /// `public_keys` (one public key per line) with the options `keygen` generates for this
+    /// node, plus its pod and service addresses: what `set_authorized_keys` should get to
+    /// authorize a key the normal way.
+    pub fn authorize(&self, public_keys: &str) -> String {
+        authorize_lines(&self.addr.to_string(), &self.permits, public_keys)
+    }
+
     /// Replaces authorized_keys (e.g. empty to revoke the client).
     pub fn set_authorized_keys(&self, text: &str) {
         std::fs::write(self.dir.join("authorized_keys"), text).expect("authorized_keys");
@@ -777,7 +812,9 @@ pub struct Cluster {
     pub keys: ClientKeys,
     pub known_hosts: PathBuf,
     pub user: String,
-    pub authorized_keys: String,
+    /// The client keys' public lines (each node authorizes them with its generated options:
+    /// `TestNode::authorize`).
+    pub public_keys: String,
     /// A "service" address (a stand-in ClusterIP) that every node may forward to; its stub
     /// answers /whoami with `svc`.
     pub service_addr: Ipv4Addr,
@@ -812,10 +849,9 @@ impl Cluster {
         keygen(&keys.ecdsa, "ecdsa", Some(256));
         keygen(&keys.rsa, "rsa", Some(2048));
         // The tunnel needs nothing but port forwarding: no pty, shell, agent or X11.
-        let mut authorized_keys = String::new();
+        let mut public_keys = String::new();
         for k in [&keys.ed25519, &keys.ecdsa, &keys.rsa] {
-            let public = std::fs::read_to_string(k.with_extension("pub")).unwrap();
-            authorized_keys.push_str(&format!("restrict,port-forwarding {public}"));
+            public_keys.push_str(&std::fs::read_to_string(k.with_extension("pub")).unwrap());
         }
         let ca = TestCa::new("kube-ssh-tunnel test cluster CA").unwrap();
         let ca_file = kd.join("cluster-ca.crt");
@@ -834,7 +870,7 @@ impl Cluster {
                 TestNode::start_full(
                     &format!("node-{i}"),
                     dir.path(),
-                    &authorized_keys,
+                    &public_keys,
                     &ca,
                     None,
                     Some(service_addr),
@@ -851,7 +887,7 @@ impl Cluster {
             keys,
             known_hosts,
             user: current_user(),
-            authorized_keys,
+            public_keys,
             service_addr,
             service_stub,
             dir,
@@ -860,7 +896,7 @@ impl Cluster {
 
     /// Adds a node living in its own network namespace (root only).
     pub fn add_netns_node(&mut self, name: &str) -> &TestNode {
-        let node = TestNode::start_in_netns(name, self.dir.path(), &self.authorized_keys, &self.ca);
+        let node = TestNode::start_in_netns(name, self.dir.path(), &self.public_keys, &self.ca);
         let mut kh = std::fs::read_to_string(&self.known_hosts).unwrap();
         kh.push_str(&node.known_hosts_line());
         std::fs::write(&self.known_hosts, kh).unwrap();
