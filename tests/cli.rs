@@ -185,6 +185,32 @@ fn bad_input_gives_one_clear_line_and_exit_2() {
         assert_usage_error(&o, "invalid node");
     }
 
+    // run: values that would make the daemon useless or hammer the nodes are refused up front.
+    let mut run = f.args(&key, &kh, node);
+    run[0] = "run".into();
+    run.pop();
+    let sock = f.p("bad.sock");
+    run.extend(s(&[
+        "--proxy-uds",
+        &sock,
+        "--admin-uds",
+        &f.p("bad-admin.sock"),
+    ]));
+    for (flag, value) in [
+        ("--header-timeout", "0"),
+        ("--tls-handshake-timeout", "0"),
+        ("--max-tls-handshakes", "0"),
+        ("--backoff-max", "0"),
+        ("--backoff-auth-max", "0"),
+        ("--stall-timeout", "0"),
+        ("--max-connections-per-node", "0"),
+    ] {
+        let mut a = run.clone();
+        a.extend(s(&[flag, value]));
+        let o = run_cli(&a, b"", Duration::from_secs(10));
+        assert_usage_error(&o, flag);
+    }
+
     // Destination that is not HOST:PORT.
     let mut args = f.args(&key, &kh, node);
     *args.last_mut().unwrap() = "127.0.0.1".into();

@@ -647,3 +647,92 @@ async fn connections_beyond_the_cap_get_503_and_the_slots_come_back() {
     let (_c, hc) = connect(&f.sock, &target).await;
     assert!(hc.starts_with("HTTP/1.1 200"), "a slot is free again: {hc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_sockets_on_the_mtls_listener_take_no_slot_and_a_real_client_gets_through() {
+    // 2,000 idle sockets here and as many in the daemon: raise the soft fd limit (inherited).
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < 8192 {
+            l.rlim_cur = l.rlim_max.min(65536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+    let cluster = Cluster::start(1);
+    let n1 = &cluster.nodes[0];
+    let dir = cluster.path().join("mtls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = support::refused_address(8132);
+    let (server_crt, server_key) = cluster
+        .ca
+        .issue(&dir, "front", &[addr.to_string()], false)
+        .unwrap();
+    let clients = support::TestCa::new("kube-apiserver client CA").unwrap();
+    let client_ca = dir.join("client-ca.crt");
+    clients.write(&client_ca).unwrap();
+    let (client_crt, client_key) = clients.issue(&dir, "kube-apiserver", &[], true).unwrap();
+    let mut args = run_args(&cluster);
+    for (k, v) in [
+        ("--proxy-listen", format!("{addr}:8132")),
+        ("--tls-cert", server_crt.display().to_string()),
+        ("--tls-key", server_key.display().to_string()),
+        ("--client-ca", client_ca.display().to_string()),
+        // Fewer CONNECT slots than idle sockets: before, each idle socket took one.
+        ("--max-connections", "1000".to_string()),
+    ] {
+        args.extend([k.to_string(), v]);
+    }
+    let d = support::daemon::Daemon::start(&args);
+    assert!(
+        d.wait_log("tunnel ready", 1, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(
+            tokio::net::TcpStream::connect((addr, 8132))
+                .await
+                .expect("idle TCP connection"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let mut c = std::process::Command::new("curl");
+    c.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "--proxy",
+        &format!("https://{addr}:8132"),
+    ])
+    .arg("--proxy-cacert")
+    .arg(&cluster.ca_file)
+    .arg("--proxy-cert")
+    .arg(&client_crt)
+    .arg("--proxy-key")
+    .arg(&client_key)
+    .args(["-p", &format!("http://{}:{HTTP_PORT}/whoami", n1.addr)]);
+    let out = tokio::task::spawn_blocking(move || {
+        support::run_bounded(&mut c, b"", Duration::from_secs(15))
+    })
+    .await
+    .unwrap()
+    .expect("curl runs");
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "curl failed beside 2,000 idle sockets: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("node-1"));
+    assert!(
+        took < Duration::from_secs(1),
+        "a real mTLS CONNECT beside 2,000 idle sockets took {took:?}"
+    );
+    drop(idle);
+}

@@ -285,9 +285,22 @@ pub struct FrontArgs {
     #[arg(long, env = "KUBE_SSH_TUNNEL_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
-    /// Concurrent client connections; beyond it new CONNECTs get 503.
+    /// Concurrent client connections; beyond it new CONNECTs get 503. On the TLS listener a
+    /// connection counts only once its handshake is done.
     #[arg(long, env = "KUBE_SSH_TUNNEL_MAX_CONNECTIONS", default_value_t = 8192)]
     pub max_connections: usize,
+
+    /// TLS handshakes pending at once on --proxy-listen; at the cap the oldest is dropped.
+    #[arg(
+        long,
+        env = "KUBE_SSH_TUNNEL_MAX_TLS_HANDSHAKES",
+        default_value_t = 1024
+    )]
+    pub max_tls_handshakes: usize,
+
+    /// A client on --proxy-listen must finish its TLS handshake within this time.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
 }
 
 fn parse_address_types(s: &str) -> Result<AddressTypes, String> {

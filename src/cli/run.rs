@@ -101,9 +101,21 @@ pub async fn run_until(
     }
     let cfg = pool_config(&args)?;
     let policy = policy(&args.front)?;
+    if args.front.header_timeout.is_zero() {
+        return Err(CliError::usage(
+            "--header-timeout must be greater than 0 (0 would drop every CONNECT)",
+        ));
+    }
+    if args.front.tls_handshake_timeout.is_zero() || args.front.max_tls_handshakes == 0 {
+        return Err(CliError::usage(
+            "--tls-handshake-timeout and --max-tls-handshakes must be greater than 0",
+        ));
+    }
     let limits = FrontLimits {
         header_timeout: args.front.header_timeout,
         max_connections: args.front.max_connections.max(1),
+        max_tls_handshakes: args.front.max_tls_handshakes.max(1),
+        tls_handshake_timeout: args.front.tls_handshake_timeout,
         ..FrontLimits::default()
     };
     // Bind before connecting anything: a taken socket is a start-up error (exit 2).
@@ -325,6 +337,11 @@ fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
     if s.backoff_min.is_zero() || s.backoff_max < s.backoff_min {
         return Err(CliError::usage(
             "--backoff-min must be > 0 and --backoff-max at least --backoff-min",
+        ));
+    }
+    if s.backoff_auth_max < s.backoff_min {
+        return Err(CliError::usage(
+            "--backoff-auth-max must be at least --backoff-min (a smaller cap retries rejected authentication in a tight loop)",
         ));
     }
     if s.max_handshakes == 0 {

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::handshakes::Handshakes;
 use super::request::{HeadError, read_head};
 use super::response::{ESTABLISHED, Failure};
 use crate::destination::Destination;
@@ -40,6 +41,9 @@ pub struct FrontLimits {
     pub max_connections: usize,
     /// TLS handshake bound on the TCP listener.
     pub tls_handshake_timeout: Duration,
+    /// TLS handshakes pending at once on the TCP listener; at the cap the oldest is dropped.
+    /// A connection takes one of `max_connections` only once its handshake is done.
+    pub max_tls_handshakes: usize,
     /// Relay buffer per direction.
     pub relay_buffer: usize,
 }
@@ -51,6 +55,7 @@ impl Default for FrontLimits {
             max_header_bytes: 8 * 1024,
             max_connections: 8192,
             tls_handshake_timeout: Duration::from_secs(10),
+            max_tls_handshakes: 1024,
             relay_buffer: 64 * 1024,
         }
     }
@@ -113,6 +118,7 @@ impl ConnectFront {
         acceptor: TlsAcceptor,
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
+        let handshakes = Arc::new(Handshakes::new(self.limits.max_tls_handshakes));
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -122,13 +128,26 @@ impl ConnectFront {
                 match accepted {
                     Ok((tcp, peer)) => {
                         let _ = tcp.set_nodelay(true);
-                        let permit = me.slots.clone().try_acquire_owned().ok();
                         let m = me.clone();
                         let acceptor = acceptor.clone();
+                        let handshakes = handshakes.clone();
                         me.tracker.spawn(async move {
                             let limit = m.limits.tls_handshake_timeout;
-                            match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-                                Ok(Ok(tls)) => m.serve(tls, permit).await,
+                            let admitted = handshakes.admit();
+                            let tls = tokio::select! {
+                                r = tokio::time::timeout(limit, acceptor.accept(tcp)) => r,
+                                _ = admitted.evicted.cancelled() => {
+                                    tracing::debug!(%peer, "TLS handshake dropped: newer connections needed the room");
+                                    return;
+                                }
+                            };
+                            drop(admitted);
+                            match tls {
+                                // The slot is taken only now, after a completed handshake.
+                                Ok(Ok(tls)) => {
+                                    let permit = m.slots.clone().try_acquire_owned().ok();
+                                    m.serve(tls, permit).await
+                                }
                                 Ok(Err(e)) => {
                                     tracing::info!(%peer, error = %e, "TLS handshake refused")
                                 }

@@ -2,6 +2,7 @@
 //! over a Unix socket, or over TCP with mutual TLS) sends its `cluster` traffic to.
 
 pub mod front;
+pub mod handshakes;
 pub mod listen;
 pub mod request;
 pub mod response;
