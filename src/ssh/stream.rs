@@ -50,6 +50,10 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const PEER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Most bytes moved from a spill file into memory at once.
 const REFILL_CHUNK: usize = 256 << 10;
+/// A stream counts as bulk (its waits for window space congest its connection) only once it
+/// has written this much: a small write that waits a moment for the session's queue, as many
+/// concurrent dials do, is not bulk.
+const BULK_WRITTEN: u64 = 1 << 20;
 /// A channel with an empty memory buffer may always take this much, budget or not, so that
 /// a reader that keeps up is never held up by others' buffers (the budget can be passed by
 /// at most this much per channel).
@@ -205,6 +209,8 @@ pub struct TunnelStream {
     congestion: Arc<Congestion>,
     /// This stream's writer is waiting for window space (counted in `congestion`).
     write_blocked: bool,
+    /// Bytes written so far.
+    written: u64,
 }
 
 impl std::fmt::Debug for TunnelStream {
@@ -269,6 +275,7 @@ impl TunnelStream {
             link: counters.link,
             congestion: counters.congestion,
             write_blocked: false,
+            written: 0,
         }
     }
 
@@ -697,10 +704,14 @@ impl AsyncWrite for TunnelStream {
         match &r {
             Poll::Ready(Ok(n)) => {
                 self.link.bytes_out.inc_by(*n as u64);
+                self.written += *n as u64;
                 self.set_write_blocked(false);
             }
             Poll::Ready(Err(_)) => self.set_write_blocked(false),
-            Poll::Pending => self.set_write_blocked(true),
+            Poll::Pending => {
+                let bulk = self.written >= BULK_WRITTEN;
+                self.set_write_blocked(bulk);
+            }
         }
         r
     }
