@@ -321,6 +321,38 @@ async fn accept_new_learns_the_first_key_and_refuses_a_changed_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_new_never_learns_a_plain_key_for_a_host_a_cert_authority_covers() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let dir = cluster.path().join("downgrade");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("host_ca");
+    keygen(&ca, "ed25519", None);
+    let kh = ca_known_hosts(&dir, &ca.with_extension("pub"), "kh_ca");
+    let learned = dir.join("learned");
+    let s = Arc::new(
+        builder(&cluster)
+            .key_file(&cluster.keys.ed25519, None)
+            .unwrap()
+            .known_hosts_file(&kh)
+            .unwrap()
+            .host_key_policy(HostKeyPolicy::AcceptNew)
+            .learned_hosts(&learned)
+            .unwrap()
+            .build(),
+    );
+    // The node's sshd presents a plain key, no certificate: a downgrade attempt.
+    let e = NodeTunnel::connect(&node.node(), s).await.unwrap_err();
+    let why = cert_error(e);
+    assert!(why.contains("plain key"), "{why}");
+    assert_eq!(
+        std::fs::read_to_string(&learned).unwrap(),
+        "",
+        "nothing was learned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_certificate_agent_and_encrypted_key_authenticate() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];

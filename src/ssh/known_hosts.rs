@@ -200,6 +200,21 @@ impl KnownHosts {
             .collect()
     }
 
+    /// True when an `@cert-authority` line covers this host: its key must come with a
+    /// certificate, and `accept-new` must not learn a plain key for it.
+    pub fn has_cert_authority_for(&self, host: &str, port: u16, aliases: &[&str]) -> bool {
+        let lookups: Vec<String> = std::iter::once(host)
+            .chain(aliases.iter().copied())
+            .map(|h| lookup_name(h, port))
+            .collect();
+        self.lines.iter().any(|l| {
+            l.entry.marker() == Some(&Marker::CertAuthority)
+                && lookups
+                    .iter()
+                    .any(|n| host_matches(l.entry.host_patterns(), n))
+        })
+    }
+
     /// True when some `@cert-authority` line exists (then host certificates are asked for).
     pub fn has_cert_authorities(&self) -> bool {
         self.lines
@@ -265,6 +280,14 @@ impl KnownHosts {
         }
         if cert.cert_type() != CertType::Host {
             return Err("it is a user certificate, not a host certificate".into());
+        }
+        if !cert.critical_options().is_empty() {
+            // OpenSSH refuses host certificates with critical options (none are defined).
+            let names: Vec<&str> = cert.critical_options().keys().map(String::as_str).collect();
+            return Err(format!(
+                "it has critical options ({}), which a host certificate must not have",
+                names.join(", ")
+            ));
         }
         let cas: Vec<&Line> = self
             .lines
@@ -482,5 +505,39 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("/tmp/kh:3"), "{msg}");
+    }
+
+    #[test]
+    fn host_certificates_with_critical_options_are_refused_like_openssh_does() {
+        use russh::keys::ssh_key::certificate::{Builder, CertType};
+        let ca = crate::ssh::keys::generate_ed25519("ca").unwrap();
+        let host = crate::ssh::keys::generate_ed25519("host").unwrap();
+        let ca_line = format!(
+            "@cert-authority * {}",
+            ca.public_key().to_openssh().unwrap()
+        );
+        let k = kh(&ca_line);
+        let cert = |critical: bool| {
+            let mut b =
+                Builder::new([7u8; 16], host.public_key().key_data().clone(), 0, u64::MAX).unwrap();
+            b.cert_type(CertType::Host).unwrap();
+            b.key_id("node").unwrap();
+            b.valid_principal("10.0.0.1").unwrap();
+            if critical {
+                b.critical_option("force-command", "/bin/true").unwrap();
+            }
+            b.sign(&ca).unwrap()
+        };
+        assert!(
+            k.check_certificate("10.0.0.1", 22, &[], &cert(false), 1)
+                .is_ok()
+        );
+        let why = k
+            .check_certificate("10.0.0.1", 22, &[], &cert(true), 1)
+            .unwrap_err();
+        assert!(why.contains("critical options (force-command)"), "{why}");
+        assert!(k.has_cert_authority_for("10.0.0.1", 22, &[]));
+        assert!(!kh("10.0.0.2 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl")
+            .has_cert_authority_for("10.0.0.2", 22, &[]));
     }
 }

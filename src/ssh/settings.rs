@@ -13,6 +13,7 @@ use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
 use super::budget::BufferBudget;
 use super::keys::IdentitySource;
 use super::known_hosts::KnownHosts;
+use super::learned::LearnedHosts;
 use crate::error::ConfigError;
 
 /// What to do with a host key that known_hosts does not vouch for.
@@ -26,93 +27,6 @@ pub enum HostKeyPolicy {
     AcceptNew,
     /// Accept any key except a revoked one. Only with an explicit insecure flag.
     InsecureSkip,
-}
-
-/// The known_hosts file of our own that `accept-new` learns into. Appends are atomic (a new
-/// file is written and renamed over the old one), so a crash never leaves half a line.
-#[derive(Debug)]
-pub struct LearnedHosts {
-    path: PathBuf,
-    known: std::sync::RwLock<KnownHosts>,
-}
-
-impl LearnedHosts {
-    /// Opens (or creates, empty) the file at `path`.
-    pub fn open(path: &Path) -> Result<LearnedHosts, ConfigError> {
-        if !path.exists() {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| ConfigError::File {
-                    what: "learned known_hosts",
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
-            }
-            std::fs::write(path, "").map_err(|e| ConfigError::File {
-                what: "learned known_hosts",
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        }
-        Ok(LearnedHosts {
-            known: std::sync::RwLock::new(KnownHosts::load(&[path.to_path_buf()])?),
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Checks against what was learned so far.
-    pub fn check(
-        &self,
-        host: &str,
-        port: u16,
-        key: &russh::keys::PublicKey,
-    ) -> super::known_hosts::Verdict {
-        self.known
-            .read()
-            .map(|k| k.check(host, port, &[], key))
-            .unwrap_or(super::known_hosts::Verdict::Unknown)
-    }
-
-    /// Records `host`'s key: appended to the file (atomically) and remembered.
-    pub fn record(
-        &self,
-        host: &str,
-        port: u16,
-        key: &russh::keys::PublicKey,
-    ) -> std::io::Result<()> {
-        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        if matches!(
-            known.check(host, port, &[], key),
-            super::known_hosts::Verdict::Trusted { .. }
-        ) {
-            return Ok(());
-        }
-        let line = format!(
-            "{} {}",
-            super::known_hosts::lookup_name(host, port),
-            key.to_openssh().map_err(std::io::Error::other)?
-        );
-        let entry: russh::keys::ssh_key::known_hosts::Entry = line
-            .parse()
-            .map_err(|e| std::io::Error::other(format!("{e}")))?;
-        let mut text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push_str(&line);
-        text.push('\n');
-        let tmp = self
-            .path
-            .with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)?;
-        known.add_entry(&self.path, entry);
-        Ok(())
-    }
 }
 
 /// Receive-side limits of one channel (see `ssh::stream`), and the pool-wide budget they

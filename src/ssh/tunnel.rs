@@ -169,8 +169,24 @@ impl NodeTunnel {
                     file = %learned.path().display(),
                     "accept-new: trusting this node's host key from now on"
                 ),
+                // Another connection learned a different key for this node meanwhile: this
+                // one cannot be trusted.
+                Err(super::learned::LearnError::Conflict { file, line, .. }) => {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        handle.disconnect(russh::Disconnect::HostKeyNotVerifiable, "", "en"),
+                    )
+                    .await;
+                    return Err(ConnectError::HostKeyMismatch {
+                        node: node.name.clone(),
+                        offered: host_report.offered.clone().unwrap_or_default(),
+                        expected: "the key learned for it meanwhile".into(),
+                        file,
+                        line,
+                    });
+                }
                 Err(e) => {
-                    tracing::error!(node = %node.name, error = %e, "accept-new: could not record the host key")
+                    tracing::error!(node = %node.name, error = %e, "accept-new: could not record the host key; it is trusted for this connection only")
                 }
             }
         }
@@ -473,7 +489,9 @@ fn open_failure_text(reason: &russh::ChannelOpenFailure) -> String {
 
 fn host_key_error(node: &Node, settings: &SshSettings, r: &HostKeyReport) -> Option<ConnectError> {
     let offered = r.offered.clone()?;
-    if r.certificate {
+    let plain_key_for_certified_host =
+        r.certificate_error.is_some() && !matches!(r.verdict, Some(Verdict::Trusted { .. }));
+    if r.certificate || plain_key_for_certified_host {
         return Some(ConnectError::HostCertificateRejected {
             node: node.name.clone(),
             certificate: offered,

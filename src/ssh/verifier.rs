@@ -9,7 +9,8 @@ use russh::keys::PublicKeyOrCertificate;
 use tokio_util::sync::CancellationToken;
 
 use super::known_hosts::{KnownHosts, Verdict, describe_key};
-use super::settings::{HostKeyPolicy, LearnedHosts};
+use super::learned::LearnedHosts;
+use super::settings::HostKeyPolicy;
 
 /// What the handler saw of the server's key.
 #[derive(Debug, Clone, Default)]
@@ -54,8 +55,19 @@ impl russh::client::Handler for NodeHandler {
                 let mut verdict = self
                     .known_hosts
                     .check(&self.address, self.port, &aliases, key);
+                // A host an @cert-authority line covers must present a certificate: learning a
+                // plain key for it would downgrade to trust-on-first-use.
+                let certified_host =
+                    self.known_hosts
+                        .has_cert_authority_for(&self.address, self.port, &aliases);
+                if certified_host && verdict == Verdict::Unknown {
+                    report.certificate_error = Some(
+                        "an @cert-authority line covers this host, but it offered a plain key; not learning it".into(),
+                    );
+                }
                 if self.policy == HostKeyPolicy::AcceptNew
                     && verdict == Verdict::Unknown
+                    && !certified_host
                     && let Some(learned) = &self.learned
                 {
                     verdict = learned.check(&self.address, self.port, key);
