@@ -88,7 +88,7 @@ async fn get(admin: &Path, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-const NODE_KEYS: [&str; 24] = [
+const NODE_KEYS: [&str; 25] = [
     "name",
     "address",
     "ssh_port",
@@ -113,6 +113,7 @@ const NODE_KEYS: [&str; 24] = [
     "host_key",
     "keepalive_rtt_ms",
     "pod_cidrs",
+    "refused",
 ];
 
 #[test]
@@ -490,4 +491,158 @@ fn admin_socket_is_0600_and_a_non_loopback_tcp_bind_needs_explicit_consent() {
         cli(&["status", "--admin-listen", &addr]).code == 0
     });
     assert!(ok, "{}", d.log());
+}
+
+/// One raw HTTP/1.1 request to `addr` with the given Host and Authorization; the status code.
+fn raw_status(addr: &str, method: &str, path: &str, host: &str, token: Option<&str>) -> u16 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn admin_over_tcp_needs_a_token_for_actions_checks_the_host_and_limits_reconnects() {
+    let cluster = Cluster::start(1);
+    let token_file = cluster.path().join("admin-token");
+    let token = "s3cr3t-t0ken-0123456789abcdef";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let start_tcp = |extra: &[&str]| {
+        let mut args = vec!["run".to_string()];
+        args.extend(cluster.cli_args());
+        args.extend([
+            "--proxy-uds".into(),
+            cluster.path().join("p-tcp.sock").display().to_string(),
+            "--admin-listen".into(),
+            addr.clone(),
+            "--health-probe".into(),
+            "none".into(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let d = Daemon::start(&args);
+        assert!(
+            d.wait_log("tunnel ready", 1, Duration::from_secs(20)),
+            "{}",
+            d.log()
+        );
+        d
+    };
+    let tf = token_file.to_str().unwrap();
+
+    // Without a token file: reads work, actions are refused over TCP.
+    let mut d = start_tcp(&[]);
+    assert_eq!(raw_status(&addr, "GET", "/healthz", "127.0.0.1", None), 200);
+    assert_eq!(
+        raw_status(&addr, "POST", "/nodes/node-1/drain", "127.0.0.1", None),
+        403
+    );
+    assert_eq!(d.stop(libc::SIGTERM), Some(0));
+
+    // With one: the Host check, the token, and the CLI sending it.
+    let mut d = start_tcp(&["--admin-token-file", tf]);
+    let host = format!("localhost:{port}");
+    assert_eq!(raw_status(&addr, "GET", "/status", &host, None), 200);
+    assert_eq!(
+        raw_status(&addr, "GET", "/status", "rebind.attacker.example", None),
+        403,
+        "a DNS name in Host (DNS rebinding) is refused"
+    );
+    assert_eq!(
+        raw_status(&addr, "POST", "/nodes/node-1/reconnect", "127.0.0.1", None),
+        401
+    );
+    assert_eq!(
+        raw_status(
+            &addr,
+            "POST",
+            "/nodes/node-1/reconnect",
+            "127.0.0.1",
+            Some("wrong-token-0123456789")
+        ),
+        401
+    );
+    assert_eq!(
+        raw_status(
+            &addr,
+            "POST",
+            "/nodes/node-1/reconnect",
+            "127.0.0.1",
+            Some(token)
+        ),
+        200
+    );
+    assert_eq!(
+        raw_status(
+            &addr,
+            "POST",
+            "/nodes/node-1/reconnect",
+            "127.0.0.1",
+            Some(token)
+        ),
+        429,
+        "a second reconnect within 10 s is refused"
+    );
+    let o = cli(&["drain", "--admin-listen", &addr, "node-1"]);
+    assert_ne!(o.code, 0, "drain without the token fails: {}", o.stdout);
+    let o = cli(&[
+        "drain",
+        "--admin-listen",
+        &addr,
+        "--admin-token-file",
+        tf,
+        "node-1",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // A drained node stays out until reconnect brings it back.
+    let o = cli(&[
+        "reconnect",
+        "--admin-listen",
+        &addr,
+        "--admin-token-file",
+        tf,
+        "node-1",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        support::wait_until(Duration::from_secs(20), || cli(&[
+            "status",
+            "--admin-listen",
+            &addr
+        ])
+        .code
+            == 0),
+        "node-1 back and ready"
+    );
+    assert_eq!(d.stop(libc::SIGTERM), Some(0));
+
+    // --admin-token-for-reads: reads need it too.
+    let mut d = start_tcp(&["--admin-token-file", tf, "--admin-token-for-reads"]);
+    assert_eq!(raw_status(&addr, "GET", "/status", "127.0.0.1", None), 401);
+    assert_eq!(
+        raw_status(&addr, "GET", "/status", "127.0.0.1", Some(token)),
+        200
+    );
+    assert_eq!(
+        cli(&["status", "--admin-listen", &addr, "--admin-token-file", tf]).code,
+        0
+    );
+    assert_eq!(d.stop(libc::SIGTERM), Some(0));
 }

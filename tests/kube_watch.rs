@@ -209,6 +209,13 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     );
     wait_status(&ep, "node-2 added", |doc| ready_at(doc, "node-2", n2)).await;
 
+    // An operator drains node-2: it stays drained while the watch reports other changes.
+    let (code, body) = request(&ep, "POST", "/nodes/node-2/drain", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_status(&ep, "node-2 drained", |doc| node(doc, "node-2").is_none()).await;
+
     // MODIFIED: node-1 changes address; the pool reconnects it there.
     send(
         &api,
@@ -218,6 +225,12 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
         ready_at(doc, "node-1", n3)
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let doc = status(&ep).await.unwrap();
+    assert!(
+        node(&doc, "node-2").is_none(),
+        "an unrelated node's change does not bring a drained node back: {doc:?}"
+    );
 
     // DELETED: node-2 disappears.
     send(

@@ -29,13 +29,36 @@ pub async fn request(
     path: &str,
     limit: Duration,
 ) -> std::io::Result<(u16, String)> {
+    request_with_token(ep, method, path, limit, None).await
+}
+
+/// Like `request`, with `Authorization: Bearer TOKEN` when a token is given.
+pub async fn request_with_token(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    limit: Duration,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let fut = async {
         match ep {
             Endpoint::Unix(p) => {
-                exchange(tokio::net::UnixStream::connect(p).await?, method, path).await
+                exchange(
+                    tokio::net::UnixStream::connect(p).await?,
+                    method,
+                    path,
+                    token,
+                )
+                .await
             }
             Endpoint::Tcp(a) => {
-                exchange(tokio::net::TcpStream::connect(a).await?, method, path).await
+                exchange(
+                    tokio::net::TcpStream::connect(a).await?,
+                    method,
+                    path,
+                    token,
+                )
+                .await
             }
         }
     };
@@ -48,9 +71,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     method: &str,
     path: &str,
+    token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: kube-ssh-tunnel\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: kube-ssh-tunnel\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();

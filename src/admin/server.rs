@@ -1,15 +1,21 @@
 //! The admin HTTP API (axum): `/status`, `/healthz`, `/readyz`, `/metrics`, and the actions
 //! `POST /nodes/{name}/reconnect` and `POST /nodes/{name}/drain`. It listens on a Unix socket
-//! (mode 0600) by default, or on TCP — loopback only unless explicitly allowed, since it can
-//! drain nodes and has no authentication of its own.
+//! (mode 0600: the file mode is its access control) by default, or on TCP — loopback only
+//! unless explicitly allowed. On TCP (`AdminAuth`): the actions need the bearer token of
+//! `--admin-token-file` (reads too with `--admin-token-for-reads`), and the Host header must be
+//! an IP address, `localhost` or `kube-ssh-tunnel`, so that a web page cannot reach the API
+//! through DNS rebinding. A node can be reconnected at most once per `RECONNECT_INTERVAL`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{Path, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::document::StatusDocument;
@@ -24,6 +30,89 @@ pub struct AdminState {
     pub insecure_host_keys: bool,
     /// Cleared when a loop of the daemon (e.g. a CONNECT listener) ends unexpectedly.
     pub alive: Arc<AtomicBool>,
+    /// Who may use the API (on TCP).
+    pub auth: AdminAuth,
+    /// When each node was last reconnected through the API.
+    pub reconnected: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+/// A node is reconnected through the API at most this often.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Access control of the API on TCP (the Unix socket's 0600 mode is its own).
+#[derive(Clone, Debug, Default)]
+pub struct AdminAuth {
+    /// Served on TCP: the Host check and the token apply.
+    pub tcp: bool,
+    /// The bearer token actions need (None on TCP: actions are refused).
+    pub token: Option<Arc<str>>,
+    /// Reads need the token too.
+    pub token_for_reads: bool,
+}
+
+/// The Host header names us: an IP literal (any port), `localhost` or `kube-ssh-tunnel`. A
+/// DNS-rebinding page always sends its own DNS name.
+pub fn host_allowed(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.eq_ignore_ascii_case("kube-ssh-tunnel")
+}
+
+/// Equal in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn guard(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    if !s.auth.tcp {
+        return next.run(req).await;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !host_allowed(host) {
+        return (
+            StatusCode::FORBIDDEN,
+            format!("Host '{host}' is not allowed: use an IP address or localhost\n"),
+        )
+            .into_response();
+    }
+    let action = req.method() != Method::GET && req.method() != Method::HEAD;
+    if !action && !s.auth.token_for_reads {
+        return next.run(req).await;
+    }
+    let Some(token) = &s.auth.token else {
+        return (
+            StatusCode::FORBIDDEN,
+            "actions over TCP need a token: start the daemon with --admin-token-file\n",
+        )
+            .into_response();
+    };
+    let offered = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same_secret(offered.trim().as_bytes(), token.as_bytes()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a valid bearer token is needed (--admin-token-file)\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// The router.
@@ -35,6 +124,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/nodes/{name}/reconnect", post(reconnect))
         .route("/nodes/{name}/drain", post(drain))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
@@ -85,6 +175,27 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn reconnect(State(s): State<AdminState>, Path(name): Path<String>) -> impl IntoResponse {
+    // Bringing a drained node back is not a reconnect storm: not limited.
+    if !s.pool.is_drained(&name) {
+        let mut last = s.reconnected.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(at) = last.get(&name)
+            && now.duration_since(*at) < RECONNECT_INTERVAL
+        {
+            let wait = RECONNECT_INTERVAL - now.duration_since(*at);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "node {name} was reconnected {:.0?} ago; at most one reconnect per {:?} per node (retry in {:.0?})\n",
+                    now.duration_since(*at),
+                    RECONNECT_INTERVAL,
+                    wait
+                ),
+            );
+        }
+        last.insert(name.clone(), now);
+        last.retain(|_, at| now.duration_since(*at) < RECONNECT_INTERVAL);
+    }
     if s.pool.reconnect(&name) {
         tracing::info!(node = %name, "reconnect requested over the admin API");
         (StatusCode::OK, format!("node {name}: reconnecting\n"))
@@ -98,7 +209,9 @@ async fn drain(State(s): State<AdminState>, Path(name): Path<String>) -> impl In
         tracing::info!(node = %name, "drain requested over the admin API");
         (
             StatusCode::OK,
-            format!("node {name}: draining (until the node set names it again)\n"),
+            format!(
+                "node {name}: draining (until its entry in the node source changes, or `reconnect {name}`)\n"
+            ),
         )
     } else {
         (StatusCode::NOT_FOUND, format!("no node named '{name}'\n"))

@@ -116,6 +116,31 @@ pub struct AdminArgs {
     /// Admin API on TCP instead (loopback only unless --admin-allow-remote).
     #[arg(long, env = "KUBE_SSH_TUNNEL_ADMIN_LISTEN")]
     pub admin_listen: Option<std::net::SocketAddr>,
+
+    /// File holding the admin API's bearer token (first line). On TCP the actions (drain,
+    /// reconnect) need it; `run` requires it, `status`/`drain`/`reconnect` send it.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// The token from --admin-token-file, if given: its first line, trimmed, non-empty.
+    pub fn token(&self) -> Result<Option<String>, super::CliError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            super::CliError::usage(format!("--admin-token-file {}: {e}", path.display()))
+        })?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.len() < 16 {
+            return Err(super::CliError::usage(format!(
+                "--admin-token-file {}: the token must be at least 16 characters on its first line (e.g. `head -c 32 /dev/urandom | base64 > FILE`)",
+                path.display()
+            )));
+        }
+        Ok(Some(token))
+    }
 }
 
 /// Flags of `run` that shape supervision: health probes, backoff, drain, stall handling.

@@ -31,9 +31,14 @@ pub struct RunArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
 
-    /// Allow --admin-listen on a non-loopback address (the admin API has no authentication).
+    /// Allow --admin-listen on a non-loopback address (actions need --admin-token-file; reads
+    /// need it too only with --admin-token-for-reads).
     #[arg(long, env = "KUBE_SSH_TUNNEL_ADMIN_ALLOW_REMOTE")]
     pub admin_allow_remote: bool,
+
+    /// On --admin-listen, reads (/status, /metrics, /healthz, /readyz) need the token too.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_ADMIN_TOKEN_FOR_READS")]
+    pub admin_token_for_reads: bool,
 
     /// /readyz wants at least this share (0..1) of the desired nodes ready, and at least one.
     #[arg(long, env = "KUBE_SSH_TUNNEL_READY_SHARE", default_value_t = 0.0)]
@@ -147,11 +152,27 @@ pub async fn run_until(
             Some((l, acceptor))
         }
     };
+    let admin_token = args.admin.token()?;
+    if args.admin_token_for_reads && admin_token.is_none() {
+        return Err(CliError::usage(
+            "--admin-token-for-reads needs --admin-token-file",
+        ));
+    }
+    let admin_auth = kube_ssh_tunnel::admin::server::AdminAuth {
+        tcp: args.admin.admin_listen.is_some(),
+        token: admin_token.map(|t| std::sync::Arc::from(t.as_str())),
+        token_for_reads: args.admin_token_for_reads,
+    };
+    if admin_auth.tcp && admin_auth.token.is_none() {
+        tracing::warn!(
+            "--admin-listen without --admin-token-file: reads only; drain and reconnect are refused over TCP"
+        );
+    }
     let admin = match args.admin.admin_listen {
         Some(addr) => {
             if !addr.ip().is_loopback() && !args.admin_allow_remote {
                 return Err(CliError::usage(format!(
-                    "--admin-listen {addr} is not a loopback address; the admin API can drain nodes and has no authentication. Use 127.0.0.1, the default Unix socket, or pass --admin-allow-remote"
+                    "--admin-listen {addr} is not a loopback address; the admin API can drain nodes. Use 127.0.0.1, the default Unix socket, or pass --admin-allow-remote (with --admin-token-file)"
                 )));
             }
             let l = tokio::net::TcpListener::bind(addr)
@@ -191,6 +212,8 @@ pub async fn run_until(
         ready_share: args.ready_share,
         insecure_host_keys: insecure,
         alive: alive.clone(),
+        auth: admin_auth,
+        reconnected: Default::default(),
     };
     let app = admin_router(state);
     let admin_alive = alive.clone();

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Args;
-use kube_ssh_tunnel::admin::client::{Endpoint, request};
+use kube_ssh_tunnel::admin::client::{Endpoint, request_with_token};
 use kube_ssh_tunnel::admin::document::StatusDocument;
 use kube_ssh_tunnel::status::{Format, exit_code, render};
 
@@ -51,8 +51,8 @@ fn unreachable(ep: &Endpoint, e: impl std::fmt::Display) -> CliError {
     ))
 }
 
-async fn fetch(ep: &Endpoint) -> Result<(StatusDocument, String), CliError> {
-    let (code, body) = request(ep, "GET", "/status", REQUEST_TIMEOUT)
+async fn fetch(ep: &Endpoint, token: Option<&str>) -> Result<(StatusDocument, String), CliError> {
+    let (code, body) = request_with_token(ep, "GET", "/status", REQUEST_TIMEOUT, token)
         .await
         .map_err(|e| unreachable(ep, e))?;
     if code != 200 {
@@ -65,6 +65,7 @@ async fn fetch(ep: &Endpoint) -> Result<(StatusDocument, String), CliError> {
 
 pub async fn status(args: StatusArgs) -> Result<i32, CliError> {
     let ep = endpoint(&args.admin);
+    let token = args.admin.token()?;
     let terminal = std::io::stdout().is_terminal();
     let color = terminal && std::env::var_os("NO_COLOR").is_none();
     let format = if args.output == "wide" {
@@ -73,7 +74,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, CliError> {
         Format::Table
     };
     loop {
-        let (doc, raw) = fetch(&ep).await?;
+        let (doc, raw) = fetch(&ep, token.as_deref()).await?;
         let text = if args.output == "json" {
             format!("{}\n", raw.trim_end())
         } else {
@@ -98,7 +99,8 @@ pub async fn status(args: StatusArgs) -> Result<i32, CliError> {
 pub async fn node_action(args: NodeActionArgs, action: &str) -> Result<i32, CliError> {
     let ep = endpoint(&args.admin);
     let path = format!("/nodes/{}/{action}", args.node);
-    let (code, body) = request(&ep, "POST", &path, REQUEST_TIMEOUT)
+    let token = args.admin.token()?;
+    let (code, body) = request_with_token(&ep, "POST", &path, REQUEST_TIMEOUT, token.as_deref())
         .await
         .map_err(|e| unreachable(&ep, e))?;
     match code {

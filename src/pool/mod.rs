@@ -53,6 +53,11 @@ pub struct Pool {
     handshakes: Arc<Semaphore>,
     /// The SSH settings, shared by extra connections.
     ssh: Arc<SshSettings>,
+    /// Nodes an operator drained, as their source last gave them: they stay out of the pool
+    /// while the source keeps giving the same entry (whichever source: a node file's reload
+    /// or an unrelated Kubernetes event does not bring them back); a changed entry, or
+    /// `reconnect`, does.
+    drained: std::sync::Mutex<HashMap<String, Node>>,
 }
 
 impl Pool {
@@ -90,6 +95,7 @@ impl Pool {
             slots: DashMap::new(),
             draining: Arc::new(DashMap::new()),
             next_id: AtomicU64::new(0),
+            drained: std::sync::Mutex::new(HashMap::new()),
         };
         for n in nodes {
             pool.add(n);
@@ -169,6 +175,9 @@ impl Pool {
             .map(|r| (r.key().clone(), r.value().clone()))
             .collect();
         let wanted: HashMap<&str, &Node> = desired.iter().map(|n| (n.name.as_str(), n)).collect();
+        let mut drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
+        // A drained node leaves the drained set when its source drops or changes it.
+        drained.retain(|name, node| wanted.get(name.as_str()).is_some_and(|w| *w == node));
         for (name, slot) in &current {
             if !wanted.contains_key(name.as_str()) {
                 self.retire(slot.clone(), "removed from the node set");
@@ -176,6 +185,9 @@ impl Pool {
             }
         }
         for node in &desired {
+            if drained.contains_key(&node.name) {
+                continue;
+            }
             match current.get(&node.name) {
                 None => {
                     self.add(node.clone());
@@ -258,9 +270,34 @@ impl Pool {
         Some(self.slot(name)?.congested())
     }
 
-    /// Drops node `name`'s connection (its streams drain) and reconnects now.
+    /// True when an operator drained node `name` and it has not come back.
+    pub fn is_drained(&self, name: &str) -> bool {
+        self.drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
+    /// Drops node `name`'s connection (its streams drain) and reconnects now; a node an
+    /// operator drained comes back.
     pub fn reconnect(&self, name: &str) -> bool {
-        self.slot(name).map(|s| s.reconnect_now()).is_some()
+        if let Some(s) = self.slot(name) {
+            s.reconnect_now();
+            return true;
+        }
+        let back = self
+            .drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        match back {
+            Some(node) => {
+                tracing::info!(node = %name, "drained node back by reconnect");
+                self.add(node);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The nodes now (shared, no copies), for routing and policy checks on the dial path.
@@ -381,11 +418,15 @@ impl Pool {
         ))
     }
 
-    /// Drains node `name` now (no new dials; open streams finish), until the next node-set
-    /// update names it again. False if there is no such node.
+    /// Drains node `name` now (no new dials; open streams finish). It stays out until its
+    /// entry in the node source changes, or `reconnect`. False if there is no such node.
     pub fn drain_node(&self, name: &str) -> bool {
         match self.slot(name) {
             Some(s) => {
+                self.drained
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_string(), Node::clone(&s.node()));
                 self.retire(s, "drained by an operator");
                 true
             }

@@ -1,6 +1,6 @@
-//! The CONNECT front's sockets. A Unix socket (kube-apiserver's `uds` transport) is created
-//! with mode 0660 under a temporary name and renamed into place, so it is never reachable with
-//! looser permissions; a stale socket left by a dead daemon is replaced, a live one is not. A
+//! The CONNECT front's sockets. A Unix socket (kube-apiserver's `uds` transport) is bound in a
+//! private 0700 directory, given mode 0660 there and renamed into place, so it is never
+//! reachable with looser permissions; a stale socket left by a dead daemon is replaced, a live one is not. A
 //! TCP listener always speaks TLS and requires a client certificate signed by `--client-ca`
 //! (kube-apiserver's `tcp` transport dials with mTLS).
 
@@ -57,19 +57,23 @@ pub fn bind_uds_mode(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e.to_string())),
     }
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("sock"),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
+    // Bind inside a fresh private directory (0700) next to the target, set the mode there,
+    // then rename into place: the socket never exists, reachable, with a wider mode than
+    // `mode` (a bind follows the umask), and no name we bind can be planted beforehand.
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = tempfile::Builder::new()
+        .prefix(".kube-ssh-tunnel-bind.")
+        .tempdir_in(dir)
+        .map_err(|e| err(format!("cannot create a private directory next to it: {e}")))?;
+    let tmp = private.path().join("sock");
     let listener = UnixListener::bind(&tmp).map_err(|e| err(e.to_string()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
         .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            err(e.to_string())
-        })?;
+        .map_err(|e| err(e.to_string()))?;
+    drop(private);
     Ok(listener)
 }
 
@@ -129,4 +133,57 @@ pub fn mtls_acceptor(
             )
         })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn a_socket_is_never_seen_in_its_directory_with_another_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen_wrong = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let watcher = {
+            let (d, stop, seen) = (dir.path().to_path_buf(), stop.clone(), seen_wrong.clone());
+            std::thread::spawn(move || {
+                let mut looks = 0u64;
+                while !stop.load(Ordering::Acquire) && looks < 5_000_000 {
+                    looks += 1;
+                    let Ok(entries) = std::fs::read_dir(&d) else {
+                        continue;
+                    };
+                    for e in entries.flatten() {
+                        if let Ok(m) = std::fs::symlink_metadata(e.path())
+                            && m.file_type().is_socket()
+                            && m.permissions().mode() & 0o777 != 0o660
+                        {
+                            seen.lock().unwrap().push(format!(
+                                "{:?} {:o}",
+                                e.path(),
+                                m.permissions().mode()
+                            ));
+                        }
+                    }
+                }
+            })
+        };
+        for _ in 0..300 {
+            let l = bind_uds(&path).unwrap();
+            drop(l);
+            std::fs::remove_file(&path).unwrap();
+        }
+        stop.store(true, Ordering::Release);
+        watcher.join().unwrap();
+        let seen = seen_wrong.lock().unwrap();
+        assert!(
+            seen.is_empty(),
+            "sockets seen with another mode: {:?}",
+            &seen[..seen.len().min(5)]
+        );
+        // Nothing but the target is ever left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }
