@@ -46,6 +46,17 @@ pub enum DialResult {
 }
 
 impl DialResult {
+    /// Every result, for removing a node's series.
+    pub const ALL: [DialResult; 7] = [
+        DialResult::Ok,
+        DialResult::NoRoute,
+        DialResult::NotReady,
+        DialResult::Refused,
+        DialResult::Timeout,
+        DialResult::ConnectionLost,
+        DialResult::AtCapacity,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -260,6 +271,44 @@ impl Metrics {
             congested_seconds: self.congested_seconds.get_or_create_owned(&n),
             isolation_connections: self.isolation_connections.get_or_create_owned(&n),
         }
+    }
+
+    /// Removes every series labelled with node `node` (it left the node set), so that churn
+    /// does not grow /metrics without bound. A node added again starts its series anew.
+    pub fn forget_node(&self, node: &str) {
+        let n = NodeLabel {
+            node: node.to_string(),
+        };
+        for r in DialResult::ALL {
+            self.dials.remove(&DialLabels {
+                node: node.to_string(),
+                result: r.as_str(),
+            });
+        }
+        for direction in ["in", "out"] {
+            self.bytes.remove(&BytesLabels {
+                node: node.to_string(),
+                direction,
+            });
+        }
+        for result in ["ok", "fail"] {
+            self.health_checks.remove(&CheckLabels {
+                node: node.to_string(),
+                result,
+            });
+        }
+        self.tunnel_up.remove(&n);
+        self.open_channels.remove(&n);
+        self.connections.remove(&n);
+        self.congested_connections.remove(&n);
+        self.reconnects.remove(&n);
+        self.keepalive_rtt.remove(&n);
+        self.stalled_channels.remove(&n);
+        self.buffered_bytes.remove(&n);
+        self.spilled_bytes.remove(&n);
+        self.spilled_streams.remove(&n);
+        self.congested_seconds.remove(&n);
+        self.isolation_connections.remove(&n);
     }
 
     /// Renders the OpenMetrics text.

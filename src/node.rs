@@ -159,13 +159,19 @@ pub fn same_host(a: &str, b: &str) -> bool {
 impl Node {
     /// The host a channel through this node asks sshd for when a dial names `host`: a name
     /// of this node (its node name, or a DNS-name alias) becomes its address, so the node
-    /// need not resolve its own name and PermitOpen can list addresses only. IP literals and
-    /// other hosts pass unchanged.
-    pub fn channel_host<'a>(&'a self, host: &'a str) -> &'a str {
+    /// need not resolve its own name and PermitOpen can list addresses only. IP literals go
+    /// in canonical form (RFC 5952 for IPv6: `fd00::5`, not `FD00:0::5`), which is how
+    /// PermitOpen lines are written and compared (as strings) by sshd. Other hosts pass
+    /// unchanged.
+    pub fn channel_host<'a>(&'a self, host: &'a str) -> std::borrow::Cow<'a, str> {
         let names_this_node = host.parse::<IpAddr>().is_err()
             && (host.eq_ignore_ascii_case(&self.name)
                 || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(host)));
-        if names_this_node { &self.address } else { host }
+        let chosen = if names_this_node { &self.address } else { host };
+        match chosen.parse::<IpAddr>() {
+            Ok(ip) if ip.to_string() != chosen => std::borrow::Cow::Owned(ip.to_string()),
+            _ => std::borrow::Cow::Borrowed(chosen),
+        }
     }
 }
 
@@ -213,6 +219,11 @@ mod tests {
         assert_eq!(n.channel_host("203.0.113.5"), "203.0.113.5");
         assert_eq!(n.channel_host("10.96.0.10"), "10.96.0.10");
         assert_eq!(n.channel_host("node-2"), "node-2");
+        // IPv6 goes to sshd in canonical form, as PermitOpen lines are written.
+        assert_eq!(n.channel_host("FD00:0:0::5"), "fd00::5");
+        assert_eq!(n.channel_host("fd00:0:0:0:0:0:0:1"), "fd00::1");
+        let v6 = Node::parse_spec("v6=[fd00:0::9]").unwrap();
+        assert_eq!(v6.channel_host("v6"), "fd00::9");
     }
 
     #[test]

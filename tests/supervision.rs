@@ -1026,3 +1026,70 @@ async fn https_probe_verifies_the_kubelet_certificate_through_the_tunnel() {
         .await
         .expect("insecure mode accepts it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_nodes_added_and_removed_leave_no_metric_series_behind() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let mut cfg = fast(&cluster);
+    cfg.drain_timeout = Duration::from_secs(2);
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    wait_ready(&pool, "node-1", 10, "ready").await;
+    let stable = node.node();
+    let dead = support::refused_address(22);
+    let before = {
+        pool.refresh_metrics();
+        pool.metrics().encode().len()
+    };
+    for i in 0..1000u32 {
+        // Most churned nodes are unreachable (fast); every 50th is the real sshd and carries
+        // a dial, so that dial, byte and reconnect series exist too.
+        let real = i % 50 == 0;
+        let addr = if real {
+            format!("{}:{}", node.addr, node.ssh_port)
+        } else {
+            format!("{dead}:22")
+        };
+        let churn = Node::parse_spec(&format!("churn-{i}={addr}")).unwrap();
+        pool.update(vec![stable.clone(), churn]).unwrap();
+        if real {
+            wait_ready(&pool, &format!("churn-{i}"), 10, "churned node ready").await;
+            let mut s = pool
+                .dial_through(&format!("churn-{i}"), &dest(node.addr, ECHO_PORT))
+                .await
+                .unwrap();
+            s.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+        }
+        pool.refresh_metrics();
+        pool.update(vec![stable.clone()]).unwrap();
+    }
+    // Every removed node's drain ends, then its series are gone.
+    let gone = {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            pool.refresh_metrics();
+            let text = pool.metrics().encode();
+            if !text.contains("churn-") || Instant::now() > end {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let left: Vec<&str> = gone
+        .lines()
+        .filter(|l| l.contains("churn-"))
+        .take(5)
+        .collect();
+    assert!(left.is_empty(), "series of removed nodes remain: {left:?}");
+    assert!(
+        gone.contains("node=\"node-1\""),
+        "the stable node keeps its series"
+    );
+    assert!(
+        gone.len() < before * 2,
+        "/metrics grew from {before} to {} bytes",
+        gone.len()
+    );
+}

@@ -34,6 +34,9 @@ pub use health::{HealthConfig, Probe};
 pub use slot::NodeSlot;
 pub use state::{HealthResult, NodeStatus, TunnelState};
 
+/// Why a node retires when the node set no longer has it (its metric series then go).
+const REMOVED: &str = "removed from the node set";
+
 /// What `Pool::update` changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UpdateSummary {
@@ -47,7 +50,7 @@ pub struct UpdateSummary {
 pub struct Pool {
     cfg: Arc<PoolConfig>,
     metrics: Arc<Metrics>,
-    slots: DashMap<String, Arc<NodeSlot>>,
+    slots: Arc<DashMap<String, Arc<NodeSlot>>>,
     draining: Arc<DashMap<u64, Arc<NodeSlot>>>,
     next_id: AtomicU64,
     handshakes: Arc<Semaphore>,
@@ -92,7 +95,7 @@ impl Pool {
             metrics: Arc::new(Metrics::new()),
             handshakes: Arc::new(Semaphore::new(cfg.max_handshakes.max(1))),
             cfg: Arc::new(cfg),
-            slots: DashMap::new(),
+            slots: Arc::new(DashMap::new()),
             draining: Arc::new(DashMap::new()),
             next_id: AtomicU64::new(0),
             drained: std::sync::Mutex::new(HashMap::new()),
@@ -135,6 +138,7 @@ impl Pool {
         why: &str,
         timeout: Duration,
     ) -> tokio::task::JoinHandle<()> {
+        let forget = why == REMOVED;
         let name = slot.name();
         self.slots.remove_if(&name, |_, v| Arc::ptr_eq(v, &slot));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -142,6 +146,7 @@ impl Pool {
         slot.stop.cancel();
         slot.set_state(TunnelState::Draining, why);
         let draining = self.draining.clone();
+        let (slots, metrics) = (self.slots.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let extras = slot.overflow.take_all();
             let drains = extras
@@ -150,6 +155,10 @@ impl Pool {
                 .map(|t| drain::drain_tunnel(t, timeout));
             futures::future::join_all(drains).await;
             draining.remove(&id);
+            // Gone for good (not replaced, re-added or drained by an operator): its series go.
+            if forget && !slots.contains_key(&name) {
+                metrics.forget_node(&name);
+            }
         })
     }
 
@@ -180,7 +189,7 @@ impl Pool {
         drained.retain(|name, node| wanted.get(name.as_str()).is_some_and(|w| *w == node));
         for (name, slot) in &current {
             if !wanted.contains_key(name.as_str()) {
-                self.retire(slot.clone(), "removed from the node set");
+                self.retire(slot.clone(), REMOVED);
                 summary.removed.push(name.clone());
             }
         }
@@ -559,6 +568,7 @@ impl Pool {
                 })?;
             let node_now = slot.node();
             let host = node_now.channel_host(&dest.host);
+            let host: &str = &host;
             let limit = self.cfg.max_channels_per_connection;
             // A new dial never waits behind a congested connection (ssh::congestion).
             let opened = if tunnel.is_congested() && self.cfg.max_connections_per_node > 1 {
