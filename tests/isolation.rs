@@ -152,7 +152,9 @@ fn start(c: &Cluster, extra: &[&str]) -> Running {
     std::fs::write(&file, toml).unwrap();
     let mut args = c.daemon_args();
     args.extend(["--nodes".to_string(), file.display().to_string()]);
-    args.extend(["--health-probe".to_string(), "none".into()]);
+    if !extra.contains(&"--health-probe") {
+        args.extend(["--health-probe".to_string(), "none".into()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let d = Daemon::start(&args);
     let admin = c.path().join("admin.sock");
@@ -259,12 +261,30 @@ async fn slow_reader_case(spill: bool) {
     let ech = echo(node.pod_addr).await;
     let spill_dir = cluster.path().join("spill");
     std::fs::create_dir_all(&spill_dir).unwrap();
-    let spill_flags = [
+    let mut spill_flags = vec![
         "--spill-dir".to_string(),
         spill_dir.display().to_string(),
         "--spill-budget".into(),
         if spill { "1GiB" } else { "0" }.into(),
     ];
+    if !spill {
+        // Health probes every second, two failures replace a connection: a probe that waited
+        // behind the held-up connection would cut the slow stream. Probes skip a congested
+        // connection instead (checked below: no reconnect).
+        spill_flags.extend(
+            [
+                "--health-probe",
+                "tcp",
+                "--health-interval",
+                "1s",
+                "--health-timeout",
+                "500ms",
+                "--health-failures",
+                "2",
+            ]
+            .map(String::from),
+        );
+    }
     let flags: Vec<&str> = spill_flags.iter().map(String::as_str).collect();
     let r = start(&cluster, &flags);
     assert!(
@@ -291,6 +311,10 @@ async fn slow_reader_case(spill: bool) {
         })
         .await;
     assert!(behind, "the slow reader falls behind: {}", r.node().await);
+    if !spill {
+        // Several probe intervals pass while the connection is held up.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
 
     let mut worst = Duration::ZERO;
     for i in 0..200 {
@@ -361,6 +385,11 @@ async fn slow_reader_case(spill: bool) {
         .expect("the slow reader finishes")
         .unwrap();
     assert_eq!(got, LEN, "every byte of the slow stream arrives");
+    assert_eq!(
+        r.node().await["reconnects"],
+        0,
+        "the held-up connection was never replaced"
+    );
     assert!(hash == pattern.hash(LEN), "the slow stream is intact");
     let after = r.node().await;
     assert!(

@@ -190,6 +190,14 @@ async fn watch_connection(
                 if !probing {
                     continue;
                 }
+                // A congested connection (a reader holding up its session, or bulk data) would
+                // make the probe wait behind it and fail, and failures replace the connection,
+                // cutting the very streams that are slow. Dials avoid it meanwhile; the probe
+                // resumes when it clears.
+                if tunnel.is_congested() {
+                    tracing::debug!(node = %label.node, "connection congested: health probe skipped");
+                    continue;
+                }
                 // Sequential: the next probe starts only after this one ends (never piles up).
                 let result = health::probe(tunnel, &slot.node(), &cfg.health).await;
                 let ok = result.ok;
