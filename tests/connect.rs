@@ -120,6 +120,56 @@ async fn get<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, path: &str) -> String
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The mutual-TLS listener's files: a server certificate for a free loopback address and a
+/// client CA with kube-apiserver's client certificate.
+struct Mtls {
+    addr: std::net::Ipv4Addr,
+    port: u16,
+    server_crt: PathBuf,
+    server_key: PathBuf,
+    client_ca: PathBuf,
+    client_crt: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Mtls {
+    fn new(cluster: &Cluster, port: u16) -> Mtls {
+        let dir = cluster.path().join(format!("mtls-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = support::refused_address(port);
+        let (server_crt, server_key) = cluster
+            .ca
+            .issue(&dir, "front", &[addr.to_string()], false)
+            .unwrap();
+        let clients = support::TestCa::new("kube-apiserver client CA").unwrap();
+        let client_ca = dir.join("client-ca.crt");
+        clients.write(&client_ca).unwrap();
+        let (client_crt, client_key) = clients.issue(&dir, "kube-apiserver", &[], true).unwrap();
+        Mtls {
+            addr,
+            port,
+            server_crt,
+            server_key,
+            client_ca,
+            client_crt,
+            client_key,
+        }
+    }
+
+    /// `run`'s flags for this listener.
+    fn args(&self) -> Vec<String> {
+        [
+            ("--proxy-listen", format!("{}:{}", self.addr, self.port)),
+            ("--tls-cert", self.server_crt.display().to_string()),
+            ("--tls-key", self.server_key.display().to_string()),
+            ("--client-ca", self.client_ca.display().to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect()
+    }
+}
+
 fn run_args(c: &Cluster) -> Vec<String> {
     let mut a = vec!["run".to_string()];
     a.extend(c.cli_args());
@@ -183,26 +233,10 @@ async fn kube_apiserver_bytes_over_uds_get_a_bare_200_then_tls_reaches_the_kubel
 async fn curl_proxytunnel_through_the_mtls_listener_needs_a_client_cert() {
     let cluster = Cluster::start(1);
     let n1 = &cluster.nodes[0];
-    let dir = cluster.path().join("mtls");
-    std::fs::create_dir_all(&dir).unwrap();
-    let addr = support::refused_address(8131);
-    let (server_crt, server_key) = cluster
-        .ca
-        .issue(&dir, "front", &[addr.to_string()], false)
-        .unwrap();
-    let clients = support::TestCa::new("kube-apiserver client CA").unwrap();
-    let client_ca = dir.join("client-ca.crt");
-    clients.write(&client_ca).unwrap();
-    let (client_crt, client_key) = clients.issue(&dir, "kube-apiserver", &[], true).unwrap();
+    let m = Mtls::new(&cluster, 8131);
+    let (addr, client_crt, client_key) = (m.addr, m.client_crt.clone(), m.client_key.clone());
     let mut args = run_args(&cluster);
-    for (k, v) in [
-        ("--proxy-listen", format!("{addr}:8131")),
-        ("--tls-cert", server_crt.display().to_string()),
-        ("--tls-key", server_key.display().to_string()),
-        ("--client-ca", client_ca.display().to_string()),
-    ] {
-        args.extend([k.to_string(), v]);
-    }
+    args.extend(m.args());
     let d = support::daemon::Daemon::start(&args);
     assert!(
         d.wait_log("tunnel ready", 1, Duration::from_secs(20)),
@@ -664,28 +698,12 @@ async fn idle_tcp_sockets_on_the_mtls_listener_take_no_slot_and_a_real_client_ge
     }
     let cluster = Cluster::start(1);
     let n1 = &cluster.nodes[0];
-    let dir = cluster.path().join("mtls");
-    std::fs::create_dir_all(&dir).unwrap();
-    let addr = support::refused_address(8132);
-    let (server_crt, server_key) = cluster
-        .ca
-        .issue(&dir, "front", &[addr.to_string()], false)
-        .unwrap();
-    let clients = support::TestCa::new("kube-apiserver client CA").unwrap();
-    let client_ca = dir.join("client-ca.crt");
-    clients.write(&client_ca).unwrap();
-    let (client_crt, client_key) = clients.issue(&dir, "kube-apiserver", &[], true).unwrap();
+    let m = Mtls::new(&cluster, 8132);
+    let (addr, client_crt, client_key) = (m.addr, m.client_crt.clone(), m.client_key.clone());
     let mut args = run_args(&cluster);
-    for (k, v) in [
-        ("--proxy-listen", format!("{addr}:8132")),
-        ("--tls-cert", server_crt.display().to_string()),
-        ("--tls-key", server_key.display().to_string()),
-        ("--client-ca", client_ca.display().to_string()),
-        // Fewer CONNECT slots than idle sockets: before, each idle socket took one.
-        ("--max-connections", "1000".to_string()),
-    ] {
-        args.extend([k.to_string(), v]);
-    }
+    args.extend(m.args());
+    // Fewer CONNECT slots than idle sockets: before, each idle socket took one.
+    args.extend(["--max-connections".to_string(), "1000".into()]);
     let d = support::daemon::Daemon::start(&args);
     assert!(
         d.wait_log("tunnel ready", 1, Duration::from_secs(20)),

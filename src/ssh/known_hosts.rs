@@ -122,10 +122,7 @@ impl KnownHosts {
     /// Checks `key` offered by the server reached as `host` on `port`. `aliases` are further
     /// names of the same node (e.g. its Kubernetes name) that a line may use instead.
     pub fn check(&self, host: &str, port: u16, aliases: &[&str], key: &PublicKey) -> Verdict {
-        let lookups: Vec<String> = std::iter::once(host)
-            .chain(aliases.iter().copied())
-            .map(|h| lookup_name(h, port))
-            .collect();
+        let lookups = lookups(host, port, aliases);
         let mut mismatch = None;
         let mut trusted = None;
         for l in &self.lines {
@@ -175,12 +172,20 @@ impl KnownHosts {
 
     /// True when some line (a key, or a `@cert-authority`) applies to this host.
     pub fn has_entry_for(&self, host: &str, port: u16, aliases: &[&str]) -> bool {
-        let lookups: Vec<String> = std::iter::once(host)
-            .chain(aliases.iter().copied())
-            .map(|h| lookup_name(h, port))
-            .collect();
+        self.any_line_for(host, port, aliases, |m| m != Some(&Marker::Revoked))
+    }
+
+    /// True when a line whose marker passes `marker` matches this host.
+    fn any_line_for(
+        &self,
+        host: &str,
+        port: u16,
+        aliases: &[&str],
+        marker: impl Fn(Option<&Marker>) -> bool,
+    ) -> bool {
+        let lookups = lookups(host, port, aliases);
         self.lines.iter().any(|l| {
-            l.entry.marker() != Some(&Marker::Revoked)
+            marker(l.entry.marker())
                 && lookups
                     .iter()
                     .any(|n| host_matches(l.entry.host_patterns(), n))
@@ -203,16 +208,7 @@ impl KnownHosts {
     /// True when an `@cert-authority` line covers this host: its key must come with a
     /// certificate, and `accept-new` must not learn a plain key for it.
     pub fn has_cert_authority_for(&self, host: &str, port: u16, aliases: &[&str]) -> bool {
-        let lookups: Vec<String> = std::iter::once(host)
-            .chain(aliases.iter().copied())
-            .map(|h| lookup_name(h, port))
-            .collect();
-        self.lines.iter().any(|l| {
-            l.entry.marker() == Some(&Marker::CertAuthority)
-                && lookups
-                    .iter()
-                    .any(|n| host_matches(l.entry.host_patterns(), n))
-        })
+        self.any_line_for(host, port, aliases, |m| m == Some(&Marker::CertAuthority))
     }
 
     /// True when some `@cert-authority` line exists (then host certificates are asked for).
@@ -381,6 +377,14 @@ fn host_matches(patterns: &HostPatterns, name: &str) -> bool {
     }
 }
 
+/// The names OpenSSH looks a host up by: `host` (or `[host]:port`) and each alias.
+fn lookups(host: &str, port: u16, aliases: &[&str]) -> Vec<String> {
+    std::iter::once(host)
+        .chain(aliases.iter().copied())
+        .map(|h| lookup_name(h, port))
+        .collect()
+}
+
 /// OpenSSH's wildcard match: `*` any run, `?` one character. Iterative, no recursion blow-up.
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0usize, 0usize);
@@ -407,12 +411,12 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const KEY_A: &str =
+    pub(crate) const KEY_A: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
-    const KEY_B: &str =
+    pub(crate) const KEY_B: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti";
 
     fn kh(text: &str) -> KnownHosts {
