@@ -6,10 +6,12 @@
 //!   cargo bench --bench tunnel -- --smoke      # tiny sizes, for CI
 //!   cargo bench --bench tunnel -- --nodes 1000 # idle-connection memory with 1,000 nodes
 //!
-//! Measured: throughput and client CPU per GB (1 and 8 streams, aes128-gcm and chacha20, and
-//! through the CONNECT front), new-channel latency (sequential, 64 in flight, under a bulk
-//! transfer), dials per second, RSS across 10,000 channels, N idle node connections (memory,
-//! cold start), and 30,000 concurrent echo-verified streams to one node.
+//! Measured: upload and download throughput and client CPU per GB (1 and 8 streams,
+//! aes128-gcm and chacha20, uploads also through the CONNECT front), new-channel latency
+//! (sequential, 64 in flight, under a bulk upload and under a bulk download), dials per
+//! second, RSS across 10,000 channels, a slow reader (~100 KB/s) beside new channels and an
+//! older echo stream (failures, latency, RSS growth, spill use), N idle node connections
+//! (memory, cold start), and 30,000 concurrent echo-verified streams to one node.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -27,8 +29,9 @@ use tokio::net::{TcpListener, TcpStream};
 struct Opts {
     smoke: bool,
     nodes: usize,
-    /// Only these sections (comma-separated: idle, throughput, latency, dials, bulk, rss,
-    /// streams); all when empty. BENCHMARKS.md is written only by a full run.
+    /// Only these sections (comma-separated: idle, throughput, download, latency, dials,
+    /// bulk, rss, slowreader, streams); all when empty. BENCHMARKS.md is written only by a
+    /// full run.
     only: Vec<String>,
 }
 
@@ -121,7 +124,10 @@ async fn servers(
 
 struct SshL {
     child: Child,
+    /// The local port of the first forward.
     local: u16,
+    /// The local port of each forward, in the order of the targets.
+    locals: Vec<u16>,
 }
 
 impl Drop for SshL {
@@ -132,47 +138,68 @@ impl Drop for SshL {
 }
 
 fn ssh_l(c: &support::Cluster, n: &support::TestNode, target: SocketAddr, cipher: &str) -> SshL {
-    let local = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-N",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=yes",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", c.known_hosts.display()))
-        .args([
-            "-o",
-            &format!("Ciphers={cipher}"),
-            "-o",
-            "KexAlgorithms=curve25519-sha256",
-        ])
-        .args(["-o", "ExitOnForwardFailure=yes", "-i"])
-        .arg(&c.keys.ed25519)
-        .args([
-            "-p",
-            &n.ssh_port.to_string(),
-            "-L",
-            &format!("127.0.0.1:{local}:{target}"),
-        ])
+    ssh_l_many(c, n, &[target], cipher)
+}
+
+/// One `ssh -N` process (one SSH connection) with a `-L` forward per target.
+fn ssh_l_many(
+    c: &support::Cluster,
+    n: &support::TestNode,
+    targets: &[SocketAddr],
+    cipher: &str,
+) -> SshL {
+    let locals: Vec<u16> = targets
+        .iter()
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let mut cmd = Command::new("ssh");
+    cmd.args([
+        "-F",
+        "/dev/null",
+        "-N",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ])
+    .arg("-o")
+    .arg(format!("UserKnownHostsFile={}", c.known_hosts.display()))
+    .args([
+        "-o",
+        &format!("Ciphers={cipher}"),
+        "-o",
+        "KexAlgorithms=curve25519-sha256",
+    ])
+    .args(["-o", "ExitOnForwardFailure=yes", "-i"])
+    .arg(&c.keys.ed25519)
+    .args(["-p", &n.ssh_port.to_string()]);
+    for (local, target) in locals.iter().zip(targets) {
+        cmd.args(["-L", &format!("127.0.0.1:{local}:{target}")]);
+    }
+    let child = cmd
         .arg(format!("{}@{}", c.user, n.addr))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("ssh");
+    let l = SshL {
+        child,
+        local: locals[0],
+        locals,
+    };
     assert!(support::wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", local)).is_ok()
+        l.locals
+            .iter()
+            .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
     }));
-    SshL { child, local }
+    l
 }
 
 /// Writes `total` bytes on each stream at once and waits until the sink has counted every
@@ -330,6 +357,350 @@ async fn echo_op(ours: bool, pool: &Pool, echo: &Destination, port: u16) -> f64 
     t0.elapsed().as_secs_f64() * 1e6
 }
 
+/// A source: each connection sends an 8-byte big-endian length; the source writes that many
+/// bytes and closes. (A connection that sends no length, like ssh -L's readiness probe, is
+/// closed at once; one that closes early ends its writer.)
+async fn source_server(addr: std::net::Ipv4Addr) -> SocketAddr {
+    let l = TcpListener::bind((addr, 0)).await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(total) = s.read_u64().await else {
+                    return;
+                };
+                let buf = vec![0xa5u8; 256 * 1024];
+                let mut left = total;
+                while left > 0 {
+                    let k = left.min(buf.len() as u64) as usize;
+                    if s.write_all(&buf[..k]).await.is_err() {
+                        return;
+                    }
+                    left -= k as u64;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    a
+}
+
+/// A byte stream either side gives us: a pool stream or a TCP connection to `ssh -L`.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A stream to `dest` through the pool (`ours`) or through `ssh -L`'s local `port`.
+async fn open(
+    ours: bool,
+    pool: &Pool,
+    dest: SocketAddr,
+    port: u16,
+) -> std::io::Result<Box<dyn Io>> {
+    if ours {
+        let d: Destination = dest.to_string().parse().unwrap();
+        match pool.dial(&d).await {
+            Ok(s) => Ok(Box::new(s)),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+    } else {
+        let s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.set_nodelay(true)?;
+        Ok(Box::new(s))
+    }
+}
+
+/// Asks the source for `total` bytes and reads them with 64 KiB reads; the bytes read.
+async fn read_all_counted(s: &mut Box<dyn Io>, total: u64) -> std::io::Result<u64> {
+    s.write_all(&total.to_be_bytes()).await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    // Bounded: every pass reads at least one byte of at most `total` (or ends).
+    loop {
+        let k = s.read(&mut buf).await?;
+        if k == 0 {
+            return Ok(n);
+        }
+        n += k as u64;
+    }
+}
+
+/// Downloads `total` bytes on each stream at once, asserts every byte arrived; the wall time.
+async fn download_all(streams: Vec<Box<dyn Io>>, total: u64) -> f64 {
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for mut s in streams {
+        set.spawn(async move {
+            tokio::time::timeout(Duration::from_secs(300), read_all_counted(&mut s, total))
+                .await
+                .expect("download within 300 s")
+                .expect("download")
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        let got = r.unwrap();
+        assert_eq!(got, total, "a download lost bytes");
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+/// One download comparison: `streams` concurrent downloads of `total` bytes each from the
+/// source through the pool or `ssh -L`; returns (Gbit/s, client CPU seconds per GB, and for
+/// ours the channels open on the node's supervised connection once all are dialed).
+#[allow(clippy::too_many_arguments)]
+async fn download(
+    ours: bool,
+    streams: usize,
+    total: u64,
+    pool: &Pool,
+    ssh: &SshL,
+    source: SocketAddr,
+    front: Option<&std::path::Path>,
+) -> (f64, f64, usize) {
+    let me = std::process::id();
+    let (c0, s0) = (cpu_of(me), cpu_of(ssh.child.id()));
+    let mut v: Vec<Box<dyn Io>> = Vec::new();
+    for _ in 0..streams {
+        match front {
+            // Ours through the CONNECT front: the reader sits behind a Unix socket, as the
+            // ssh side's reader sits behind ssh -L's TCP socket.
+            Some(sock) if ours => {
+                let (s, head) = connect_front(sock, &source.to_string()).await;
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                v.push(Box::new(s));
+            }
+            _ => v.push(open(ours, pool, source, ssh.local).await.expect("dial")),
+        }
+    }
+    let on_main = match (ours, pool.nodes().first()) {
+        (true, Some(n)) => pool.tunnel(&n.name).map_or(0, |t| t.open_channels()),
+        _ => 0,
+    };
+    let secs = download_all(v, total).await;
+    let cpu = cpu_of(me) - c0
+        + if ours {
+            0.0
+        } else {
+            cpu_of(ssh.child.id()) - s0
+        };
+    let bytes = total as f64 * streams as f64;
+    (bytes / secs / 1e9 * 8.0, cpu / (bytes / 1e9), on_main)
+}
+
+/// New channel + 1-byte echo + close that may fail: µs, or None on an error or after 10 s.
+async fn try_echo_op(ours: bool, pool: &Pool, echo: SocketAddr, port: u16) -> Option<f64> {
+    let t0 = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut s = open(ours, pool, echo, port).await?;
+        s.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await?;
+        let _ = s.shutdown().await;
+        Ok::<_, std::io::Error>(b[0] == b'x')
+    })
+    .await;
+    match r {
+        Ok(Ok(true)) => Some(t0.elapsed().as_secs_f64() * 1e6),
+        _ => None,
+    }
+}
+
+/// p50 and p99 (NaN when there is no sample).
+fn p50_p99(v: &mut [f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    (pct(v, 0.5), pct(v, 0.99))
+}
+
+/// Resident set size of another process in MiB (0 when gone).
+fn rss_of_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// What one side's slow-reader run saw.
+#[derive(Default)]
+struct SlowRun {
+    /// New channel + echo latencies that succeeded (µs) and the failures.
+    ops: Vec<f64>,
+    failures: usize,
+    /// Message round trips on the stream opened before the slow reader (µs), those above
+    /// 1 s, and whether it failed (error or no answer within 10 s: it stops there).
+    rtt: Vec<f64>,
+    rtt_over_1s: usize,
+    rtt_failed: bool,
+    /// Bytes the slow reader read.
+    slow_read: u64,
+    /// RSS (MiB) before the slow reader and at the end: this process (ours) or `ssh`.
+    rss_before: f64,
+    rss_after: f64,
+    /// Ours: peaks of buffered and spilled bytes, streams that spilled, connections and
+    /// congested connections of the node.
+    buffered_peak: i64,
+    spilled_peak: i64,
+    spilled_streams: u64,
+    conns_peak: usize,
+    congested_peak: usize,
+}
+
+/// One stream reads a (practically endless) source at ~100 KB/s while an echo stream opened
+/// before it measures message round trips every 10 ms and `echoes` sequential new channel +
+/// echo run to the same node, through the pool or through one `ssh -L` process
+/// (`ports`: its local ports for the source and the echo).
+#[allow(clippy::too_many_arguments)]
+async fn slow_reader_run(
+    ours: bool,
+    pool: &Arc<Pool>,
+    node_name: &str,
+    ssh: &SshL,
+    source: SocketAddr,
+    echo: SocketAddr,
+    slow_total: u64,
+    echoes: usize,
+    rtt_for: Duration,
+) -> SlowRun {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (src_port, echo_port) = (ssh.locals[0], ssh.locals[1]);
+    let mut run = SlowRun {
+        rss_before: if ours {
+            rss_mib()
+        } else {
+            rss_of_mib(ssh.child.id())
+        },
+        ..Default::default()
+    };
+    // The echo stream first, then the slow reader.
+    let mut es = open(ours, pool, echo, echo_port)
+        .await
+        .expect("echo stream");
+    let mut slow = open(ours, pool, source, src_port)
+        .await
+        .expect("slow stream");
+    slow.write_all(&slow_total.to_be_bytes())
+        .await
+        .expect("slow request");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 10 * 1024];
+            let mut got = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(900);
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            'outer: while !stop.load(Ordering::Relaxed)
+                && got < slow_total
+                && Instant::now() < deadline
+            {
+                tick.tick().await;
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        slow.read(&mut buf[filled..]),
+                    )
+                    .await
+                    {
+                        Ok(Ok(k)) if k > 0 => filled += k,
+                        _ => {
+                            got += filled as u64;
+                            break 'outer;
+                        }
+                    }
+                }
+                got += filled as u64;
+            }
+            (got, slow)
+        })
+    };
+    let rtt_task = tokio::spawn(async move {
+        let (mut rtt, mut failed) = (Vec::new(), false);
+        let end = Instant::now() + rtt_for;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for _ in 0..rtt_for.as_millis() / 10 + 1 {
+            tick.tick().await;
+            if Instant::now() >= end {
+                break;
+            }
+            let t0 = Instant::now();
+            let r = tokio::time::timeout(Duration::from_secs(10), async {
+                es.write_all(b"r").await?;
+                let mut b = [0u8; 1];
+                es.read_exact(&mut b).await?;
+                Ok::<_, std::io::Error>(b[0])
+            })
+            .await;
+            match r {
+                Ok(Ok(b'r')) => rtt.push(t0.elapsed().as_secs_f64() * 1e6),
+                _ => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        (rtt, failed, es)
+    });
+    // Ours: buffered / spilled bytes and connections, sampled every 50 ms.
+    let sampler = {
+        let (stop, pool, name) = (stop.clone(), pool.clone(), node_name.to_string());
+        tokio::spawn(async move {
+            let link = pool.metrics().link(&name);
+            let mut peaks = (0i64, 0i64, 0usize, 0usize);
+            for _ in 0..900 * 20 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                peaks.0 = peaks.0.max(link.buffered.get());
+                peaks.1 = peaks.1.max(link.spilled.get());
+                peaks.2 = peaks.2.max(pool.connection_load(&name).map_or(0, |l| l.0));
+                peaks.3 = peaks.3.max(pool.congested_connections(&name).unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (peaks, link.spilled_streams.get())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..echoes {
+        match try_echo_op(ours, pool, echo, echo_port).await {
+            Some(us) => run.ops.push(us),
+            None => run.failures += 1,
+        }
+    }
+    let (rtt, failed, es) = rtt_task.await.unwrap();
+    run.rtt_over_1s = rtt.iter().filter(|&&us| us > 1e6).count();
+    (run.rtt, run.rtt_failed) = (rtt, failed);
+    run.rss_after = if ours {
+        rss_mib()
+    } else {
+        rss_of_mib(ssh.child.id())
+    };
+    stop.store(true, Ordering::Relaxed);
+    let (got, slow) = reader.await.unwrap();
+    run.slow_read = got;
+    let ((b, sp, c, cg), streams) = sampler.await.unwrap();
+    if ours {
+        (
+            run.buffered_peak,
+            run.spilled_peak,
+            run.conns_peak,
+            run.congested_peak,
+        ) = (b, sp, c, cg);
+        run.spilled_streams = streams;
+    }
+    drop(slow);
+    drop(es);
+    run
+}
+
 /// A pool with one node and no probes, ready.
 async fn ready_pool(settings: &SshSettings, nodes: Vec<Node>, max_channels: usize) -> Pool {
     let mut cfg = PoolConfig::new(settings.clone());
@@ -354,12 +725,22 @@ async fn main() {
     } else {
         (3, 1u64 << 30, 2000, 2000, 30_000)
     };
+    // The slow-reader row: the source's size and the new channels beside it.
+    let (slow_total, echoes): (u64, usize) = if o.smoke {
+        (16 << 20, 50)
+    } else {
+        (1 << 30, 1000)
+    };
     let cluster = support::Cluster::start(2);
     let (node, node2) = (&cluster.nodes[0], &cluster.nodes[1]);
     // Each node's pod address may be reached on any port through its sshd: our sink and
     // echo servers live there.
     let (sink, echo, mut rx) = servers(node.pod_addr).await;
     let (sink2, _, mut rx2) = servers(node2.pod_addr).await;
+    let (source, source2) = (
+        source_server(node.pod_addr).await,
+        source_server(node2.pod_addr).await,
+    );
     let settings = SshSettings::builder(cluster.user.clone())
         .key_file(&cluster.keys.ed25519, None)
         .unwrap()
@@ -485,6 +866,56 @@ async fn main() {
     drop(l_aes);
     drop(l_chacha);
 
+    if o.runs("download") {
+        // 2b. Downloads: the source on the pod address writes, we read with 64 KiB reads.
+        //     Same streams, ciphers, rounds and CPU accounting as the uploads.
+        let l_aes = ssh_l(&cluster, node, source, aes);
+        let l_chacha = ssh_l(&cluster, node2, source2, chacha);
+        for (label, cipher, streams, via_front) in [
+            ("one stream", aes, 1, false),
+            ("8 streams, one connection", aes, 8, false),
+            ("one stream through the CONNECT front", aes, 1, true),
+            ("8 streams through the CONNECT front", aes, 8, true),
+            ("one stream", chacha, 1, false),
+            ("8 streams, one connection", chacha, 8, false),
+        ] {
+            let front = via_front.then_some(front_sock.as_path());
+            let (p, l, src, name) = if cipher == aes {
+                (&*pool, &l_aes, source, &node.name)
+            } else {
+                (&pool2, &l_chacha, source2, &node2.name)
+            };
+            let per_stream = total / streams as u64;
+            let (mut ot, mut oc, mut st, mut sc) = (vec![], vec![], vec![], vec![]);
+            let mut on_main = vec![];
+            for _ in 0..rounds {
+                let (t, c, m) = download(true, streams, per_stream, p, l, src, front).await;
+                ot.push(t);
+                oc.push(c);
+                on_main.push(m);
+                let (t, c, _) = download(false, streams, per_stream, p, l, src, front).await;
+                st.push(t);
+                sc.push(c);
+            }
+            let short = cipher.split('@').next().unwrap_or(cipher);
+            println!(
+                "  (download, {label}, {short}: ours had {on_main:?} channels open on the node's supervised connection per round; the node has {:?} (connections, open channels), {:?} congested)",
+                p.connection_load(name),
+                p.congested_connections(name)
+            );
+            let (a, b) = (median(&mut ot), median(&mut st));
+            out(format!(
+                "| download, {label}, {short} | {a:.2} Gbit/s | {b:.2} Gbit/s | {:.2}× |",
+                a / b
+            ));
+            let (a, b) = (median(&mut oc), median(&mut sc));
+            out(format!(
+                "| client CPU per GB, download, {label}, {short} (lower is better) | {a:.2} s | {b:.2} s | {:.2}× |",
+                a / b
+            ));
+        }
+    }
+
     // 3. New channel + 1-byte round trip + close, sequential: p50 / p99.
     let l = ssh_l(&cluster, node, echo, aes);
     let (mut ours, mut theirs) = (vec![], vec![]);
@@ -552,61 +983,103 @@ async fn main() {
         ));
     }
     if o.runs("bulk") {
-        // 5. New-channel latency while a bulk upload shares the connection (head-of-line).
-        let l_bulk = ssh_l(&cluster, node, sink, aes);
-        let mut under = [vec![], vec![]];
-        for (k, ours) in [true, false].into_iter().enumerate() {
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let bulk: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if ours {
-                Box::new(pool.dial(&sink.to_string().parse().unwrap()).await.unwrap())
-            } else {
-                let s = TcpStream::connect(("127.0.0.1", l_bulk.local))
-                    .await
-                    .unwrap();
-                s.set_nodelay(true).unwrap();
-                Box::new(s)
-            };
-            let writer = {
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let mut bulk = bulk;
-                    let buf = vec![0x5au8; 64 * 1024];
-                    let mut sent = 0u64;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        bulk.write_all(&buf).await.unwrap();
-                        sent += buf.len() as u64;
-                    }
-                    bulk.shutdown().await.unwrap();
-                    sent
-                })
-            };
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            for _ in 0..seq_n / 4 {
-                under[k].push(echo_op(ours, &pool, &echo_dest, l.local).await);
-            }
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let sent = writer.await.unwrap();
-            loop {
-                let got = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-                    .await
-                    .unwrap()
-                    .unwrap();
-                if got == sent {
-                    break;
+        // 5. New-channel latency while a bulk upload, then a bulk download, runs to the same
+        //    node (head-of-line). The OpenSSH column runs the bulk stream and the echoes
+        //    through one `ssh -L` process (one connection); ours may put new dials on an
+        //    extra connection when the node's connection is congested.
+        let l_bulk = ssh_l_many(&cluster, node, &[sink, echo, source], aes);
+        let (bulk_sink, bulk_echo, bulk_source) =
+            (l_bulk.locals[0], l_bulk.locals[1], l_bulk.locals[2]);
+        for upload in [true, false] {
+            let mut under = [vec![], vec![]];
+            for (k, ours) in [true, false].into_iter().enumerate() {
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let bulk_task = if upload {
+                    let bulk: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if ours {
+                        Box::new(pool.dial(&sink.to_string().parse().unwrap()).await.unwrap())
+                    } else {
+                        let s = TcpStream::connect(("127.0.0.1", bulk_sink)).await.unwrap();
+                        s.set_nodelay(true).unwrap();
+                        Box::new(s)
+                    };
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        let mut bulk = bulk;
+                        let buf = vec![0x5au8; 64 * 1024];
+                        let mut sent = 0u64;
+                        let deadline = Instant::now() + Duration::from_secs(300);
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                            && Instant::now() < deadline
+                        {
+                            bulk.write_all(&buf).await.unwrap();
+                            sent += buf.len() as u64;
+                        }
+                        bulk.shutdown().await.unwrap();
+                        sent
+                    })
+                } else {
+                    // A download the echoes cannot outlast (bounded: 64 GiB, or 300 s).
+                    let mut bulk = open(ours, &pool, source, bulk_source).await.unwrap();
+                    bulk.write_all(&(64u64 << 30).to_be_bytes()).await.unwrap();
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut got = 0u64;
+                        let deadline = Instant::now() + Duration::from_secs(300);
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                            && Instant::now() < deadline
+                        {
+                            let r =
+                                tokio::time::timeout(Duration::from_secs(10), bulk.read(&mut buf));
+                            match r.await {
+                                Ok(Ok(k)) if k > 0 => got += k as u64,
+                                _ => break,
+                            }
+                        }
+                        got
+                    })
+                };
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let t0 = Instant::now();
+                for _ in 0..seq_n / 4 {
+                    under[k].push(echo_op(ours, &pool, &echo_dest, bulk_echo).await);
                 }
+                let secs = t0.elapsed().as_secs_f64();
+                let congested = pool.congested_connections(&node.name);
+                let load = pool.connection_load(&node.name);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let moved = bulk_task.await.unwrap();
+                if upload {
+                    loop {
+                        let got = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        if got == moved {
+                            break;
+                        }
+                    }
+                }
+                println!(
+                    "  (bulk {}, {}: {} MiB moved, echoes took {secs:.1} s; our node: {load:?} (connections, open channels), {congested:?} congested)",
+                    if upload { "upload" } else { "download" },
+                    if ours { "ours" } else { "ssh" },
+                    moved >> 20
+                );
             }
+            let [mut ua, mut ub] = under;
+            out(format!(
+                "| new channel + echo under a bulk {} to the same node, p50 / p99 | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.2}× / {:.2}× |",
+                if upload { "upload" } else { "download" },
+                pct(&mut ua, 0.5),
+                pct(&mut ua, 0.99),
+                pct(&mut ub, 0.5),
+                pct(&mut ub, 0.99),
+                pct(&mut ua, 0.5) / pct(&mut ub, 0.5),
+                pct(&mut ua, 0.99) / pct(&mut ub, 0.99)
+            ));
         }
         drop(l_bulk);
-        let [mut ua, mut ub] = under;
-        out(format!(
-            "| new channel + echo under a bulk upload on the same connection, p50 / p99 | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.2}× / {:.2}× |",
-            pct(&mut ua, 0.5),
-            pct(&mut ua, 0.99),
-            pct(&mut ub, 0.5),
-            pct(&mut ub, 0.99),
-            pct(&mut ua, 0.5) / pct(&mut ub, 0.5),
-            pct(&mut ua, 0.99) / pct(&mut ub, 0.99)
-        ));
     }
     drop(l);
 
@@ -625,6 +1098,85 @@ async fn main() {
     }
     front.stop_accepting();
     drop(front);
+
+    if o.runs("slowreader") {
+        // 8. A slow reader: one stream reads a 1 GiB source at ~100 KB/s (10 KiB every
+        //    100 ms). An echo stream opened before it sends 1 byte every 10 ms; after a 3 s
+        //    head start, sequential new channel + echo run to the same node. OpenSSH: the
+        //    slow stream, the echo stream and the echoes go through one `ssh -L` process.
+        let rtt_for = Duration::from_secs(if o.smoke { 5 } else { 30 });
+        let budget = settings.channel.budget.memory_limit() as f64 / (1 << 20) as f64;
+        // A fresh pool: its connection count and buffer gauges are this row's alone.
+        let slow_pool = Arc::new(ready_pool(&settings, vec![node.node()], 8192).await);
+        let l_slow = ssh_l_many(&cluster, node, &[source, echo], aes);
+        let mut runs = Vec::new();
+        for ours in [true, false] {
+            let r = slow_reader_run(
+                ours, &slow_pool, &node.name, &l_slow, source, echo, slow_total, echoes, rtt_for,
+            )
+            .await;
+            if ours {
+                println!(
+                    "  (slow reader, ours: read {} KiB; {} echoes failed; echo stream {}; buffered peak {:.1} MiB, spilled peak {:.1} MiB, {} spilled streams, connections peak {}, congested peak {})",
+                    r.slow_read >> 10,
+                    r.failures,
+                    if r.rtt_failed { "FAILED" } else { "ok" },
+                    r.buffered_peak as f64 / (1 << 20) as f64,
+                    r.spilled_peak as f64 / (1 << 20) as f64,
+                    r.spilled_streams,
+                    r.conns_peak,
+                    r.congested_peak
+                );
+            } else {
+                println!(
+                    "  (slow reader, ssh: read {} KiB; {} echoes failed; echo stream {})",
+                    r.slow_read >> 10,
+                    r.failures,
+                    if r.rtt_failed { "FAILED" } else { "ok" },
+                );
+            }
+            runs.push(r);
+        }
+        drop(l_slow);
+        slow_pool.shutdown_within(Duration::from_secs(5)).await;
+        let (mut a, mut b) = (runs.remove(0), runs.remove(0));
+        let ((a50, a99), (b50, b99)) = (p50_p99(&mut a.ops), p50_p99(&mut b.ops));
+        out(format!(
+            "| {echoes} sequential new channel + echo beside a slow reader (100 KB/s), failures; p50 / p99 | {} failures; {a50:.0} / {a99:.0} µs | {} failures; {b50:.0} / {b99:.0} µs | {:.2}× / {:.2}× |",
+            a.failures,
+            b.failures,
+            a50 / b50,
+            a99 / b99
+        ));
+        let ((a50, a99), (b50, b99)) = (p50_p99(&mut a.rtt), p50_p99(&mut b.rtt));
+        let note = |r: &SlowRun| {
+            format!(
+                "{} RTTs > 1 s{}",
+                r.rtt_over_1s,
+                if r.rtt_failed { ", stream failed" } else { "" }
+            )
+        };
+        out(format!(
+            "| echo stream opened before the slow reader, 1 byte every 10 ms for {} s: RTT p50 / p99 | {a50:.0} / {a99:.0} µs ({}) | {b50:.0} / {b99:.0} µs ({}) | {:.2}× / {:.2}× |",
+            rtt_for.as_secs(),
+            note(&a),
+            note(&b),
+            a50 / b50,
+            a99 / b99
+        ));
+        out(format!(
+            "| RSS growth with a slow reader ({} MiB source) | {:.1} → {:.1} MiB (daemon; memory budget {budget:.0} MiB; peaks: {:.1} MiB buffered, {:.0} MiB spilled to disk; {} connection(s), {} congested) | {:.1} → {:.1} MiB (`ssh` process) | |",
+            slow_total >> 20,
+            a.rss_before,
+            a.rss_after,
+            a.buffered_peak as f64 / (1 << 20) as f64,
+            a.spilled_peak as f64 / (1 << 20) as f64,
+            a.conns_peak,
+            a.congested_peak,
+            b.rss_before,
+            b.rss_after
+        ));
+    }
 
     if o.runs("streams") {
         // 7. 30,000 concurrent streams to ONE node, each verified by its own echo. The echo
@@ -726,13 +1278,23 @@ async fn main() {
              (same cipher, kex curve25519) against the same loopback sshd and destination, alternating \
              rounds ({rounds}), medians. Throughput: {} MiB per measurement (split across the streams). \
              Client-side CPU includes the benchmark's own generator and sink in both columns (plus the \
-             `ssh` process in the OpenSSH column). The chacha20 rows use a second sshd that offers only \
-             chacha20-poly1305. Generated by the benchmark; do not edit by hand.\n\n\
+             `ssh` process in the OpenSSH column). Downloads: a source on the pod address writes, the \
+             client reads with 64 KiB reads. The chacha20 rows use a second sshd that offers only \
+             chacha20-poly1305. Under a bulk transfer, the OpenSSH column runs the bulk stream and the \
+             echoes through one `ssh -L` process (one connection); ours puts new dials on an extra \
+             connection of the node while its connection is congested. Slow reader: one stream reads \
+             a {slow_mib} MiB source at ~100 KB/s (10 KiB every 100 ms) while {echoes} new \
+             channel + echo run after a 3 s head start, and an echo stream opened before the slow reader \
+             sends 1 byte every 10 ms; a failure is an error or no answer within 10 s. Ours holds a slow \
+             reader's data in memory up to 4 MiB per channel (within the pool's memory budget), then \
+             in a spill file; `ssh` stops the sender with the channel window. Generated by the \
+             benchmark; do not edit by hand.\n\n\
              | what | kube-ssh-tunnel | OpenSSH | ratio |\n|---|---|---|---|\n",
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(0),
-            total >> 20
+            total >> 20,
+            slow_mib = slow_total >> 20,
         );
         for l in &lines {
             md.push_str(l);
