@@ -157,6 +157,11 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
                     bytes(n.bytes_out),
                     n.reconnects.to_string(),
                     bytes(n.spilled_bytes),
+                    if n.refused.is_empty() {
+                        "-".into()
+                    } else {
+                        n.refused.join("; ")
+                    },
                 ]);
             }
             r

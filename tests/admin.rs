@@ -179,7 +179,15 @@ fn status_shows_ready_nodes_then_a_killed_one_with_its_reason() {
     assert!(o.stdout.contains("2/3 nodes ready"), "{}", o.stdout);
 
     let wide = r.status(&["-o", "wide"]);
-    for h in ["HOST KEY", "POD CIDRS", "IN", "OUT", "RECONNECTS"] {
+    for h in [
+        "HOST KEY",
+        "POD CIDRS",
+        "IN",
+        "OUT",
+        "RECONNECTS",
+        "SPILLED",
+        "REFUSED",
+    ] {
         assert!(wide.stdout.contains(h), "{}", wide.stdout);
     }
     assert!(wide.stdout.contains("SHA256:"), "{}", wide.stdout);
