@@ -117,6 +117,7 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
             "OUT",
             "RECONNECTS",
             "SPILLED",
+            "REFUSED",
         ]);
     }
     let err_width = if format == Format::Wide { 200 } else { 60 };
