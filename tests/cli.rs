@@ -838,3 +838,85 @@ fn run_reads_kubectl_node_json_and_keeps_the_last_good_set() {
     assert_eq!(status()["desired"], 1);
     assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
 }
+
+/// Runs the binary with stdout on a pipe whose reader is already gone; (exit code, stderr).
+fn with_closed_stdout(args: &[&str]) -> (Option<i32>, String) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: a plain pipe(2); both ends are owned below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fds[0] and fds[1] are fresh descriptors we own.
+    let (reader, writer) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"));
+    cmd.args(args).stdout(writer).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut v = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut v);
+        v
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{args:?} did not end within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code(), drain.join().unwrap())
+}
+
+#[test]
+fn every_printing_command_ends_quietly_when_its_reader_is_gone() {
+    let cluster = Cluster::start(1);
+    let admin = cluster.path().join("admin.sock");
+    let mut args = cluster.daemon_args();
+    args.extend(["--health-probe".to_string(), "none".into()]);
+    for n in &cluster.nodes {
+        args.extend(["--node".to_string(), n.spec()]);
+    }
+    let d = support::daemon::Daemon::start(&args);
+    assert!(
+        d.wait_log("tunnel ready", 1, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+    let admin = admin.to_str().unwrap();
+    let key = cluster.path().join("pipe-key");
+    let key = key.to_str().unwrap();
+    let check: Vec<String> = std::iter::once("check".to_string())
+        .chain(cluster.cli_args())
+        .collect();
+    let check: Vec<&str> = check.iter().map(String::as_str).collect();
+    for cmd in [
+        vec!["status", "--admin-uds", admin],
+        vec!["status", "-o", "json", "--admin-uds", admin],
+        vec!["status", "-o", "wide", "--admin-uds", admin],
+        vec!["reference"],
+        vec!["completions", "bash"],
+        vec!["man"],
+        vec!["keygen", "--out", key, "--node", "n1=10.0.0.5"],
+        check,
+    ] {
+        let (code, stderr) = with_closed_stdout(&cmd);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{cmd:?}: {stderr}"
+        );
+        assert_eq!(
+            code,
+            Some(141),
+            "{cmd:?} exits like a Unix tool on EPIPE: {stderr}"
+        );
+    }
+}

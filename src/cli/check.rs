@@ -11,6 +11,7 @@ use kube_ssh_tunnel::ssh::HostKeyPolicy;
 
 use super::CliError;
 use super::args::SshArgs;
+use super::output::{out, outln};
 use super::settings::{nodes, ssh_settings};
 
 #[derive(Args, Debug)]
@@ -40,10 +41,10 @@ pub async fn check(a: CheckArgs) -> Result<i32, CliError> {
     }
     let nodes = nodes(&a.ssh)?;
     let settings = ssh_settings(&a.ssh)?;
-    println!("nodes: {}", nodes.len());
+    outln!("nodes: {}", nodes.len());
     for n in &nodes {
         let cidrs: Vec<String> = n.pod_cidrs.iter().map(|c| c.to_string()).collect();
-        println!(
+        outln!(
             "  {} {}:{} pod_cidrs=[{}]",
             n.name,
             n.address,
@@ -57,27 +58,27 @@ pub async fn check(a: CheckArgs) -> Result<i32, CliError> {
     match &settings.identity {
         Some(src) => {
             let id = src.current();
-            print!(
+            out!(
                 "key: {} {} ({})",
                 id.algorithm,
                 id.fingerprint,
                 id.path.display()
             );
             if let Some(c) = &id.certificate {
-                print!(
+                out!(
                     ", user certificate '{}' principals {:?}",
                     c.key_id(),
                     c.valid_principals()
                 );
             }
-            println!();
+            outln!();
         }
-        None => println!("key: none (ssh-agent only)"),
+        None => outln!("key: none (ssh-agent only)"),
     }
     if let Some(agent) = &settings.agent {
-        println!("ssh-agent: {}", agent.display());
+        outln!("ssh-agent: {}", agent.display());
     }
-    println!(
+    outln!(
         "known_hosts: {} entries from {}; host key policy: {}",
         settings.known_hosts.len(),
         settings.known_hosts.files_display(),
@@ -100,7 +101,7 @@ pub async fn check(a: CheckArgs) -> Result<i32, CliError> {
             }
         }
     }
-    println!("node ports allowed: {:?}", a.node_port);
+    outln!("node ports allowed: {:?}", a.node_port);
     let mut failed = 0;
     if a.connect {
         let settings = Arc::new(settings);
@@ -115,7 +116,7 @@ pub async fn check(a: CheckArgs) -> Result<i32, CliError> {
                             format!("kubelet {}:{port}: {e}", n.address)
                         }
                     };
-                    println!(
+                    outln!(
                         "connect {}: auth ok, host key ok ({}), {kubelet}",
                         n.name,
                         t.host_key()
@@ -124,17 +125,17 @@ pub async fn check(a: CheckArgs) -> Result<i32, CliError> {
                 }
                 Err(e) => {
                     failed += 1;
-                    println!("connect {}: FAILED: {e}", n.name);
+                    outln!("connect {}: FAILED: {e}", n.name);
                 }
             }
         }
     }
     if problems.is_empty() {
-        println!("problems: none");
+        outln!("problems: none");
     } else {
-        println!("problems:");
+        outln!("problems:");
         for p in &problems {
-            println!("  - {p}");
+            outln!("  - {p}");
         }
         return Ok(2);
     }

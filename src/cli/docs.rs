@@ -29,7 +29,9 @@ pub fn completions(mut cmd: Command, a: CompletionsArgs) -> Result<i32, CliError
         Shell::Fish => clap_complete::Shell::Fish,
     };
     let name = cmd.get_name().to_string();
-    clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut out);
+    super::output::write_stdout(&out);
     Ok(0)
 }
 
@@ -62,7 +64,7 @@ pub fn man(mut cmd: Command) -> Result<i32, CliError> {
         }
     }
     man.render_version_section(&mut out).map_err(io)?;
-    std::io::Write::write_all(&mut std::io::stdout(), &out).map_err(io)?;
+    super::output::write_stdout(&out);
     Ok(0)
 }
 

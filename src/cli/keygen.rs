@@ -13,6 +13,7 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{HashAlg, PrivateKey};
 
 use super::CliError;
+use super::output::outln;
 
 #[derive(Args, Debug)]
 pub struct KeygenArgs {
@@ -78,53 +79,53 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::failure(format!("cannot make the key: {e}")))?;
     let public = write_key_pair(&a.out, &public_path, &key)?;
 
-    println!(
+    outln!(
         "wrote {} (0600) and {} (0644): {} {}",
         a.out.display(),
         public_path.display(),
         key.algorithm(),
         key.public_key().fingerprint(HashAlg::Sha256)
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "# authorized_keys of the tunnel's user on each node: port forwarding only, to these destinations;\n\
          # the forced command refuses any shell or command (forwarding does not run it)"
     );
     if nodes.is_empty() {
-        println!(
+        outln!(
             "# (replace NODE_IP with the node's address, or pass --node NAME=ADDR to get one line per node)"
         );
-        println!(
+        outln!(
             "{} {public}",
             authorized_options(None, &a.node_port, &a.loopback_port, &[])
         );
     }
     for n in &nodes {
-        println!("# {}", n.name);
-        println!(
+        outln!("# {}", n.name);
+        outln!(
             "{} {public}",
             authorized_options(Some(&n.address), &a.node_port, &a.loopback_port, &[])
         );
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "# sshd_config on each node (e.g. /etc/ssh/sshd_config.d/kube-ssh-tunnel.conf); USER = --ssh-user"
     );
-    println!("Match User USER");
-    println!("    AllowTcpForwarding local");
+    outln!("Match User USER");
+    outln!("    AllowTcpForwarding local");
     let permit: Vec<String> = a
         .node_port
         .iter()
         .map(|p| format!("NODE_IP:{p}"))
         .chain(a.loopback_port.iter().map(|p| format!("127.0.0.1:{p}")))
         .collect();
-    println!("    PermitOpen {}", permit.join(" "));
-    println!("    AllowAgentForwarding no");
-    println!("    X11Forwarding no");
-    println!("    PermitTTY no");
-    println!("    ForceCommand /usr/sbin/nologin");
-    println!("# Do not set DisableForwarding for this user: it would also disable the tunnel's");
-    println!("# direct-tcpip channels. Pod and service IPs need further PermitOpen entries.");
+    outln!("    PermitOpen {}", permit.join(" "));
+    outln!("    AllowAgentForwarding no");
+    outln!("    X11Forwarding no");
+    outln!("    PermitTTY no");
+    outln!("    ForceCommand /usr/sbin/nologin");
+    outln!("# Do not set DisableForwarding for this user: it would also disable the tunnel's");
+    outln!("# direct-tcpip channels. Pod and service IPs need further PermitOpen entries.");
     Ok(())
 }
 

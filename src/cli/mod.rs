@@ -11,6 +11,7 @@ mod docs;
 mod duration;
 mod keygen;
 mod logging;
+mod output;
 mod run;
 mod settings;
 mod size;
@@ -129,7 +130,7 @@ pub fn main() -> i32 {
             Command::Completions(a) => docs::completions(Cli::command(), a),
             Command::Man => docs::man(Cli::command()),
             Command::Reference => {
-                print!("{}", docs::reference(&Cli::command()));
+                output::write_stdout(docs::reference(&Cli::command()).as_bytes());
                 Ok(0)
             }
         }

@@ -11,6 +11,7 @@ use kube_ssh_tunnel::status::{Format, exit_code, render};
 
 use super::CliError;
 use super::args::AdminArgs;
+use super::output::out;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -81,9 +82,9 @@ pub async fn status(args: StatusArgs) -> Result<i32, CliError> {
             render(&doc, format, color)
         };
         if args.watch && terminal {
-            print!("\x1b[2J\x1b[H{text}");
+            out!("\x1b[2J\x1b[H{text}");
         } else {
-            print!("{text}");
+            out!("{text}");
         }
         let _ = std::io::Write::flush(&mut std::io::stdout());
         if !args.watch {
@@ -105,7 +106,7 @@ pub async fn node_action(args: NodeActionArgs, action: &str) -> Result<i32, CliE
         .map_err(|e| unreachable(&ep, e))?;
     match code {
         200 => {
-            print!("{body}");
+            out!("{body}");
             Ok(0)
         }
         404 => Err(CliError::failure(body.trim())),
