@@ -273,6 +273,28 @@ impl Metrics {
         }
     }
 
+    /// Creates a node's counters at 0 (and its round trip as NaN) when it joins, so that a
+    /// dashboard or an alert on `increase(...)` sees every node from the first scrape.
+    pub fn init_node(&self, node: &str) {
+        let n = NodeLabel {
+            node: node.to_string(),
+        };
+        for r in DialResult::ALL {
+            drop(self.dials.get_or_create(&DialLabels {
+                node: node.to_string(),
+                result: r.as_str(),
+            }));
+        }
+        for result in ["ok", "fail"] {
+            drop(self.health_checks.get_or_create(&CheckLabels {
+                node: node.to_string(),
+                result,
+            }));
+        }
+        drop(self.reconnects.get_or_create(&n));
+        self.keepalive_rtt.get_or_create(&n).set(f64::NAN);
+    }
+
     /// Removes every series labelled with node `node` (it left the node set), so that churn
     /// does not grow /metrics without bound. A node added again starts its series anew.
     pub fn forget_node(&self, node: &str) {

@@ -99,6 +99,8 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
         "ADDRESS",
         "STATE",
         "FOR",
+        "DOWN",
+        "FLAPS/1H",
         "CHANNELS",
         "CONNS",
         "CONGESTED",
@@ -134,6 +136,10 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
                 },
                 n.state.clone(),
                 human_duration(n.for_s),
+                n.down_for_s
+                    .map(human_duration)
+                    .unwrap_or_else(|| "-".into()),
+                n.flaps_last_hour.to_string(),
                 n.open_channels.to_string(),
                 n.connections.to_string(),
                 n.congested_connections.to_string(),

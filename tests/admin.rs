@@ -88,7 +88,7 @@ async fn get(admin: &Path, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-const NODE_KEYS: [&str; 25] = [
+const NODE_KEYS: [&str; 28] = [
     "name",
     "address",
     "ssh_port",
@@ -114,6 +114,9 @@ const NODE_KEYS: [&str; 25] = [
     "keepalive_rtt_ms",
     "pod_cidrs",
     "refused",
+    "not_ready_since",
+    "down_for_s",
+    "flaps_last_hour",
 ];
 
 #[test]
@@ -140,6 +143,8 @@ fn status_shows_ready_nodes_then_a_killed_one_with_its_reason() {
         "ADDRESS",
         "STATE",
         "FOR",
+        "DOWN",
+        "FLAPS/1H",
         "CHANNELS",
         "CONNS",
         "CONGESTED",
@@ -653,4 +658,26 @@ fn admin_over_tcp_needs_a_token_for_actions_checks_the_host_and_limits_reconnect
         0
     );
     assert_eq!(d.stop(libc::SIGTERM), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_scrape_has_every_nodes_series_from_the_start() {
+    let cluster = Cluster::start(2);
+    let dead = format!("node-dead={}:22", support::refused_address(22));
+    let r = start(&cluster, &["--node", &dead]);
+    // At once, before any node is ready.
+    let (code, text) = get(&r.admin, "/metrics").await;
+    assert_eq!(code, 200);
+    python_parses(&text).expect("the Python prometheus_client OpenMetrics parser accepts it");
+    for node in ["node-1", "node-2", "node-dead"] {
+        for series in [
+            format!("kube_ssh_tunnel_reconnects_total{{node=\"{node}\"}} 0"),
+            format!("kube_ssh_tunnel_dials_total{{node=\"{node}\",result=\"ok\"}} 0"),
+            format!("kube_ssh_tunnel_dials_total{{node=\"{node}\",result=\"timeout\"}} 0"),
+            format!("kube_ssh_tunnel_health_checks_total{{node=\"{node}\",result=\"fail\"}} 0"),
+            format!("kube_ssh_tunnel_keepalive_rtt_seconds{{node=\"{node}\"}} NaN"),
+        ] {
+            assert!(text.contains(&series), "{series} in\n{text}");
+        }
+    }
 }

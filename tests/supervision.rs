@@ -528,71 +528,121 @@ async fn shutdown_drains_open_streams_up_to_the_drain_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_probe_failures_degrade_then_replace_the_connection() {
+async fn a_kubelet_restart_degrades_the_node_but_never_cuts_its_connection() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
+    node.start_pod_stub();
     let mut cfg = fast(&cluster);
-    cfg.health.probe = Probe::Http {
-        host: None,
-        port: HTTP_PORT,
-        path: "/healthz".into(),
-        tls: false,
-    };
+    cfg.health.probe = Probe::Tcp { port: HTTP_PORT };
     cfg.health.interval = Duration::from_millis(300);
     cfg.health.timeout = Duration::from_secs(1);
-    cfg.health.reconnect_after = 3;
+    cfg.health.reconnect_after = 2;
     let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
     wait_status(&pool, "node-1", Duration::from_secs(10), |s| {
         s.state == TunnelState::Ready && s.last_health.as_ref().is_some_and(|h| h.ok)
     })
     .await
     .expect("ready with a passing probe");
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut rx = pool.subscribe("node-1").unwrap();
-    let rec = seen.clone();
-    let watcher = tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let st = rx.borrow_and_update().state;
-            let mut v = rec.lock().unwrap();
-            if v.last() != Some(&st) {
-                v.push(st);
-            }
-        }
-    });
+    // A pod-IP echo stream through the node (a port-forward, a webhook) stays open throughout.
+    let stream = pool.dial(&dest(node.pod_addr, ECHO_PORT)).await.unwrap();
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    let mut exchange = async |i: u32, sent: &mut Vec<u8>, got: &mut Vec<u8>| {
+        let msg = format!("message {i};");
+        wr.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), rd.read_exact(&mut back))
+            .await
+            .expect("the stream answers during the kubelet's outage")
+            .unwrap();
+        sent.extend_from_slice(msg.as_bytes());
+        got.extend_from_slice(&back);
+    };
+    exchange(0, &mut sent, &mut got).await;
+
+    // The kubelet stops for 45 s: sshd answers each probe with "connect failed".
     node.kill_stub();
-    let reconnected = wait_status(&pool, "node-1", Duration::from_secs(10), |s| {
-        s.reconnects >= 1
+    let degraded = wait_status(&pool, "node-1", Duration::from_secs(10), |s| {
+        s.state == TunnelState::Degraded
     })
     .await;
-    node.start_stub();
+    assert!(degraded.is_some(), "{:?}", pool.status("node-1"));
+    let st = pool.status("node-1").unwrap();
     assert!(
-        reconnected.is_some(),
-        "three failed probes replace the connection: {:?}",
-        pool.status("node-1")
+        st.reason
+            .contains("the node's service failed its health probe")
+            && st.reason.contains("connect failed"),
+        "the reason names the service and what sshd said: {}",
+        st.reason
     );
+    let outage = Instant::now();
+    let mut i = 1;
+    while outage.elapsed() < Duration::from_secs(45) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        exchange(i, &mut sent, &mut got).await;
+        i += 1;
+        let st = pool.status("node-1").unwrap();
+        assert_eq!(st.reconnects, 0, "never reconnected: {st:?}");
+        assert_eq!(st.state, TunnelState::Degraded, "{st:?}");
+    }
+    assert_eq!(node.ssh_connections(), 1, "sshd saw no new connection");
+
+    // The kubelet is back: ready again, same connection, the stream intact.
+    node.start_stub();
     wait_status(&pool, "node-1", Duration::from_secs(10), |s| {
         s.state == TunnelState::Ready && s.last_health.as_ref().is_some_and(|h| h.ok)
     })
     .await
-    .expect("healthy again once the kubelet is back");
-    watcher.abort();
-    let states = seen.lock().unwrap().clone();
-    let degraded = states
-        .iter()
-        .position(|s| *s == TunnelState::Degraded)
-        .expect("went through degraded");
-    assert!(
-        states[degraded..].contains(&TunnelState::Connecting),
-        "then reconnected: {states:?}"
-    );
+    .expect("ready once the kubelet is back");
+    exchange(i, &mut sent, &mut got).await;
+    assert_eq!(got, sent, "every byte of the stream, in order");
+    assert_eq!(pool.status("node-1").unwrap().reconnects, 0);
+    assert_eq!(node.ssh_connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_whose_channel_gets_no_answer_replaces_the_connection() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    // The kubelet stub goes; in its place on the echo port, a listener whose accept queue is
+    // full, so sshd's connect for the probe's channel hangs and the open gets no answer, while
+    // keepalives are answered.
+    node.kill_stub();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_address(true).unwrap();
+    sock.bind(&std::net::SocketAddr::from((node.addr, ECHO_PORT)).into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        c.set_nonblocking(true).unwrap();
+        let _ = c.connect(&std::net::SocketAddr::from((node.addr, ECHO_PORT)).into());
+        fillers.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cfg = fast(&cluster);
+    cfg.health.probe = Probe::Tcp { port: ECHO_PORT };
+    cfg.health.interval = Duration::from_millis(300);
+    cfg.health.timeout = Duration::from_secs(1);
+    cfg.health.reconnect_after = 2;
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    let replaced = wait_status(&pool, "node-1", Duration::from_secs(20), |s| {
+        s.reconnects >= 1
+    })
+    .await;
     let st = pool.status("node-1").unwrap();
     assert!(
-        st.last_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("health probe"),
+        replaced.is_some(),
+        "unanswered probes replace the connection: {st:?}"
+    );
+    assert!(
+        st.last_error.as_deref().unwrap_or("").contains("timed out"),
         "{st:?}"
     );
+    drop(fillers);
+    drop(sock);
 }
 
 /// Channel limits for the isolation tests: 1 MiB of memory per channel, spilling (if
@@ -1092,4 +1142,41 @@ async fn a_thousand_nodes_added_and_removed_leave_no_metric_series_behind() {
         "/metrics grew from {before} to {} bytes",
         gone.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_since_holds_across_backoff_cycles_and_flaps_are_counted() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let pool = Pool::with_config(fast(&cluster), cluster.node_list()).unwrap();
+    wait_ready(&pool, "node-1", 10, "ready").await;
+    assert!(pool.status("node-1").unwrap().not_ready_since.is_none());
+    node.kill_sshd();
+    wait_status(&pool, "node-1", Duration::from_secs(10), |s| {
+        s.state != TunnelState::Ready
+    })
+    .await
+    .expect("down");
+    let first = pool.status("node-1").unwrap();
+    let (down_at, _) = first.not_ready_since.expect("not ready since the kill");
+    // Several backoff cycles (connecting -> backoff -> connecting ...): the time stays put.
+    let attempts = first.attempts;
+    wait_status(&pool, "node-1", Duration::from_secs(20), |s| {
+        s.attempts >= attempts + 3
+    })
+    .await
+    .expect("three more attempts");
+    let later = pool.status("node-1").unwrap();
+    assert_eq!(
+        later.not_ready_since.map(|(w, _)| w),
+        Some(down_at),
+        "DOWN-SINCE does not restart with each backoff cycle"
+    );
+    assert!(later.since > down_at, "while the state's own `since` does");
+    assert_eq!(later.flaps_last_hour(std::time::Instant::now()), 1);
+    node.start_sshd();
+    wait_ready(&pool, "node-1", 20, "back").await;
+    let back = pool.status("node-1").unwrap();
+    assert!(back.not_ready_since.is_none());
+    assert_eq!(back.flaps_last_hour(std::time::Instant::now()), 1);
 }

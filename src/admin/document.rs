@@ -33,6 +33,16 @@ pub struct NodeDocument {
     pub for_s: f64,
     /// Seconds the current connection has been up (null while not connected).
     pub uptime_s: Option<f64>,
+    /// RFC 3339 time since which the node has not been ready (null while ready); unlike
+    /// `since`, it does not restart with each backoff cycle.
+    #[serde(default)]
+    pub not_ready_since: Option<String>,
+    /// Seconds since `not_ready_since` (null while ready).
+    #[serde(default)]
+    pub down_for_s: Option<f64>,
+    /// Times the node left `ready` in the last hour.
+    #[serde(default)]
+    pub flaps_last_hour: usize,
     pub open_channels: usize,
     /// Live SSH connections to the node: 1, plus extras past the per-connection channel limit.
     #[serde(default)]
@@ -137,6 +147,11 @@ fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant)
         uptime_s: st
             .connected_at
             .map(|c| now.saturating_duration_since(c).as_secs_f64()),
+        not_ready_since: st.not_ready_since.map(|(wall, _)| rfc3339(wall)),
+        down_for_s: st
+            .not_ready_since
+            .map(|(_, at)| now.saturating_duration_since(at).as_secs_f64()),
+        flaps_last_hour: st.flaps_last_hour(now),
         open_channels: open,
         connections,
         congested_connections: if draining {

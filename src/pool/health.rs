@@ -97,24 +97,44 @@ impl Default for HealthConfig {
 /// Runs one probe through `tunnel` within the configured timeout.
 pub async fn probe(tunnel: &NodeTunnel, node: &Node, cfg: &HealthConfig) -> HealthResult {
     let start = Instant::now();
-    let outcome = match tokio::time::timeout(cfg.timeout, run(tunnel, node, cfg)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("health probe timed out after {:?}", cfg.timeout)),
-    };
+    let mut answered = false;
+    let outcome =
+        match tokio::time::timeout(cfg.timeout, run(tunnel, node, cfg, &mut answered)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("health probe timed out after {:?}", cfg.timeout)),
+        };
     HealthResult {
         ok: outcome.is_ok(),
         at: SystemTime::now(),
         latency: start.elapsed(),
         error: outcome.err(),
+        link_answered: answered,
     }
 }
 
-async fn run(tunnel: &NodeTunnel, node: &Node, cfg: &HealthConfig) -> Result<(), String> {
+/// Opens the probe's channel; `answered` becomes true once sshd has answered the open
+/// (confirmed it, or refused it: that answer proves the link).
+async fn open_probe(
+    tunnel: &NodeTunnel,
+    host: &str,
+    port: u16,
+    answered: &mut bool,
+) -> Result<crate::ssh::TunnelStream, crate::error::OpenError> {
+    let r = tunnel.open(host, port).await;
+    *answered = matches!(r, Ok(_) | Err(crate::error::OpenError::Refused { .. }));
+    r
+}
+
+async fn run(
+    tunnel: &NodeTunnel,
+    node: &Node,
+    cfg: &HealthConfig,
+    answered: &mut bool,
+) -> Result<(), String> {
     match &cfg.probe {
         Probe::None => Ok(()),
         Probe::Tcp { port } => {
-            let mut s = tunnel
-                .open(&node.address, *port)
+            let mut s = open_probe(tunnel, &node.address, *port, answered)
                 .await
                 .map_err(|e| format!("health probe {}:{port}: {e}", node.address))?;
             let _ = s.shutdown().await;
@@ -131,8 +151,7 @@ async fn run(tunnel: &NodeTunnel, node: &Node, cfg: &HealthConfig) -> Result<(),
                 "{}://{host}:{port}{path}",
                 if *tls { "https" } else { "http" }
             );
-            let stream = tunnel
-                .open(host, *port)
+            let stream = open_probe(tunnel, host, *port, answered)
                 .await
                 .map_err(|e| format!("health probe {url}: {e}"))?;
             if !*tls {

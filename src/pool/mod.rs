@@ -117,6 +117,7 @@ impl Pool {
     }
 
     fn add(&self, node: Node) {
+        self.metrics.init_node(&node.name);
         let slot = Arc::new(NodeSlot::new(node.clone(), self.metrics.link(&node.name)));
         tokio::spawn(supervisor::supervise(
             slot.clone(),

@@ -125,6 +125,7 @@ impl NodeSlot {
         let name = self.name();
         self.status.send_modify(|s| {
             if s.state != state {
+                s.note_transition(state);
                 match state {
                     TunnelState::Ready => {
                         tracing::info!(node = %name, from = %s.state, %reason, "tunnel ready")

@@ -54,6 +54,10 @@ pub struct HealthResult {
     pub at: SystemTime,
     pub latency: Duration,
     pub error: Option<String>,
+    /// The SSH link answered the probe (the channel opened, or sshd refused it, e.g. "connect
+    /// failed" to a kubelet that is down): a failure then concerns the node's service, not
+    /// the link, and never replaces the connection.
+    pub link_answered: bool,
 }
 
 /// A node's published status.
@@ -86,6 +90,47 @@ pub struct NodeStatus {
     pub keepalive_rtt: Option<Duration>,
     /// The latest failed connection attempt, typed (cleared by a successful one).
     pub last_connect_error: Option<std::sync::Arc<crate::error::ConnectError>>,
+    /// Since when the node has not been `ready` (wall clock and monotonic); None while ready.
+    /// Unlike `since`, it does not restart with each backoff cycle.
+    pub not_ready_since: Option<(SystemTime, Instant)>,
+    /// When the node left `ready`, within the last hour (at most `FLAPS_KEPT`).
+    pub flaps: std::collections::VecDeque<Instant>,
+}
+
+/// How many recent flaps a status keeps.
+pub const FLAPS_KEPT: usize = 64;
+
+impl NodeStatus {
+    /// Flaps (ready → not ready) in the hour before `now`.
+    pub fn flaps_last_hour(&self, now: Instant) -> usize {
+        self.flaps
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) < Duration::from_secs(3600))
+            .count()
+    }
+
+    /// Records a change of state: not-ready time and flaps.
+    pub(crate) fn note_transition(&mut self, to: TunnelState) {
+        let now = Instant::now();
+        if to == TunnelState::Ready {
+            self.not_ready_since = None;
+            return;
+        }
+        if self.state == TunnelState::Ready {
+            self.flaps.push_back(now);
+            while self.flaps.len() > FLAPS_KEPT
+                || self
+                    .flaps
+                    .front()
+                    .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(3600))
+            {
+                self.flaps.pop_front();
+            }
+        }
+        if self.not_ready_since.is_none() {
+            self.not_ready_since = Some((SystemTime::now(), now));
+        }
+    }
 }
 
 impl NodeStatus {
@@ -104,6 +149,8 @@ impl NodeStatus {
             host_key: None,
             connected_at: None,
             keepalive_rtt: None,
+            not_ready_since: Some((SystemTime::now(), Instant::now())),
+            flaps: std::collections::VecDeque::new(),
             last_connect_error: None,
         }
     }

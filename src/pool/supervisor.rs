@@ -201,6 +201,7 @@ async fn watch_connection(
                 // Sequential: the next probe starts only after this one ends (never piles up).
                 let result = health::probe(tunnel, &slot.node(), &cfg.health).await;
                 let ok = result.ok;
+                let answered = result.link_answered;
                 let check = CheckLabels {
                     node: label.node.clone(),
                     result: if ok { "ok" } else { "fail" },
@@ -209,7 +210,7 @@ async fn watch_connection(
                 let error = result.error.clone();
                 slot.update_status(|s| s.last_health = Some(result));
                 if ok {
-                    if failures > 0 {
+                    if failures > 0 || slot.status().state == TunnelState::Degraded {
                         slot.set_state(TunnelState::Ready, "health probe ok again");
                     }
                     failures = 0;
@@ -218,14 +219,25 @@ async fn watch_connection(
                 if tunnel.is_closed() {
                     break;
                 }
-                failures += 1;
                 let err = error.unwrap_or_else(|| "health probe failed".into());
                 slot.update_status(|s| s.last_error = Some(err.clone()));
+                if answered {
+                    // sshd answered: the link works, the node's service does not (a kubelet
+                    // restarting, say). Degraded, never a reconnect: that would cut every
+                    // stream on the connection for nothing.
+                    failures = 0;
+                    slot.set_state(
+                        TunnelState::Degraded,
+                        format!("the node's service failed its health probe (the SSH link answered): {err}"),
+                    );
+                    continue;
+                }
+                failures += 1;
                 if failures >= cfg.health.reconnect_after.max(1) {
                     tunnel.disconnect().await;
-                    return format!("health probe failed {failures} times in a row: {err}");
+                    return format!("health probe got no answer {failures} times in a row: {err}");
                 }
-                slot.set_state(TunnelState::Degraded, format!("health probe failed ({failures}/{}): {err}", cfg.health.reconnect_after));
+                slot.set_state(TunnelState::Degraded, format!("health probe got no answer ({failures}/{}): {err}", cfg.health.reconnect_after));
             }
         }
     }
