@@ -12,6 +12,7 @@ use support::{Cluster, HTTP_PORT, keygen};
 struct Outcome {
     code: i32,
     stdout: String,
+    stdout_bytes: Vec<u8>,
     stderr: String,
 }
 
@@ -30,6 +31,7 @@ fn run_cli(args: &[String], stdin: &[u8], limit: Duration) -> Outcome {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout_bytes: out.stdout,
     }
 }
 
@@ -919,4 +921,78 @@ fn every_printing_command_ends_quietly_when_its_reader_is_gone() {
             "{cmd:?} exits like a Unix tool on EPIPE: {stderr}"
         );
     }
+}
+
+#[test]
+fn dial_through_a_running_daemon_relays_64_mib_both_ways_and_reports_a_refusal() {
+    use sha2::{Digest, Sha256};
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let proxy = cluster.path().join("proxy.sock");
+    let mut args = cluster.daemon_args();
+    args.extend(
+        [
+            "--node",
+            &node.spec(),
+            "--health-probe",
+            "none",
+            "--node-port",
+            &format!("{HTTP_PORT},{}", support::ECHO_PORT),
+        ]
+        .map(String::from),
+    );
+    let d = support::daemon::Daemon::start(&args);
+    assert!(
+        d.wait_log("tunnel ready", 1, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+    let proxy = proxy.to_str().unwrap();
+
+    // 64 MiB through the echo server: the same bytes come back (no --ssh-tunnel, no keys: the
+    // daemon does the SSH).
+    let mut data = vec![0u8; 64 << 20];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
+    let target = format!("{}:{}", node.addr, support::ECHO_PORT);
+    let o = run_cli(
+        &s(&["dial", "--proxy-uds", proxy, &target]),
+        &data,
+        Duration::from_secs(120),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout_bytes.len(), data.len(), "{}", o.stderr);
+    assert_eq!(
+        Sha256::digest(&o.stdout_bytes),
+        Sha256::digest(&data),
+        "the same bytes back"
+    );
+
+    // A bare node name is its kubelet port.
+    let o = run_cli(
+        &s(&["dial", "--proxy-uds", proxy, "node-1"]),
+        b"GET /whoami HTTP/1.0\r\n\r\n",
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("node-1"), "{}", o.stdout);
+
+    // A destination the policy refuses: exit 1 with the daemon's status line.
+    let o = run_cli(
+        &s(&["dial", "--proxy-uds", proxy, "127.0.0.1:22"]),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("HTTP/1.1 403 Forbidden"), "{}", o.stderr);
+    assert!(o.stderr.contains("loopback"), "{}", o.stderr);
+
+    // No daemon there: a usage error naming the socket.
+    let gone = cluster.path().join("nothing.sock");
+    let o = run_cli(
+        &s(&["dial", "--proxy-uds", gone.to_str().unwrap(), &target]),
+        b"",
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("nothing.sock"), "{}", o.stderr);
 }

@@ -64,7 +64,7 @@ pub struct RunArgs {
 }
 
 /// Where the CONNECT socket goes when no listener is named.
-const DEFAULT_PROXY_UDS: &str = "/run/kube-ssh-tunnel/proxy.sock";
+pub(crate) const DEFAULT_PROXY_UDS: &str = "/run/kube-ssh-tunnel/proxy.sock";
 
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
     run_until(args, std::future::pending()).await
