@@ -996,3 +996,63 @@ fn dial_through_a_running_daemon_relays_64_mib_both_ways_and_reports_a_refusal()
     assert_eq!(o.code, 2, "{}", o.stderr);
     assert!(o.stderr.contains("nothing.sock"), "{}", o.stderr);
 }
+
+#[test]
+fn two_hundred_refusing_nodes_for_a_minute_log_at_most_three_lines_each() {
+    let cluster = Cluster::start(0);
+    let dead = support::refused_address(22);
+    let mut args = cluster.daemon_args();
+    for i in 0..200 {
+        args.extend(["--node".to_string(), format!("n{i}={dead}:22")]);
+    }
+    args.extend(
+        [
+            "--log-format",
+            "json",
+            "--health-probe",
+            "none",
+            "--backoff-min",
+            "100ms",
+            "--backoff-max",
+            "1s",
+        ]
+        .map(String::from),
+    );
+    let mut d = support::daemon::Daemon::start(&args);
+    std::thread::sleep(Duration::from_secs(60));
+    assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+    let log = d.log();
+    let mut per_node = std::collections::HashMap::<String, usize>::new();
+    for line in log.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        // Shutdown's drain lines are not failures; count what ran before it.
+        if v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("draining"))
+        {
+            continue;
+        }
+        if let Some(n) = v["node"].as_str() {
+            *per_node.entry(n.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        per_node.len(),
+        200,
+        "every node logged its failure once: {per_node:?}"
+    );
+    let worst = per_node.values().max().copied().unwrap_or(0);
+    assert!(
+        worst <= 3,
+        "at most 3 lines per node in 60 s, got {worst}: {:?}",
+        per_node
+            .iter()
+            .filter(|(_, c)| **c > 3)
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    let total: usize = per_node.values().sum();
+    eprintln!("200 refusing nodes, 60 s: {total} log lines about nodes");
+}

@@ -205,6 +205,12 @@ pub struct SuperviseArgs {
     #[arg(long, env = "KUBE_SSH_TUNNEL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
 
+    /// While a node keeps failing the same way, log a summary (attempts, last error, next
+    /// retry) at most this often; the first failure, a new kind of failure and recovery are
+    /// always logged.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_FAILURE_LOG_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub failure_log_interval: Duration,
+
     /// Memory one channel may hold for a reader that is behind (e.g. 4MiB).
     #[arg(long, env = "KUBE_SSH_TUNNEL_CHANNEL_BUFFER", default_value = "4MiB", value_parser = parse_size)]
     pub channel_buffer: u64,

@@ -449,6 +449,7 @@ fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
     cfg.overflow_idle_timeout = s.extra_connection_idle_timeout;
     cfg.max_connections_per_node = s.max_connections_per_node;
     cfg.service_cidrs = args.front.service_cidr.clone();
+    cfg.failure_log_interval = s.failure_log_interval;
     Ok(cfg)
 }
 

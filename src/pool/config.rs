@@ -37,6 +37,9 @@ pub struct PoolConfig {
     pub max_connections_per_node: usize,
     /// The cluster's service CIDRs: no node's alias may lie in them (see `pool::vet`).
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// While a node fails the same way, a summary line at most this often (see
+    /// `pool::failure_log`).
+    pub failure_log_interval: Duration,
 }
 
 impl PoolConfig {
@@ -55,6 +58,7 @@ impl PoolConfig {
             overflow_idle_timeout: Duration::from_secs(60),
             max_connections_per_node: 8,
             service_cidrs: Vec::new(),
+            failure_log_interval: Duration::from_secs(300),
         }
     }
 

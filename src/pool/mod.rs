@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod config;
 pub mod drain;
+pub mod failure_log;
 pub mod health;
 pub mod overflow;
 pub mod route;
@@ -118,7 +119,11 @@ impl Pool {
 
     fn add(&self, node: Node) {
         self.metrics.init_node(&node.name);
-        let slot = Arc::new(NodeSlot::new(node.clone(), self.metrics.link(&node.name)));
+        let slot = Arc::new(NodeSlot::new(
+            node.clone(),
+            self.metrics.link(&node.name),
+            self.cfg.failure_log_interval,
+        ));
         tokio::spawn(supervisor::supervise(
             slot.clone(),
             self.cfg.clone(),

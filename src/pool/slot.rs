@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::failure_log::{FailureLog, Verdict};
 use super::overflow::Overflow;
 use super::state::{NodeStatus, TunnelState};
 use crate::node::Node;
@@ -38,12 +39,16 @@ pub struct NodeSlot {
     pub(crate) dial_failures: AtomicU64,
     /// Extra connections past the per-connection channel limit.
     pub(crate) overflow: Overflow,
+    /// Keeps a failing node's retries out of the log (see `pool::failure_log`).
+    failure_log: std::sync::Mutex<FailureLog>,
 }
 
 impl NodeSlot {
-    /// An empty slot for `node` (state `connecting`) whose channels update `link`.
-    pub fn new(node: Node, link: LinkStats) -> Self {
+    /// An empty slot for `node` (state `connecting`) whose channels update `link`; a failure
+    /// that repeats is summarised in the log at most every `failure_log_interval`.
+    pub fn new(node: Node, link: LinkStats, failure_log_interval: std::time::Duration) -> Self {
         NodeSlot {
+            failure_log: std::sync::Mutex::new(FailureLog::new(failure_log_interval)),
             link,
             dials_total: AtomicU64::new(0),
             dial_failures: AtomicU64::new(0),
@@ -124,26 +129,46 @@ impl NodeSlot {
         let reason = reason.into();
         let name = self.name();
         self.status.send_modify(|s| {
-            if s.state != state {
+            let changed = s.state != state;
+            let from = s.state;
+            if changed {
                 s.note_transition(state);
-                match state {
-                    TunnelState::Ready => {
-                        tracing::info!(node = %name, from = %s.state, %reason, "tunnel ready")
-                    }
-                    TunnelState::Connecting | TunnelState::Draining => {
-                        tracing::info!(node = %name, from = %s.state, %reason, "tunnel {state}")
-                    }
-                    _ => tracing::warn!(node = %name, from = %s.state, %reason, "tunnel {state}"),
-                }
                 s.since = SystemTime::now();
                 s.since_instant = Instant::now();
             }
             s.state = state;
-            s.reason = reason;
             if state != TunnelState::Backoff && state != TunnelState::Failed {
                 s.next_retry = None;
             }
             also(s);
+            if changed {
+                let verdict = self
+                    .failure_log
+                    .lock()
+                    .map(|mut f| f.judge(state, &reason, Instant::now()))
+                    .unwrap_or(Verdict::Log);
+                match verdict {
+                    Verdict::Quiet => {}
+                    Verdict::Summary { quiet } => tracing::warn!(
+                        node = %name,
+                        attempts = s.attempts,
+                        last_error = %reason,
+                        down_for = ?s.not_ready_since.map(|(_, at)| at.elapsed()),
+                        unlogged_changes = quiet,
+                        "tunnel still {state}: the same failure repeats"
+                    ),
+                    Verdict::Log => match state {
+                        TunnelState::Ready => {
+                            tracing::info!(node = %name, %from, %reason, "tunnel ready")
+                        }
+                        TunnelState::Connecting | TunnelState::Draining => {
+                            tracing::info!(node = %name, %from, %reason, "tunnel {state}")
+                        }
+                        _ => tracing::warn!(node = %name, %from, %reason, "tunnel {state}"),
+                    },
+                }
+            }
+            s.reason = reason;
         });
     }
 
