@@ -1079,13 +1079,15 @@ async fn https_probe_verifies_the_kubelet_certificate_through_the_tunnel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_nodes_added_and_removed_leave_no_metric_series_behind() {
-    let cluster = Cluster::start(1);
-    let node = &cluster.nodes[0];
+    // node-1 stays; churned nodes that are real use node-2's sshd (an address no other
+    // node of the set has: the pool refuses a second node on a held address).
+    let cluster = Cluster::start(2);
+    let (stable_node, node) = (&cluster.nodes[0], &cluster.nodes[1]);
     let mut cfg = fast(&cluster);
     cfg.drain_timeout = Duration::from_secs(2);
-    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    let pool = Pool::with_config(cfg, vec![stable_node.node()]).unwrap();
     wait_ready(&pool, "node-1", 10, "ready").await;
-    let stable = node.node();
+    let stable = stable_node.node();
     let dead = support::refused_address(22);
     let before = {
         pool.refresh_metrics();
@@ -1179,4 +1181,36 @@ async fn not_ready_since_holds_across_backoff_cycles_and_flaps_are_counted() {
     let back = pool.status("node-1").unwrap();
     assert!(back.not_ready_since.is_none());
     assert_eq!(back.flaps_last_hour(std::time::Instant::now()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_while_holding_spilled_bytes_is_cut_and_the_spill_freed() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let mut cfg = fast(&cluster);
+    cfg.ssh.channel = small_buffers(&cluster, true, Duration::from_secs(2));
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    wait_ready(&pool, "node-1", 10, "ready").await;
+    let link = pool.metrics().link("node-1");
+    // 8 MiB into the echo server, then EOF: the echo comes back and ends, but nobody reads
+    // it. 1 MiB waits in memory, the rest in the spill file, with the EOF behind them.
+    let s = pool.dial(&dest(node.addr, ECHO_PORT)).await.unwrap();
+    let (_rd, wr) = tokio::io::split(s);
+    let pushed = push_random(wr, 8 << 20);
+    pushed.await.unwrap();
+    assert!(
+        support::wait_until(Duration::from_secs(10), || link.spilled.get() > 0),
+        "spilling"
+    );
+    let tunnel = pool.tunnel("node-1").unwrap();
+    assert!(
+        support::wait_until(Duration::from_secs(15), || tunnel.stalled_channels() == 1),
+        "the idle reader holding spilled bytes is cut after the stall timeout"
+    );
+    assert!(
+        support::wait_until(Duration::from_secs(10), || link.spilled.get() == 0
+            && pool.config().ssh.channel.budget.spill_used() == 0),
+        "its spill file is gone and the budget given back"
+    );
+    assert_eq!(pool.status("node-1").unwrap().state, TunnelState::Ready);
 }

@@ -146,26 +146,38 @@ impl Overflow {
         if let Some(r) = self.try_existing(host, port, d.limit, calm).await {
             return r;
         }
-        let _growing = self.grow.lock().await;
+        let growing = self.grow.lock().await;
         // Someone else may have made room while we waited.
         if let Some(r) = self.try_existing(host, port, d.limit, calm).await {
             return r;
         }
         if self.load().0 + 1 >= d.max_connections {
+            // Not under the lock: the fallback's opens may wait on congested connections.
+            drop(growing);
             return self.fallback(&d, host, port).await;
         }
-        let permit = d
-            .handshakes
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| OverflowError::Open(OpenError::ConnectionLost))?;
+        // The handshake limit is shared by the whole pool: wait for it no longer than a
+        // connect may take.
+        let permit = tokio::time::timeout(
+            d.settings.connect_timeout,
+            d.handshakes.clone().acquire_owned(),
+        )
+        .await;
+        let permit = match permit {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(OverflowError::Open(OpenError::ConnectionLost)),
+            Err(_) => {
+                drop(growing);
+                return self.fallback(&d, host, port).await;
+            }
+        };
         let tunnel = match NodeTunnel::connect_with(d.node, d.settings.clone(), d.link.clone())
             .await
         {
             Ok(t) => Arc::new(t),
             Err(e) if d.reason == Reason::Isolation => {
                 drop(permit);
+                drop(growing);
                 tracing::warn!(node = %d.node.name, error = %e, "could not open another connection to isolate a dial from a congested one; using the congested one");
                 return self.fallback(&d, host, port).await;
             }
@@ -180,6 +192,7 @@ impl Overflow {
             });
             guard.len()
         };
+        drop(growing);
         match d.reason {
             Reason::Capacity => tracing::info!(
                 node = %d.node.name,

@@ -190,11 +190,11 @@ async fn watch_connection(
                 if !probing {
                     continue;
                 }
-                // A congested connection (a reader holding up its session, or bulk data) would
-                // make the probe wait behind it and fail, and failures replace the connection,
-                // cutting the very streams that are slow. Dials avoid it meanwhile; the probe
-                // resumes when it clears.
-                if tunnel.is_congested() {
+                // A connection whose session a slow reader holds up would make the probe wait
+                // behind it and fail, and failures replace the connection, cutting the very
+                // stream that is slow. Dials avoid it meanwhile; the probe resumes when it
+                // clears. (Bulk data does not hold the session: probes run.)
+                if tunnel.is_held_up() {
                     tracing::debug!(node = %label.node, "connection congested: health probe skipped");
                     continue;
                 }

@@ -77,6 +77,12 @@ impl Congestion {
         self.born.elapsed().as_millis() as u64
     }
 
+    /// True while a reader holds up this connection's session (not merely bulk data): a
+    /// channel open or a probe on it would wait for that reader.
+    pub fn is_held_up(&self) -> bool {
+        self.readers_blocked.load(Ordering::Acquire) > 0
+    }
+
     /// A reader fell behind by its whole buffer; `reader_caught_up` ends it.
     pub(crate) fn reader_blocked(self: &Arc<Self>, destination: &str, buffered: u64) {
         self.readers_blocked.fetch_add(1, Ordering::AcqRel);
@@ -146,6 +152,9 @@ impl Congestion {
                 }
             }
             me.watching.store(false, Ordering::Release);
+            if me.closed.is_cancelled() {
+                return;
+            }
             tracing::info!(
                 node = %me.node,
                 %destination,
@@ -154,6 +163,11 @@ impl Congestion {
                 spilled = me.link.spilled.get(),
                 "connection no longer congested"
             );
+            // A block that came between the last check and the store above lost its chance to
+            // start a watcher: watch again.
+            if me.is_congested() {
+                me.watch(cause, &destination, 0);
+            }
         });
     }
 }

@@ -50,10 +50,12 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const PEER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Most bytes moved from a spill file into memory at once.
 const REFILL_CHUNK: usize = 256 << 10;
-/// A stream counts as bulk (its waits for window space congest its connection) only once it
-/// has written this much: a small write that waits a moment for the session's queue, as many
-/// concurrent dials do, is not bulk.
-const BULK_WRITTEN: u64 = 1 << 20;
+/// A stream counts as bulk (its waits for window space congest its connection) only while it
+/// writes fast: at least `BULK_BYTES` within one `BULK_WINDOW`. A small write that waits a
+/// moment for the session's queue (as many concurrent dials do) is not bulk, and neither is
+/// an upload waiting because its destination reads slowly (no data is in flight then).
+const BULK_BYTES: u64 = 512 << 10;
+const BULK_WINDOW: Duration = Duration::from_millis(500);
 /// A channel with an empty memory buffer may always take this much, budget or not, so that
 /// a reader that keeps up is never held up by others' buffers (the budget can be passed by
 /// at most this much per channel).
@@ -209,8 +211,9 @@ pub struct TunnelStream {
     congestion: Arc<Congestion>,
     /// This stream's writer is waiting for window space (counted in `congestion`).
     write_blocked: bool,
-    /// Bytes written so far.
+    /// Bytes written since `window_start` (see `BULK_BYTES`).
     written: u64,
+    window_start: Instant,
 }
 
 impl std::fmt::Debug for TunnelStream {
@@ -276,6 +279,7 @@ impl TunnelStream {
             congestion: counters.congestion,
             write_blocked: false,
             written: 0,
+            window_start: Instant::now(),
         }
     }
 
@@ -340,21 +344,26 @@ impl Pump {
         let end = match end {
             PumpEnd::BothEof | PumpEnd::Dropped => {
                 self.drop_held();
-                if !self.shared.local_eof.load(Ordering::Acquire) {
-                    // Tell the node we are done; it then ends its side and closes the channel.
-                    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, wh.eof()).await;
-                }
-                // Whatever still arrives is discarded (nobody reads it any more).
-                let peer_closed = tokio::time::timeout(PEER_CLOSE_WAIT, async {
+                let send_eof = !self.shared.local_eof.load(Ordering::Acquire);
+                // Whatever still arrives is discarded (nobody reads it any more), and it is
+                // drained *while* our EOF is sent: the session loop may be blocked delivering
+                // into this channel's full queue and would not take the EOF before.
+                let eof = async {
+                    if send_eof {
+                        // Tell the node we are done; it then ends its side and closes.
+                        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, wh.eof()).await;
+                    }
+                };
+                let closed = tokio::time::timeout(CLOSE_SEND_TIMEOUT + PEER_CLOSE_WAIT, async {
                     loop {
                         match rx.wait().await {
                             Some(ChannelMsg::Close) | None => return true,
                             Some(_) => {}
                         }
                     }
-                })
-                .await
-                .unwrap_or(false);
+                });
+                let ((), peer_closed) = tokio::join!(eof, closed);
+                let peer_closed = peer_closed.unwrap_or(false);
                 if peer_closed {
                     self.shared.mark_closed();
                     PumpEnd::Remote
@@ -416,10 +425,27 @@ impl Pump {
                 // The node closed the channel and everything was delivered.
                 return PumpEnd::Remote;
             }
+            // A reader that holds spilled bytes (disk and budget others need) and does not
+            // read at all for the stall timeout loses the channel, even once its source is done.
+            let stall_wait = if spilled {
+                let (idle, held) = shared
+                    .recv
+                    .lock()
+                    .map(|st| (st.last_read.elapsed(), st.buffered))
+                    .unwrap_or_default();
+                if idle >= self.limits.stall_timeout {
+                    let on_disk = self.spill.as_ref().map_or(0, |s| s.len());
+                    return self.cut_stalled(idle, held as u64, on_disk);
+                }
+                self.limits.stall_timeout - idle
+            } else {
+                Duration::from_secs(3600) // unused: the branch is off without spilled bytes
+            };
             let msg = tokio::select! {
                 biased;
                 _ = shared.event.notified() => continue,
                 _ = shared.space.notified(), if spilled => continue,
+                _ = tokio::time::sleep(stall_wait), if spilled => continue,
                 msg = rx.wait(), if rx_open && self.deferred_end.is_none() => msg,
             };
             match msg {
@@ -570,20 +596,7 @@ impl Pump {
                 .reader_blocked(&self.destination, held as u64 + spilled);
         }
         if idle >= self.limits.stall_timeout {
-            self.link.stalled.inc();
-            tracing::warn!(
-                node = %self.node,
-                destination = %self.destination,
-                buffered = held,
-                spilled,
-                stalled_for = ?idle,
-                "closing a channel whose reader stopped reading"
-            );
-            self.shared.finish(Some((
-                io::ErrorKind::TimedOut,
-                "the reader of this channel stalled; channel closed to protect the others",
-            )));
-            return Some(PumpEnd::Done);
+            return Some(self.cut_stalled(idle, held as u64, spilled));
         }
         let wait = self.limits.stall_timeout.saturating_sub(idle);
         tokio::select! {
@@ -592,6 +605,25 @@ impl Pump {
             _ = tokio::time::sleep(wait) => {}
         }
         None
+    }
+
+    /// Closes the channel of a reader that has not read for `idle` (past the stall timeout)
+    /// while it holds up its connection or holds spilled bytes.
+    fn cut_stalled(&mut self, idle: Duration, buffered: u64, spilled: u64) -> PumpEnd {
+        self.link.stalled.inc();
+        tracing::warn!(
+            node = %self.node,
+            destination = %self.destination,
+            buffered,
+            spilled,
+            stalled_for = ?idle,
+            "closing a channel whose reader stopped reading"
+        );
+        self.shared.finish(Some((
+            io::ErrorKind::TimedOut,
+            "the reader of this channel stalled; channel closed to protect the others",
+        )));
+        PumpEnd::Done
     }
 
     /// No longer waiting for the reader (if it was).
@@ -615,6 +647,9 @@ impl Drop for Pump {
     fn drop(&mut self) {
         self.unblock();
         self.drop_held();
+        // However the pump ended (even aborted), a reader never waits for it forever.
+        self.shared
+            .finish(Some((io::ErrorKind::BrokenPipe, "the channel is closed")));
     }
 }
 
@@ -704,12 +739,16 @@ impl AsyncWrite for TunnelStream {
         match &r {
             Poll::Ready(Ok(n)) => {
                 self.link.bytes_out.inc_by(*n as u64);
+                if self.window_start.elapsed() > BULK_WINDOW {
+                    self.window_start = Instant::now();
+                    self.written = 0;
+                }
                 self.written += *n as u64;
                 self.set_write_blocked(false);
             }
             Poll::Ready(Err(_)) => self.set_write_blocked(false),
             Poll::Pending => {
-                let bulk = self.written >= BULK_WRITTEN;
+                let bulk = self.written >= BULK_BYTES && self.window_start.elapsed() <= BULK_WINDOW;
                 self.set_write_blocked(bulk);
             }
         }

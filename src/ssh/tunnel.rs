@@ -228,6 +228,11 @@ impl NodeTunnel {
         self.congestion.is_congested()
     }
 
+    /// True while a reader holds up this connection's session (see `Congestion::is_held_up`).
+    pub fn is_held_up(&self) -> bool {
+        self.congestion.is_held_up()
+    }
+
     /// Channels closed because their reader stalled past the limit (see `ssh::stream`).
     pub fn stalled_channels(&self) -> u64 {
         self.link.stalled.get()
