@@ -87,6 +87,9 @@ pub struct StatusDocument {
     /// Desired nodes that are ready.
     pub ready: usize,
     pub nodes: Vec<NodeDocument>,
+    /// Nodes of the source left out because their address was refused ("NAME: why").
+    #[serde(default)]
+    pub left_out: Vec<String>,
 }
 
 /// RFC 3339 (UTC, seconds) for a wall-clock time.
@@ -117,6 +120,11 @@ impl StatusDocument {
             desired,
             ready,
             nodes,
+            left_out: pool
+                .left_out()
+                .into_iter()
+                .map(|(n, why)| format!("{n}: {why}"))
+                .collect(),
         }
     }
 }

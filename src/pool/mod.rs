@@ -62,6 +62,8 @@ pub struct Pool {
     /// or an unrelated Kubernetes event does not bring them back); a changed entry, or
     /// `reconnect`, does.
     drained: std::sync::Mutex<HashMap<String, Node>>,
+    /// Nodes left out because their address was refused, with why (logged once each).
+    left_out: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl Pool {
@@ -74,7 +76,7 @@ impl Pool {
     /// A pool with explicit behaviour.
     pub fn with_config(cfg: PoolConfig, mut nodes: Vec<Node>) -> Result<Pool, ConfigError> {
         validate(&nodes)?;
-        vet::vet(&mut nodes, &cfg.service_cidrs);
+        let dropped = vet::vet(&mut nodes, &cfg.service_cidrs, |_| None);
         log_refusals(&nodes, |_| None);
         if cfg.max_connections_per_node == 0 {
             return Err(ConfigError::Invalid(
@@ -100,7 +102,9 @@ impl Pool {
             draining: Arc::new(DashMap::new()),
             next_id: AtomicU64::new(0),
             drained: std::sync::Mutex::new(HashMap::new()),
+            left_out: std::sync::Mutex::new(HashMap::new()),
         };
+        pool.note_left_out(dropped);
         for n in nodes {
             pool.add(n);
         }
@@ -181,7 +185,10 @@ impl Pool {
     /// is refused as a whole and the current set stays.
     pub fn update(&self, mut desired: Vec<Node>) -> Result<UpdateSummary, ConfigError> {
         validate(&desired)?;
-        vet::vet(&mut desired, &self.cfg.service_cidrs);
+        let dropped = vet::vet(&mut desired, &self.cfg.service_cidrs, |name| {
+            self.slot(name).map(|s| s.node())
+        });
+        self.note_left_out(dropped);
         log_refusals(&desired, |name| self.slot(name).map(|s| s.node()));
         let mut summary = UpdateSummary::default();
         let current: HashMap<String, Arc<NodeSlot>> = self
@@ -192,7 +199,19 @@ impl Pool {
         let wanted: HashMap<&str, &Node> = desired.iter().map(|n| (n.name.as_str(), n)).collect();
         let mut drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
         // A drained node leaves the drained set when its source drops or changes it.
-        drained.retain(|name, node| wanted.get(name.as_str()).is_some_and(|w| *w == node));
+        // (Compared as the source gives them: what `vet` refused may change with other nodes.)
+        let entry = |n: &Node| Node {
+            refused: Vec::new(),
+            ..n.clone()
+        };
+        drained.retain(|name, node| match wanted.get(name.as_str()) {
+            Some(w) => entry(w) == entry(node),
+            None => {
+                // Gone from the source while drained: its series go too.
+                self.metrics.forget_node(name);
+                false
+            }
+        });
         for (name, slot) in &current {
             if !wanted.contains_key(name.as_str()) {
                 self.retire(slot.clone(), REMOVED);
@@ -283,6 +302,31 @@ impl Pool {
     /// How many of node `name`'s live connections are congested now.
     pub fn congested_connections(&self, name: &str) -> Option<usize> {
         Some(self.slot(name)?.congested())
+    }
+
+    /// Remembers the nodes `vet` left out; logs each new one (or a new reason) once.
+    fn note_left_out(&self, dropped: Vec<(String, String)>) {
+        let mut left = self.left_out.lock().unwrap_or_else(|p| p.into_inner());
+        let now: HashMap<String, String> = dropped.into_iter().collect();
+        for (node, why) in &now {
+            if left.get(node) != Some(why) {
+                tracing::warn!(node = %node, refused = %why, "node left out of the node set: its address cannot be used");
+            }
+        }
+        *left = now;
+    }
+
+    /// Nodes left out of the node set because their address was refused, with why.
+    pub fn left_out(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .left_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort();
+        v
     }
 
     /// True when an operator drained node `name` and it has not come back.

@@ -15,16 +15,26 @@
 
 use std::net::IpAddr;
 
+use std::sync::Arc;
+
 use ipnet::IpNet;
 
 use crate::node::{Node, same_host};
 use crate::policy::{is_link_local, is_loopback};
 
-/// Checks every node's aliases and pod CIDRs; removes what is refused and records why on the
-/// node. `service_cidrs` are the cluster's service ranges. In passes, so that a claim refused
-/// in one pass cannot make another node's good claim look bad in the next (a node claiming
+/// Checks every node's address, aliases and pod CIDRs. What is refused is removed and the
+/// reason recorded on the node (`Node::refused`); a node whose **address** is refused is
+/// removed from the set altogether and returned with why. `service_cidrs` are the cluster's
+/// service ranges; `earlier` gives a node as the pool knows it now (None at start), so that in
+/// a dispute the node that held a claim first keeps it. In passes, so that a claim refused in
+/// one pass cannot make another node's good claim look bad in the next (a node claiming
 /// 0.0.0.0/0 must not make every other pod CIDR "overlap").
-pub fn vet(nodes: &mut [Node], service_cidrs: &[IpNet]) {
+pub fn vet(
+    nodes: &mut Vec<Node>,
+    service_cidrs: &[IpNet],
+    earlier: impl Fn(&str) -> Option<Arc<Node>>,
+) -> Vec<(String, String)> {
+    // 1. The shape of each pod CIDR.
     for node in nodes.iter_mut() {
         node.refused.clear();
         let own_ip = node.ip();
@@ -38,8 +48,28 @@ pub fn vet(nodes: &mut [Node], service_cidrs: &[IpNet]) {
         node.pod_cidrs = kept;
     }
     let sane: Vec<Node> = nodes.to_vec();
+    // 2. Addresses: never special, a service IP or another node's pod IP; an address two
+    //    nodes give stays with the node that had it (routing refuses it if neither did).
+    let mut dropped = Vec::new();
+    nodes.retain(|node| {
+        let why = address_refusal(node, &sane, service_cidrs, &earlier);
+        if let Some(why) = &why {
+            dropped.push((node.name.clone(), why.clone()));
+        }
+        why.is_none()
+    });
+    // 3. Overlapping pod CIDRs: the node that had the range keeps it; if neither (or both)
+    //    did, both lose it.
+    let had = |name: &str, cidr: &IpNet| {
+        earlier(name).is_some_and(|n| {
+            n.pod_cidrs
+                .iter()
+                .any(|c| c.contains(cidr) || cidr.contains(c))
+        })
+    };
+    let placed: Vec<Node> = nodes.to_vec();
     for node in nodes.iter_mut() {
-        let others: Vec<&Node> = sane.iter().filter(|o| o.name != node.name).collect();
+        let others: Vec<&Node> = placed.iter().filter(|o| o.name != node.name).collect();
         let mut kept = Vec::new();
         for cidr in std::mem::take(&mut node.pod_cidrs) {
             let overlap = others.iter().find(|o| {
@@ -48,27 +78,67 @@ pub fn vet(nodes: &mut [Node], service_cidrs: &[IpNet]) {
                     .any(|c| c.contains(&cidr) || cidr.contains(c))
             });
             match overlap {
-                Some(o) => node.refused.push(format!(
-                    "pod CIDR {cidr}: it overlaps node {}'s pod CIDR",
-                    o.name
-                )),
-                None => kept.push(cidr),
+                // The node keeps it only if it had the range and the other did not.
+                Some(o) if !had(&node.name, &cidr) || had(&o.name, &cidr) => node.refused.push(
+                    format!("pod CIDR {cidr}: it overlaps node {}'s pod CIDR", o.name),
+                ),
+                _ => kept.push(cidr),
             }
         }
         node.pod_cidrs = kept;
     }
-    let routed: Vec<Node> = nodes.to_vec();
+    // 4. Aliases, against every node and every pod CIDR of a sane shape (also those lost to
+    //    an overlap: a node must not take over a range by disputing it first).
     for node in nodes.iter_mut() {
-        let others: Vec<&Node> = routed.iter().filter(|o| o.name != node.name).collect();
+        let others: Vec<&Node> = sane.iter().filter(|o| o.name != node.name).collect();
         let mut kept = Vec::new();
         for alias in std::mem::take(&mut node.aliases) {
-            match alias_refusal(&alias, &others, &routed, service_cidrs) {
+            match alias_refusal(&alias, &others, &sane, service_cidrs) {
                 Some(why) => node.refused.push(format!("alias {alias}: {why}")),
                 None => kept.push(alias),
             }
         }
         node.aliases = kept;
     }
+    dropped
+}
+
+/// Why a node's address cannot be used, if it cannot.
+fn address_refusal(
+    node: &Node,
+    all: &[Node],
+    service_cidrs: &[IpNet],
+    earlier: &impl Fn(&str) -> Option<Arc<Node>>,
+) -> Option<String> {
+    let others = all.iter().filter(|o| o.name != node.name);
+    if let Some(ip) = node.ip() {
+        if ip.is_unspecified() || is_link_local(ip) || ip.is_multicast() {
+            return Some(format!(
+                "its address {ip} is unspecified, link-local or multicast"
+            ));
+        }
+        if let Some(c) = service_cidrs.iter().find(|c| c.contains(&ip)) {
+            return Some(format!("its address {ip} lies in the service CIDR {c}"));
+        }
+        if let Some(o) = others.clone().find(|o| o.owns_pod_ip(ip)) {
+            return Some(format!(
+                "its address {ip} lies in node {}'s pod CIDR",
+                o.name
+            ));
+        }
+    }
+    // The same address as another node: the one that had it keeps it.
+    let had_it = |n: &Node| earlier(&n.name).is_some_and(|e| same_host(&e.address, &n.address));
+    if let Some(o) = others
+        .clone()
+        .find(|o| same_host(&o.address, &node.address) && had_it(o) && !had_it(node))
+    {
+        return Some(format!(
+            "its address {} is node {}'s address",
+            node.address, o.name
+        ));
+    }
+    None
 }
 
 fn alias_refusal(
@@ -154,7 +224,7 @@ mod tests {
             ),
             node("n2", "10.0.0.2", &[], &["10.244.2.0/24"]),
         ];
-        vet(&mut nodes, &["10.96.0.0/12".parse().unwrap()]);
+        vet(&mut nodes, &["10.96.0.0/12".parse().unwrap()], |_| None);
         assert_eq!(nodes[0].aliases, ["203.0.113.1", "n1.example"]);
         let refused = nodes[0].refused.join("\n");
         for why in [
@@ -196,7 +266,7 @@ mod tests {
             // A node on loopback (a lab) may have loopback pod CIDRs.
             node("lab", "127.0.0.5", &[], &["127.1.0.0/24"]),
         ];
-        vet(&mut nodes, &[]);
+        vet(&mut nodes, &[], |_| None);
         assert_eq!(
             nodes[0].pod_cidrs,
             vec![
@@ -213,5 +283,58 @@ mod tests {
         assert!(nodes[1].pod_cidrs.is_empty(), "refused on both nodes");
         assert!(nodes[1].refused[0].contains("overlaps node n1's"));
         assert_eq!(nodes[2].pod_cidrs.len(), 1);
+    }
+
+    #[test]
+    fn a_node_whose_address_is_a_service_or_pod_ip_or_special_is_left_out() {
+        let mut nodes = vec![
+            node("victim", "10.0.0.1", &[], &["10.244.1.0/24"]),
+            node("in-pods", "10.244.1.7", &[], &[]),
+            node("in-services", "10.96.0.10", &[], &[]),
+            node("link-local", "169.254.169.254", &[], &[]),
+        ];
+        let dropped = vet(&mut nodes, &["10.96.0.0/12".parse().unwrap()], |_| None);
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["victim"]);
+        let why: Vec<String> = dropped.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+        assert!(
+            why[0].contains("in-pods: its address 10.244.1.7 lies in node victim's pod CIDR"),
+            "{why:?}"
+        );
+        assert!(why[1].contains("service CIDR"), "{why:?}");
+        assert!(why[2].contains("link-local"), "{why:?}");
+    }
+
+    #[test]
+    fn in_a_dispute_the_node_that_held_the_claim_keeps_it() {
+        let victim = node("victim", "10.0.0.1", &[], &["10.244.1.0/24"]);
+        let earlier = {
+            let v = Arc::new(victim.clone());
+            move |name: &str| (name == "victim").then(|| v.clone())
+        };
+        // A newcomer with the victim's address is left out; one with an overlapping range
+        // loses the range, and cannot take a pod IP of the disputed range as an alias.
+        let mut nodes = vec![
+            victim.clone(),
+            node("copycat", "10.0.0.1", &[], &[]),
+            node("rogue", "10.0.0.9", &["10.244.1.7"], &["10.244.1.0/25"]),
+        ];
+        let dropped = vet(&mut nodes, &[], &earlier);
+        assert_eq!(dropped.len(), 1, "{dropped:?}");
+        assert!(
+            dropped[0].1.contains("node victim's address"),
+            "{dropped:?}"
+        );
+        assert_eq!(nodes[0].pod_cidrs.len(), 1, "the victim keeps its range");
+        assert!(
+            nodes[1].pod_cidrs.is_empty() && nodes[1].aliases.is_empty(),
+            "{:?}",
+            nodes[1]
+        );
+        // At start nobody held anything: both keep their address (routing refuses it as
+        // ambiguous) and both lose an overlapping range.
+        let mut fresh = vec![victim, node("copycat", "10.0.0.1", &[], &["10.244.1.0/25"])];
+        assert!(vet(&mut fresh, &[], |_| None).is_empty());
+        assert!(fresh.iter().all(|n| n.pod_cidrs.is_empty()));
     }
 }
