@@ -532,6 +532,10 @@ fn admin_over_tcp_needs_a_token_for_actions_checks_the_host_and_limits_reconnect
     let token_file = cluster.path().join("admin-token");
     let token = "s3cr3t-t0ken-0123456789abcdef";
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

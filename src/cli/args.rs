@@ -132,6 +132,16 @@ impl AdminArgs {
         let text = std::fs::read_to_string(path).map_err(|e| {
             super::CliError::usage(format!("--admin-token-file {}: {e}", path.display()))
         })?;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(super::CliError::usage(format!(
+                "--admin-token-file {}: mode {mode:o} lets other users read the token; chmod 600 it",
+                path.display()
+            )));
+        }
         let token = text.lines().next().unwrap_or("").trim().to_string();
         if token.len() < 16 {
             return Err(super::CliError::usage(format!(
@@ -200,8 +210,8 @@ pub struct SuperviseArgs {
     #[arg(long, env = "KUBE_SSH_TUNNEL_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// A channel whose reader is behind by its whole memory and spill share and does not read
-    /// at all for this long is closed (a reader that reads, however slowly, is never cut).
+    /// A channel whose reader is behind by its whole memory and spill share (or holds spilled
+    /// bytes) and does not read at all for this long is closed.
     #[arg(long, env = "KUBE_SSH_TUNNEL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
 

@@ -101,7 +101,10 @@ pub async fn dial(args: DialArgs) -> Result<(), CliError> {
 /// Sends kube-apiserver's CONNECT for `target` (a bare node name means its kubelet port) on
 /// the daemon's socket and relays stdin/stdout once it answers 200.
 async fn dial_daemon(socket: &std::path::Path, target: &str) -> Result<(), CliError> {
-    let target = if target.contains(':') {
+    let target = if let Ok(ip) = target.parse::<std::net::IpAddr>() {
+        // A bare address (IPv6 too): its kubelet port.
+        kube_ssh_tunnel::destination::join_host_port(&ip.to_string(), KUBELET_PORT)
+    } else if target.contains(':') {
         target.to_string()
     } else {
         format!("{target}:{KUBELET_PORT}")
