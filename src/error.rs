@@ -152,7 +152,7 @@ pub enum DialError {
     NotReady {
         node: String,
         destination: String,
-        state: crate::pool::TunnelState,
+        state: crate::tunnel_state::TunnelState,
         reason: String,
         /// The latest failed connection attempt, if that is why.
         #[source]

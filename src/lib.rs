@@ -32,6 +32,7 @@ pub mod proxy;
 pub mod ssh;
 pub mod status;
 pub mod tls;
+pub mod tunnel_state;
 
 pub use destination::Destination;
 pub use error::{ConfigError, ConnectError, DialError, OpenError};

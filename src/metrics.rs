@@ -90,6 +90,28 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// Per-node counters that outlive a connection (they are the node's metrics): bytes relayed
+/// each way, bytes held for readers that are behind, and what isolation did.
+#[derive(Clone, Debug, Default)]
+pub struct LinkStats {
+    /// Bytes read by consumers (from the node).
+    pub bytes_in: Counter,
+    /// Bytes written by producers (to the node).
+    pub bytes_out: Counter,
+    /// Channels closed because their reader stalled (not reading at all, buffers full).
+    pub stalled: Counter,
+    /// Bytes held in memory for readers now.
+    pub buffered: Gauge,
+    /// Unread bytes in spill files now.
+    pub spilled: Gauge,
+    /// Streams that needed a spill file.
+    pub spilled_streams: Counter,
+    /// Seconds any connection of the node spent congested.
+    pub congested_seconds: Counter<f64, AtomicU64>,
+    /// Extra connections opened because the others were congested.
+    pub isolation_connections: Counter,
+}
+
 /// All metrics of one daemon.
 pub struct Metrics {
     registry: Registry,
@@ -253,7 +275,7 @@ impl Metrics {
     }
 
     /// The node's counters that its channels update.
-    pub fn link(&self, node: &str) -> crate::ssh::stream::LinkStats {
+    pub fn link(&self, node: &str) -> LinkStats {
         let b = |direction| BytesLabels {
             node: node.to_string(),
             direction,
@@ -261,7 +283,7 @@ impl Metrics {
         let n = NodeLabel {
             node: node.to_string(),
         };
-        crate::ssh::stream::LinkStats {
+        LinkStats {
             bytes_in: self.bytes.get_or_create_owned(&b("in")),
             bytes_out: self.bytes.get_or_create_owned(&b("out")),
             stalled: self.stalled_channels.get_or_create_owned(&n),

@@ -2,50 +2,9 @@
 //! `tokio::sync::watch` so that dials can wait for `ready` and `status` can show why a node
 //! is not. State names are part of the public interface (design.md §4).
 
-use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Where a node's tunnel is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TunnelState {
-    /// A connection attempt is under way.
-    Connecting,
-    /// Connected and healthy: dials go through.
-    Ready,
-    /// Connected, but health probes fail: dials still go through; reconnect after a threshold.
-    Degraded,
-    /// Waiting before the next attempt after a transient failure.
-    Backoff,
-    /// Removed from the node set (or shutting down): no new dials, open streams finish.
-    Draining,
-    /// A failure a human must fix (authentication rejected, host key): retried slowly.
-    Failed,
-}
-
-impl TunnelState {
-    /// The public lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TunnelState::Connecting => "connecting",
-            TunnelState::Ready => "ready",
-            TunnelState::Degraded => "degraded",
-            TunnelState::Backoff => "backoff",
-            TunnelState::Draining => "draining",
-            TunnelState::Failed => "failed",
-        }
-    }
-
-    /// True when dials may use the node's connection.
-    pub fn accepts_dials(self) -> bool {
-        matches!(self, TunnelState::Ready | TunnelState::Degraded)
-    }
-}
-
-impl fmt::Display for TunnelState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::tunnel_state::TunnelState;
 
 /// The outcome of the latest health probe.
 #[derive(Debug, Clone)]

@@ -23,20 +23,21 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use russh::ChannelMsg;
 use russh::client::Msg;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+pub use crate::metrics::LinkStats;
 
 use super::budget::BufferBudget;
 use super::congestion::Congestion;
@@ -147,28 +148,6 @@ impl Drop for Shared {
         st.charged = 0;
         st.buffered = 0;
     }
-}
-
-/// Per-node counters that outlive a connection (they are the node's metrics): bytes relayed
-/// each way, bytes held for readers that are behind, and what isolation did.
-#[derive(Clone, Debug, Default)]
-pub struct LinkStats {
-    /// Bytes read by consumers (from the node).
-    pub bytes_in: Counter,
-    /// Bytes written by producers (to the node).
-    pub bytes_out: Counter,
-    /// Channels closed because their reader stalled (not reading at all, buffers full).
-    pub stalled: Counter,
-    /// Bytes held in memory for readers now.
-    pub buffered: Gauge,
-    /// Unread bytes in spill files now.
-    pub spilled: Gauge,
-    /// Streams that needed a spill file.
-    pub spilled_streams: Counter,
-    /// Seconds any connection of the node spent congested.
-    pub congested_seconds: Counter<f64, AtomicU64>,
-    /// Extra connections opened because the others were congested.
-    pub isolation_connections: Counter,
 }
 
 /// The counters a channel updates: its place in the connection's channel count (given back
