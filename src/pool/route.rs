@@ -38,7 +38,6 @@ where
 
 /// Classifies `dest` against `nodes` (`Node`s or `Arc<Node>`s).
 pub fn classify<N: AsRef<Node>>(nodes: &[N], dest: &Destination) -> Route {
-    let nodes: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
     let host = dest.host.as_str();
     let ip = dest.ip();
     let levels: [&dyn Fn(&Node) -> bool; 4] = [
@@ -50,6 +49,7 @@ pub fn classify<N: AsRef<Node>>(nodes: &[N], dest: &Destination) -> Route {
     for (level, matches) in levels.iter().enumerate() {
         let mut names: Vec<String> = nodes
             .iter()
+            .map(AsRef::as_ref)
             .filter(|n| matches(n))
             .map(|n| n.name.clone())
             .collect();
