@@ -660,6 +660,15 @@ fn small_buffers(c: &Cluster, spill: bool, stall: Duration) -> ChannelLimits {
     }
 }
 
+/// A pool on the cluster with `small_buffers` limits, once node-1 is ready.
+async fn small_buffer_pool(c: &Cluster, spill: bool, stall: Duration) -> Pool {
+    let mut cfg = fast(c);
+    cfg.ssh.channel = small_buffers(c, spill, stall);
+    let pool = Pool::with_config(cfg, c.node_list()).unwrap();
+    wait_ready(&pool, "node-1", 10, "ready").await;
+    pool
+}
+
 /// Pushes `total` bytes of random data into an echo channel; returns their SHA-256.
 fn push_random(
     mut wr: tokio::io::WriteHalf<TunnelStream>,
@@ -688,12 +697,9 @@ fn push_random(
 async fn a_slow_but_alive_reader_does_not_stall_its_neighbours_and_keeps_every_byte() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
-    let mut cfg = fast(&cluster);
     // The stall timeout is far above every bound below: nothing here may rely on it.
-    cfg.ssh.channel = small_buffers(&cluster, true, Duration::from_secs(600));
-    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    let pool = small_buffer_pool(&cluster, true, Duration::from_secs(600)).await;
     let d = dest(node.addr, ECHO_PORT);
-    wait_ready(&pool, "node-1", 10, "ready").await;
     let rss_before = support::rss_bytes();
 
     // The neighbour is opened first, so it certainly shares the slow reader's connection.
@@ -790,12 +796,9 @@ async fn a_slow_but_alive_reader_does_not_stall_its_neighbours_and_keeps_every_b
 async fn a_reader_that_stops_reading_congests_only_its_connection_and_then_loses_its_channel() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
-    let mut cfg = fast(&cluster);
     // No spilling: the stuck reader holds up its connection until the stall clock cuts it.
-    cfg.ssh.channel = small_buffers(&cluster, false, Duration::from_secs(4));
-    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    let pool = small_buffer_pool(&cluster, false, Duration::from_secs(4)).await;
     let d = dest(node.addr, ECHO_PORT);
-    wait_ready(&pool, "node-1", 10, "ready").await;
 
     // Channel A: we push 24 MiB into the echo server and never read the echo.
     let stuck = pool.dial(&d).await.unwrap();
@@ -1187,10 +1190,7 @@ async fn not_ready_since_holds_across_backoff_cycles_and_flaps_are_counted() {
 async fn a_reader_that_stops_while_holding_spilled_bytes_is_cut_and_the_spill_freed() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
-    let mut cfg = fast(&cluster);
-    cfg.ssh.channel = small_buffers(&cluster, true, Duration::from_secs(2));
-    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
-    wait_ready(&pool, "node-1", 10, "ready").await;
+    let pool = small_buffer_pool(&cluster, true, Duration::from_secs(2)).await;
     let link = pool.metrics().link("node-1");
     // 8 MiB into the echo server, then EOF: the echo comes back and ends, but nobody reads
     // it. 1 MiB waits in memory, the rest in the spill file, with the EOF behind them.

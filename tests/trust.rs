@@ -53,6 +53,17 @@ fn ca_known_hosts(dir: &Path, ca_pub: &Path, name: &str) -> PathBuf {
     kh
 }
 
+/// A host CA made in the cluster's directory `name`: (that directory, the CA's key, a
+/// known_hosts file trusting the CA for every host).
+fn host_ca(cluster: &Cluster, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = cluster.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("host_ca");
+    keygen(&ca, "ed25519", None);
+    let kh = ca_known_hosts(&dir, &ca.with_extension("pub"), "kh_ca");
+    (dir, ca, kh)
+}
+
 fn cert_error(e: ConnectError) -> String {
     match e {
         ConnectError::HostCertificateRejected { reason, .. } => reason,
@@ -64,11 +75,7 @@ fn cert_error(e: ConnectError) -> String {
 async fn host_certificates_are_verified_ca_principal_validity_and_type() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
-    let dir = cluster.path().join("hostca");
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = dir.join("host_ca");
-    keygen(&ca, "ed25519", None);
-    let kh = ca_known_hosts(&dir, &ca.with_extension("pub"), "kh_ca");
+    let (dir, ca, kh) = host_ca(&cluster, "hostca");
     let settings = |kh: &Path| {
         Arc::new(
             builder(&cluster)
@@ -324,11 +331,7 @@ async fn accept_new_learns_the_first_key_and_refuses_a_changed_one() {
 async fn accept_new_never_learns_a_plain_key_for_a_host_a_cert_authority_covers() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
-    let dir = cluster.path().join("downgrade");
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = dir.join("host_ca");
-    keygen(&ca, "ed25519", None);
-    let kh = ca_known_hosts(&dir, &ca.with_extension("pub"), "kh_ca");
+    let (dir, _ca, kh) = host_ca(&cluster, "downgrade");
     let learned = dir.join("learned");
     let s = Arc::new(
         builder(&cluster)
