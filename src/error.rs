@@ -7,8 +7,38 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use crate::ssh::keys::KeyError;
-pub use crate::ssh::known_hosts::KnownHostsError;
+/// A problem with the client key; each message names the file and the fix.
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error("SSH key file {} does not exist; create one with `kube-ssh-tunnel keygen --out {}` or point --ssh-keyfile at your key", path.display(), path.display())]
+    NotFound { path: PathBuf },
+    #[error("SSH key file {} cannot be read: {reason}", path.display())]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("SSH key file {} has mode {mode:o}, which lets group or others read it; fix with `chmod 600 {}`", path.display(), path.display())]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("SSH key file {} is encrypted; give its passphrase with --ssh-key-passphrase-file FILE", path.display())]
+    Encrypted { path: PathBuf },
+    #[error("SSH key file {} could not be decrypted with the passphrase from {}: wrong passphrase or corrupt key", path.display(), passphrase_file.display())]
+    BadPassphrase {
+        path: PathBuf,
+        passphrase_file: PathBuf,
+    },
+    #[error("SSH key file {} is not an OpenSSH private key ({reason}); expected the private half made by ssh-keygen, not the .pub file", path.display())]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// A problem with a known_hosts file.
+#[derive(Debug, Error)]
+pub enum KnownHostsError {
+    #[error("known_hosts file {} cannot be read: {reason}; create it (e.g. `ssh-keyscan NODE_ADDR > {}`) or point --ssh-known-hosts at yours", path.display(), path.display())]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("known_hosts file {}:{line} is malformed ({reason}); expected `[@marker] HOSTS KEYTYPE BASE64KEY [comment]`, fix or delete that line", path.display())]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
 
 /// Bad configuration or input, found before any connection is made (CLI exit code 2).
 #[derive(Debug, Error)]
@@ -124,7 +154,7 @@ impl ConnectError {
 }
 
 /// Why a `direct-tcpip` channel could not be opened on an established connection.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum OpenError {
     #[error("the node refused or could not reach it: {reason}")]
     Refused { reason: String },
@@ -177,4 +207,25 @@ impl DialError {
             DialError::NotReady { node, .. } | DialError::Open { node, .. } => Some(node),
         }
     }
+}
+
+/// Why a health probe through a node's connection failed (`pool::health`). The details are
+/// text where the cause is an I/O or TLS error, so that the result can be shared in the
+/// node's status.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ProbeError {
+    #[error("health probe timed out after {after:?}")]
+    Timeout { after: Duration },
+    #[error("health probe {target}: {source}")]
+    Open { target: String, source: OpenError },
+    #[error("health probe {url}: no TLS settings for an https probe")]
+    NoTlsSettings { url: String },
+    #[error("{0}")]
+    ServerName(String),
+    #[error("health probe {url}: TLS: {reason}")]
+    Tls { url: String, reason: String },
+    #[error("health probe {url}: {reason}")]
+    Io { url: String, reason: String },
+    #[error("health probe {url}: {status_line}")]
+    Status { url: String, status_line: String },
 }

@@ -5,8 +5,6 @@
 //! names that are not node names — is refused (HTTP 403), so the tunnel cannot be used to
 //! wander into the nodes' networks.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -14,6 +12,7 @@ use crate::destination::Destination;
 use crate::error::ConfigError;
 use crate::node::Node;
 use crate::pool::route;
+use crate::special::{is_link_local, is_loopback};
 
 /// The destination policy.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -146,25 +145,6 @@ impl Policy {
         Err(Denied(format!(
             "{dest} is not a node address, pod IP or service IP; refused by policy (add it to policy.allow_cidrs if it must be reachable)"
         )))
-    }
-}
-
-/// Loopback, also as an IPv4-mapped IPv6 address.
-pub fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
-    }
-}
-
-/// Link-local (and so cloud metadata), also as an IPv4-mapped IPv6 address.
-pub fn is_link_local(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|m| m.is_link_local())
-        }
     }
 }
 

@@ -1,11 +1,12 @@
 //! `TunnelState`: the names of a node tunnel's states. A leaf module (it depends on nothing
 //! of ours) so that errors, the pool and the admin API can all name states without depending
-//! on each other. The names are part of the public interface (design.md §4).
+//! on each other. The names are part of the public interface (`/status`, metrics, logs).
 
 use std::fmt;
 
 /// Where a node's tunnel is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TunnelState {
     /// A connection attempt is under way.
     Connecting,

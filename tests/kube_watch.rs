@@ -128,7 +128,9 @@ fn node<'a>(
 }
 
 fn ready_at(doc: &StatusDocument, name: &str, n: &TestNode) -> bool {
-    node(doc, name).is_some_and(|d| d.state == "ready" && d.address == n.addr.to_string())
+    node(doc, name).is_some_and(|d| {
+        d.state == kube_ssh_tunnel::pool::TunnelState::Ready && d.address == n.addr.to_string()
+    })
 }
 
 fn send(api: &Shared, line: String) {

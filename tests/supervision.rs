@@ -663,7 +663,7 @@ fn small_buffers(c: &Cluster, spill: bool, stall: Duration) -> ChannelLimits {
 /// A pool on the cluster with `small_buffers` limits, once node-1 is ready.
 async fn small_buffer_pool(c: &Cluster, spill: bool, stall: Duration) -> Pool {
     let mut cfg = fast(c);
-    cfg.ssh.channel = small_buffers(c, spill, stall);
+    std::sync::Arc::make_mut(&mut cfg.ssh).channel = small_buffers(c, spill, stall);
     let pool = Pool::with_config(cfg, c.node_list()).unwrap();
     wait_ready(&pool, "node-1", 10, "ready").await;
     pool
@@ -1063,7 +1063,8 @@ async fn https_probe_verifies_the_kubelet_certificate_through_the_tunnel() {
         .last_health
         .unwrap()
         .error
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("TLS") && err.to_lowercase().contains("certificate"),
         "{err}"

@@ -1,4 +1,4 @@
-//! The `/status` document (design.md §4): one entry per node and the pool's summary. The same
+//! The `/status` document (its fields are part of the public interface): one entry per node and the pool's summary. The same
 //! types are serialized by the daemon and parsed by `kube-ssh-tunnel status`.
 
 use std::time::{Instant, SystemTime};
@@ -24,7 +24,7 @@ pub struct NodeDocument {
     pub address: String,
     pub ssh_port: u16,
     /// connecting | ready | degraded | backoff | draining | failed
-    pub state: String,
+    pub state: TunnelState,
     /// Why it is in this state.
     pub reason: String,
     /// RFC 3339 time the state began.
@@ -107,11 +107,11 @@ impl StatusDocument {
         }
         let desired = nodes
             .iter()
-            .filter(|n| n.state != TunnelState::Draining.as_str())
+            .filter(|n| n.state != TunnelState::Draining)
             .count();
         let ready = nodes
             .iter()
-            .filter(|n| n.state == TunnelState::Ready.as_str())
+            .filter(|n| n.state == TunnelState::Ready)
             .count();
         StatusDocument {
             version: crate::VERSION.to_string(),
@@ -146,7 +146,7 @@ fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant)
         name: node.name.clone(),
         address: node.address.clone(),
         ssh_port: node.ssh_port,
-        state: st.state.to_string(),
+        state: st.state,
         reason: st.reason.clone(),
         since: rfc3339(st.since),
         for_s: now
@@ -178,7 +178,7 @@ fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant)
             ok: h.ok,
             at: rfc3339(h.at),
             latency_ms: h.latency.as_secs_f64() * 1000.0,
-            error: h.error.clone(),
+            error: h.error.as_ref().map(ToString::to_string),
         }),
         last_error: st.last_error.clone(),
         next_retry_s: st

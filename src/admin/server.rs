@@ -4,10 +4,11 @@
 //! unless explicitly allowed. On TCP (`AdminAuth`): the actions need the bearer token of
 //! `--admin-token-file` (reads too with `--admin-token-for-reads`), and the Host header must be
 //! an IP address, `localhost` or `kube-ssh-tunnel`, so that a web page cannot reach the API
-//! through DNS rebinding. A node can be reconnected at most once per `RECONNECT_INTERVAL`.
+//! through DNS rebinding. A node can be reconnected at most once per `RECONNECT_INTERVAL`
+//! (bringing back a node an operator drained is not limited). `/healthz` fails once a task
+//! the daemon needs has ended early (`tasks::Tasks`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use axum::routing::{get, post};
 
 use super::document::StatusDocument;
 use crate::pool::Pool;
+use crate::tasks::Tasks;
 
 /// What the admin API serves from.
 #[derive(Clone)]
@@ -28,8 +30,9 @@ pub struct AdminState {
     /// Share of desired nodes that must be ready for /readyz (at least one node always).
     pub ready_share: f64,
     pub insecure_host_keys: bool,
-    /// Cleared when a loop of the daemon (e.g. a CONNECT listener) ends unexpectedly.
-    pub alive: Arc<AtomicBool>,
+    /// The daemon's tasks: unhealthy once a task it needs (an accept loop, the admin API, the
+    /// node source) has ended early.
+    pub tasks: Tasks,
     /// Who may use the API (on TCP).
     pub auth: AdminAuth,
     /// When each node was last reconnected through the API.
@@ -133,13 +136,12 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.alive.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok\n".to_string())
-    } else {
-        (
+    match s.tasks.health() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(ended) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            "a daemon loop stopped; see the log\n".to_string(),
-        )
+            format!("stopped: {}; see the log\n", ended.join(", ")),
+        ),
     }
 }
 

@@ -39,8 +39,8 @@ pub struct SshArgs {
 
     /// Host key policy: strict (known_hosts only) or accept-new (trust on first use, recorded in
     /// --learned-known-hosts; a later change is refused).
-    #[arg(long, env = "KUBE_SSH_TUNNEL_HOST_KEY_POLICY", default_value = "strict", value_parser = ["strict", "accept-new"])]
-    pub host_key_policy: String,
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HOST_KEY_POLICY", value_enum, default_value_t = HostKeyChoice::Strict)]
+    pub host_key_policy: HostKeyChoice,
 
     /// Our own known_hosts file that accept-new records learned keys in.
     #[arg(long, env = "KUBE_SSH_TUNNEL_LEARNED_KNOWN_HOSTS")]
@@ -98,8 +98,8 @@ pub struct SshArgs {
     pub log_level: Option<String>,
 
     /// Log format: text or json (one JSON object per line).
-    #[arg(long, env = "KUBE_SSH_TUNNEL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "KUBE_SSH_TUNNEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Where the admin API listens (run) or is looked for (status, reconnect, drain).
@@ -158,8 +158,8 @@ impl AdminArgs {
 pub struct SuperviseArgs {
     /// Health probe through each tunnel: tcp (open a channel to --health-port), http (GET
     /// --health-url), or none (keepalives only).
-    #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_PROBE", default_value = "tcp", value_parser = ["tcp", "http", "none"])]
-    pub health_probe: String,
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_PROBE", value_enum, default_value_t = ProbeKind::Tcp)]
+    pub health_probe: ProbeKind,
 
     /// Port the tcp probe opens on the node's address.
     #[arg(long, env = "KUBE_SSH_TUNNEL_HEALTH_PORT", default_value_t = 10250)]
@@ -346,4 +346,33 @@ pub struct FrontArgs {
 
 fn parse_address_types(s: &str) -> Result<AddressTypes, String> {
     AddressTypes::parse(s).map_err(|e| e.to_string())
+}
+
+/// `--host-key-policy`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKeyChoice {
+    /// known_hosts only.
+    Strict,
+    /// Trust on first use, recorded in --learned-known-hosts.
+    AcceptNew,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `--health-probe`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// Open a channel to --health-port.
+    Tcp,
+    /// GET --health-url.
+    Http,
+    /// Keepalives only.
+    None,
 }

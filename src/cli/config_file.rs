@@ -117,3 +117,125 @@ fn flags_from_file(sub: &Command, path: &Path, user: &[String]) -> Result<Vec<St
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Arg;
+
+    fn cmd() -> Command {
+        Command::new("kube-ssh-tunnel").subcommand(
+            Command::new("run")
+                .arg(Arg::new("config").long("config"))
+                .arg(Arg::new("ssh-user").long("ssh-user"))
+                .arg(Arg::new("node").long("node").action(ArgAction::Append))
+                .arg(
+                    Arg::new("ssh-tunnel")
+                        .long("ssh-tunnel")
+                        .action(ArgAction::SetTrue),
+                )
+                .arg(Arg::new("dial-timeout").long("dial-timeout")),
+        )
+    }
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    fn strings(v: Vec<OsString>) -> Vec<String> {
+        v.into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Expands `kube-ssh-tunnel run --config FILE USER…` with `toml` as the file.
+    fn expand_with(toml: &str, user: &[&str]) -> Result<Vec<String>, CliError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, toml).unwrap();
+        let mut argv = args(&["kube-ssh-tunnel", "run", "--config", file.to_str().unwrap()]);
+        argv.extend(args(user));
+        expand(&cmd(), argv).map(|v| {
+            strings(v)
+                .into_iter()
+                .filter(|a| !a.ends_with("config.toml"))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn without_a_config_file_argv_is_unchanged() {
+        let argv = args(&["kube-ssh-tunnel", "run", "--ssh-user", "u"]);
+        assert_eq!(expand(&cmd(), argv.clone()).unwrap(), argv);
+    }
+
+    #[test]
+    fn file_entries_become_flags_before_the_users_own() {
+        let got = expand_with(
+            "ssh_user = \"file-user\"\nssh-tunnel = true\nnode = [\"a=192.0.2.1\", \"b=192.0.2.2\"]\ndial_timeout = 5\n",
+            &["--ssh-user", "cli-user"],
+        )
+        .unwrap();
+        // Inserted right after the subcommand (keys in order), before the user's own flags; the
+        // user's --ssh-user wins (the file's is skipped); a switch becomes a bare flag; a list
+        // repeats the flag; a number is its text.
+        assert_eq!(
+            got,
+            [
+                "kube-ssh-tunnel",
+                "run",
+                "--dial-timeout",
+                "5",
+                "--node",
+                "a=192.0.2.1",
+                "--node",
+                "b=192.0.2.2",
+                "--ssh-tunnel",
+                "--config",
+                "--ssh-user",
+                "cli-user"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_switch_set_false_is_left_out_and_a_switch_with_a_value_is_refused() {
+        let got = expand_with("ssh_tunnel = false\n", &[]).unwrap();
+        assert_eq!(got, ["kube-ssh-tunnel", "run", "--config"]);
+        let err = expand_with("ssh_tunnel = \"yes\"\n", &[]).unwrap_err();
+        assert!(
+            err.message.contains("is a switch: write ssh_tunnel = true"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn bad_files_are_usage_errors_naming_the_file_and_the_fix() {
+        let err = expand_with("ssh_usr = \"x\"\n", &[]).unwrap_err();
+        assert_eq!(err.code, super::super::EXIT_USAGE);
+        assert!(
+            err.message.contains("unknown key 'ssh_usr' for `run`")
+                && err
+                    .message
+                    .contains("known keys: ssh_user, node, ssh_tunnel, dial_timeout"),
+            "{}",
+            err.message
+        );
+        let err = expand_with("config = \"other.toml\"\n", &[]).unwrap_err();
+        assert!(
+            err.message.contains("cannot name another config file"),
+            "{}",
+            err.message
+        );
+        let err = expand_with("[ssh_user]\nx = 1\n", &[]).unwrap_err();
+        assert!(
+            err.message
+                .contains("expected a string, number or boolean, got table"),
+            "{}",
+            err.message
+        );
+        let err = expand_with("ssh_user = \n", &[]).unwrap_err();
+        assert!(err.message.contains("config file "), "{}", err.message);
+    }
+}

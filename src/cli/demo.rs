@@ -10,17 +10,21 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser};
+use super::table::{Format, render};
+use clap::Args;
 use kube_ssh_tunnel::admin::client::{Endpoint, request};
 use kube_ssh_tunnel::admin::document::StatusDocument;
+use kube_ssh_tunnel::daemon::TlsListener;
 use kube_ssh_tunnel::demo::pki::Ca;
 use kube_ssh_tunnel::demo::{DemoNode, NodeSpec};
-use kube_ssh_tunnel::status::{Format, render};
+use kube_ssh_tunnel::nodes::{AddressTypes, NodeSource};
+use kube_ssh_tunnel::pool::PoolConfig;
+use kube_ssh_tunnel::{Daemon, DaemonConfig, SshSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::CliError;
 use super::keygen::write_key_pair;
-use super::run::{RunArgs, run_until};
+use super::run::serve_until;
 
 /// The most nodes `demo --nodes` starts (one loopback address and /24 pod CIDR each).
 const MAX_NODES: u16 = 200;
@@ -30,6 +34,8 @@ const KUBELET_PORT: u16 = 10250;
 /// How long the demo waits for every node to be ready before it reports failure.
 const READY_WITHIN: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the daemon checks the demo's node file (`run`'s default).
+const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -40,14 +46,6 @@ pub struct DemoArgs {
     /// Log level of the daemon (error, warn, info, debug; or a tracing filter).
     #[arg(long, default_value = "warn")]
     pub log_level: String,
-}
-
-/// The daemon's own flags, parsed the same way `run` parses them.
-#[derive(Parser, Debug)]
-#[command(name = "kube-ssh-tunnel run")]
-struct RunLine {
-    #[command(flatten)]
-    run: RunArgs,
 }
 
 /// The demo's directory; removed when dropped.
@@ -145,46 +143,38 @@ pub async fn demo(args: DemoArgs) -> Result<i32, CliError> {
         .map_err(|e| failure("cannot issue the listener's certificate", e))?;
     ca.issue(&d, "client", &[], true)
         .map_err(|e| failure("cannot issue the client certificate", e))?;
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+    let tls_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map_err(|e| failure("no free loopback port for the TLS listener", e))?
-        .port();
-    let tls_listen = format!("127.0.0.1:{tls_port}");
+        .map_err(|e| failure("no free loopback port for the TLS listener", e))?;
+    let tls_listen = tls_addr.to_string();
 
-    let line: Vec<String> = [
-        "kube-ssh-tunnel run",
-        "--ssh-tunnel",
-        "--ssh-user",
-        "demo",
-        "--ssh-keyfile",
-        path(&key_path),
-        "--ssh-known-hosts",
-        path(&known_hosts),
-        "--nodes",
-        path(&nodes_file),
-        "--proxy-uds",
-        path(&proxy),
-        "--admin-uds",
-        path(&admin),
-        "--proxy-listen",
-        &tls_listen,
-        "--tls-cert",
-        path(&server_crt),
-        "--tls-key",
-        path(&server_key),
-        "--client-ca",
-        path(&ca_file),
-        "--service-cidr",
-        SERVICE_CIDR,
-        "--log-level",
-        &args.log_level,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let run_args = RunLine::try_parse_from(&line)
-        .map_err(|e| CliError::usage(format!("demo: {e}")))?
-        .run;
+    let settings = SshSettings::builder("demo")
+        .key_file(&key_path, None)?
+        .known_hosts_file(&known_hosts)?
+        .build();
+    let mut pool = PoolConfig::new(settings);
+    pool.service_cidrs = vec![service_cidr];
+    let mut cfg = DaemonConfig::new(
+        pool,
+        NodeSource::File {
+            path: nodes_file.clone(),
+            extra: Vec::new(),
+            address_types: AddressTypes::default(),
+            interval: RELOAD_INTERVAL,
+        },
+        proxy.clone(),
+        admin.clone(),
+    );
+    cfg.policy.service_cidrs = vec![service_cidr];
+    cfg.listeners.tls = Some(TlsListener {
+        address: tls_addr,
+        cert: server_crt,
+        key: server_key,
+        client_ca: ca_file,
+    });
+    super::logging::init(Some(&args.log_level));
+    // The demo runs the deprecated mode too (as `run --ssh-tunnel` would say).
+    tracing::warn!("{}", super::gate::DEPRECATION_WARNING);
 
     println!(
         "kube-ssh-tunnel demo: {} in-process SSH nodes on 127.77.0.1–{}, each with its own host key (trusted through {})",
@@ -198,7 +188,11 @@ pub async fn demo(args: DemoArgs) -> Result<i32, CliError> {
             n.spec.name, n.addr, n.spec.ip, KUBELET_PORT, n.spec.pod_cidr
         );
     }
-    println!("starting the daemon: {}", line.join(" "));
+    println!(
+        "starting the daemon: CONNECT on {} and https://{tls_listen} (mutual TLS), admin API on {}",
+        proxy.display(),
+        admin.display()
+    );
 
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
     let driver = {
@@ -231,7 +225,15 @@ pub async fn demo(args: DemoArgs) -> Result<i32, CliError> {
             _ = interrupt.recv() => {}
         }
     };
-    let result = run_until(run_args, until).await;
+    let result = match Daemon::start(cfg).await {
+        Ok(daemon) => {
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| failure("cannot listen for SIGHUP", e))?;
+            serve_until(daemon, until, &mut hup).await;
+            Ok(())
+        }
+        Err(e) => Err(CliError::usage(format!("demo: {e}"))),
+    };
     // The driver reports failure by stopping the daemon early; Ctrl-C before it finished is
     // a plain stop.
     let failed = if driver.is_finished() {
@@ -243,10 +245,6 @@ pub async fn demo(args: DemoArgs) -> Result<i32, CliError> {
     drop(nodes);
     result?;
     Ok(if failed { 1 } else { 0 })
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap_or_default()
 }
 
 /// Waits for the daemon, sends the requests, prints the table and what to try. False when

@@ -1,6 +1,6 @@
 //! Documentation generated from the clap definitions, so it cannot drift from `--help`:
 //! shell completions (`completions bash|zsh|fish`), the man page (`man`), and the Markdown
-//! configuration reference in the README (`reference`, hidden; a test compares them).
+//! configuration reference in docs/reference.md (`reference`, hidden; a test compares them).
 
 use std::fmt::Write as _;
 

@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber (once), text or JSON lines on stderr.
-pub fn init_with(level: Option<&str>, format: &str) {
-    init_inner(level, format == "json")
+pub fn init_with(level: Option<&str>, format: super::args::LogFormat) {
+    init_inner(level, format == super::args::LogFormat::Json)
 }
 
 /// Installs the global subscriber (once), text.

@@ -5,10 +5,12 @@
 mod args;
 mod check;
 mod config_file;
+#[cfg(feature = "demo")]
 mod demo;
 mod dial;
 mod docs;
 mod duration;
+mod gate;
 mod keygen;
 mod logging;
 mod output;
@@ -16,6 +18,7 @@ mod run;
 mod settings;
 mod size;
 mod status;
+mod table;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -67,8 +70,9 @@ struct Cli {
 enum Command {
     /// Try it with nothing installed: in-process SSH nodes, the real daemon, one request of
     /// each kind, the status table; runs until Ctrl-C.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
-    /// Run the tunnel daemon: one SSH connection per node, kept open.
+    /// Run the tunnel daemon: one supervised SSH connection per node, kept open.
     Run(Box<run::RunArgs>),
     /// Relay stdin/stdout through one channel to NODE or HOST:PORT (like `ssh -W`).
     Dial(Box<dial::DialArgs>),
@@ -86,7 +90,7 @@ enum Command {
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff) to stdout, e.g. `kube-ssh-tunnel man | man -l -`.
     Man,
-    /// Print the configuration reference (Markdown) that the README carries.
+    /// Print the configuration reference (Markdown) that docs/reference.md carries.
     #[command(hide = true)]
     Reference,
 }
@@ -119,12 +123,13 @@ pub fn main() -> i32 {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            #[cfg(feature = "demo")]
             Command::Demo(a) => demo::demo(a).await,
             Command::Run(a) => run::run(*a).await.map(|()| 0),
             Command::Dial(a) => dial::dial(*a).await.map(|()| 0),
             Command::Status(a) => status::status(a).await,
-            Command::Reconnect(a) => status::node_action(a, "reconnect").await,
-            Command::Drain(a) => status::node_action(a, "drain").await,
+            Command::Reconnect(a) => status::node_action(a, status::NodeAction::Reconnect).await,
+            Command::Drain(a) => status::node_action(a, status::NodeAction::Drain).await,
             Command::Keygen(a) => keygen::keygen(a).map(|()| 0),
             Command::Check(a) => check::check(*a).await,
             Command::Completions(a) => docs::completions(Cli::command(), a),

@@ -1,24 +1,26 @@
-//! `run`: the daemon. One supervised SSH connection per node; the node set follows the
-//! `--nodes` file (re-read on change or SIGHUP; a file that fails to load keeps the last good
-//! set); SIGTERM/SIGINT drain open streams (up to the drain timeout) and exit 0.
+//! `run`: flags → a `DaemonConfig`, then the library's `Daemon` until SIGTERM/SIGINT, which
+//! drain open streams (up to the drain timeout) and exit 0. SIGHUP re-reads the node file (a
+//! file that fails to load keeps the last good set).
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
-use kube_ssh_tunnel::admin::server::{AdminState, router as admin_router};
+use kube_ssh_tunnel::daemon::{
+    AdminConfig, AdminListen, DaemonError, ListenerKind, Listeners, TlsListener,
+};
+use kube_ssh_tunnel::nodes::NodeSource;
 use kube_ssh_tunnel::policy::Policy;
 use kube_ssh_tunnel::pool::backoff::BackoffPolicy;
 use kube_ssh_tunnel::pool::{HealthConfig, PoolConfig, Probe};
-use kube_ssh_tunnel::proxy::{ConnectFront, FrontLimits, listen};
+use kube_ssh_tunnel::proxy::FrontLimits;
 use kube_ssh_tunnel::ssh::{BufferBudget, ChannelLimits};
 use kube_ssh_tunnel::tls::{self, ServerTrust};
-use kube_ssh_tunnel::{Node, Pool};
-use std::sync::Arc;
+use kube_ssh_tunnel::{Daemon, DaemonConfig, DaemonHandle, Node};
 
 use super::CliError;
-use super::args::{AdminArgs, FrontArgs, SshArgs, SuperviseArgs};
-use super::settings::{check_gate, nodes, ssh_settings};
+use super::args::{AdminArgs, FrontArgs, ProbeKind, SshArgs, SuperviseArgs};
+use super::settings::{check_gate, ssh_settings};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -66,6 +68,9 @@ pub struct RunArgs {
 /// Where the CONNECT socket goes when no listener is named.
 pub(crate) const DEFAULT_PROXY_UDS: &str = "/run/kube-ssh-tunnel/proxy.sock";
 
+/// What `Daemon::start` says when a static list or node file has no nodes.
+const NO_NODES: &str = "no nodes: give --node NAME=ADDR[:PORT] (repeatable), --nodes FILE, or --kubeconfig FILE / --in-cluster";
+
 pub async fn run(args: RunArgs) -> Result<(), CliError> {
     run_until(args, std::future::pending()).await
 }
@@ -75,36 +80,78 @@ pub async fn run_until(
     args: RunArgs,
     until: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
-    super::logging::init_with(args.ssh.log_level.as_deref(), &args.ssh.log_format);
+    super::logging::init_with(args.ssh.log_level.as_deref(), args.ssh.log_format);
     check_gate(&args.ssh)?;
     // Take SIGTERM/SIGINT over first: one that arrives while sockets are bound or nodes
     // connect is then a clean stop (and removes the sockets), never the default kill.
     let signal = shutdown_signal()?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| CliError::failure(format!("cannot listen for SIGHUP: {e}")))?;
+    let cfg = daemon_config(&args)?;
+    let daemon = Daemon::start(cfg).await.map_err(start_error)?;
+    serve_until(
+        daemon,
+        async move {
+            tokio::select! {
+                _ = signal => {}
+                _ = until => {}
+            }
+        },
+        &mut hup,
+    )
+    .await;
+    Ok(())
+}
+
+/// Runs `daemon` until `stop`, re-reading the node file on SIGHUP; then shuts it down
+/// (draining up to the pool's drain timeout).
+pub(crate) async fn serve_until(
+    daemon: DaemonHandle,
+    stop: impl std::future::Future<Output = ()>,
+    hup: &mut tokio::signal::unix::Signal,
+) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the node file");
+                daemon.reload_nodes();
+            }
+        }
+    }
+    let drain = daemon.pool().config().drain_timeout;
+    daemon.shutdown(drain).await;
+}
+
+/// A start-up failure as the CLI reports it, naming the flag where one is at fault.
+fn start_error(e: DaemonError) -> CliError {
+    match e {
+        DaemonError::NoNodes => CliError::usage(NO_NODES),
+        DaemonError::Listen {
+            listener,
+            address,
+            source,
+        } => {
+            let flag = match listener {
+                ListenerKind::ConnectTls => "--proxy-listen",
+                ListenerKind::Admin => "--admin-listen",
+            };
+            CliError::usage(format!("{flag} {address}: {source}"))
+        }
+        e => CliError::usage(e),
+    }
+}
+
+/// The flags as a `DaemonConfig`: every check that names a flag happens here.
+fn daemon_config(args: &RunArgs) -> Result<DaemonConfig, CliError> {
     if !(0.0..=1.0).contains(&args.ready_share) {
         return Err(CliError::usage(
             "--ready-share must be between 0 and 1 (a share of the desired nodes)",
         ));
     }
-    let all = nodes(&args.ssh)?;
-    let watching = args.kubeconfig.is_some() || args.in_cluster;
-    if watching && (!all.is_empty() || args.ssh.nodes_file.is_some()) {
-        return Err(CliError::usage(
-            "--kubeconfig/--in-cluster take the nodes from the cluster; drop --node and --nodes (one source of nodes)",
-        ));
-    }
-    if all.is_empty() && !watching {
-        return Err(CliError::usage(
-            "no nodes: give --node NAME=ADDR[:PORT] (repeatable), --nodes FILE, or --kubeconfig FILE / --in-cluster",
-        ));
-    }
-    if args.node_selector.is_some() && !watching {
-        return Err(CliError::usage(
-            "--node-selector applies to watched nodes; it needs --kubeconfig or --in-cluster",
-        ));
-    }
-    let cfg = pool_config(&args)?;
+    let nodes = node_source(args)?;
+    let pool = pool_config(args)?;
     let policy = policy(&args.front)?;
     if args.front.header_timeout.is_zero() {
         return Err(CliError::usage(
@@ -116,26 +163,21 @@ pub async fn run_until(
             "--tls-handshake-timeout and --max-tls-handshakes must be greater than 0",
         ));
     }
-    let limits = FrontLimits {
+    let front = FrontLimits {
         header_timeout: args.front.header_timeout,
         max_connections: args.front.max_connections.max(1),
         max_tls_handshakes: args.front.max_tls_handshakes.max(1),
         tls_handshake_timeout: args.front.tls_handshake_timeout,
         ..FrontLimits::default()
     };
-    // Bind before connecting anything: a taken socket is a start-up error (exit 2).
-    let uds_path = match (&args.front.proxy_uds, &args.front.proxy_listen) {
+    let unix = match (&args.front.proxy_uds, &args.front.proxy_listen) {
         (Some(p), _) => Some(p.clone()),
         (None, None) => Some(PathBuf::from(DEFAULT_PROXY_UDS)),
         (None, Some(_)) => None,
     };
-    let uds = match &uds_path {
-        Some(p) => Some(listen::bind_uds(p)?),
+    let tls = match args.front.proxy_listen {
         None => None,
-    };
-    let tcp = match args.front.proxy_listen {
-        None => None,
-        Some(addr) => {
+        Some(address) => {
             let (Some(cert), Some(key), Some(ca)) = (
                 &args.front.tls_cert,
                 &args.front.tls_key,
@@ -145,163 +187,87 @@ pub async fn run_until(
                     "--proxy-listen needs --tls-cert, --tls-key and --client-ca: kube-apiserver's TCP transport always uses mutual TLS",
                 ));
             };
-            let acceptor = listen::mtls_acceptor(cert, key, ca)?;
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| CliError::usage(format!("--proxy-listen {addr}: {e}")))?;
-            Some((l, acceptor))
+            Some(TlsListener {
+                address,
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: ca.clone(),
+            })
         }
     };
-    let admin_token = args.admin.token()?;
-    if args.admin_token_for_reads && admin_token.is_none() {
+    let token = args.admin.token()?;
+    if args.admin_token_for_reads && token.is_none() {
         return Err(CliError::usage(
             "--admin-token-for-reads needs --admin-token-file",
         ));
     }
-    let admin_auth = kube_ssh_tunnel::admin::server::AdminAuth {
-        tcp: args.admin.admin_listen.is_some(),
-        token: admin_token.map(|t| std::sync::Arc::from(t.as_str())),
-        token_for_reads: args.admin_token_for_reads,
-    };
-    if admin_auth.tcp && admin_auth.token.is_none() {
-        tracing::warn!(
-            "--admin-listen without --admin-token-file: reads only; drain and reconnect are refused over TCP"
-        );
-    }
-    let admin = match args.admin.admin_listen {
+    let listen = match args.admin.admin_listen {
         Some(addr) => {
             if !addr.ip().is_loopback() && !args.admin_allow_remote {
                 return Err(CliError::usage(format!(
                     "--admin-listen {addr} is not a loopback address; the admin API can drain nodes. Use 127.0.0.1, the default Unix socket, or pass --admin-allow-remote (with --admin-token-file)"
                 )));
             }
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| CliError::usage(format!("--admin-listen {addr}: {e}")))?;
-            AdminListener::Tcp(l)
-        }
-        None => AdminListener::Unix(listen::bind_uds_mode(
-            &args.admin.admin_uds,
-            0o600,
-            "admin socket",
-        )?),
-    };
-    let insecure = args.ssh.insecure_skip_host_key_verification;
-    if insecure {
-        // Repeated hourly so that it cannot scroll out of sight.
-        tokio::spawn(async {
-            let mut tick = tokio::time::interval(Duration::from_secs(3600));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
+            if token.is_none() {
                 tracing::warn!(
-                    "host keys are NOT verified (--insecure-skip-host-key-verification)"
+                    "--admin-listen without --admin-token-file: reads only; drain and reconnect are refused over TCP"
                 );
             }
-        });
-    }
-    let pool = Arc::new(Pool::with_config(cfg, all)?);
-    let front = ConnectFront::new(pool.clone(), policy, limits);
-    let watch_cancel = tokio_util::sync::CancellationToken::new();
-    if watching {
-        tokio::spawn(watch_nodes(&args, pool.clone(), watch_cancel.clone()).await?);
-    }
-    let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let state = AdminState {
-        pool: pool.clone(),
+            AdminListen::Tcp(addr)
+        }
+        None => AdminListen::Unix(args.admin.admin_uds.clone()),
+    };
+    Ok(DaemonConfig {
+        pool,
+        policy,
+        front,
+        listeners: Listeners { unix, tls },
+        admin: AdminConfig {
+            listen,
+            token: token.map(|t| Arc::from(t.as_str())),
+            token_for_reads: args.admin_token_for_reads,
+        },
+        nodes,
         ready_share: args.ready_share,
-        insecure_host_keys: insecure,
-        alive: alive.clone(),
-        auth: admin_auth,
-        reconnected: Default::default(),
-    };
-    let app = admin_router(state);
-    let admin_alive = alive.clone();
-    match admin {
-        AdminListener::Tcp(l) => {
-            tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving the admin API");
-            tokio::spawn(async move {
-                let _ = axum::serve(l, app).await;
-                admin_alive.store(false, std::sync::atomic::Ordering::Release);
-            });
-        }
-        AdminListener::Unix(l) => {
-            tracing::info!(socket = %args.admin.admin_uds.display(), "serving the admin API");
-            tokio::spawn(async move {
-                let _ = axum::serve(l, app).await;
-                admin_alive.store(false, std::sync::atomic::Ordering::Release);
-            });
-        }
-    }
-    if let Some(l) = uds {
-        tracing::info!(socket = %uds_path.as_deref().unwrap_or(Path::new("")).display(), "serving CONNECT on a Unix socket");
-        front.spawn_uds(l);
-    }
-    if let Some((l, acceptor)) = tcp {
-        tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving CONNECT over mutual TLS");
-        front.spawn_tls(l, acceptor);
-    }
-    let stop = async move {
-        tokio::select! {
-            _ = signal => {}
-            _ = until => {}
-        }
-    };
-    tokio::pin!(stop);
-    let mut watcher = args.ssh.nodes_file.clone().map(NodeFileWatcher::new);
-    let mut tick = tokio::time::interval(
-        args.supervise
-            .reload_interval
-            .max(Duration::from_millis(100)),
-    );
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = hup.recv() => {
-                if let Some(w) = watcher.as_mut() {
-                    tracing::info!(file = %w.path.display(), "SIGHUP: reloading the node file");
-                    reload(&pool, &args.ssh, w);
-                }
-            }
-            _ = tick.tick() => {
-                if let Some(w) = watcher.as_mut()
-                    && w.changed()
-                {
-                    reload(&pool, &args.ssh, w);
-                }
-            }
-        }
-    }
-    watch_cancel.cancel();
-    let drain = pool.config().drain_timeout;
-    tracing::info!(drain_timeout = ?drain, open = front.active(), "shutting down: no new CONNECTs; draining open streams");
-    front.stop_accepting();
-    if let Some(p) = &uds_path {
-        let _ = std::fs::remove_file(p);
-    }
-    if args.admin.admin_listen.is_none() {
-        let _ = std::fs::remove_file(&args.admin.admin_uds);
-    }
-    let started = std::time::Instant::now();
-    let left = front.drain(drain).await;
-    if left > 0 {
-        tracing::warn!(open = left, "drain timeout: closing streams still open");
-    }
-    pool.shutdown_within(drain.saturating_sub(started.elapsed()))
-        .await;
-    tracing::info!("stopped");
-    Ok(())
+    })
 }
 
-/// Starts the Kubernetes watch of `run --kubeconfig/--in-cluster` (a bad kubeconfig is a
-/// start-up error); the returned future follows the nodes until `cancel`.
+/// `--node`, `--nodes` or the cluster's Nodes: exactly one kind of source.
+fn node_source(args: &RunArgs) -> Result<NodeSource, CliError> {
+    let mut fixed = Vec::new();
+    for spec in &args.ssh.nodes {
+        fixed.push(Node::parse_spec(spec)?);
+    }
+    let watching = args.kubeconfig.is_some() || args.in_cluster;
+    if watching && (!fixed.is_empty() || args.ssh.nodes_file.is_some()) {
+        return Err(CliError::usage(
+            "--kubeconfig/--in-cluster take the nodes from the cluster; drop --node and --nodes (one source of nodes)",
+        ));
+    }
+    if args.node_selector.is_some() && !watching {
+        return Err(CliError::usage(
+            "--node-selector applies to watched nodes; it needs --kubeconfig or --in-cluster",
+        ));
+    }
+    if watching {
+        return kube_source(args);
+    }
+    match &args.ssh.nodes_file {
+        Some(path) => Ok(NodeSource::File {
+            path: path.clone(),
+            extra: fixed,
+            address_types: args.ssh.node_address_types.clone(),
+            interval: args.supervise.reload_interval,
+        }),
+        None if fixed.is_empty() => Err(CliError::usage(NO_NODES)),
+        None => Ok(NodeSource::Static(fixed)),
+    }
+}
+
+/// The Kubernetes watch of `run --kubeconfig/--in-cluster`.
 #[cfg(feature = "kube")]
-async fn watch_nodes(
-    args: &RunArgs,
-    pool: Arc<Pool>,
-    cancel: tokio_util::sync::CancellationToken,
-) -> Result<impl std::future::Future<Output = ()> + Send + 'static, CliError> {
-    use kube_ssh_tunnel::nodes::watch::{ApiSource, WatchConfig, start};
+fn kube_source(args: &RunArgs) -> Result<NodeSource, CliError> {
+    use kube_ssh_tunnel::nodes::watch::{ApiSource, WatchConfig};
     let source = match &args.kubeconfig {
         Some(p) => ApiSource::Kubeconfig(p.clone()),
         None => ApiSource::InCluster,
@@ -312,23 +278,14 @@ async fn watch_nodes(
         address_types: args.ssh.node_address_types.clone(),
     };
     tracing::info!(source = ?cfg.source, selector = ?cfg.label_selector, "watching the cluster's Nodes");
-    start(cfg, pool, cancel).await.map_err(CliError::usage)
+    Ok(NodeSource::Kube(cfg))
 }
 
 #[cfg(not(feature = "kube"))]
-async fn watch_nodes(
-    _args: &RunArgs,
-    _pool: Arc<Pool>,
-    _cancel: tokio_util::sync::CancellationToken,
-) -> Result<std::future::Ready<()>, CliError> {
+fn kube_source(_args: &RunArgs) -> Result<NodeSource, CliError> {
     Err(CliError::usage(
         "--kubeconfig/--in-cluster need the `kube` cargo feature; this binary was built without it (use --nodes FILE)",
     ))
-}
-
-enum AdminListener {
-    Unix(tokio::net::UnixListener),
-    Tcp(tokio::net::TcpListener),
 }
 
 fn policy(f: &FrontArgs) -> Result<Policy, CliError> {
@@ -345,10 +302,10 @@ fn policy(f: &FrontArgs) -> Result<Policy, CliError> {
 
 fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
     let s = &args.supervise;
-    let probe = match s.health_probe.as_str() {
-        "none" => Probe::None,
-        "http" => Probe::parse_url(&s.health_url)?,
-        _ => Probe::Tcp {
+    let probe = match s.health_probe {
+        ProbeKind::None => Probe::None,
+        ProbeKind::Http => Probe::parse_url(&s.health_url)?,
+        ProbeKind::Tcp => Probe::Tcp {
             port: s.health_port,
         },
     };
@@ -451,57 +408,6 @@ fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
     cfg.service_cidrs = args.front.service_cidr.clone();
     cfg.failure_log_interval = s.failure_log_interval;
     Ok(cfg)
-}
-
-/// Notices changes of the node file by its modification time and size.
-struct NodeFileWatcher {
-    path: PathBuf,
-    seen: Option<(SystemTime, u64)>,
-}
-
-impl NodeFileWatcher {
-    fn new(path: PathBuf) -> Self {
-        let seen = stamp(&path);
-        NodeFileWatcher { path, seen }
-    }
-
-    fn changed(&mut self) -> bool {
-        let now = stamp(&self.path);
-        if now != self.seen {
-            self.seen = now;
-            return true;
-        }
-        false
-    }
-}
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
-/// Re-reads the node file; on any error keeps the current set and says so.
-fn reload(pool: &Pool, ssh: &SshArgs, w: &NodeFileWatcher) {
-    let mut desired: Vec<Node> = Vec::new();
-    for spec in &ssh.nodes {
-        match Node::parse_spec(spec) {
-            Ok(n) => desired.push(n),
-            Err(e) => {
-                tracing::error!(error = %e, "keeping the last good node set");
-                return;
-            }
-        }
-    }
-    match kube_ssh_tunnel::nodes::load_file(&w.path, &ssh.node_address_types) {
-        Ok(n) => desired.extend(n),
-        Err(e) => {
-            tracing::error!(error = %e, nodes = pool.nodes().len(), "node file did not load; keeping the last good node set");
-            return;
-        }
-    }
-    if let Err(e) = pool.update(desired) {
-        tracing::error!(error = %e, nodes = pool.nodes().len(), "node file is invalid; keeping the last good node set");
-    }
 }
 
 /// Registers SIGTERM and SIGINT now; the returned future resolves on either.

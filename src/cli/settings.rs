@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 
 use kube_ssh_tunnel::ssh::HostKeyPolicy;
-use kube_ssh_tunnel::{Node, SshSettings, gate};
+use kube_ssh_tunnel::{Node, SshSettings};
+
+use super::gate;
 
 use super::CliError;
-use super::args::SshArgs;
+use super::args::{HostKeyChoice, SshArgs};
 
 /// Refuses to go on without `--ssh-tunnel`; logs the deprecation warning once when given.
 pub fn check_gate(args: &SshArgs) -> Result<(), CliError> {
@@ -64,7 +66,7 @@ pub fn ssh_settings(args: &SshArgs) -> Result<SshSettings, CliError> {
         match default {
             Some(p) if p.exists() => known_hosts.push(p),
             _ if args.insecure_skip_host_key_verification
-                || args.host_key_policy == "accept-new" => {}
+                || args.host_key_policy == HostKeyChoice::AcceptNew => {}
             _ => {
                 return Err(CliError::usage(
                     "no known_hosts file: pass --ssh-known-hosts FILE with the nodes' host keys \
@@ -75,9 +77,9 @@ pub fn ssh_settings(args: &SshArgs) -> Result<SshSettings, CliError> {
     }
     let policy = match (
         args.insecure_skip_host_key_verification,
-        args.host_key_policy.as_str(),
+        args.host_key_policy,
     ) {
-        (true, "accept-new") => {
+        (true, HostKeyChoice::AcceptNew) => {
             return Err(CliError::usage(
                 "--insecure-skip-host-key-verification and --host-key-policy accept-new exclude each other; pick one",
             ));
@@ -89,8 +91,8 @@ pub fn ssh_settings(args: &SshArgs) -> Result<SshSettings, CliError> {
             );
             HostKeyPolicy::InsecureSkip
         }
-        (false, "accept-new") => HostKeyPolicy::AcceptNew,
-        _ => HostKeyPolicy::Strict,
+        (false, HostKeyChoice::AcceptNew) => HostKeyPolicy::AcceptNew,
+        (false, HostKeyChoice::Strict) => HostKeyPolicy::Strict,
     };
     if policy == HostKeyPolicy::AcceptNew && args.learned_known_hosts.is_none() {
         return Err(CliError::usage(

@@ -4,10 +4,10 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use super::table::{Format, exit_code, render};
 use clap::Args;
 use kube_ssh_tunnel::admin::client::{Endpoint, request_with_token};
 use kube_ssh_tunnel::admin::document::StatusDocument;
-use kube_ssh_tunnel::status::{Format, exit_code, render};
 
 use super::CliError;
 use super::args::AdminArgs;
@@ -97,9 +97,26 @@ pub async fn status(args: StatusArgs) -> Result<i32, CliError> {
     }
 }
 
-pub async fn node_action(args: NodeActionArgs, action: &str) -> Result<i32, CliError> {
+/// What `reconnect` and `drain` ask the daemon to do to a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeAction {
+    Reconnect,
+    Drain,
+}
+
+impl NodeAction {
+    /// The admin API's path segment: `POST /nodes/{name}/{segment}`.
+    fn segment(self) -> &'static str {
+        match self {
+            NodeAction::Reconnect => "reconnect",
+            NodeAction::Drain => "drain",
+        }
+    }
+}
+
+pub async fn node_action(args: NodeActionArgs, action: NodeAction) -> Result<i32, CliError> {
     let ep = endpoint(&args.admin);
-    let path = format!("/nodes/{}/{action}", args.node);
+    let path = format!("/nodes/{}/{}", args.node, action.segment());
     let token = args.admin.token()?;
     let (code, body) = request_with_token(&ep, "POST", &path, REQUEST_TIMEOUT, token.as_deref())
         .await

@@ -6,8 +6,10 @@
 pub mod address_types;
 pub mod file;
 pub mod kube_node;
+pub mod source;
 #[cfg(feature = "kube")]
 pub mod watch;
 
 pub use address_types::{AddressType, AddressTypes};
 pub use file::load as load_file;
+pub use source::NodeSource;

@@ -1,21 +1,20 @@
 //! The node set from the cluster itself: a kube-rs watcher + reflector on Node objects (list,
 //! then watch; a 410 Gone or a dropped watch relists, with kube-rs' default backoff), each
-//! change applied to the pool as a whole desired set. Errors are logged and retried: the
-//! pool keeps its last set while the API server is away.
+//! change sent as a whole node set on a `watch` channel (see `source`; the daemon applies it).
+//! Errors are logged and retried: the last set stands while the API server is away.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node as K8sNode;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::AddressTypes;
 use super::kube_node::{KubeNode, convert};
 use crate::node::Node;
-use crate::pool::Pool;
 
 /// Where the API server is.
 #[derive(Clone, Debug)]
@@ -47,10 +46,10 @@ pub enum WatchError {
 }
 
 /// Builds the client now (so a bad kubeconfig is a start-up error), then returns the task
-/// that follows the cluster's nodes into `pool` until `cancel`.
+/// that sends the cluster's node set on `tx` whenever it changes, until `cancel`.
 pub async fn start(
     cfg: WatchConfig,
-    pool: Arc<Pool>,
+    tx: watch::Sender<Vec<Node>>,
     cancel: CancellationToken,
 ) -> Result<impl std::future::Future<Output = ()> + Send, WatchError> {
     let config = match &cfg.source {
@@ -79,7 +78,6 @@ pub async fn start(
     Ok(async move {
         let events = reflector::reflector(writer, watcher(api, wc)).default_backoff();
         futures::pin_mut!(events);
-        let mut last: Option<Vec<Node>> = None;
         loop {
             let event = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -88,19 +86,19 @@ pub async fn start(
             match event {
                 None => break,
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, nodes = pool.nodes().len(), "watching Nodes failed; keeping the current node set and retrying");
+                    tracing::warn!(error = %e, nodes = tx.borrow().len(), "watching Nodes failed; keeping the current node set and retrying");
                 }
                 Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                 Some(Ok(
                     watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
-                )) => apply(&pool, &store, &types, &mut last),
+                )) => send(&tx, &store, &types),
             }
         }
     })
 }
 
-/// Applies the store's current nodes to the pool, when they differ from the last set.
-fn apply(pool: &Pool, store: &Store<K8sNode>, types: &AddressTypes, last: &mut Option<Vec<Node>>) {
+/// Sends the store's current nodes, when they differ from the last set sent.
+fn send(tx: &watch::Sender<Vec<Node>>, store: &Store<K8sNode>, types: &AddressTypes) {
     let mut items: Vec<KubeNode> = Vec::new();
     for obj in store.state() {
         // One conversion path for files and the watch: through the Node's JSON.
@@ -114,22 +112,12 @@ fn apply(pool: &Pool, store: &Store<K8sNode>, types: &AddressTypes, last: &mut O
         tracing::warn!("skipping a node: {s}");
     }
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    if last.as_ref() == Some(&nodes) {
-        return;
-    }
-    match pool.update(nodes.clone()) {
-        Ok(summary) => {
-            tracing::info!(
-                nodes = nodes.len(),
-                added = ?summary.added,
-                removed = ?summary.removed,
-                replaced = ?summary.replaced,
-                "node set updated from the Kubernetes API"
-            );
-            *last = Some(nodes);
+    tx.send_if_modified(|last| {
+        if *last == nodes {
+            return false;
         }
-        Err(e) => {
-            tracing::error!(error = %e, nodes = pool.nodes().len(), "the cluster's node set is invalid; keeping the last good node set");
-        }
-    }
+        tracing::info!(nodes = nodes.len(), "node set from the Kubernetes API");
+        *last = nodes;
+        true
+    });
 }

@@ -1,6 +1,7 @@
 //! Everything the pool needs beyond the SSH settings: health probes, backoff, drain, and how
-//! long dials wait for a reconnecting node. Defaults are design.md §5.
+//! long dials wait for a reconnecting node. The defaults are `run`'s (docs/reference.md).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::backoff::BackoffPolicy;
@@ -10,8 +11,8 @@ use crate::ssh::SshSettings;
 /// Pool-wide behaviour.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Connection settings shared by every node.
-    pub ssh: SshSettings,
+    /// Connection settings shared by every node and every connection (held once).
+    pub ssh: Arc<SshSettings>,
     /// Health probes through each tunnel.
     pub health: HealthConfig,
     /// Backoff after transient failures.
@@ -46,7 +47,7 @@ impl PoolConfig {
     /// Design defaults around `ssh`.
     pub fn new(ssh: SshSettings) -> Self {
         PoolConfig {
-            ssh,
+            ssh: Arc::new(ssh),
             health: HealthConfig::default(),
             backoff: BackoffPolicy::TRANSIENT,
             backoff_needs_human: BackoffPolicy::NEEDS_HUMAN,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::state::HealthResult;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ProbeError};
 use crate::node::Node;
 use crate::ssh::NodeTunnel;
 
@@ -101,7 +101,7 @@ pub async fn probe(tunnel: &NodeTunnel, node: &Node, cfg: &HealthConfig) -> Heal
     let outcome =
         match tokio::time::timeout(cfg.timeout, run(tunnel, node, cfg, &mut answered)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("health probe timed out after {:?}", cfg.timeout)),
+            Err(_) => Err(ProbeError::Timeout { after: cfg.timeout }),
         };
     HealthResult {
         ok: outcome.is_ok(),
@@ -130,13 +130,16 @@ async fn run(
     node: &Node,
     cfg: &HealthConfig,
     answered: &mut bool,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     match &cfg.probe {
         Probe::None => Ok(()),
         Probe::Tcp { port } => {
             let mut s = open_probe(tunnel, &node.address, *port, answered)
                 .await
-                .map_err(|e| format!("health probe {}:{port}: {e}", node.address))?;
+                .map_err(|source| ProbeError::Open {
+                    target: format!("{}:{port}", node.address),
+                    source,
+                })?;
             let _ = s.shutdown().await;
             Ok(())
         }
@@ -153,42 +156,47 @@ async fn run(
             );
             let stream = open_probe(tunnel, host, *port, answered)
                 .await
-                .map_err(|e| format!("health probe {url}: {e}"))?;
+                .map_err(|source| ProbeError::Open {
+                    target: url.clone(),
+                    source,
+                })?;
             if !*tls {
                 return get(stream, host, path, &url).await;
             }
             let config = cfg
                 .tls
                 .clone()
-                .ok_or_else(|| format!("health probe {url}: no TLS settings for an https probe"))?;
-            let name = crate::tls::server_name(host)?;
+                .ok_or_else(|| ProbeError::NoTlsSettings { url: url.clone() })?;
+            let name = crate::tls::server_name(host).map_err(ProbeError::ServerName)?;
             let tls_stream = tokio_rustls::TlsConnector::from(config)
                 .connect(name, stream)
                 .await
-                .map_err(|e| format!("health probe {url}: TLS: {e}"))?;
+                .map_err(|e| ProbeError::Tls {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
             get(tls_stream, host, path, &url).await
         }
     }
 }
 
 /// Sends a GET over `s` and wants a 2xx status line.
-async fn get<S>(mut s: S, host: &str, path: &str, url: &str) -> Result<(), String>
+async fn get<S>(mut s: S, host: &str, path: &str, url: &str) -> Result<(), ProbeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-ssh-tunnel\r\nConnection: close\r\n\r\n"
     );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("health probe {url}: {e}"))?;
+    let io = |e: std::io::Error| ProbeError::Io {
+        url: url.to_string(),
+        reason: e.to_string(),
+    };
+    s.write_all(req.as_bytes()).await.map_err(io)?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 256];
     while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-        let n = s
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("health probe {url}: {e}"))?;
+        let n = s.read(&mut buf).await.map_err(io)?;
         if n == 0 {
             break;
         }
@@ -201,7 +209,10 @@ where
         Ok(())
     } else {
         let first = line.lines().next().unwrap_or("(no response)");
-        Err(format!("health probe {url}: {first}"))
+        Err(ProbeError::Status {
+            url: url.to_string(),
+            status_line: first.to_string(),
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 //!   with every channel on it — past 16,384 channels (`CHANNELS_MAX_CHANNELS`). The pool keeps
 //!   each connection under `max_channels_per_connection`; a dial that finds the node's
 //!   supervised connection full goes to an extra one.
-//! - **Isolation.** A new dial never waits behind a congested connection (a reader behind by
+//! - **Isolation.** A new dial does not wait behind a congested connection (a reader behind by
 //!   its whole buffer, or bulk data; see `ssh::congestion`): it goes to an uncongested extra
 //!   connection of the node.
 //!
@@ -107,19 +107,17 @@ impl Overflow {
         let mut guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         guard.retain_mut(|e| {
-            if e.tunnel.is_closed() {
-                return false;
-            }
-            if e.tunnel.open_channels() > 0 {
-                e.idle_since = None;
-                return true;
-            }
-            let since = *e.idle_since.get_or_insert(now);
-            if now.duration_since(since) >= idle_timeout {
+            let verdict = reap_verdict(
+                e.tunnel.is_closed(),
+                e.tunnel.open_channels(),
+                &mut e.idle_since,
+                now,
+                idle_timeout,
+            );
+            if verdict == Reap::Close {
                 out.push(e.tunnel.clone());
-                return false;
             }
-            true
+            verdict == Reap::Keep
         });
         out
     }
@@ -255,5 +253,129 @@ impl Overflow {
             }
         }
         None
+    }
+}
+
+/// What `reap` does with one extra connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reap {
+    Keep,
+    /// Closed already: forget it.
+    Forget,
+    /// Idle for the timeout: take it out and close it.
+    Close,
+}
+
+/// `reap`'s decision for one extra connection: closed ones are forgotten; a busy one is kept
+/// and its idle clock reset; an idle one starts its clock, and is closed once idle for
+/// `idle_timeout`.
+fn reap_verdict(
+    closed: bool,
+    open_channels: usize,
+    idle_since: &mut Option<Instant>,
+    now: Instant,
+    idle_timeout: Duration,
+) -> Reap {
+    if closed {
+        return Reap::Forget;
+    }
+    if open_channels > 0 {
+        *idle_since = None;
+        return Reap::Keep;
+    }
+    let since = *idle_since.get_or_insert(now);
+    if now.duration_since(since) >= idle_timeout {
+        Reap::Close
+    } else {
+        Reap::Keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (what, closed, open channels, idle since before, now, verdict, idle since after)
+    type Row = (
+        &'static str,
+        bool,
+        usize,
+        Option<Instant>,
+        Instant,
+        Reap,
+        Option<Instant>,
+    );
+
+    #[test]
+    fn reap_table() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(60);
+        let s = |secs| t0 + Duration::from_secs(secs);
+        let rows: [Row; 7] = [
+            (
+                "a closed connection is forgotten",
+                true,
+                0,
+                None,
+                s(0),
+                Reap::Forget,
+                None,
+            ),
+            (
+                "closed wins over busy",
+                true,
+                5,
+                None,
+                s(0),
+                Reap::Forget,
+                None,
+            ),
+            ("a busy one is kept", false, 1, None, s(0), Reap::Keep, None),
+            (
+                "a busy one resets its idle clock",
+                false,
+                1,
+                Some(s(0)),
+                s(59),
+                Reap::Keep,
+                None,
+            ),
+            (
+                "a newly idle one starts its clock",
+                false,
+                0,
+                None,
+                s(5),
+                Reap::Keep,
+                Some(s(5)),
+            ),
+            (
+                "idle, not yet for the timeout",
+                false,
+                0,
+                Some(s(0)),
+                s(59),
+                Reap::Keep,
+                Some(s(0)),
+            ),
+            (
+                "idle for the timeout: closed",
+                false,
+                0,
+                Some(s(0)),
+                s(60),
+                Reap::Close,
+                Some(s(0)),
+            ),
+        ];
+        for (what, closed, open, before, now, verdict, after) in rows {
+            let mut since = before;
+            assert_eq!(
+                reap_verdict(closed, open, &mut since, now, idle),
+                verdict,
+                "{what}"
+            );
+            assert_eq!(since, after, "{what}");
+        }
     }
 }

@@ -14,13 +14,12 @@ use super::state::{NodeStatus, TunnelState};
 use crate::node::Node;
 use crate::ssh::NodeTunnel;
 use crate::ssh::stream::LinkStats;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a dial could not get a usable tunnel from a slot.
 #[derive(Debug, Clone)]
 pub struct NotUsable {
     pub state: TunnelState,
-    pub last_error: Option<String>,
     pub reason: String,
 }
 
@@ -30,23 +29,29 @@ pub struct NodeSlot {
     current: RwLock<Option<Arc<NodeTunnel>>>,
     status: watch::Sender<NodeStatus>,
     /// Cancelled to stop this node's supervisor (removal, shutdown).
-    pub(crate) stop: CancellationToken,
+    stop: CancellationToken,
     /// Cancelled to make the supervisor drop the connection and reconnect now.
-    pub(crate) kick: std::sync::Mutex<CancellationToken>,
+    kick: std::sync::Mutex<CancellationToken>,
     /// The node's byte and stall counters (its metrics), kept across reconnects.
-    pub(crate) link: LinkStats,
-    pub(crate) dials_total: AtomicU64,
-    pub(crate) dial_failures: AtomicU64,
+    link: LinkStats,
+    dials_total: AtomicU64,
+    dial_failures: AtomicU64,
     /// Extra connections past the per-connection channel limit.
-    pub(crate) overflow: Overflow,
+    overflow: Overflow,
     /// Keeps a failing node's retries out of the log (see `pool::failure_log`).
     failure_log: std::sync::Mutex<FailureLog>,
 }
 
 impl NodeSlot {
     /// An empty slot for `node` (state `connecting`) whose channels update `link`; a failure
-    /// that repeats is summarised in the log at most every `failure_log_interval`.
-    pub fn new(node: Node, link: LinkStats, failure_log_interval: std::time::Duration) -> Self {
+    /// that repeats is summarised in the log at most every `failure_log_interval`. Cancelling
+    /// `stop` stops its supervisor.
+    pub fn new(
+        node: Node,
+        link: LinkStats,
+        failure_log_interval: std::time::Duration,
+        stop: CancellationToken,
+    ) -> Self {
         NodeSlot {
             failure_log: std::sync::Mutex::new(FailureLog::new(failure_log_interval)),
             link,
@@ -55,10 +60,51 @@ impl NodeSlot {
             node: RwLock::new(Arc::new(node)),
             current: RwLock::new(None),
             status: watch::Sender::new(NodeStatus::new()),
-            stop: CancellationToken::new(),
+            stop,
             kick: std::sync::Mutex::new(CancellationToken::new()),
             overflow: Overflow::default(),
         }
+    }
+
+    /// Stops the node's supervisor (removal, drain, shutdown).
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// True once the supervisor was told to stop.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Resolves when the supervisor is told to stop.
+    pub(crate) fn stopped(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.stop.cancelled()
+    }
+
+    /// The node's byte and stall counters, which its channels update.
+    pub(crate) fn link(&self) -> &LinkStats {
+        &self.link
+    }
+
+    /// The node's extra connections.
+    pub(crate) fn overflow(&self) -> &Overflow {
+        &self.overflow
+    }
+
+    /// Counts one dial through this node.
+    pub(crate) fn count_dial(&self, failed: bool) {
+        self.dials_total.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.dial_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Dials counted through this node: (total, failed).
+    pub(crate) fn dial_counts(&self) -> (u64, u64) {
+        (
+            self.dials_total.load(Ordering::Relaxed),
+            self.dial_failures.load(Ordering::Relaxed),
+        )
     }
 
     /// The node (shared; replaced whole when its pod CIDRs change).
@@ -219,7 +265,6 @@ impl NodeSlot {
             if give_up {
                 return Err(NotUsable {
                     state: st.state,
-                    last_error: st.last_error,
                     reason: st.reason,
                 });
             }
@@ -232,12 +277,108 @@ impl NodeSlot {
             };
             tokio::select! {
                 r = rx.changed() => if r.is_err() {
-                    return Err(NotUsable { state: st.state, last_error: st.last_error, reason: "node removed".into() });
+                    return Err(NotUsable { state: st.state, reason: "node removed".into() });
                 },
                 _ = tokio::time::sleep_until(wait_until) => {}
                 // A tunnel can close without a status change yet; poll a little.
                 _ = tokio::time::sleep(std::time::Duration::from_millis(100)), if st.state.accepts_dials() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn slot() -> Arc<NodeSlot> {
+        Arc::new(NodeSlot::new(
+            Node::parse_spec("node-1=192.0.2.1").unwrap(),
+            LinkStats::default(),
+            Duration::from_secs(300),
+            CancellationToken::new(),
+        ))
+    }
+
+    fn set(slot: &NodeSlot, state: TunnelState, first_attempt_done: bool) {
+        slot.set_state_with(state, "test", |s| s.first_attempt_done = first_attempt_done);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_node_or_one_that_needs_a_human_fails_at_once() {
+        let s = slot();
+        set(&s, TunnelState::Draining, false);
+        let far = Instant::now() + Duration::from_secs(60);
+        let started = Instant::now();
+        assert_eq!(
+            s.wait_usable(far).await.err().unwrap().state,
+            TunnelState::Draining
+        );
+        set(&s, TunnelState::Failed, true);
+        assert_eq!(
+            s.wait_usable(far).await.err().unwrap().state,
+            TunnelState::Failed
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_first_attempt_a_dial_waits_until_its_deadline() {
+        let s = slot();
+        set(&s, TunnelState::Backoff, true);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(10);
+        let e = s.wait_usable(deadline).await.err().unwrap();
+        assert_eq!(e.state, TunnelState::Backoff);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        // Past the deadline: at once.
+        assert!(s.wait_usable(started).await.is_err());
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_state_without_a_live_tunnel_is_not_usable() {
+        let s = slot();
+        set(&s, TunnelState::Ready, true);
+        let started = Instant::now();
+        let e = s
+            .wait_usable(started + Duration::from_secs(2))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.state, TunnelState::Ready);
+        assert!(started.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_the_first_attempt_ends_a_dial_waits_past_its_deadline_for_the_outcome() {
+        let s = slot();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(1);
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.wait_usable(deadline).await.err().map(|e| e.state) }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !waiter.is_finished(),
+            "waits for the first attempt, not the deadline"
+        );
+        set(&s, TunnelState::Failed, true);
+        assert_eq!(waiter.await.unwrap(), Some(TunnelState::Failed));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn dial_counts_and_stop() {
+        let s = slot();
+        s.count_dial(false);
+        s.count_dial(true);
+        assert_eq!(s.dial_counts(), (2, 1));
+        assert!(!s.is_stopped());
+        s.stop();
+        assert!(s.is_stopped());
     }
 }

@@ -1,6 +1,6 @@
 //! The state of one node's tunnel as the supervisor sees it, published through a
 //! `tokio::sync::watch` so that dials can wait for `ready` and `status` can show why a node
-//! is not. State names are part of the public interface (design.md §4).
+//! is not. State names are part of the public interface (`/status`, metrics, logs).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,7 +12,7 @@ pub struct HealthResult {
     pub ok: bool,
     pub at: SystemTime,
     pub latency: Duration,
-    pub error: Option<String>,
+    pub error: Option<crate::error::ProbeError>,
     /// The SSH link answered the probe (the channel opened, or sshd refused it, e.g. "connect
     /// failed" to a kubelet that is down): a failure then concerns the node's service, not
     /// the link, and never replaces the connection.

@@ -16,8 +16,10 @@ use super::drain::drain_tunnel;
 use super::health;
 use super::slot::NodeSlot;
 use super::state::TunnelState;
+use crate::error::ProbeError;
 use crate::metrics::{CheckLabels, Metrics, NodeLabel};
 use crate::ssh::NodeTunnel;
+use crate::tasks::Tasks;
 
 /// How often the supervisor checks a connection's `is_closed()` in case russh ended the
 /// session without calling the disconnect handler.
@@ -30,26 +32,27 @@ pub(crate) async fn supervise(
     cfg: Arc<PoolConfig>,
     handshakes: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    tasks: Tasks,
 ) {
-    let ssh = Arc::new(cfg.ssh.clone());
+    let ssh = cfg.ssh.clone();
     let mut transient = Backoff::new(cfg.backoff);
     let mut human = Backoff::new(cfg.backoff_needs_human);
     let mut connected_once = false;
     loop {
-        if slot.stop.is_cancelled() {
+        if slot.is_stopped() {
             return;
         }
         slot.set_state(TunnelState::Connecting, "connecting");
         let kick = slot.kick_token();
         let permit = tokio::select! {
             p = handshakes.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = slot.stop.cancelled() => return,
+            _ = slot.stopped() => return,
         };
         slot.update_status(|s| s.attempts += 1);
         let node = slot.node();
         let attempt = tokio::select! {
-            r = NodeTunnel::connect_with(&node, ssh.clone(), slot.link.clone()) => r,
-            _ = slot.stop.cancelled() => return,
+            r = NodeTunnel::connect_with(&node, ssh.clone(), slot.link().clone()) => r,
+            _ = slot.stopped() => return,
         };
         drop(permit);
         let delay;
@@ -82,14 +85,16 @@ pub(crate) async fn supervise(
                 }
                 connected_once = true;
                 let up_since = Instant::now();
-                let why = watch_connection(&slot, &tunnel, &cfg, &kick, &metrics).await;
-                if slot.stop.is_cancelled() {
+                let why = watch_connection(&slot, &tunnel, &cfg, &kick, &metrics, &tasks)
+                    .await
+                    .to_string();
+                if slot.is_stopped() {
                     return;
                 }
                 slot.publish(None);
                 slot.update_status(|s| s.connected_at = None);
                 // Open streams keep running on the old connection until they end.
-                tokio::spawn(drain_tunnel(tunnel, cfg.drain_timeout));
+                tasks.spawn(drain_tunnel(tunnel, cfg.drain_timeout));
                 if up_since.elapsed() >= cfg.stable_after {
                     transient.reset();
                     human.reset();
@@ -123,7 +128,7 @@ pub(crate) async fn supervise(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = kick.cancelled() => {}
-            _ = slot.stop.cancelled() => return,
+            _ = slot.stopped() => return,
         }
     }
 }
@@ -146,6 +151,20 @@ fn enter_backoff(
     });
 }
 
+/// Why a ready connection ended (what `watch_connection` returns).
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEnd {
+    #[error("stopping")]
+    Stopping,
+    #[error("reconnect requested")]
+    ReconnectRequested,
+    #[error("health probe got no answer {failures} times in a row: {error}")]
+    ProbeUnanswered { failures: u32, error: ProbeError },
+    /// The session ended: russh's disconnect reason, if it gave one.
+    #[error("{}", reason.as_deref().unwrap_or("connection lost"))]
+    Lost { reason: Option<String> },
+}
+
 /// Watches a ready connection; returns why it must be replaced.
 async fn watch_connection(
     slot: &NodeSlot,
@@ -153,7 +172,8 @@ async fn watch_connection(
     cfg: &PoolConfig,
     kick: &tokio_util::sync::CancellationToken,
     metrics: &Metrics,
-) -> String {
+    tasks: &Tasks,
+) -> ConnectionEnd {
     let label = NodeLabel { node: slot.name() };
     let probing = cfg.health.probe != health::Probe::None;
     let mut probe_tick = tokio::time::interval_at(
@@ -170,15 +190,15 @@ async fn watch_connection(
                 if tunnel.is_closed() {
                     break;
                 }
-                for idle in slot.overflow.reap(cfg.overflow_idle_timeout) {
+                for idle in slot.overflow().reap(cfg.overflow_idle_timeout) {
                     tracing::info!(node = %idle.node().name, "closing an idle extra connection");
-                    tokio::spawn(drain_tunnel(idle, cfg.drain_timeout));
+                    tasks.spawn(drain_tunnel(idle, cfg.drain_timeout));
                 }
             }
-            _ = slot.stop.cancelled() => return "stopping".into(),
+            _ = slot.stopped() => return ConnectionEnd::Stopping,
             _ = kick.cancelled() => {
                 tunnel.disconnect().await;
-                return "reconnect requested".into();
+                return ConnectionEnd::ReconnectRequested;
             }
             _ = probe_tick.tick() => {
                 // An SSH ping measures the link's round trip (also when probes are off).
@@ -219,8 +239,10 @@ async fn watch_connection(
                 if tunnel.is_closed() {
                     break;
                 }
-                let err = error.unwrap_or_else(|| "health probe failed".into());
-                slot.update_status(|s| s.last_error = Some(err.clone()));
+                let Some(err) = error else {
+                    continue;
+                };
+                slot.update_status(|s| s.last_error = Some(err.to_string()));
                 if answered {
                     // sshd answered: the link works, the node's service does not (a kubelet
                     // restarting, say). Degraded, never a reconnect: that would cut every
@@ -235,13 +257,13 @@ async fn watch_connection(
                 failures += 1;
                 if failures >= cfg.health.reconnect_after.max(1) {
                     tunnel.disconnect().await;
-                    return format!("health probe got no answer {failures} times in a row: {err}");
+                    return ConnectionEnd::ProbeUnanswered { failures, error: err };
                 }
                 slot.set_state(TunnelState::Degraded, format!("health probe got no answer ({failures}/{}): {err}", cfg.health.reconnect_after));
             }
         }
     }
-    tunnel
-        .disconnect_reason()
-        .unwrap_or_else(|| "connection lost".into())
+    ConnectionEnd::Lost {
+        reason: tunnel.disconnect_reason(),
+    }
 }

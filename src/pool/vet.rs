@@ -20,7 +20,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::node::{Node, same_host};
-use crate::policy::{is_link_local, is_loopback};
+use crate::special::{is_link_local, is_loopback};
 
 /// Checks every node's address, aliases and pod CIDRs. What is refused is removed and the
 /// reason recorded on the node (`Node::refused`); a node whose **address** is refused is

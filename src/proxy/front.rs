@@ -89,10 +89,25 @@ impl ConnectFront {
         self.limits.max_connections.max(1) - self.slots.available_permits()
     }
 
-    /// Serves CONNECT on a Unix socket until `stop_accepting`.
+    /// Serves CONNECT on a Unix socket until `stop_accepting`, in a task of its own.
     pub fn spawn_uds(self: &Arc<Self>, listener: UnixListener) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
+        tokio::spawn(self.clone().serve_uds(listener))
+    }
+
+    /// Serves CONNECT over TLS with client certificates on a TCP listener until
+    /// `stop_accepting`, in a task of its own.
+    pub fn spawn_tls(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.clone().serve_tls(listener, acceptor))
+    }
+
+    /// Serves CONNECT on a Unix socket until `stop_accepting`.
+    pub async fn serve_uds(self: Arc<Self>, listener: UnixListener) {
+        let me = self;
+        {
             loop {
                 let accepted = tokio::select! {
                     r = listener.accept() => r,
@@ -108,18 +123,14 @@ impl ConnectFront {
                     Err(e) => accept_error(e).await,
                 }
             }
-        })
+        }
     }
 
     /// Serves CONNECT over TLS with client certificates on a TCP listener until `stop_accepting`.
-    pub fn spawn_tls(
-        self: &Arc<Self>,
-        listener: TcpListener,
-        acceptor: TlsAcceptor,
-    ) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
         let handshakes = Arc::new(Handshakes::new(self.limits.max_tls_handshakes));
-        tokio::spawn(async move {
+        let me = self;
+        {
             loop {
                 let accepted = tokio::select! {
                     r = listener.accept() => r,
@@ -158,7 +169,7 @@ impl ConnectFront {
                     Err(e) => accept_error(e).await,
                 }
             }
-        })
+        }
     }
 
     /// Stops accepting new connections (open ones continue).

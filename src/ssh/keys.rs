@@ -7,27 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use russh::keys::{HashAlg, PrivateKey};
-use thiserror::Error;
 
-/// A problem with the client key; each message names the file and the fix.
-#[derive(Debug, Error)]
-pub enum KeyError {
-    #[error("SSH key file {} does not exist; create one with `kube-ssh-tunnel keygen --out {}` or point --ssh-keyfile at your key", path.display(), path.display())]
-    NotFound { path: PathBuf },
-    #[error("SSH key file {} cannot be read: {reason}", path.display())]
-    Unreadable { path: PathBuf, reason: String },
-    #[error("SSH key file {} has mode {mode:o}, which lets group or others read it; fix with `chmod 600 {}`", path.display(), path.display())]
-    TooOpen { path: PathBuf, mode: u32 },
-    #[error("SSH key file {} is encrypted; give its passphrase with --ssh-key-passphrase-file FILE", path.display())]
-    Encrypted { path: PathBuf },
-    #[error("SSH key file {} could not be decrypted with the passphrase from {}: wrong passphrase or corrupt key", path.display(), passphrase_file.display())]
-    BadPassphrase {
-        path: PathBuf,
-        passphrase_file: PathBuf,
-    },
-    #[error("SSH key file {} is not an OpenSSH private key ({reason}); expected the private half made by ssh-keygen, not the .pub file", path.display())]
-    Invalid { path: PathBuf, reason: String },
-}
+pub use crate::error::KeyError;
 
 /// The loaded client key with what the logs and `check` show about it (never the secret).
 #[derive(Clone)]

@@ -13,20 +13,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, Marker};
 use russh::keys::{Certificate, HashAlg, PublicKey};
-use thiserror::Error;
 
-/// A problem with a known_hosts file.
-#[derive(Debug, Error)]
-pub enum KnownHostsError {
-    #[error("known_hosts file {} cannot be read: {reason}; create it (e.g. `ssh-keyscan NODE_ADDR > {}`) or point --ssh-known-hosts at yours", path.display(), path.display())]
-    Unreadable { path: PathBuf, reason: String },
-    #[error("known_hosts file {}:{line} is malformed ({reason}); expected `[@marker] HOSTS KEYTYPE BASE64KEY [comment]`, fix or delete that line", path.display())]
-    Malformed {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
-}
+pub use crate::error::KnownHostsError;
 
 #[derive(Debug, Clone)]
 struct Line {

@@ -7,7 +7,8 @@
 //!   memory up to the channel's share (`ChannelLimits::recv_buffer_max`, within the pool's
 //!   `BufferBudget`), then into a private spill file (`ssh::spill`) up to `spill_max`. Only a
 //!   reader behind by both stops taking data; its connection then counts as congested
-//!   (`ssh::congestion`) and new dials go elsewhere. If such a reader does not read at all
+//!   (`ssh::congestion`) and new dials go to another connection of the node while the node
+//!   is under its connection cap. If such a reader does not read at all
 //!   for `stall_timeout`, its channel is closed with an error. A reader that is slow but
 //!   reading is never cut.
 //! - Writes after the node closed the channel would wait forever for window space; here they

@@ -1,4 +1,5 @@
-//! `NodeTunnel`: the one SSH connection to one node. It connects (TCP, handshake, host key,
+//! `NodeTunnel`: one SSH connection to one node (the supervised one, or an extra one of
+//! `pool::overflow`). It connects (TCP, handshake, host key,
 //! public-key auth, all under one timeout) and opens `direct-tcpip` channels on it, many at a
 //! time. Reconnection and health belong to the pool's supervisor, not here.
 

@@ -1,7 +1,7 @@
 //! Rendering of the `status` command: a table an operator can read at 3 a.m. (which node is
 //! broken and why), a wide variant, and the exit code rule (0 all desired nodes ready, 1 not).
 
-use crate::admin::document::{NodeDocument, StatusDocument};
+use kube_ssh_tunnel::admin::document::{NodeDocument, StatusDocument};
 
 /// Output shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +134,7 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
                 } else {
                     format!("{}:{}", n.address, n.ssh_port)
                 },
-                n.state.clone(),
+                n.state.to_string(),
                 human_duration(n.for_s),
                 n.down_for_s
                     .map(human_duration)

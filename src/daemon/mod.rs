@@ -1,0 +1,322 @@
+//! `Daemon`: the tunnel daemon as a library — what `run` and `demo` start. `Daemon::start`
+//! binds the listeners (a taken socket is a start-up error), loads the first node set, builds
+//! the pool, and starts every task under one [`Tasks`]: node supervisors, draining
+//! connections, the CONNECT accept loops, the admin API (axum, with graceful shutdown), the
+//! node source and the loop that applies its node sets. [`DaemonHandle::shutdown`] stops
+//! accepting, drains open streams (bounded), closes the connections and waits for every task.
+
+mod config;
+
+pub use config::{AdminConfig, AdminListen, DaemonConfig, Listeners, TlsListener};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::admin::server::{AdminAuth, AdminState, router};
+use crate::error::ConfigError;
+use crate::node::Node;
+use crate::nodes::source::SourceError;
+use crate::pool::Pool;
+use crate::proxy::{ConnectFront, listen};
+use crate::ssh::HostKeyPolicy;
+use crate::tasks::Tasks;
+
+/// How long shutdown waits for the daemon's own tasks after the drain.
+const TASKS_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a daemon could not start. Each names what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Invalid configuration, a bad file, or a socket that cannot be bound.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The node source could not start.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A static node list or node file has no nodes.
+    #[error("no nodes: the node source gave none")]
+    NoNodes,
+    /// A TCP listener could not be bound.
+    #[error("cannot listen on {address} for {listener}: {source}")]
+    Listen {
+        listener: ListenerKind,
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Which of the daemon's TCP listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// CONNECT over mutual TLS.
+    ConnectTls,
+    /// The admin API.
+    Admin,
+}
+
+impl std::fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ListenerKind::ConnectTls => "CONNECT over mutual TLS",
+            ListenerKind::Admin => "the admin API",
+        })
+    }
+}
+
+/// The daemon; see [`Daemon::start`].
+pub struct Daemon;
+
+/// A running daemon.
+pub struct DaemonHandle {
+    pool: Arc<Pool>,
+    front: Arc<ConnectFront>,
+    tasks: Tasks,
+    reload: Arc<Notify>,
+    /// Socket files to remove at shutdown.
+    sockets: Vec<PathBuf>,
+    admin_address: Option<std::net::SocketAddr>,
+    proxy_address: Option<std::net::SocketAddr>,
+}
+
+impl Daemon {
+    /// Starts a daemon. Must be called inside a tokio runtime. Nothing is left running when
+    /// it fails.
+    pub async fn start(cfg: DaemonConfig) -> Result<DaemonHandle, DaemonError> {
+        cfg.validate()?;
+        let tasks = Tasks::new();
+        let reload = Arc::new(Notify::new());
+        let dynamic = cfg.nodes.is_dynamic();
+        let source_kind = cfg.nodes.kind();
+        let started = cfg
+            .nodes
+            .start(reload.clone(), tasks.token().child_token())
+            .await?;
+        let mut node_sets = started.nodes;
+        let first = node_sets.borrow_and_update().clone();
+        if first.is_empty() && !dynamic {
+            return Err(DaemonError::NoNodes);
+        }
+
+        // Bind before connecting anything: a taken socket is a start-up error.
+        let mut sockets = Vec::new();
+        let uds = match &cfg.listeners.unix {
+            Some(p) => {
+                let l = listen::bind_uds(p)?;
+                sockets.push(p.clone());
+                Some(l)
+            }
+            None => None,
+        };
+        let tls = match &cfg.listeners.tls {
+            Some(t) => {
+                let acceptor = listen::mtls_acceptor(&t.cert, &t.key, &t.client_ca)?;
+                let l = tokio::net::TcpListener::bind(t.address)
+                    .await
+                    .map_err(|source| DaemonError::Listen {
+                        listener: ListenerKind::ConnectTls,
+                        address: t.address,
+                        source,
+                    })?;
+                Some((l, acceptor))
+            }
+            None => None,
+        };
+        let admin = match &cfg.admin.listen {
+            AdminListen::Tcp(address) => {
+                AdminListener::Tcp(tokio::net::TcpListener::bind(address).await.map_err(
+                    |source| DaemonError::Listen {
+                        listener: ListenerKind::Admin,
+                        address: *address,
+                        source,
+                    },
+                )?)
+            }
+            AdminListen::Unix(p) => {
+                let l = listen::bind_uds_mode(p, 0o600, "admin socket")?;
+                sockets.push(p.clone());
+                AdminListener::Unix(l, p.clone())
+            }
+        };
+        let remove_sockets = |sockets: &[PathBuf]| {
+            for p in sockets {
+                let _ = std::fs::remove_file(p);
+            }
+        };
+
+        let insecure = cfg.pool.ssh.host_key_policy == HostKeyPolicy::InsecureSkip;
+        let pool = match Pool::with_tasks(cfg.pool, first, tasks.clone()) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                remove_sockets(&sockets);
+                return Err(e.into());
+            }
+        };
+        if insecure {
+            // Repeated hourly so that it cannot scroll out of sight.
+            let token = tasks.token().clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tick.tick() => tracing::warn!(
+                            "host keys are NOT verified (--insecure-skip-host-key-verification)"
+                        ),
+                    }
+                }
+            });
+        }
+        if let Some(task) = started.task {
+            tasks.spawn_critical("node source", task);
+            tasks.spawn_critical(
+                "node set updates",
+                apply_node_sets(pool.clone(), node_sets, source_kind, tasks.clone()),
+            );
+        }
+
+        let front = ConnectFront::new(pool.clone(), cfg.policy, cfg.front);
+        let state = AdminState {
+            pool: pool.clone(),
+            ready_share: cfg.ready_share,
+            insecure_host_keys: insecure,
+            tasks: tasks.clone(),
+            auth: AdminAuth {
+                tcp: matches!(admin, AdminListener::Tcp(_)),
+                token: cfg.admin.token.clone(),
+                token_for_reads: cfg.admin.token_for_reads,
+            },
+            reconnected: Default::default(),
+        };
+        let app = router(state);
+        let token = tasks.token().clone();
+        let admin_address = match admin {
+            AdminListener::Tcp(l) => {
+                let address = l.local_addr().ok();
+                tracing::info!(address = %address.map(|a| a.to_string()).unwrap_or_default(), "serving the admin API");
+                tasks.spawn_critical("admin API", async move {
+                    let _ = axum::serve(l, app)
+                        .with_graceful_shutdown(token.cancelled_owned())
+                        .await;
+                });
+                address
+            }
+            AdminListener::Unix(l, path) => {
+                tracing::info!(socket = %path.display(), "serving the admin API");
+                tasks.spawn_critical("admin API", async move {
+                    let _ = axum::serve(l, app)
+                        .with_graceful_shutdown(token.cancelled_owned())
+                        .await;
+                });
+                None
+            }
+        };
+        if let Some(l) = uds {
+            let path = cfg
+                .listeners
+                .unix
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            tracing::info!(socket = %path.display(), "serving CONNECT on a Unix socket");
+            tasks.spawn_critical("CONNECT listener (Unix socket)", front.clone().serve_uds(l));
+        }
+        let mut proxy_address = None;
+        if let Some((l, acceptor)) = tls {
+            proxy_address = l.local_addr().ok();
+            tracing::info!(address = %proxy_address.map(|a| a.to_string()).unwrap_or_default(), "serving CONNECT over mutual TLS");
+            tasks.spawn_critical(
+                "CONNECT listener (mutual TLS)",
+                front.clone().serve_tls(l, acceptor),
+            );
+        }
+        Ok(DaemonHandle {
+            pool,
+            front,
+            tasks,
+            reload,
+            sockets,
+            admin_address,
+            proxy_address,
+        })
+    }
+}
+
+enum AdminListener {
+    Unix(tokio::net::UnixListener, PathBuf),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// The one loop that applies a source's node sets to the pool; an invalid set keeps the
+/// last good one.
+async fn apply_node_sets(
+    pool: Arc<Pool>,
+    mut sets: watch::Receiver<Vec<Node>>,
+    source: &'static str,
+    tasks: Tasks,
+) {
+    loop {
+        tokio::select! {
+            r = sets.changed() => if r.is_err() { return },
+            _ = tasks.token().cancelled() => return,
+        }
+        let set = sets.borrow_and_update().clone();
+        if let Err(e) = pool.update(set) {
+            tracing::error!(error = %e, source, nodes = pool.nodes().len(), "the node set is invalid; keeping the last good node set");
+        }
+    }
+}
+
+impl DaemonHandle {
+    /// The daemon's pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The daemon's tasks (and its health, which `/healthz` reports).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// Makes a file source re-read its file now (what SIGHUP does).
+    pub fn reload_nodes(&self) {
+        self.reload.notify_one();
+    }
+
+    /// The admin API's TCP address, when it listens on TCP.
+    pub fn admin_address(&self) -> Option<std::net::SocketAddr> {
+        self.admin_address
+    }
+
+    /// The mutual-TLS CONNECT listener's address, when there is one.
+    pub fn proxy_address(&self) -> Option<std::net::SocketAddr> {
+        self.proxy_address
+    }
+
+    /// Stops the daemon: no new CONNECTs; open streams get up to `drain`, then their
+    /// connections close; the sockets are removed; every task is stopped and waited for
+    /// (bounded).
+    pub async fn shutdown(self, drain: Duration) {
+        self.tasks.begin_shutdown();
+        tracing::info!(drain_timeout = ?drain, open = self.front.active(), "shutting down: no new CONNECTs; draining open streams");
+        self.front.stop_accepting();
+        for p in &self.sockets {
+            let _ = std::fs::remove_file(p);
+        }
+        let started = std::time::Instant::now();
+        let left = self.front.drain(drain).await;
+        if left > 0 {
+            tracing::warn!(open = left, "drain timeout: closing streams still open");
+        }
+        self.pool
+            .shutdown_within(drain.saturating_sub(started.elapsed()))
+            .await;
+        let running = self.tasks.stop(TASKS_GRACE).await;
+        if running > 0 {
+            tracing::warn!(tasks = running, "tasks still running at exit");
+        }
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,248 @@
+//! The pool's node set over time: adding a node (a supervisor of its own), applying a new node
+//! set (the changes come from the pure `diff`), draining a node on an operator's request or
+//! for good, reconnecting it, and shutting everything down. A retired connection keeps its
+//! open streams until they end or the drain timeout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::slot::NodeSlot;
+use super::state::TunnelState;
+use super::{Pool, UpdateSummary, diff, drain, supervisor, vet};
+use crate::error::ConfigError;
+use crate::node::{Node, check_unique};
+
+/// Why a node retires when the node set no longer has it (its metric series then go).
+const REMOVED: &str = "removed from the node set";
+
+impl Pool {
+    pub(super) fn add(&self, node: Node) {
+        self.metrics.init_node(&node.name);
+        let slot = Arc::new(NodeSlot::new(
+            node.clone(),
+            self.metrics.link(&node.name),
+            self.cfg.failure_log_interval,
+            self.tasks.token().child_token(),
+        ));
+        self.tasks.spawn(supervisor::supervise(
+            slot.clone(),
+            self.cfg.clone(),
+            self.handshakes.clone(),
+            self.metrics.clone(),
+            self.tasks.clone(),
+        ));
+        self.slots.insert(node.name, slot);
+    }
+
+    /// Moves `slot` out of the dialable set and drains it in the background.
+    fn retire(&self, slot: Arc<NodeSlot>, why: &str) -> tokio::task::JoinHandle<()> {
+        self.retire_within(slot, why, self.cfg.drain_timeout)
+    }
+
+    fn retire_within(
+        &self,
+        slot: Arc<NodeSlot>,
+        why: &str,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let forget = why == REMOVED;
+        let name = slot.name();
+        self.slots.remove_if(&name, |_, v| Arc::ptr_eq(v, &slot));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.draining.insert(id, slot.clone());
+        slot.stop();
+        slot.set_state(TunnelState::Draining, why);
+        let draining = self.draining.clone();
+        let (slots, metrics) = (self.slots.clone(), self.metrics.clone());
+        self.tasks.spawn(async move {
+            let extras = slot.overflow().take_all();
+            let drains = extras
+                .into_iter()
+                .chain(slot.publish(None))
+                .map(|t| drain::drain_tunnel(t, timeout));
+            futures::future::join_all(drains).await;
+            draining.remove(&id);
+            // Gone for good (not replaced, re-added or drained by an operator): its series go.
+            if forget && !slots.contains_key(&name) {
+                metrics.forget_node(&name);
+            }
+        })
+    }
+
+    /// Replaces the node set: adds new nodes, drains removed ones, and gives a node whose
+    /// address or SSH port changed a new connection while the old one drains. An invalid set
+    /// is refused as a whole and the current set stays.
+    pub fn update(&self, mut desired: Vec<Node>) -> Result<UpdateSummary, ConfigError> {
+        validate(&desired)?;
+        let dropped = vet::vet(&mut desired, &self.cfg.service_cidrs, |name| {
+            self.slot(name).map(|s| s.node())
+        });
+        self.note_left_out(dropped);
+        log_refusals(&desired, |name| self.slot(name).map(|s| s.node()));
+        let slots: HashMap<String, Arc<NodeSlot>> = self
+            .slots
+            .iter()
+            .map(|r| (r.key().clone(), r.value().clone()))
+            .collect();
+        let current: HashMap<String, Arc<Node>> = slots
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.node()))
+            .collect();
+        let mut drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
+        let changes = diff::diff(&current, &drained, &desired);
+        for name in &changes.forget_drained {
+            // Gone from the source while drained: its series go too.
+            drained.remove(name);
+            self.metrics.forget_node(name);
+        }
+        for name in &changes.undrain {
+            drained.remove(name);
+        }
+        for name in &changes.remove {
+            if let Some(slot) = slots.get(name) {
+                self.retire(slot.clone(), REMOVED);
+            }
+        }
+        for node in &changes.replace {
+            if let Some(slot) = slots.get(&node.name) {
+                self.retire(
+                    slot.clone(),
+                    "address changed; replaced by a new connection",
+                );
+            }
+            self.add(node.clone());
+        }
+        for node in &changes.add {
+            self.add(node.clone());
+        }
+        for node in &changes.refresh {
+            if let Some(slot) = slots.get(&node.name) {
+                slot.set_node(node.clone());
+            }
+        }
+        let names = |nodes: &[Node]| nodes.iter().map(|n| n.name.clone()).collect();
+        let mut summary = UpdateSummary {
+            added: names(&changes.add),
+            removed: changes.remove.clone(),
+            replaced: names(&changes.replace),
+        };
+        summary.added.sort();
+        summary.removed.sort();
+        summary.replaced.sort();
+        if !(summary.added.is_empty() && summary.removed.is_empty() && summary.replaced.is_empty())
+        {
+            tracing::info!(added = ?summary.added, removed = ?summary.removed, replaced = ?summary.replaced, "node set updated");
+        }
+        Ok(summary)
+    }
+
+    /// Remembers the nodes `vet` left out; logs each new one (or a new reason) once.
+    pub(super) fn note_left_out(&self, dropped: Vec<(String, String)>) {
+        let mut left = self.left_out.lock().unwrap_or_else(|p| p.into_inner());
+        let now: HashMap<String, String> = dropped.into_iter().collect();
+        for (node, why) in &now {
+            if left.get(node) != Some(why) {
+                tracing::warn!(node = %node, refused = %why, "node left out of the node set: its address cannot be used");
+            }
+        }
+        *left = now;
+    }
+
+    /// Nodes left out of the node set because their address was refused, with why.
+    pub fn left_out(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .left_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// True when an operator drained node `name` and it has not come back.
+    pub fn is_drained(&self, name: &str) -> bool {
+        self.drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
+    /// Drops node `name`'s connection (its streams drain) and reconnects now; a node an
+    /// operator drained comes back.
+    pub fn reconnect(&self, name: &str) -> bool {
+        if let Some(s) = self.slot(name) {
+            s.reconnect_now();
+            return true;
+        }
+        let back = self
+            .drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        match back {
+            Some(node) => {
+                tracing::info!(node = %name, "drained node back by reconnect");
+                self.add(node);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drains node `name` now (no new dials; open streams finish). It stays out until its
+    /// entry in the node source changes, or `reconnect`. False if there is no such node.
+    pub fn drain_node(&self, name: &str) -> bool {
+        match self.slot(name) {
+            Some(s) => {
+                self.drained
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_string(), Node::clone(&s.node()));
+                self.retire(s, "drained by an operator");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops every supervisor, drains every node (bounded by the drain timeout) and closes
+    /// the connections.
+    pub async fn shutdown(&self) {
+        self.shutdown_within(self.cfg.drain_timeout).await
+    }
+
+    /// Like `shutdown`, with open streams given at most `drain` before their connections close.
+    pub async fn shutdown_within(&self, drain: Duration) {
+        let handles: Vec<_> = self
+            .all_slots()
+            .into_iter()
+            .map(|s| self.retire_within(s, "shutting down", drain))
+            .collect();
+        let limit = drain + Duration::from_secs(5);
+        let _ = tokio::time::timeout(limit, futures::future::join_all(handles)).await;
+    }
+}
+
+/// Logs each refused claim once: those the node did not already have refused.
+pub(super) fn log_refusals(nodes: &[Node], current: impl Fn(&str) -> Option<Arc<Node>>) {
+    for n in nodes {
+        let before = current(&n.name);
+        for r in &n.refused {
+            if before.as_ref().is_some_and(|b| b.refused.contains(r)) {
+                continue;
+            }
+            tracing::warn!(node = %n.name, refused = %r, "a claim of this node was refused; it does not route");
+        }
+    }
+}
+
+pub(super) fn validate(nodes: &[Node]) -> Result<(), ConfigError> {
+    for n in nodes {
+        n.validate()?;
+    }
+    check_unique(nodes)
+}

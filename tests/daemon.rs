@@ -1,0 +1,194 @@
+//! The library's `Daemon` against real sshd nodes, started in-process from a typed
+//! `DaemonConfig` (no command line): it serves CONNECT and the admin API, follows its node
+//! file through the one loop that applies node sets, turns `/healthz` red when a task it needs
+//! ends early, and its shutdown removes the sockets and leaves no task running. Start-up
+//! errors leave nothing behind.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use kube_ssh_tunnel::admin::client::{Endpoint, request};
+use kube_ssh_tunnel::daemon::DaemonError;
+use kube_ssh_tunnel::nodes::{AddressTypes, NodeSource};
+use kube_ssh_tunnel::pool::{PoolConfig, Probe, TunnelState};
+use kube_ssh_tunnel::{Daemon, DaemonConfig, Node};
+use support::{Cluster, HTTP_PORT, TestNode};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn toml_entry(n: &TestNode) -> String {
+    format!(
+        "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nssh_port = {}\npod_cidrs = [\"{}\"]\n\n",
+        n.name, n.addr, n.ssh_port, n.pod_cidr
+    )
+}
+
+/// `GET /whoami` through the daemon's CONNECT socket; the stub names the node that answered.
+async fn whoami(sock: &Path, target: String) -> String {
+    let sock = sock.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let (mut s, head) = support::connect_uds(&sock, &target);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        s.write_all(b"GET /whoami HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    })
+    .await
+    .unwrap()
+}
+
+async fn admin_get(sock: &Path, path: &str) -> (u16, String) {
+    request(
+        &Endpoint::Unix(sock.to_path_buf()),
+        "GET",
+        path,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_from_a_config_serves_follows_its_node_file_and_shuts_down_cleanly() {
+    let c = Cluster::start(2);
+    let dir = c.path().to_path_buf();
+    let nodes_file = dir.join("daemon-nodes.toml");
+    std::fs::write(&nodes_file, toml_entry(&c.nodes[0])).unwrap();
+    let (proxy, admin) = (dir.join("daemon-proxy.sock"), dir.join("daemon-admin.sock"));
+    let mut pool = PoolConfig::new(c.settings());
+    pool.health.probe = Probe::None;
+    let cfg = DaemonConfig::new(
+        pool,
+        NodeSource::File {
+            path: nodes_file.clone(),
+            extra: Vec::new(),
+            address_types: AddressTypes::default(),
+            interval: Duration::from_millis(100),
+        },
+        proxy.clone(),
+        admin.clone(),
+    );
+    let daemon = Daemon::start(cfg).await.expect("the daemon starts");
+    let pool = daemon.pool().clone();
+    let mut rx = pool.subscribe("node-1").unwrap();
+    tokio::time::timeout(LIMIT, rx.wait_for(|s| s.state == TunnelState::Ready))
+        .await
+        .expect("node-1 ready")
+        .unwrap();
+
+    // CONNECT through the daemon's socket reaches node-1's kubelet.
+    let body = whoami(&proxy, format!("{}:{HTTP_PORT}", c.nodes[0].addr)).await;
+    assert!(body.contains("node-1"), "{body}");
+    assert_eq!(admin_get(&admin, "/healthz").await.0, 200);
+
+    // A changed node file reaches the pool through the source's node sets.
+    std::fs::write(
+        &nodes_file,
+        toml_entry(&c.nodes[0]) + &toml_entry(&c.nodes[1]),
+    )
+    .unwrap();
+    assert!(
+        support::wait_until(LIMIT, || pool.status("node-2").map(|s| s.state)
+            == Some(TunnelState::Ready)),
+        "node-2 added from the file and ready"
+    );
+    let body = whoami(&proxy, format!("{}:{HTTP_PORT}", c.nodes[1].addr)).await;
+    assert!(body.contains("node-2"), "{body}");
+
+    // A task the daemon needs that ends early makes /healthz fail, naming it.
+    let tasks = daemon.tasks().clone();
+    tasks
+        .spawn_critical("test listener", async {})
+        .await
+        .unwrap();
+    let (code, body) = admin_get(&admin, "/healthz").await;
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("test listener"), "{body}");
+
+    // Shutdown: sockets gone, every task ended, the nodes' connections closed.
+    let tunnel = pool.tunnel("node-1").expect("node-1's connection");
+    daemon.shutdown(Duration::from_secs(5)).await;
+    assert!(!proxy.exists() && !admin.exists(), "sockets removed");
+    assert_eq!(tasks.running(), 0, "every task ended");
+    assert!(tunnel.is_closed(), "node-1's connection closed");
+    assert!(pool.nodes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_errors_name_the_problem_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = || {
+        let key = dir.path().join("id_ed25519");
+        if !key.exists() {
+            support::keygen(&key, "ed25519", None);
+        }
+        kube_ssh_tunnel::SshSettings::builder("nobody")
+            .key_file(&key, None)
+            .unwrap()
+            .build()
+    };
+    let cfg = |nodes: NodeSource| {
+        DaemonConfig::new(
+            PoolConfig::new(settings()),
+            nodes,
+            dir.path().join("proxy.sock"),
+            dir.path().join("admin.sock"),
+        )
+    };
+    let leftovers = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sock") || n.starts_with(".kube-ssh-tunnel-bind"))
+            .collect::<Vec<_>>()
+    };
+
+    // No nodes.
+    let e = Daemon::start(cfg(NodeSource::Static(Vec::new())))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, DaemonError::NoNodes), "{e}");
+
+    // A node file that does not exist.
+    let missing = dir.path().join("missing.toml");
+    let e = Daemon::start(cfg(NodeSource::File {
+        path: missing.clone(),
+        extra: Vec::new(),
+        address_types: AddressTypes::default(),
+        interval: Duration::from_secs(1),
+    }))
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(e, DaemonError::Source(_)), "{e}");
+    assert!(
+        e.to_string().contains(&missing.display().to_string()),
+        "{e}"
+    );
+
+    // A node that is invalid: the sockets bound for it are removed again.
+    let mut bad = Node::parse_spec("node-1=192.0.2.1").unwrap();
+    bad.name = "Not A Name".into();
+    let e = Daemon::start(cfg(NodeSource::Static(vec![bad])))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, DaemonError::Config(_)), "{e}");
+    assert!(e.to_string().contains("Not A Name"), "{e}");
+    assert_eq!(leftovers(), Vec::<String>::new());
+
+    // A bad ready share is refused before anything is bound.
+    let mut c = cfg(NodeSource::Static(vec![
+        Node::parse_spec("node-1=192.0.2.1").unwrap(),
+    ]));
+    c.ready_share = 1.5;
+    let e = Daemon::start(c).await.err().unwrap();
+    assert!(e.to_string().contains("ready share"), "{e}");
+    assert_eq!(leftovers(), Vec::<String>::new());
+}
