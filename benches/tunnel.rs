@@ -1258,12 +1258,13 @@ async fn main() {
 
     if !o.smoke && o.only.is_empty() {
         let date = String::from_utf8_lossy(
-            &Command::new("date")
-                .arg("-u")
-                .arg("+%Y-%m-%d")
-                .output()
-                .unwrap()
-                .stdout,
+            &support::run_bounded(
+                Command::new("date").arg("-u").arg("+%Y-%m-%d"),
+                b"",
+                support::TOOL_LIMIT,
+            )
+            .unwrap()
+            .stdout,
         )
         .trim()
         .to_string();

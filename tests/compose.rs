@@ -234,10 +234,16 @@ fn compose_nodes_carry_kubelet_pod_and_service_traffic() {
     .collect();
     let mut d = Daemon::start(&args);
     let status = || {
-        Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-            .args(["status", "--admin-uds", admin.to_str().unwrap()])
-            .output()
-            .unwrap()
+        run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args([
+                "status",
+                "--admin-uds",
+                admin.to_str().unwrap(),
+            ]),
+            b"",
+            Duration::from_secs(60),
+        )
+        .unwrap()
     };
     let ready = support::wait_until(Duration::from_secs(60), || {
         status().status.code() == Some(0)

@@ -27,10 +27,11 @@ impl Drop for V6Node {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .stdin(Stdio::null())
-            .output();
+        let _ = support::run_bounded(
+            Command::new("ip").args(["netns", "del", &self.ns]),
+            b"",
+            support::TOOL_LIMIT,
+        );
     }
 }
 

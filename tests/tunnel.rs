@@ -337,12 +337,15 @@ async fn ed25519_ecdsa_and_rsa_keys_authenticate_with_hashed_known_hosts() {
     let node = &cluster.nodes[0];
     let hashed = cluster.path().join("client/known_hosts_hashed");
     std::fs::copy(&cluster.known_hosts, &hashed).unwrap();
-    let out = std::process::Command::new("ssh-keygen")
-        .arg("-H")
-        .arg("-f")
-        .arg(&hashed)
-        .output()
-        .unwrap();
+    let out = support::run_bounded(
+        std::process::Command::new("ssh-keygen")
+            .arg("-H")
+            .arg("-f")
+            .arg(&hashed),
+        b"",
+        support::TOOL_LIMIT,
+    )
+    .unwrap();
     assert!(out.status.success());
     let text = std::fs::read_to_string(&hashed).unwrap();
     assert!(

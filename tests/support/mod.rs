@@ -47,6 +47,6 @@ pub use netns::{Netns, can_use_netns, ip, reap_stale_netns};
 pub use node::{TestNode, refused_address};
 #[allow(unused_imports)]
 pub use process::{
-    children_of, current_user, fingerprint, is_root, keygen, open_fds, repo, rss_bytes,
-    run_bounded, run_ok, signal, wait_until,
+    Ran, TOOL_LIMIT, children_of, current_user, fingerprint, is_root, keygen, open_fds, repo,
+    rss_bytes, run_bounded, run_ok, signal, wait_bounded, wait_until,
 };

@@ -4,9 +4,9 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use super::process::{is_root, run_ok};
+use super::process::{TOOL_LIMIT, is_root, run_bounded, run_ok};
 
 /// Runs `ip ARGS…` (panics on failure) and returns its stdout.
 pub fn ip(args: &[&str]) -> String {
@@ -81,21 +81,18 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stdin(Stdio::null())
-            .output();
+        let _ = run_bounded(
+            Command::new("ip").args(["netns", "del", &self.name]),
+            b"",
+            TOOL_LIMIT,
+        );
     }
 }
 
 /// Deletes `kst-PID-*` namespaces whose creating process is gone (a test run killed with
 /// SIGKILL cannot clean up after itself).
 pub fn reap_stale_netns() {
-    let Ok(out) = Command::new("ip")
-        .args(["netns", "list"])
-        .stdin(Stdio::null())
-        .output()
-    else {
+    let Ok(out) = run_bounded(Command::new("ip").args(["netns", "list"]), b"", TOOL_LIMIT) else {
         return;
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -104,20 +101,16 @@ pub fn reap_stale_netns() {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", name])
-                .stdin(Stdio::null())
-                .output();
+            let _ = run_bounded(
+                Command::new("ip").args(["netns", "del", name]),
+                b"",
+                TOOL_LIMIT,
+            );
         }
     }
 }
 
 /// True when network namespaces can be made here (root with `ip`).
 pub fn can_use_netns() -> bool {
-    is_root()
-        && Command::new("ip")
-            .arg("-V")
-            .stdin(Stdio::null())
-            .output()
-            .is_ok()
+    is_root() && run_bounded(Command::new("ip").arg("-V"), b"", TOOL_LIMIT).is_ok()
 }

@@ -1,24 +1,84 @@
 //! Running processes and reading `/proc`, for everything else in the harness.
 //!
 //! Tests start the binary and tools (ssh-keygen, ip, curl, python3); a hung child must fail its
-//! test instead of hanging the run, so `run_bounded` kills the child at a time limit.
+//! test instead of hanging the run, so every one goes through `run_bounded` (or `wait_bounded`
+//! when a test sets up the child's pipes itself), which kills the child at a time limit.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// How long a tool (ssh-keygen, ip, curl, python3, …) may run before it is killed.
+pub const TOOL_LIMIT: Duration = Duration::from_secs(60);
 
 /// The repository's root (where `Cargo.toml`, `tests/` and the README are).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// What a command run by `run_bounded` did: its exit status and output (the fields of
+/// `std::process::Output`), and whether all of its stdin could be written.
+pub struct Ran {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// The write of `stdin` to the child (an error when it closed stdin before taking it all).
+    pub fed: std::io::Result<()>,
+}
+
+impl Ran {
+    /// The exit code, or -1 when a signal ended the command.
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    /// stdout as text (invalid UTF-8 replaced).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stderr as text (invalid UTF-8 replaced).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+impl std::fmt::Debug for Ran {
+    /// As `std::process::Output` prints itself, plus a failed stdin write.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let output = std::process::Output {
+            status: self.status,
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+        };
+        write!(f, "{output:?}")?;
+        if let Err(e) = &self.fed {
+            write!(f, " (writing stdin failed: {e})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for `child` to exit, polling every 20 ms; kills (and reaps) it when it runs past
+/// `limit`. Its exit status, or `None` when it was killed for running too long.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(Some(st));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs `cmd` with `stdin` fed to it, killing it (by PID) when it runs past `limit`; its
 /// output, or why there is none.
-pub fn run_bounded(
-    cmd: &mut Command,
-    stdin: &[u8],
-    limit: Duration,
-) -> Result<std::process::Output, String> {
+pub fn run_bounded(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Result<Ran, String> {
     use std::io::{Read, Write};
     let what = format!("{cmd:?}");
     let mut child = cmd
@@ -30,9 +90,7 @@ pub fn run_bounded(
     // Threads feed and drain the pipes so that a chatty command cannot block on a full pipe.
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
+    let feeder = std::thread::spawn(move || input.write_all(&data));
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut v = Vec::new();
@@ -42,29 +100,23 @@ pub fn run_bounded(
     };
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
-            break st;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{what} did not finish within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_bounded(&mut child, limit).map_err(|e| e.to_string())? else {
+        return Err(format!("{what} did not finish within {limit:?}"));
     };
-    let _ = feeder.join();
-    Ok(std::process::Output {
+    let fed = feeder
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the stdin writer panicked")));
+    Ok(Ran {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
+        fed,
     })
 }
 
-/// Runs a command (at most a minute) and returns its stdout (panics on failure).
+/// Runs a command (at most `TOOL_LIMIT`) and returns its stdout (panics on failure).
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = run_bounded(cmd, b"", Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let out = run_bounded(cmd, b"", TOOL_LIMIT).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
