@@ -1301,7 +1301,7 @@ async fn main() {
             md.push_str(l);
             md.push('\n');
         }
-        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md"), md).unwrap();
+        std::fs::write(support::repo().join("BENCHMARKS.md"), md).unwrap();
         println!("wrote BENCHMARKS.md");
     }
 }

@@ -44,7 +44,7 @@ pub use daemon::connect_uds;
 #[allow(unused_imports)]
 pub use netns::{Netns, can_use_netns, ip, reap_stale_netns};
 #[allow(unused_imports)]
-pub use node::{TestNode, refused_address};
+pub use node::{TestNode, dest, refused_address};
 #[allow(unused_imports)]
 pub use process::{
     Ran, TOOL_LIMIT, children_of, current_user, fingerprint, is_root, keygen, open_fds, repo,

@@ -6,6 +6,7 @@
 //! `tests/node/sshd_config.template` and an authorized_keys with the options `keygen` prints.
 //! Faults: kill, SIGSTOP/SIGCONT and restart its sshd, kill its stub. Everything started is
 //! stopped by PID when the node is dropped, which also happens on panic (unwinding).
+//! `dest()` names one of its services (or a pod's) for the library's dial.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,13 +14,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use kube_ssh_tunnel::Node;
+use kube_ssh_tunnel::{Destination, Node};
 
 use super::netns::Netns;
 use super::process::{children_of, is_root, keygen, repo, run_ok, signal, wait_until};
 use super::{ECHO_PORT, HTTP_PORT, HTTPS_PORT, TestCa};
 
 const SSHD: &str = "/usr/sbin/sshd";
+
+/// `ADDR:PORT` as the library's `Destination` (what a dial asks a node to forward to).
+pub fn dest(addr: impl std::fmt::Display, port: u16) -> Destination {
+    format!("{addr}:{port}").parse().unwrap()
+}
 
 /// Starts a kubelet stub (plain HTTP and echo) named `name` on `addr` and waits for it.
 pub(crate) fn spawn_stub(base: &Command, addr: Ipv4Addr, name: &str, log: &Path) -> Child {
