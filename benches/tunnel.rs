@@ -1258,12 +1258,13 @@ async fn main() {
 
     if !o.smoke && o.only.is_empty() {
         let date = String::from_utf8_lossy(
-            &Command::new("date")
-                .arg("-u")
-                .arg("+%Y-%m-%d")
-                .output()
-                .unwrap()
-                .stdout,
+            &support::run_bounded(
+                Command::new("date").arg("-u").arg("+%Y-%m-%d"),
+                b"",
+                support::TOOL_LIMIT,
+            )
+            .unwrap()
+            .stdout,
         )
         .trim()
         .to_string();
@@ -1300,7 +1301,7 @@ async fn main() {
             md.push_str(l);
             md.push('\n');
         }
-        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md"), md).unwrap();
+        std::fs::write(support::repo().join("BENCHMARKS.md"), md).unwrap();
         println!("wrote BENCHMARKS.md");
     }
 }

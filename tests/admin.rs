@@ -5,7 +5,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use kube_ssh_tunnel::admin::client::{Endpoint, request};
@@ -18,17 +18,20 @@ struct Out {
     stderr: String,
 }
 
+/// Runs the binary with `args` (killed after a minute).
 fn cli(args: &[&str]) -> Out {
-    let o = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kube-ssh-tunnel");
+    let o = support::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
+            .args(args)
+            .env("NO_COLOR", "1"),
+        b"",
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("run kube-ssh-tunnel: {e}"));
     Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        code: o.code(),
+        stdout: o.stdout_text(),
+        stderr: o.stderr_text(),
     }
 }
 
@@ -268,20 +271,12 @@ fn sample(metrics: &str, name: &str, labels: &str) -> f64 {
 
 fn python_parses(text: &str) -> Result<(), String> {
     let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\nfams = list(parse(sys.stdin.read()))\nprint(len(fams))\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let o = child.wait_with_output().map_err(|e| e.to_string())?;
+    let o = support::run_bounded(
+        Command::new("python3").args(["-c", script]),
+        text.as_bytes(),
+        support::TOOL_LIMIT,
+    )?;
+    o.fed.map_err(|e| e.to_string())?;
     if o.status.success() {
         Ok(())
     } else {

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -146,10 +145,20 @@ fn bad_input_gives_one_clear_line_and_exit_2() {
     assert_usage_error(&o, "chmod 600");
 
     // Encrypted key without a passphrase option.
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "s3cret", "-f", &f.p("enc_key")])
-        .output()
-        .unwrap();
+    let out = support::run_bounded(
+        Command::new("ssh-keygen").args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "s3cret",
+            "-f",
+            &f.p("enc_key"),
+        ]),
+        b"",
+        support::TOOL_LIMIT,
+    )
+    .unwrap();
     assert!(out.status.success());
     let o = run_cli(
         &f.args(&f.p("enc_key"), &kh, node),
@@ -268,21 +277,15 @@ fn dial_relays_an_http_request_to_a_kubelet_stub() {
     let mut args = vec!["dial".to_string()];
     args.extend(cluster.cli_args());
     args.push(format!("{}:{}", n2.addr, support::ECHO_PORT));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let p2 = payload.clone();
-    let w = std::thread::spawn(move || stdin.write_all(&p2));
-    let mut got = Vec::new();
-    child.stdout.take().unwrap().read_to_end(&mut got).unwrap();
-    w.join().unwrap().unwrap();
-    assert!(child.wait().unwrap().success());
-    assert_eq!(got, payload);
+    let out = support::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args(&args),
+        &payload,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    out.fed.unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, payload);
 }
 
 #[test]
@@ -777,16 +780,18 @@ fn run_reads_kubectl_node_json_and_keeps_the_last_good_set() {
         d.log()
     );
     let status = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-            .args([
+        let out = support::run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args([
                 "status",
                 "-o",
                 "json",
                 "--admin-uds",
                 admin.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
+            ]),
+            b"",
+            Duration::from_secs(60),
+        )
+        .unwrap();
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let doc = status();
@@ -864,16 +869,8 @@ fn with_closed_stdout(args: &[&str]) -> (Option<i32>, String) {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut v);
         v
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{args:?} did not end within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = support::wait_bounded(&mut child, Duration::from_secs(30)).unwrap() else {
+        panic!("{args:?} did not end within 30 s");
     };
     (status.code(), drain.join().unwrap())
 }

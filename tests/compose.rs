@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::daemon::Daemon;
-use support::run_bounded;
+use support::{repo, run_bounded};
 
 const PROJECT: &str = "kst-test";
 const BASE_IMAGE: &str = "localhost/debian:bookworm";
@@ -25,10 +25,6 @@ const NODES: [(&str, &str); 3] = [
     ("node-2", "198.18.0.12"),
     ("node-3", "198.18.0.13"),
 ];
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// podman-compose from PATH, or from the venv `.ci/run` makes.
 fn podman_compose() -> Result<PathBuf, String> {
@@ -94,7 +90,7 @@ impl Drop for Compose {
 
 /// Everything the compose nodes need on this machine, or why it is missing.
 fn preflight() -> Result<PathBuf, String> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !support::is_root() {
         return Err("must run as root (rootful podman, container networks)".into());
     }
     for tool in ["podman", "runc", "debootstrap"] {
@@ -234,10 +230,16 @@ fn compose_nodes_carry_kubelet_pod_and_service_traffic() {
     .collect();
     let mut d = Daemon::start(&args);
     let status = || {
-        Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-            .args(["status", "--admin-uds", admin.to_str().unwrap()])
-            .output()
-            .unwrap()
+        run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args([
+                "status",
+                "--admin-uds",
+                admin.to_str().unwrap(),
+            ]),
+            b"",
+            Duration::from_secs(60),
+        )
+        .unwrap()
     };
     let ready = support::wait_until(Duration::from_secs(60), || {
         status().status.code() == Some(0)

@@ -261,7 +261,7 @@ async fn curl_proxytunnel_through_the_mtls_listener_needs_a_client_cert() {
                 .arg(&client_key);
         }
         c.args(["-p", &format!("http://{}:{HTTP_PORT}/whoami", n1.addr)]);
-        c.output().expect("curl")
+        support::run_bounded(&mut c, b"", support::TOOL_LIMIT).expect("curl")
     };
     let ok = curl(true);
     let out = String::from_utf8_lossy(&ok.stdout);

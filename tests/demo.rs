@@ -55,7 +55,7 @@ fn demo_serves_every_kind_of_request_then_exits_0_on_sigint() {
     let words: Vec<&str> = status_line.split_whitespace().collect();
     let st = run_bounded(Command::new(words[0]).args(&words[1..]), b"", LIMIT).unwrap();
     assert_eq!(st.status.code(), Some(0), "{status_line}: {st:?}");
-    if Command::new("curl").arg("--version").output().is_ok() {
+    if run_bounded(Command::new("curl").arg("--version"), b"", LIMIT).is_ok() {
         let curl_line = out
             .lines()
             .find(|l| l.trim_start().starts_with("curl ") && l.contains("/healthz"))

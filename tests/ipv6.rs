@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::daemon::Daemon;
+use support::ip;
 
 /// The namespace, its veth pair and what runs inside; all stopped and removed when dropped.
 struct V6Node {
@@ -27,15 +28,12 @@ impl Drop for V6Node {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .stdin(Stdio::null())
-            .output();
+        let _ = support::run_bounded(
+            Command::new("ip").args(["netns", "del", &self.ns]),
+            b"",
+            support::TOOL_LIMIT,
+        );
     }
-}
-
-fn ip(args: &[&str]) {
-    support::run_ok(Command::new("ip").args(args));
 }
 
 impl V6Node {
@@ -154,10 +152,8 @@ fn an_ipv6_node_in_its_own_namespace_works_end_to_end() {
     // The node: host key, sshd on [ADDR]:2222 with the harness's sshd_config, kubelet and pod
     // stubs, all inside the namespace.
     support::keygen(&d.join("ssh_host_ed25519_key"), "ed25519", None);
-    let template = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/sshd_config.template"),
-    )
-    .unwrap();
+    let template =
+        std::fs::read_to_string(support::repo().join("tests/node/sshd_config.template")).unwrap();
     let config = d.join("sshd_config");
     std::fs::write(
         &config,
@@ -170,7 +166,7 @@ fn an_ipv6_node_in_its_own_namespace_works_end_to_end() {
     )
     .unwrap();
     std::fs::create_dir_all("/run/sshd").ok();
-    let stub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/kubelet_stub.py");
+    let stub = support::repo().join("tests/node/kubelet_stub.py");
     let stub = stub.to_str().unwrap();
     node.spawn(
         "python3",
@@ -220,9 +216,7 @@ fn an_ipv6_node_in_its_own_namespace_works_end_to_end() {
     )
     .unwrap();
 
-    let user = support::run_ok(Command::new("id").arg("-un"))
-        .trim()
-        .to_string();
+    let user = support::current_user();
     let ssh = [
         "--ssh-tunnel".to_string(),
         "--ssh-user".into(),

@@ -9,17 +9,13 @@ use std::time::{Duration, Instant};
 use kube_ssh_tunnel::pool::backoff::BackoffPolicy;
 use kube_ssh_tunnel::pool::{NodeStatus, PoolConfig, Probe, TunnelState};
 use kube_ssh_tunnel::ssh::{BufferBudget, ChannelLimits};
-use kube_ssh_tunnel::{Destination, DialError, Node, Pool, SshSettings, TunnelStream};
+use kube_ssh_tunnel::{DialError, Node, Pool, SshSettings, TunnelStream};
 use sha2::{Digest, Sha256};
-use support::{Cluster, ECHO_PORT, HTTP_PORT};
+use support::{Cluster, ECHO_PORT, HTTP_PORT, dest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEEPALIVE: Duration = Duration::from_secs(1);
 const KEEPALIVE_MAX: usize = 3;
-
-fn dest(addr: impl std::fmt::Display, port: u16) -> Destination {
-    format!("{addr}:{port}").parse().unwrap()
-}
 
 fn settings(c: &Cluster) -> SshSettings {
     SshSettings::builder(c.user.clone())

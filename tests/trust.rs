@@ -216,13 +216,16 @@ fn known_hosts_patterns_match_like_ssh_keygen_and_revoked_keys_are_refused() {
         "example.com",
     ];
     for h in hosts {
-        let out = Command::new("ssh-keygen")
-            .arg("-F")
-            .arg(h)
-            .arg("-f")
-            .arg(&kh)
-            .output()
-            .unwrap();
+        let out = support::run_bounded(
+            Command::new("ssh-keygen")
+                .arg("-F")
+                .arg(h)
+                .arg("-f")
+                .arg(&kh),
+            b"",
+            support::TOOL_LIMIT,
+        )
+        .unwrap();
         let theirs: Vec<usize> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
@@ -456,16 +459,18 @@ async fn the_line_keygen_prints_serves_kubelet_traffic_and_nothing_else() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
     let out_key = cluster.path().join("kg/id_ed25519");
-    let o = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-        .args([
+    let o = support::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args([
             "keygen",
             "--out",
             out_key.to_str().unwrap(),
             "--node",
             &node.spec(),
-        ])
-        .output()
-        .unwrap();
+        ]),
+        b"",
+        Duration::from_secs(60),
+    )
+    .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
     let line = stdout

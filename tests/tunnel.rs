@@ -5,18 +5,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube_ssh_tunnel::{
-    ConnectError, Destination, DialError, NodeTunnel, OpenError, Pool, TunnelStream,
-};
+use kube_ssh_tunnel::{ConnectError, DialError, NodeTunnel, OpenError, Pool, TunnelStream};
 use sha2::{Digest, Sha256};
-use support::{Cluster, ECHO_PORT, HTTP_PORT, wait_until};
+use support::{Cluster, ECHO_PORT, HTTP_PORT, dest, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TEST_LIMIT: Duration = Duration::from_secs(180);
-
-fn dest(addr: impl std::fmt::Display, port: u16) -> Destination {
-    format!("{addr}:{port}").parse().unwrap()
-}
 
 async fn http_get(stream: &mut TunnelStream, path: &str) -> String {
     let req = format!("GET {path} HTTP/1.1\r\nHost: kubelet\r\nConnection: close\r\n\r\n");
@@ -337,12 +331,15 @@ async fn ed25519_ecdsa_and_rsa_keys_authenticate_with_hashed_known_hosts() {
     let node = &cluster.nodes[0];
     let hashed = cluster.path().join("client/known_hosts_hashed");
     std::fs::copy(&cluster.known_hosts, &hashed).unwrap();
-    let out = std::process::Command::new("ssh-keygen")
-        .arg("-H")
-        .arg("-f")
-        .arg(&hashed)
-        .output()
-        .unwrap();
+    let out = support::run_bounded(
+        std::process::Command::new("ssh-keygen")
+            .arg("-H")
+            .arg("-f")
+            .arg(&hashed),
+        b"",
+        support::TOOL_LIMIT,
+    )
+    .unwrap();
     assert!(out.status.success());
     let text = std::fs::read_to_string(&hashed).unwrap();
     assert!(

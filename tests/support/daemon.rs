@@ -1,7 +1,9 @@
 //! A `kube-ssh-tunnel run` (or `demo`) process under test: started with arguments, its stderr
-//! and stdout collected as they come, stopped by PID (also when dropped).
+//! and stdout collected as they come, stopped by PID (also when dropped); and
+//! `connect_uds`, which speaks to its front as kube-apiserver does.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,12 +65,12 @@ impl Daemon {
     }
 
     pub fn wait_log(&self, needle: &str, count: usize, limit: Duration) -> bool {
-        super::wait_until(limit, || self.log().matches(needle).count() >= count)
+        super::process::wait_until(limit, || self.log().matches(needle).count() >= count)
     }
 
     /// Sends `sig` and waits (bounded) for the exit code.
     pub fn stop(&mut self, sig: i32) -> Option<i32> {
-        super::signal(self.child.id(), sig);
+        super::process::signal(self.child.id(), sig);
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -90,4 +92,20 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends kube-apiserver's CONNECT request on a Unix socket (blocking) and returns the stream
+/// and the response head (read byte by byte, never past its end).
+pub fn connect_uds(sock: &Path, target: &str) -> (std::os::unix::net::UnixStream, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
 }
