@@ -1,7 +1,7 @@
-//! The documentation generated from clap stays true: the README's configuration reference is
-//! what `kube-ssh-tunnel reference` prints and names every flag and environment variable
-//! that `--help` shows; completions and the man page render; the README opens with the two
-//! set-up commands.
+//! The documentation generated from clap stays true: docs/reference.md's configuration
+//! reference is what `kube-ssh-tunnel reference` prints and names every flag and environment
+//! variable that `--help` shows; completions and the man page render; the README opens with
+//! the two set-up commands.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -23,9 +23,13 @@ fn readme() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
 }
 
-/// The README's generated section.
-fn readme_reference() -> String {
-    let r = readme();
+fn reference_doc() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reference.md")).unwrap()
+}
+
+/// docs/reference.md's generated section.
+fn generated_reference() -> String {
+    let r = reference_doc();
     let start = r
         .find("<!-- BEGIN GENERATED REFERENCE")
         .expect("the BEGIN GENERATED REFERENCE marker");
@@ -51,18 +55,18 @@ const SUBCOMMANDS: [&str; 10] = [
 ];
 
 #[test]
-fn the_readme_reference_is_the_generated_one() {
+fn the_reference_doc_is_the_generated_one() {
     let (code, generated, err) = bin(&["reference"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        readme_reference().trim() == generated.trim(),
-        "README.md's configuration reference is stale: run scripts/readme-reference.sh"
+        generated_reference().trim() == generated.trim(),
+        "docs/reference.md is stale: run scripts/reference.sh"
     );
 }
 
 #[test]
-fn the_readme_reference_names_every_flag_and_variable_of_help() {
-    let section = readme_reference();
+fn the_reference_doc_names_every_flag_and_variable_of_help() {
+    let section = generated_reference();
     let (_, top, _) = bin(&["--help"]);
     for sub in SUBCOMMANDS {
         assert!(
@@ -107,13 +111,13 @@ fn the_readme_reference_names_every_flag_and_variable_of_help() {
         for f in &flags {
             assert!(
                 part.contains(&format!("{f} ")) || part.contains(&format!("{f}`")),
-                "{sub}: {f} from --help is missing in the README reference"
+                "{sub}: {f} from --help is missing in docs/reference.md"
             );
         }
         for e in &envs {
             assert!(
                 part.contains(&format!("`{e}`")),
-                "{sub}: {e} from --help is missing in the README reference"
+                "{sub}: {e} from --help is missing in docs/reference.md"
             );
         }
     }
