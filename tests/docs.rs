@@ -157,7 +157,7 @@ fn the_readme_opens_with_the_two_set_up_commands() {
         .skip(1)
         .take(3)
         .collect();
-    assert_eq!(block, ["cargo run --release -- demo", "cargo test", "```"]);
+    assert_eq!(block, ["cargo run --release -- demo", "scripts/test", "```"]);
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/kube-ssh-tunnel.service"
