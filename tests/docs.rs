@@ -1,17 +1,26 @@
-//! The documentation generated from clap stays true: the README's configuration reference is
-//! what `kube-ssh-tunnel reference` prints and names every flag and environment variable
-//! that `--help` shows; completions and the man page render; the README opens with the two
-//! set-up commands.
+//! The documentation stays true:
+//! - docs/reference.md's configuration reference is what `kube-ssh-tunnel reference` prints
+//!   and names every flag and environment variable that `--help` shows; completions and the
+//!   man page render;
+//! - the README opens with the two set-up commands, and `scripts/test` is a script;
+//! - every relative link in README.md and docs/*.md reaches a file (and heading) of the
+//!   repository, and no file points into a directory outside it;
+//! - every `src/...` and `tests/...` path docs/architecture.md names exists, and every test
+//!   an invariant names (`tests/FILE.rs::NAME`) is a test function there.
+
+// Included as every test file does (`support` allows its own unused items).
+mod support;
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 fn bin(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"));
+    cmd.args(args).env_remove("RUST_LOG");
+    let out = support::run_bounded(&mut cmd, b"", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -19,13 +28,25 @@ fn bin(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The README's generated section.
-fn readme_reference() -> String {
-    let r = readme();
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn readme() -> String {
+    read("README.md")
+}
+
+fn reference_doc() -> String {
+    read("docs/reference.md")
+}
+
+/// docs/reference.md's generated section.
+fn generated_reference() -> String {
+    let r = reference_doc();
     let start = r
         .find("<!-- BEGIN GENERATED REFERENCE")
         .expect("the BEGIN GENERATED REFERENCE marker");
@@ -51,18 +72,18 @@ const SUBCOMMANDS: [&str; 10] = [
 ];
 
 #[test]
-fn the_readme_reference_is_the_generated_one() {
+fn the_reference_doc_is_the_generated_one() {
     let (code, generated, err) = bin(&["reference"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        readme_reference().trim() == generated.trim(),
-        "README.md's configuration reference is stale: run scripts/readme-reference.sh"
+        generated_reference().trim() == generated.trim(),
+        "docs/reference.md is stale: run scripts/reference.sh"
     );
 }
 
 #[test]
-fn the_readme_reference_names_every_flag_and_variable_of_help() {
-    let section = readme_reference();
+fn the_reference_doc_names_every_flag_and_variable_of_help() {
+    let section = generated_reference();
     let (_, top, _) = bin(&["--help"]);
     for sub in SUBCOMMANDS {
         assert!(
@@ -107,13 +128,13 @@ fn the_readme_reference_names_every_flag_and_variable_of_help() {
         for f in &flags {
             assert!(
                 part.contains(&format!("{f} ")) || part.contains(&format!("{f}`")),
-                "{sub}: {f} from --help is missing in the README reference"
+                "{sub}: {f} from --help is missing in docs/reference.md"
             );
         }
         for e in &envs {
             assert!(
                 part.contains(&format!("`{e}`")),
-                "{sub}: {e} from --help is missing in the README reference"
+                "{sub}: {e} from --help is missing in docs/reference.md"
             );
         }
     }
@@ -147,17 +168,405 @@ fn completions_and_the_man_page_render() {
 #[test]
 fn the_readme_opens_with_the_two_set_up_commands() {
     let r = readme();
-    let block: Vec<&str> = r
-        .lines()
-        .skip_while(|l| *l != "```sh")
-        .skip(1)
-        .take(3)
-        .collect();
-    assert_eq!(block, ["cargo run --release -- demo", "cargo test", "```"]);
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/kube-ssh-tunnel.service"
-    ))
-    .unwrap();
+    // The title, then at once the block with the two commands.
+    let lines: Vec<&str> = r.lines().filter(|l| !l.trim().is_empty()).take(5).collect();
+    assert_eq!(
+        lines,
+        [
+            "# kube-ssh-tunnel",
+            "```sh",
+            "cargo run --release -- demo",
+            "scripts/test",
+            "```"
+        ],
+        "README.md must open with its two set-up commands"
+    );
+    let script = read("scripts/test");
+    assert!(
+        script.starts_with("#!/usr/bin/env bash\n") && script.contains("\nset -euo pipefail\n"),
+        "scripts/test is a strict bash script"
+    );
+    assert!(
+        script.contains("cargo test \"$@\""),
+        "scripts/test runs cargo test with its arguments"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(repo().join("scripts/test"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert!(mode & 0o111 != 0, "scripts/test is executable");
+    assert!(
+        read(".ci/run").contains("\nscripts/test\n"),
+        ".ci/run runs the README's test command"
+    );
+    let example = read("examples/kube-ssh-tunnel.service");
     assert!(example.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+}
+
+/// README.md and every Markdown file in docs/, as paths relative to the repository.
+fn markdown_docs() -> Vec<String> {
+    let mut v = vec!["README.md".to_string()];
+    let mut docs: Vec<String> = std::fs::read_dir(repo().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md"))
+        .map(|n| format!("docs/{n}"))
+        .collect();
+    docs.sort();
+    assert!(docs.len() >= 5, "docs/ holds the documentation: {docs:?}");
+    v.extend(docs);
+    v
+}
+
+/// The lines of a Markdown text outside fenced code blocks, with their line numbers, inline
+/// code spans removed.
+fn prose_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        // Drop `code spans`: a link inside one is not a link.
+        let mut kept = String::new();
+        let mut in_code = false;
+        for c in line.chars() {
+            if c == '`' {
+                in_code = !in_code;
+            } else if !in_code {
+                kept.push(c);
+            }
+        }
+        out.push((i + 1, kept));
+    }
+    out
+}
+
+/// The link targets of a Markdown text: inline `[text](target)` and reference definitions
+/// `[name]: target`, with their line numbers.
+fn link_targets(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in prose_lines(text) {
+        let mut rest = line.as_str();
+        while let Some(i) = rest.find("](") {
+            let after = &rest[i + 2..];
+            let end = after.find(')').unwrap_or(after.len());
+            let target = after[..end].split_whitespace().next().unwrap_or("");
+            out.push((n, target.trim_matches(['<', '>']).to_string()));
+            rest = &after[end..];
+        }
+        let t = line.trim_start();
+        if t.starts_with('[')
+            && let Some(i) = t.find("]:")
+            && !t[..i].contains('(')
+        {
+            let target = t[i + 2..].split_whitespace().next().unwrap_or("");
+            out.push((n, target.to_string()));
+        }
+    }
+    out
+}
+
+/// GitHub's anchors for the headings of a Markdown text: lower case, spaces to hyphens, other
+/// punctuation dropped; a repeated heading gets `-1`, `-2`, ...
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced || !line.starts_with('#') {
+            continue;
+        }
+        let title = line.trim_start_matches('#');
+        if !title.starts_with(' ') {
+            continue;
+        }
+        let slug: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let mut unique = slug.clone();
+        let mut k = 0;
+        while seen.contains(&unique) {
+            k += 1;
+            unique = format!("{slug}-{k}");
+        }
+        seen.insert(unique);
+    }
+    seen
+}
+
+#[test]
+fn every_relative_link_in_the_docs_reaches_a_file_of_the_repository() {
+    let root = repo().canonicalize().unwrap();
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for doc in markdown_docs() {
+        let text = read(&doc);
+        let dir = Path::new(&doc).parent().unwrap().to_path_buf();
+        for (line, target) in link_targets(&text) {
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (path, anchor) = match target.split_once('#') {
+                Some((p, a)) => (p, Some(a)),
+                None => (target.as_str(), None),
+            };
+            let file = if path.is_empty() {
+                repo().join(&doc)
+            } else {
+                repo().join(&dir).join(path)
+            };
+            let Ok(real) = file.canonicalize() else {
+                broken.push(format!("{doc}:{line}: {target}: no such file"));
+                continue;
+            };
+            if !real.starts_with(&root) || real.starts_with(root.join("target")) {
+                broken.push(format!("{doc}:{line}: {target}: outside the repository"));
+                continue;
+            }
+            if let Some(anchor) = anchor
+                && real.extension().is_some_and(|e| e == "md")
+            {
+                let there = std::fs::read_to_string(&real).unwrap();
+                if !anchors(&there).contains(anchor) {
+                    broken.push(format!(
+                        "{doc}:{line}: {target}: no heading with that anchor"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} relative links found");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// Every file under `dir` (relative to the repository) whose name ends with one of `exts`,
+/// except build output and git's own files.
+fn files_under(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(repo().join(dir)).unwrap() {
+        let e = e.unwrap();
+        let rel = dir.join(e.file_name());
+        let name = e.file_name().to_string_lossy().into_owned();
+        let kind = e.file_type().unwrap();
+        if kind.is_dir() {
+            if rel != Path::new("target") && name != ".git" {
+                files_under(&rel, exts, out);
+            }
+        } else if exts.iter().any(|x| name.ends_with(x)) {
+            out.push(rel);
+        }
+    }
+}
+
+#[test]
+fn no_file_points_outside_the_repository() {
+    // Spelled in two pieces so that this file does not name it itself.
+    let outside = ["..", "/shared"].concat();
+    let mut files = Vec::new();
+    files_under(Path::new(""), &[".md", ".rs"], &mut files);
+    assert!(files.len() > 50, "found only {} files", files.len());
+    let naming: Vec<String> = files
+        .iter()
+        .filter(|f| std::fs::read_to_string(repo().join(f)).is_ok_and(|t| t.contains(&outside)))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        naming.is_empty(),
+        "these files point to {outside}, outside the repository: {naming:?}"
+    );
+}
+
+/// `src/...` and `tests/...` paths named in a text (a path ends at a character a path here
+/// never has, and trailing dots end sentences).
+fn repo_paths(text: &str) -> BTreeSet<String> {
+    let is_path_char = |c: char| c.is_ascii_alphanumeric() || "_./-".contains(c);
+    let mut out = BTreeSet::new();
+    for prefix in ["src/", "tests/"] {
+        let mut from = 0;
+        while let Some(i) = text[from..].find(prefix) {
+            let start = from + i;
+            from = start + prefix.len();
+            if text[..start]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            {
+                continue;
+            }
+            let path: String = text[start..]
+                .chars()
+                .take_while(|c| is_path_char(*c))
+                .collect();
+            out.insert(path.trim_end_matches('.').to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_path_the_architecture_names_exists() {
+    let arch = read("docs/architecture.md");
+    let paths = repo_paths(&arch);
+    assert!(
+        paths.len() >= 60,
+        "only {} paths found: {paths:?}",
+        paths.len()
+    );
+    let missing: Vec<&String> = paths.iter().filter(|p| !repo().join(p).exists()).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/architecture.md names paths that do not exist: {missing:?}"
+    );
+    // The code map covers every folder of src/.
+    for e in std::fs::read_dir(repo().join("src")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            let folder = format!("src/{}/", e.file_name().to_string_lossy());
+            assert!(
+                arch.contains(&format!("`{folder}`")),
+                "the code map in docs/architecture.md has no entry for {folder}"
+            );
+        }
+    }
+}
+
+/// `FILE::NAME` references to test functions in a text, e.g. `tests/tunnel.rs::some_test`.
+fn test_refs(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for span in text.split('`').skip(1).step_by(2) {
+        if let Some((file, name)) = span.split_once("::")
+            && (file.starts_with("tests/") || file.starts_with("src/"))
+            && file.ends_with(".rs")
+            && !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            out.push((file.to_string(), name.to_string()));
+        }
+    }
+    out
+}
+
+/// True when `file` defines `fn name` as a test (`#[test]` or `#[tokio::test...]` on it).
+fn is_test_in(file: &str, name: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(repo().join(file)) else {
+        return false;
+    };
+    for pat in [format!("fn {name}("), format!("fn {name}<")] {
+        if let Some(i) = text.find(&pat) {
+            // The attributes between the previous item and this one.
+            let before = &text[..i];
+            let item_start = before.rfind(['}', ';']).map_or(0, |j| j + 1);
+            let attrs = &before[item_start..];
+            return attrs.contains("#[test]") || attrs.contains("#[tokio::test");
+        }
+    }
+    false
+}
+
+#[test]
+fn every_invariant_names_a_test_that_exists() {
+    let arch = read("docs/architecture.md");
+    let start = arch
+        .find("\n## Invariants\n")
+        .expect("docs/architecture.md has an Invariants section");
+    let section = &arch[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    // Each invariant is a top-level bullet with its continuation lines.
+    let mut invariants: Vec<String> = Vec::new();
+    for line in section.lines() {
+        if let Some(rest) = line.strip_prefix("- ") {
+            invariants.push(rest.to_string());
+        } else if let Some(last) = invariants.last_mut()
+            && line.starts_with("  ")
+        {
+            last.push(' ');
+            last.push_str(line.trim());
+        }
+    }
+    assert!(
+        invariants.len() >= 8,
+        "only {} invariants",
+        invariants.len()
+    );
+    let mut problems = Vec::new();
+    for inv in &invariants {
+        let title = inv.split("**").nth(1).unwrap_or(inv).to_string();
+        let refs = test_refs(inv);
+        if refs.is_empty() && !inv.contains("Not tested") {
+            problems.push(format!(
+                "\"{title}\" names no test and does not say \"Not tested\""
+            ));
+        }
+        if !refs.is_empty() && !inv.contains("Test: `") {
+            problems.push(format!(
+                "\"{title}\" names its tests without \"Test: `FILE::NAME`\""
+            ));
+        }
+        for (file, name) in refs {
+            if !is_test_in(&file, &name) {
+                problems.push(format!("\"{title}\": no test fn {name} in {file}"));
+            }
+        }
+    }
+    // A test named as FILE::NAME anywhere else in the docs exists too.
+    for doc in markdown_docs() {
+        for (file, name) in test_refs(&read(&doc)) {
+            if !is_test_in(&file, &name) {
+                problems.push(format!("{doc}: no test fn {name} in {file}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn every_test_the_docs_name_by_itself_exists() {
+    // A test named without its file (`some_long_test_name`) anywhere in the docs: a snake_case
+    // span of five words or more. The generated reference holds config keys, not tests.
+    let mut sources = Vec::new();
+    files_under(Path::new("src"), &[".rs"], &mut sources);
+    files_under(Path::new("tests"), &[".rs"], &mut sources);
+    let mut named = BTreeSet::new();
+    for doc in markdown_docs() {
+        if doc == "docs/reference.md" {
+            continue;
+        }
+        for span in read(&doc).split('`').skip(1).step_by(2) {
+            if span.matches('_').count() >= 4
+                && span
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                named.insert((doc.clone(), span.to_string()));
+            }
+        }
+    }
+    assert!(named.len() >= 10, "only {} tests named", named.len());
+    let missing: Vec<String> = named
+        .iter()
+        .filter(|(_, name)| {
+            !sources
+                .iter()
+                .any(|f| is_test_in(&f.display().to_string(), name))
+        })
+        .map(|(doc, name)| format!("{doc}: {name}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the docs name tests that do not exist:\n{}",
+        missing.join("\n")
+    );
 }

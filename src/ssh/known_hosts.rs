@@ -4,8 +4,9 @@
 //! with its file and line, and a mismatch names the line that holds the expected key.
 //!
 //! Supported: plain host lists with `*`, `?` and `!negation`, `[host]:port`, hashed `|1|`
-//! names, `@revoked` (refused even if trusted elsewhere). `@cert-authority` lines are parsed
-//! and kept for host certificates (not offered to servers yet).
+//! names, `@revoked` (refused even if trusted elsewhere), and `@cert-authority`: when such a
+//! line exists, host certificates are asked for (`ssh::settings`) and checked here
+//! (`check_certificate`: type, validity, CA, principals, critical options, revocation).
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +24,8 @@ struct Line {
     entry: Entry,
 }
 
-/// All trusted (and revoked) host keys from one or more known_hosts files.
+/// Every line of one or more known_hosts files: trusted host keys, `@revoked` keys and
+/// `@cert-authority` CAs.
 #[derive(Debug, Clone, Default)]
 pub struct KnownHosts {
     files: Vec<PathBuf>,
@@ -43,7 +45,8 @@ pub enum Verdict {
     },
     /// The key is listed as `@revoked`.
     Revoked { file: String, line: usize },
-    /// No line names this host.
+    /// No plain key line names this host (an `@cert-authority` line may: see
+    /// `has_cert_authority_for`).
     Unknown,
 }
 
@@ -97,12 +100,12 @@ impl KnownHosts {
             .join(", ")
     }
 
-    /// Number of key lines loaded.
+    /// Number of lines loaded (plain keys, `@revoked` and `@cert-authority` lines).
     pub fn len(&self) -> usize {
         self.lines.len()
     }
 
-    /// True when no key line was loaded.
+    /// True when no line was loaded.
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
     }
