@@ -228,4 +228,7 @@ pub enum ProbeError {
     Io { url: String, reason: String },
     #[error("health probe {url}: {status_line}")]
     Status { url: String, status_line: String },
+    /// A failed probe that gave no reason.
+    #[error("health probe failed")]
+    Failed,
 }

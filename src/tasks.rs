@@ -14,6 +14,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Reports a critical task's end when dropped (on return and on panic alike).
+struct EndGuard {
+    tasks: Tasks,
+    name: &'static str,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.tasks.ended(self.name);
+    }
+}
+
 /// Cheap to clone: every clone shares the same token, tracker and health.
 #[derive(Clone, Debug, Default)]
 pub struct Tasks {
@@ -56,10 +68,14 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let me = self.clone();
+        let guard = EndGuard {
+            tasks: self.clone(),
+            name,
+        };
         self.tracker.spawn(async move {
+            // Dropped when the task ends, however it ends (a panic too).
+            let _guard = guard;
             fut.await;
-            me.ended(name);
         })
     }
 
@@ -131,6 +147,16 @@ mod tests {
         assert_eq!(tasks.health(), Ok(()));
         tasks.spawn_critical("accept loop", async {}).await.unwrap();
         assert_eq!(tasks.health(), Err(vec!["accept loop"]));
+    }
+
+    #[tokio::test]
+    async fn a_critical_task_that_panics_makes_the_daemon_unhealthy() {
+        let tasks = Tasks::new();
+        let r = tasks
+            .spawn_critical("node source", async { panic!("boom") })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(tasks.health(), Err(vec!["node source"]));
     }
 
     #[tokio::test]

@@ -98,3 +98,25 @@ fn demo_refuses_a_bad_node_count() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes must be between 1 and 200"));
 }
+
+#[test]
+fn demo_stops_on_sigterm_too_and_removes_its_directory() {
+    let mut demo = Daemon::start(&["demo".into(), "--nodes".into(), "1".into()]);
+    let done = wait_until(Duration::from_secs(60), || {
+        demo.stdout().contains("reconnect --admin-uds")
+    });
+    let out = demo.stdout();
+    assert!(done, "the demo did not finish:\n{out}\n{}", demo.log());
+    let dir = out
+        .lines()
+        .find_map(|l| l.split_whitespace().find(|w| w.ends_with("/admin.sock")))
+        .map(|s| std::path::PathBuf::from(s).parent().unwrap().to_path_buf())
+        .expect("the demo's directory");
+    assert!(dir.join("id_ed25519").exists());
+    assert_eq!(demo.stop(libc::SIGTERM), Some(0), "{}", demo.log());
+    assert!(
+        !dir.exists(),
+        "the demo left {} (with its private key) behind",
+        dir.display()
+    );
+}

@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::CliError;
 use super::keygen::write_key_pair;
-use super::run::serve_until;
+use super::run::{serve_until, shutdown_signal};
 
 /// The most nodes `demo --nodes` starts (one loopback address and /24 pod CIDR each).
 const MAX_NODES: u16 = 200;
@@ -68,9 +68,11 @@ pub async fn demo(args: DemoArgs) -> Result<i32, CliError> {
             args.nodes
         )));
     }
-    // Ctrl-C while the nodes start must still stop cleanly (and remove the directory).
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| failure("cannot listen for SIGINT", e))?;
+    // Ctrl-C (or SIGTERM) while the nodes start must still stop cleanly (and remove the
+    // directory, which holds the client's private key).
+    let stop_signal = shutdown_signal()?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| failure("cannot listen for SIGHUP", e))?;
     let dir =
         Workdir(std::env::temp_dir().join(format!("kube-ssh-tunnel-demo-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
@@ -222,13 +224,11 @@ pub async fn demo(args: DemoArgs) -> Result<i32, CliError> {
         };
         tokio::select! {
             _ = failed => {}
-            _ = interrupt.recv() => {}
+            _ = stop_signal => {}
         }
     };
     let result = match Daemon::start(cfg).await {
         Ok(daemon) => {
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .map_err(|e| failure("cannot listen for SIGHUP", e))?;
             serve_until(daemon, until, &mut hup).await;
             Ok(())
         }

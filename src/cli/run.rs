@@ -115,8 +115,9 @@ pub(crate) async fn serve_until(
         tokio::select! {
             _ = &mut stop => break,
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the node file");
-                daemon.reload_nodes();
+                if daemon.reload_nodes() {
+                    tracing::info!("SIGHUP: reloading the node file");
+                }
             }
         }
     }
@@ -411,7 +412,7 @@ fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
 }
 
 /// Registers SIGTERM and SIGINT now; the returned future resolves on either.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())
         .map_err(|e| CliError::failure(format!("cannot listen for SIGTERM: {e}")))?;

@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::server::{AdminAuth, AdminState, router};
 use crate::error::ConfigError;
 use crate::node::Node;
+use crate::nodes::NodeSource;
 use crate::nodes::source::SourceError;
 use crate::pool::Pool;
 use crate::proxy::{ConnectFront, listen};
@@ -75,6 +77,10 @@ pub struct DaemonHandle {
     front: Arc<ConnectFront>,
     tasks: Tasks,
     reload: Arc<Notify>,
+    /// Stops the node source and the loop that applies it (first thing at shutdown).
+    source_stop: CancellationToken,
+    /// What the node source is (`NodeSource::kind`); a file source reloads on request.
+    source_kind: &'static str,
     /// Socket files to remove at shutdown.
     sockets: Vec<PathBuf>,
     admin_address: Option<std::net::SocketAddr>,
@@ -90,22 +96,21 @@ impl Daemon {
         let reload = Arc::new(Notify::new());
         let dynamic = cfg.nodes.is_dynamic();
         let source_kind = cfg.nodes.kind();
-        let started = cfg
-            .nodes
-            .start(reload.clone(), tasks.token().child_token())
-            .await?;
+        let source_stop = tasks.token().child_token();
+        let started = cfg.nodes.start(reload.clone(), source_stop.clone()).await?;
         let mut node_sets = started.nodes;
         let first = node_sets.borrow_and_update().clone();
         if first.is_empty() && !dynamic {
             return Err(DaemonError::NoNodes);
         }
 
-        // Bind before connecting anything: a taken socket is a start-up error.
-        let mut sockets = Vec::new();
+        // Bind before connecting anything: a taken socket is a start-up error. A failure
+        // after a socket was bound removes it again (`Bound`).
+        let mut sockets = Bound(Vec::new());
         let uds = match &cfg.listeners.unix {
             Some(p) => {
                 let l = listen::bind_uds(p)?;
-                sockets.push(p.clone());
+                sockets.0.push(p.clone());
                 Some(l)
             }
             None => None,
@@ -136,24 +141,13 @@ impl Daemon {
             }
             AdminListen::Unix(p) => {
                 let l = listen::bind_uds_mode(p, 0o600, "admin socket")?;
-                sockets.push(p.clone());
+                sockets.0.push(p.clone());
                 AdminListener::Unix(l, p.clone())
-            }
-        };
-        let remove_sockets = |sockets: &[PathBuf]| {
-            for p in sockets {
-                let _ = std::fs::remove_file(p);
             }
         };
 
         let insecure = cfg.pool.ssh.host_key_policy == HostKeyPolicy::InsecureSkip;
-        let pool = match Pool::with_tasks(cfg.pool, first, tasks.clone()) {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                remove_sockets(&sockets);
-                return Err(e.into());
-            }
-        };
+        let pool = Arc::new(Pool::with_tasks(cfg.pool, first, tasks.clone())?);
         if insecure {
             // Repeated hourly so that it cannot scroll out of sight.
             let token = tasks.token().clone();
@@ -174,11 +168,16 @@ impl Daemon {
             tasks.spawn_critical("node source", task);
             tasks.spawn_critical(
                 "node set updates",
-                apply_node_sets(pool.clone(), node_sets, source_kind, tasks.clone()),
+                apply_node_sets(pool.clone(), node_sets, source_kind, source_stop.clone()),
             );
         }
 
-        let front = ConnectFront::new(pool.clone(), cfg.policy, cfg.front);
+        let front = ConnectFront::with_stop(
+            pool.clone(),
+            cfg.policy,
+            cfg.front,
+            tasks.token().child_token(),
+        );
         let state = AdminState {
             pool: pool.clone(),
             ready_share: cfg.ready_share,
@@ -237,10 +236,29 @@ impl Daemon {
             front,
             tasks,
             reload,
-            sockets,
+            source_stop,
+            source_kind,
+            sockets: sockets.keep(),
             admin_address,
             proxy_address,
         })
+    }
+}
+
+/// Socket files bound so far; removed again if start-up fails before `keep`.
+struct Bound(Vec<PathBuf>);
+
+impl Bound {
+    fn keep(mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -249,22 +267,40 @@ enum AdminListener {
     Tcp(tokio::net::TcpListener),
 }
 
-/// The one loop that applies a source's node sets to the pool; an invalid set keeps the
-/// last good one.
+/// The one loop that applies a source's node sets to the pool until `stop`; an invalid set
+/// keeps the last good one.
 async fn apply_node_sets(
     pool: Arc<Pool>,
     mut sets: watch::Receiver<Vec<Node>>,
     source: &'static str,
-    tasks: Tasks,
+    stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
             r = sets.changed() => if r.is_err() { return },
-            _ = tasks.token().cancelled() => return,
+        }
+        if stop.is_cancelled() {
+            return;
         }
         let set = sets.borrow_and_update().clone();
-        if let Err(e) = pool.update(set) {
-            tracing::error!(error = %e, source, nodes = pool.nodes().len(), "the node set is invalid; keeping the last good node set");
+        let nodes = set.len();
+        match pool.update(set) {
+            Ok(summary) if source == NodeSource::KUBE => tracing::info!(
+                nodes,
+                added = ?summary.added,
+                removed = ?summary.removed,
+                replaced = ?summary.replaced,
+                "node set updated from the Kubernetes API"
+            ),
+            Ok(_) => {}
+            Err(e) if source == NodeSource::FILE => {
+                tracing::error!(error = %e, nodes = pool.nodes().len(), "node file is invalid; keeping the last good node set")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, source, nodes = pool.nodes().len(), "the node set is invalid; keeping the last good node set")
+            }
         }
     }
 }
@@ -280,9 +316,14 @@ impl DaemonHandle {
         &self.tasks
     }
 
-    /// Makes a file source re-read its file now (what SIGHUP does).
-    pub fn reload_nodes(&self) {
+    /// Makes a file source re-read its file now (what SIGHUP does). False (and nothing
+    /// happens) for other sources.
+    pub fn reload_nodes(&self) -> bool {
+        if self.source_kind != NodeSource::FILE {
+            return false;
+        }
         self.reload.notify_one();
+        true
     }
 
     /// The admin API's TCP address, when it listens on TCP.
@@ -300,6 +341,8 @@ impl DaemonHandle {
     /// (bounded).
     pub async fn shutdown(self, drain: Duration) {
         self.tasks.begin_shutdown();
+        // No node set changes from here on: nodes added now would never be drained.
+        self.source_stop.cancel();
         tracing::info!(drain_timeout = ?drain, open = self.front.active(), "shutting down: no new CONNECTs; draining open streams");
         self.front.stop_accepting();
         for p in &self.sockets {
@@ -318,5 +361,14 @@ impl DaemonHandle {
             tracing::warn!(tasks = running, "tasks still running at exit");
         }
         tracing::info!("stopped");
+    }
+}
+
+impl Drop for DaemonHandle {
+    /// A handle dropped without `shutdown` still stops everything (without a drain).
+    fn drop(&mut self) {
+        self.tasks.begin_shutdown();
+        self.front.stop_accepting();
+        self.tasks.token().cancel();
     }
 }

@@ -64,13 +64,20 @@ pub struct Started {
 }
 
 impl NodeSource {
+    /// `kind()` of a static list.
+    pub const STATIC: &'static str = "node list";
+    /// `kind()` of a node file.
+    pub const FILE: &'static str = "node file";
+    /// `kind()` of the Kubernetes watch.
+    pub const KUBE: &'static str = "Kubernetes API";
+
     /// A short name for logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            NodeSource::Static(_) => "node list",
-            NodeSource::File { .. } => "node file",
+            NodeSource::Static(_) => NodeSource::STATIC,
+            NodeSource::File { .. } => NodeSource::FILE,
             #[cfg(feature = "kube")]
-            NodeSource::Kube(_) => "Kubernetes API",
+            NodeSource::Kube(_) => NodeSource::KUBE,
         }
     }
 
@@ -105,11 +112,13 @@ impl NodeSource {
                 address_types,
                 interval,
             } => {
+                // The stamp first: a write while the file loads is then seen as a change.
+                let seen = stamp(&path);
                 let mut first = extra.clone();
                 first.extend(crate::nodes::load_file(&path, &address_types)?);
                 let (tx, rx) = watch::channel(first);
                 let file = FileSource {
-                    stamp: stamp(&path),
+                    stamp: seen,
                     path,
                     extra,
                     address_types,

@@ -116,7 +116,6 @@ fn send(tx: &watch::Sender<Vec<Node>>, store: &Store<K8sNode>, types: &AddressTy
         if *last == nodes {
             return false;
         }
-        tracing::info!(nodes = nodes.len(), "node set from the Kubernetes API");
         *last = nodes;
         true
     });

@@ -20,7 +20,8 @@ pub struct NodeSetDiff {
     pub replace: Vec<Node>,
     /// Nodes whose other fields changed (aliases, pod CIDRs): same connection, new entry.
     pub refresh: Vec<Node>,
-    /// Drained nodes whose entry in the source changed: no longer drained (they are in `add`).
+    /// Drained nodes whose entry in the source changed: no longer drained (they are in `add`,
+    /// or in `replace`/`refresh` if the pool still has them).
     pub undrain: Vec<String>,
     /// Drained nodes the source no longer has: forgotten (their metric series go too).
     pub forget_drained: Vec<String>,

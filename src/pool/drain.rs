@@ -5,20 +5,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::ssh::NodeTunnel;
 
 /// How often a draining connection's open-channel count is checked.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
-/// Waits (bounded by `timeout`) for `tunnel`'s open channels to finish, then disconnects it.
-/// Returns the number of channels that were still open when it was closed.
-pub async fn drain_tunnel(tunnel: Arc<NodeTunnel>, timeout: Duration) -> usize {
+/// Waits (bounded by `timeout`, and cut short when `stop` is cancelled: the daemon is
+/// exiting) for `tunnel`'s open channels to finish, then disconnects it. Returns the number
+/// of channels that were still open when it was closed.
+pub async fn drain_tunnel(
+    tunnel: Arc<NodeTunnel>,
+    timeout: Duration,
+    stop: CancellationToken,
+) -> usize {
     let deadline = tokio::time::Instant::now() + timeout;
     while !tunnel.is_closed()
         && tunnel.open_channels() > 0
         && tokio::time::Instant::now() < deadline
+        && !stop.is_cancelled()
     {
-        tokio::time::sleep(DRAIN_POLL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+            _ = stop.cancelled() => {}
+        }
     }
     let left = if tunnel.is_closed() {
         0

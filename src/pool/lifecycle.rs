@@ -56,12 +56,13 @@ impl Pool {
         slot.set_state(TunnelState::Draining, why);
         let draining = self.draining.clone();
         let (slots, metrics) = (self.slots.clone(), self.metrics.clone());
+        let stop = self.tasks.token().clone();
         self.tasks.spawn(async move {
             let extras = slot.overflow().take_all();
             let drains = extras
                 .into_iter()
                 .chain(slot.publish(None))
-                .map(|t| drain::drain_tunnel(t, timeout));
+                .map(|t| drain::drain_tunnel(t, timeout, stop.clone()));
             futures::future::join_all(drains).await;
             draining.remove(&id);
             // Gone for good (not replaced, re-added or drained by an operator): its series go.

@@ -94,7 +94,11 @@ pub(crate) async fn supervise(
                 slot.publish(None);
                 slot.update_status(|s| s.connected_at = None);
                 // Open streams keep running on the old connection until they end.
-                tasks.spawn(drain_tunnel(tunnel, cfg.drain_timeout));
+                tasks.spawn(drain_tunnel(
+                    tunnel,
+                    cfg.drain_timeout,
+                    tasks.token().clone(),
+                ));
                 if up_since.elapsed() >= cfg.stable_after {
                     transient.reset();
                     human.reset();
@@ -192,7 +196,7 @@ async fn watch_connection(
                 }
                 for idle in slot.overflow().reap(cfg.overflow_idle_timeout) {
                     tracing::info!(node = %idle.node().name, "closing an idle extra connection");
-                    tasks.spawn(drain_tunnel(idle, cfg.drain_timeout));
+                    tasks.spawn(drain_tunnel(idle, cfg.drain_timeout, tasks.token().clone()));
                 }
             }
             _ = slot.stopped() => return ConnectionEnd::Stopping,
@@ -239,9 +243,7 @@ async fn watch_connection(
                 if tunnel.is_closed() {
                     break;
                 }
-                let Some(err) = error else {
-                    continue;
-                };
+                let err = error.unwrap_or(ProbeError::Failed);
                 slot.update_status(|s| s.last_error = Some(err.to_string()));
                 if answered {
                     // sshd answered: the link works, the node's service does not (a kubelet

@@ -74,13 +74,25 @@ pub struct ConnectFront {
 impl ConnectFront {
     /// A front for `pool` with `policy` and `limits`.
     pub fn new(pool: Arc<Pool>, policy: Policy, limits: FrontLimits) -> Arc<ConnectFront> {
+        ConnectFront::with_stop(pool, policy, limits, CancellationToken::new())
+    }
+
+    /// A front whose accept loops also end when `stop` is cancelled (a daemon passes a child
+    /// of its own token). Client connections are tracked by the front itself: `drain` waits
+    /// for them.
+    pub fn with_stop(
+        pool: Arc<Pool>,
+        policy: Policy,
+        limits: FrontLimits,
+        stop: CancellationToken,
+    ) -> Arc<ConnectFront> {
         Arc::new(ConnectFront {
             pool,
             policy,
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             limits,
             tracker: TaskTracker::new(),
-            stop: CancellationToken::new(),
+            stop,
         })
     }
 
