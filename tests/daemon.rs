@@ -183,6 +183,21 @@ async fn start_errors_name_the_problem_and_leave_nothing_behind() {
     assert!(e.to_string().contains("Not A Name"), "{e}");
     assert_eq!(leftovers(), Vec::<String>::new());
 
+    // A TLS listener whose certificate is missing: the Unix socket bound before it goes again.
+    let mut c = cfg(NodeSource::Static(vec![
+        Node::parse_spec("node-1=192.0.2.1").unwrap(),
+    ]));
+    c.listeners.tls = Some(kube_ssh_tunnel::daemon::TlsListener {
+        address: "127.0.0.1:0".parse().unwrap(),
+        cert: dir.path().join("missing.crt"),
+        key: dir.path().join("missing.key"),
+        client_ca: dir.path().join("missing-ca.crt"),
+    });
+    let e = Daemon::start(c).await.err().unwrap();
+    assert!(matches!(e, DaemonError::Config(_)), "{e}");
+    assert!(e.to_string().contains("missing.crt"), "{e}");
+    assert_eq!(leftovers(), Vec::<String>::new());
+
     // A bad ready share is refused before anything is bound.
     let mut c = cfg(NodeSource::Static(vec![
         Node::parse_spec("node-1=192.0.2.1").unwrap(),
@@ -191,4 +206,139 @@ async fn start_errors_name_the_problem_and_leave_nothing_behind() {
     let e = Daemon::start(c).await.err().unwrap();
     assert!(e.to_string().contains("ready share"), "{e}");
     assert_eq!(leftovers(), Vec::<String>::new());
+}
+
+/// Server-side TCP connections established to `addr:port` now (from /proc/net/tcp).
+fn sshd_connections(addr: std::net::Ipv4Addr, port: u16) -> usize {
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(addr.octets()), port);
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == local && f[3] == "01"
+        })
+        .count()
+}
+
+/// One daemon of two (two kube-apiservers, each with its own).
+async fn start_daemon(
+    c: &Cluster,
+    tag: &str,
+) -> (kube_ssh_tunnel::DaemonHandle, std::path::PathBuf) {
+    let dir = c.path();
+    let proxy = dir.join(format!("{tag}-proxy.sock"));
+    let mut pool = PoolConfig::new(c.settings());
+    pool.health.probe = Probe::None;
+    let mut cfg = DaemonConfig::new(
+        pool,
+        NodeSource::Static(c.node_list()),
+        proxy.clone(),
+        dir.join(format!("{tag}-admin.sock")),
+    );
+    cfg.policy.node_ports = vec![HTTP_PORT, support::ECHO_PORT];
+    let d = Daemon::start(cfg).await.expect("the daemon starts");
+    for n in &c.nodes {
+        let mut rx = d.pool().subscribe(&n.name).unwrap();
+        tokio::time::timeout(LIMIT, rx.wait_for(|s| s.state == TunnelState::Ready))
+            .await
+            .expect("ready")
+            .unwrap();
+    }
+    (d, proxy)
+}
+
+/// An echo stream through `proxy` to `target`; checks one round trip.
+fn echo_stream(proxy: &Path, target: &str) -> std::os::unix::net::UnixStream {
+    let (mut s, head) = support::connect_uds(proxy, target);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    echo_once(&mut s, b"first");
+    s
+}
+
+fn echo_once(s: &mut std::os::unix::net::UnixStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, msg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_serve_the_same_nodes_independently_and_draining_one_leaves_the_other_alone() {
+    let c = Cluster::start(2);
+    let (a, proxy_a) = start_daemon(&c, "a").await;
+    let (b, proxy_b) = start_daemon(&c, "b").await;
+
+    // Each node's sshd sees one connection from each daemon.
+    for n in &c.nodes {
+        assert!(
+            support::wait_until(LIMIT, || sshd_connections(n.addr, n.ssh_port) == 2),
+            "{}: {} connections, want 2",
+            n.name,
+            sshd_connections(n.addr, n.ssh_port)
+        );
+    }
+    // Both serve every node.
+    for proxy in [&proxy_a, &proxy_b] {
+        for n in &c.nodes {
+            let body = whoami(proxy, format!("{}:{HTTP_PORT}", n.addr)).await;
+            assert!(body.contains(&n.name), "{body}");
+        }
+    }
+
+    // Streams open through both daemons; then daemon A drains and stops.
+    let targets: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("{}:{}", n.addr, support::ECHO_PORT))
+        .collect();
+    let (pb, ta) = (proxy_b.clone(), targets.clone());
+    let mut through_b = tokio::task::spawn_blocking(move || {
+        ta.iter().map(|t| echo_stream(&pb, t)).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let tunnels_b: Vec<_> = c
+        .nodes
+        .iter()
+        .map(|n| b.pool().tunnel(&n.name).unwrap())
+        .collect();
+    a.shutdown(Duration::from_secs(2)).await;
+    assert!(!proxy_a.exists());
+    for n in &c.nodes {
+        assert!(
+            support::wait_until(LIMIT, || sshd_connections(n.addr, n.ssh_port) == 1),
+            "{}: {} connections after A stopped, want 1",
+            n.name,
+            sshd_connections(n.addr, n.ssh_port)
+        );
+    }
+
+    // B's streams and connections are untouched: same connections, no reconnect, still echo.
+    for (n, t) in c.nodes.iter().zip(&tunnels_b) {
+        let now = b.pool().tunnel(&n.name).unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(t, &now),
+            "{}: B's connection replaced",
+            n.name
+        );
+        let st = b.pool().status(&n.name).unwrap();
+        assert_eq!(
+            (st.state, st.reconnects),
+            (TunnelState::Ready, 0),
+            "{}",
+            n.name
+        );
+    }
+    through_b = tokio::task::spawn_blocking(move || {
+        for s in &mut through_b {
+            echo_once(s, b"after the other daemon stopped");
+        }
+        through_b
+    })
+    .await
+    .unwrap();
+    drop(through_b);
+    b.shutdown(Duration::from_secs(2)).await;
 }
