@@ -5,6 +5,7 @@
 //!   cargo bench --bench tunnel                 # full (a few minutes)
 //!   cargo bench --bench tunnel -- --smoke      # tiny sizes, for CI
 //!   cargo bench --bench tunnel -- --nodes 1000 # idle-connection memory with 1,000 nodes
+//!   cargo bench --bench tunnel -- --only scale --scale-nodes 5000 # a daemon and 5,000 nodes
 //!
 //! Measured: upload and download throughput and client CPU per GB (1 and 8 streams,
 //! aes128-gcm and chacha20, uploads also through the CONNECT front), new-channel latency
@@ -15,6 +16,9 @@
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "scale/mod.rs"]
+mod scale;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -29,8 +33,12 @@ use tokio::net::{TcpListener, TcpStream};
 struct Opts {
     smoke: bool,
     nodes: usize,
+    /// Nodes of the scale section (in-process SSH nodes in a helper process).
+    scale_nodes: usize,
+    /// Set in the helper process: serve this many nodes.
+    serve_nodes: Option<usize>,
     /// Only these sections (comma-separated: idle, throughput, download, latency, dials,
-    /// bulk, rss, slowreader, streams); all when empty. BENCHMARKS.md is written only by a
+    /// bulk, rss, slowreader, streams, scale); all when empty. BENCHMARKS.md is written only by a
     /// full run.
     only: Vec<String>,
 }
@@ -52,6 +60,10 @@ fn opts() -> Opts {
     Opts {
         smoke: args.iter().any(|a| a == "--smoke"),
         nodes: get("--nodes").and_then(|v| v.parse().ok()).unwrap_or(200),
+        scale_nodes: get("--scale-nodes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5000),
+        serve_nodes: get("--serve-nodes").and_then(|v| v.parse().ok()),
         only: get("--only")
             .map(|v| v.split(',').map(str::to_string).collect())
             .unwrap_or_default(),
@@ -718,6 +730,11 @@ async fn ready_pool(settings: &SshSettings, nodes: Vec<Node>, max_channels: usiz
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let o = opts();
+    // Helper mode: this binary started again to serve the scale section's nodes.
+    if let Some(n) = o.serve_nodes {
+        scale::serve_nodes(n).await;
+        return;
+    }
     // sshd and the stubs inherit this: 8,192 channels per sshd connection need the sockets.
     raise_fd_limit();
     let (rounds, total, seq_n, conc_n, streams_30k) = if o.smoke {
@@ -1254,6 +1271,18 @@ async fn main() {
             "| {streams_30k} concurrent streams to one node, each echo-verified | {failures} failures; {conns} connections, {open} channels open; opened in {open_secs:.1} s, verified by {total_secs:.1} s; RSS {rss_before:.0} → {rss_open:.0} MiB | sshd aborts a connection at 16,384 channels | |"
         ));
         big.shutdown_within(Duration::from_secs(5)).await;
+    }
+
+    // The scale rows: a daemon process against thousands of in-process SSH nodes.
+    if o.runs("scale") {
+        let (n, idle) = if o.smoke {
+            (50, Duration::from_secs(2))
+        } else {
+            (o.scale_nodes, Duration::from_secs(60))
+        };
+        for l in scale::rows(n, idle).await {
+            out(l);
+        }
     }
 
     if !o.smoke && o.only.is_empty() {

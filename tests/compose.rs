@@ -1,8 +1,11 @@
-//! docker-compose.yml for real: the compose nodes (Debian + OpenSSH sshd + the kubelet stub,
-//! built from tests/node/) run under podman + podman-compose on their own network
-//! 198.18.0.0/24; the daemon runs on the host against their addresses and carries kubelet,
-//! pod and service traffic; `status` shows them ready. No image registry is used: the base
-//! image comes from debootstrap (scripts/podman-base-image.sh, cached in podman's store).
+//! docker-compose.yml for real, all four services: the compose nodes (Debian + OpenSSH sshd +
+//! the kubelet stub, built from tests/node/) and the daemon's own image (`tunnel`, built from
+//! the Dockerfile's `prebuilt` target around the binary under test, on the same base image)
+//! run under podman + podman-compose on their own network 198.18.0.0/24. The `tunnel`
+//! container's `status` shows 3/3 ready and a throwaway container CONNECTs through the socket
+//! volume; a second daemon on the host carries kubelet, pod and service traffic to the same
+//! nodes. `down` leaves no container, network or volume. No image registry is used: the
+//! base image comes from debootstrap (scripts/podman-base-image.sh, cached in podman's store).
 //!
 //! Needs root, podman, runc, debootstrap and podman-compose (`.ci/run` installs them). Where
 //! they are missing or podman cannot run a container, the test FAILS with the reason; it
@@ -19,6 +22,11 @@ use support::daemon::Daemon;
 use support::{repo, run_bounded};
 
 const PROJECT: &str = "kst-test";
+/// The daemon image the compose file names.
+const TUNNEL_IMAGE: &str = "localhost/kube-ssh-tunnel:latest";
+/// Where the binary under test is staged for the image (the Dockerfile's BINARY; allowed by
+/// .dockerignore).
+const STAGED_BINARY: &str = "target/compose/kube-ssh-tunnel";
 const BASE_IMAGE: &str = "localhost/debian:bookworm";
 const NODES: [(&str, &str); 3] = [
     ("node-1", "198.18.0.11"),
@@ -69,15 +77,23 @@ impl Compose {
             .env("CONTAINERS_CONF", repo().join("tests/node/containers.conf"))
             .env("KST_KEYS_DIR", &self.keys)
             .env("BASE_IMAGE", BASE_IMAGE)
+            .env("KST_TUNNEL_TARGET", "prebuilt")
+            .env("KST_TUNNEL_BINARY", STAGED_BINARY)
             .args(["-p", PROJECT, "-f", "docker-compose.yml"]);
         c
     }
 
     fn down(&self) {
         let _ = run_bounded(
-            self.cmd().args(["down", "-t", "2"]),
+            self.cmd().args(["down", "-v", "-t", "2"]),
             b"",
             Duration::from_secs(120),
+        );
+        // The daemon image is rebuilt around each binary under test: not kept.
+        let _ = run_bounded(
+            &mut podman(&["rmi", "-f", TUNNEL_IMAGE]),
+            b"",
+            Duration::from_secs(60),
         );
     }
 }
@@ -158,14 +174,32 @@ fn compose_nodes_carry_kubelet_pod_and_service_traffic() {
         Duration::from_secs(600),
     )
     .unwrap_or_else(|e| panic!("cannot build the node image: {e}"));
-    let t_build = t0.elapsed();
-    run_ok(
-        compose
-            .cmd()
-            .args(["up", "-d", "node-1", "node-2", "node-3"]),
-        Duration::from_secs(180),
+    // The daemon image from the Dockerfile's `prebuilt` target, around the binary under test
+    // (its debug info stripped: the image needs none).
+    let staged = repo().join(STAGED_BINARY);
+    std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&staged);
+    let stripped = run_bounded(
+        Command::new("objcopy").args([
+            "--strip-debug",
+            env!("CARGO_BIN_EXE_kube-ssh-tunnel"),
+            staged.to_str().unwrap(),
+        ]),
+        b"",
+        Duration::from_secs(60),
     )
-    .unwrap_or_else(|e| panic!("podman-compose up failed: {e}"));
+    .is_ok_and(|o| o.status.success());
+    if !stripped {
+        std::fs::copy(env!("CARGO_BIN_EXE_kube-ssh-tunnel"), &staged).unwrap();
+    }
+    run_ok(
+        compose.cmd().args(["build", "tunnel"]),
+        Duration::from_secs(600),
+    )
+    .unwrap_or_else(|e| panic!("cannot build the daemon image (--target prebuilt): {e}"));
+    let t_build = t0.elapsed();
+    run_ok(compose.cmd().args(["up", "-d"]), Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("podman-compose up failed: {e}"));
 
     // Each node's host key, as the node published it.
     let published = support::wait_until(Duration::from_secs(60), || {
@@ -287,13 +321,83 @@ fn compose_nodes_carry_kubelet_pod_and_service_traffic() {
     );
 
     assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+
+    // The compose `tunnel` (the daemon's own image) serves the same nodes: its status says
+    // 3/3 ready.
+    let tunnel_status = || {
+        run_bounded(
+            compose.cmd().args([
+                "exec",
+                "tunnel",
+                "kube-ssh-tunnel",
+                "status",
+                "--admin-uds",
+                "/run/kube-ssh-tunnel/admin.sock",
+            ]),
+            b"",
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    };
+    let tunnel_logs = || {
+        run_bounded(
+            &mut podman(&["logs", "kst-tunnel"]),
+            b"",
+            Duration::from_secs(20),
+        )
+        .map(|o| o.stderr_text())
+        .unwrap_or_default()
+    };
+    let ready = support::wait_until(Duration::from_secs(90), || tunnel_status().code() == 0);
+    let st = tunnel_status();
+    assert!(
+        ready && st.stdout_text().contains("3/3 nodes ready"),
+        "the compose tunnel is not ready:\n{}\n{}\n{}",
+        st.stdout_text(),
+        st.stderr_text(),
+        tunnel_logs()
+    );
+
+    // A throwaway container on the same network CONNECTs through the socket volume.
+    let volume = format!("{PROJECT}_tunnel-sockets");
+    let network = format!("{PROJECT}_nodes");
+    let through_volume = run_bounded(
+        &mut podman(&[
+            "run",
+            "--rm",
+            "-i",
+            "--network",
+            &network,
+            "-v",
+            &format!("{volume}:/run/kube-ssh-tunnel"),
+            TUNNEL_IMAGE,
+            "dial",
+            "--proxy-uds",
+            "/run/kube-ssh-tunnel/proxy.sock",
+            "198.18.0.13:10250",
+        ]),
+        b"GET /whoami HTTP/1.0\r\n\r\n",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(
+        through_volume
+            .stdout_text()
+            .contains("node-3 198.18.0.13:10250"),
+        "CONNECT through the socket volume: {}\n{}\n{}",
+        through_volume.stdout_text(),
+        through_volume.stderr_text(),
+        tunnel_logs()
+    );
+
+    // down: nothing of the project is left (containers, network, volume).
     drop(compose);
     let left = run_ok(
         &mut podman(&[
             "ps",
             "-a",
             "--filter",
-            "name=kst-node",
+            "name=kst-",
             "--format",
             "{{.Names}}",
         ]),
@@ -301,6 +405,24 @@ fn compose_nodes_carry_kubelet_pod_and_service_traffic() {
     )
     .unwrap();
     assert!(left.trim().is_empty(), "containers left behind: {left}");
+    let volumes = run_ok(
+        &mut podman(&["volume", "ls", "--format", "{{.Name}}"]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(
+        !volumes.lines().any(|v| v == volume),
+        "volume left behind: {volume}"
+    );
+    let networks = run_ok(
+        &mut podman(&["network", "ls", "--format", "{{.Name}}"]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(
+        !networks.lines().any(|n| n == network),
+        "network left behind: {network}"
+    );
     eprintln!(
         "compose test: base image ready after {:.1} s, node image after {:.1} s, all done in {:.1} s",
         t_base.as_secs_f64(),

@@ -12,6 +12,7 @@ mod docs;
 mod duration;
 mod gate;
 mod keygen;
+mod limits;
 mod logging;
 mod output;
 mod run;

@@ -88,6 +88,11 @@ pub async fn run_until(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| CliError::failure(format!("cannot listen for SIGHUP: {e}")))?;
     let cfg = daemon_config(&args)?;
+    if let Some((before, after)) = super::limits::raise_open_files()
+        && after > before
+    {
+        tracing::debug!(before, after, "raised the soft open-files limit");
+    }
     let daemon = Daemon::start(cfg).await.map_err(start_error)?;
     serve_until(
         daemon,

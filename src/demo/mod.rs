@@ -6,4 +6,4 @@ pub mod node;
 pub mod pki;
 pub mod stub;
 
-pub use node::{DemoNode, NodeSpec};
+pub use node::{DemoNode, Handshakes, NodeSpec};

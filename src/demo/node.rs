@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -41,9 +42,54 @@ pub struct DemoNode {
     tasks: JoinSet<()>,
 }
 
+/// Counts SSH handshakes in progress across nodes (accepted, not yet authenticated) and the
+/// most seen at once: what a client's handshake limit looks like from the servers' side.
+#[derive(Debug, Default)]
+pub struct Handshakes {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Handshakes {
+    /// Handshakes in progress now.
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    /// The most in progress at once so far.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    fn begin(self: &Arc<Self>) -> HandshakeGuard {
+        let now = self.now.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max.fetch_max(now, Ordering::Relaxed);
+        HandshakeGuard(self.clone())
+    }
+}
+
+/// One handshake in progress; ends when authentication succeeds or the connection goes.
+struct HandshakeGuard(Arc<Handshakes>);
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl DemoNode {
     /// Binds `spec.ip:port` (0 for any free port) and serves SSH for `client` only.
     pub async fn start(spec: NodeSpec, port: u16, client: PublicKey) -> std::io::Result<DemoNode> {
+        DemoNode::start_counted(spec, port, client, None).await
+    }
+
+    /// Like `start`, counting handshakes in `handshakes` (shared by many nodes).
+    pub async fn start_counted(
+        spec: NodeSpec,
+        port: u16,
+        client: PublicKey,
+        handshakes: Option<Arc<Handshakes>>,
+    ) -> std::io::Result<DemoNode> {
         let listener = TcpListener::bind((spec.ip, port)).await?;
         let addr = listener.local_addr()?;
         let host = crate::ssh::keys::generate_ed25519(&format!("{} host key", spec.name))?;
@@ -72,6 +118,7 @@ impl DemoNode {
                 while sessions.try_join_next().is_some() {}
                 let handler = NodeHandler {
                     shared: shared.clone(),
+                    handshake: handshakes.as_ref().map(|h| h.begin()),
                 };
                 let config = config.clone();
                 sessions.spawn(async move {
@@ -103,12 +150,15 @@ impl Drop for DemoNode {
 
 struct NodeHandler {
     shared: Arc<(NodeSpec, PublicKey)>,
+    /// Held until the client authenticates.
+    handshake: Option<HandshakeGuard>,
 }
 
 impl NodeHandler {
     /// Only the demo's own client key gets in.
-    fn admit(&self, key: &PublicKey) -> Auth {
+    fn admit(&mut self, key: &PublicKey) -> Auth {
         if key.key_data() == self.shared.1.key_data() {
+            self.handshake = None;
             Auth::Accept
         } else {
             Auth::reject()

@@ -12,7 +12,8 @@
 //! - `node`: one `TestNode` (sshd + kubelet stub) and `dest()`;
 //! - `cluster`: a `Cluster` of nodes with the client's keys, known_hosts and arguments;
 //! - `agent`: an ssh-agent of our own;
-//! - `daemon`: a `kube-ssh-tunnel run` process under test and `connect_uds()` to its front.
+//! - `daemon`: a `kube-ssh-tunnel run` process under test and `connect_uds()` to its front;
+//! - `scale`: thousands of in-process SSH nodes (the demo's), for the scale test and bench.
 //!
 //! Every name is re-exported here, so tests say `support::run_bounded`, `support::Cluster`.
 #![allow(dead_code)]
@@ -23,6 +24,7 @@ pub mod daemon;
 pub mod netns;
 pub mod node;
 pub mod process;
+pub mod scale;
 
 /// Port of the kubelet stub's HTTP side (the real kubelet port).
 pub const HTTP_PORT: u16 = 10250;
@@ -47,6 +49,7 @@ pub use netns::{Netns, can_use_netns, ip, reap_stale_netns};
 pub use node::{TestNode, dest, refused_address};
 #[allow(unused_imports)]
 pub use process::{
-    Ran, TOOL_LIMIT, children_of, current_user, fingerprint, is_root, keygen, open_fds, repo,
-    rss_bytes, run_bounded, run_ok, signal, wait_bounded, wait_until,
+    Ran, TOOL_LIMIT, children_of, cpu_seconds_of, current_user, fingerprint, is_root, keygen,
+    open_fds, raise_fd_limit, repo, rss_bytes, rss_bytes_of, run_bounded, run_ok, signal,
+    wait_bounded, wait_until,
 };
