@@ -427,7 +427,11 @@ fn run_follows_the_node_file_and_keeps_the_last_good_set() {
         "{}",
         d.log()
     );
-    assert!(d.log().contains("node set updated"), "{}", d.log());
+    assert!(
+        d.wait_log("node set updated", 1, Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
     assert_eq!(n1.ssh_connections(), 1);
 
     // SIGHUP re-reads at once; node-2 is back.

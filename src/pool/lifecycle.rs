@@ -93,6 +93,20 @@ impl Pool {
             .collect();
         let mut drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
         let changes = diff::diff(&current, &drained, &desired);
+        let names = |nodes: &[Node]| nodes.iter().map(|n| n.name.clone()).collect();
+        // Logged before the changes take effect, so the line precedes what it causes.
+        let mut summary = UpdateSummary {
+            added: names(&changes.add),
+            removed: changes.remove.clone(),
+            replaced: names(&changes.replace),
+        };
+        summary.added.sort();
+        summary.removed.sort();
+        summary.replaced.sort();
+        if !(summary.added.is_empty() && summary.removed.is_empty() && summary.replaced.is_empty())
+        {
+            tracing::info!(added = ?summary.added, removed = ?summary.removed, replaced = ?summary.replaced, "node set updated");
+        }
         for name in &changes.forget_drained {
             // Gone from the source while drained: its series go too.
             drained.remove(name);
@@ -122,19 +136,6 @@ impl Pool {
             if let Some(slot) = slots.get(&node.name) {
                 slot.set_node(node.clone());
             }
-        }
-        let names = |nodes: &[Node]| nodes.iter().map(|n| n.name.clone()).collect();
-        let mut summary = UpdateSummary {
-            added: names(&changes.add),
-            removed: changes.remove.clone(),
-            replaced: names(&changes.replace),
-        };
-        summary.added.sort();
-        summary.removed.sort();
-        summary.replaced.sort();
-        if !(summary.added.is_empty() && summary.removed.is_empty() && summary.replaced.is_empty())
-        {
-            tracing::info!(added = ?summary.added, removed = ?summary.removed, replaced = ?summary.replaced, "node set updated");
         }
         Ok(summary)
     }
