@@ -40,6 +40,15 @@ pub struct NodeHandler {
     pub(crate) disconnect_reason: Arc<Mutex<Option<String>>>,
 }
 
+/// The session owns the handler and drops it when it ends, however it ends: the connection
+/// counts as closed from then on, also when russh ended it without calling `disconnected`.
+/// (`NodeTunnel::closed` resolves without polling.)
+impl Drop for NodeHandler {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
 impl russh::client::Handler for NodeHandler {
     type Error = russh::Error;
 
