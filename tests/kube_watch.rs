@@ -6,95 +6,17 @@
 
 mod support;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::response::IntoResponse;
 use kube_ssh_tunnel::admin::client::{Endpoint, request};
 use kube_ssh_tunnel::admin::document::StatusDocument;
 use serde_json::{Value, json};
+use support::apiserver::{ApiServer, event, node_list};
 use support::daemon::Daemon;
 use support::{Cluster, TestNode};
-use tokio::sync::mpsc;
-
-/// The stand-in API server's state: the lists it will answer (the last one repeats), the
-/// open watch, and what it was asked.
-#[derive(Default)]
-struct Api {
-    lists: VecDeque<Value>,
-    watch: Option<mpsc::UnboundedSender<String>>,
-    list_calls: usize,
-    watch_calls: usize,
-}
-
-type Shared = Arc<Mutex<Api>>;
-
-async fn nodes(State(api): State<Shared>, uri: axum::http::Uri) -> axum::response::Response {
-    let json_type = [(axum::http::header::CONTENT_TYPE, "application/json")];
-    let watch = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .any(|kv| kv == "watch=true" || kv == "watch=1");
-    if watch {
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        {
-            let mut a = api.lock().unwrap();
-            a.watch_calls += 1;
-            a.watch = Some(tx);
-        }
-        // One JSON object per line, as the API server streams watch events.
-        let stream = futures::stream::poll_fn(move |cx| {
-            rx.poll_recv(cx)
-                .map(|o| o.map(|line| Ok::<_, std::io::Error>(format!("{line}\n"))))
-        });
-        return (json_type, axum::body::Body::from_stream(stream)).into_response();
-    }
-    let mut a = api.lock().unwrap();
-    a.list_calls += 1;
-    let list = if a.lists.len() > 1 {
-        a.lists.pop_front().unwrap()
-    } else {
-        a.lists.front().cloned().unwrap_or(Value::Null)
-    };
-    (json_type, list.to_string()).into_response()
-}
 
 fn node_object(name: &str, n: &TestNode, rv: u32, cidr: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "resourceVersion": rv.to_string(),
-            "uid": format!("uid-{name}"),
-            "labels": {"kubernetes.io/hostname": name},
-            "annotations": {"kube-ssh-tunnel.io/ssh-port": n.ssh_port.to_string()},
-        },
-        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
-        "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": n.addr.to_string()},
-                {"type": "Hostname", "address": name},
-            ],
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
-    })
-}
-
-fn node_list(rv: u32, items: Vec<Value>) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "NodeList",
-        "metadata": {"resourceVersion": rv.to_string()},
-        "items": items,
-    })
-}
-
-fn event(kind: &str, object: Value) -> String {
-    json!({"type": kind, "object": object}).to_string()
+    support::apiserver::node_object(name, &n.addr.to_string(), n.ssh_port, rv, cidr)
 }
 
 async fn status(ep: &Endpoint) -> Option<StatusDocument> {
@@ -133,47 +55,29 @@ fn ready_at(doc: &StatusDocument, name: &str, n: &TestNode) -> bool {
     })
 }
 
-fn send(api: &Shared, line: String) {
-    let tx = api.lock().unwrap().watch.clone().expect("a watch is open");
-    tx.send(line).expect("the watch is still open");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     let cluster = Cluster::start(4);
     let [n1, n2, n3, n4] = [0, 1, 2, 3].map(|i| &cluster.nodes[i]);
 
     // The stand-in API server on loopback, and a kubeconfig pointing at it.
-    let api: Shared = Arc::new(Mutex::new(Api::default()));
-    api.lock().unwrap().lists.extend([
-        node_list(10, vec![node_object("node-1", n1, 10, "10.244.1.0/24")]),
-        // After the 410: node-1 where it moved, node-4 new; node-2 is long gone.
-        node_list(
-            20,
-            vec![
-                node_object("node-1", n3, 12, "10.244.1.0/24"),
-                node_object("node-4", n4, 20, "fd00:10:244:4::/64"),
-            ],
-        ),
-    ]);
-    let app = axum::Router::new()
-        .route("/api/v1/nodes", axum::routing::get(nodes))
-        .with_state(api.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let kubeconfig = cluster.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n    token: test-token\n"
-        ),
+    let server = ApiServer::start(
+        cluster.path(),
+        vec![
+            node_list(10, vec![node_object("node-1", n1, 10, "10.244.1.0/24")]),
+            // After the 410: node-1 where it moved, node-4 new; node-2 is long gone.
+            node_list(
+                20,
+                vec![
+                    node_object("node-1", n3, 12, "10.244.1.0/24"),
+                    node_object("node-4", n4, 20, "fd00:10:244:4::/64"),
+                ],
+            ),
+        ],
     )
-    .unwrap();
-
+    .await;
+    let kubeconfig = server.kubeconfig.clone();
+    let api = server.api.clone();
     let admin = cluster.path().join("admin.sock");
     let mut args = cluster.daemon_args();
     args.extend(
@@ -195,20 +99,16 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
         ready_at(doc, "node-1", n1)
     })
     .await;
-    let start = Instant::now();
-    while api.lock().unwrap().watch.is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no watch request"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        server.wait_watch(Duration::from_secs(20)).await,
+        "no watch request"
+    );
 
     // ADDED: node-2 appears.
-    send(
-        &api,
-        event("ADDED", node_object("node-2", n2, 11, "10.244.2.0/24")),
-    );
+    server.send(event(
+        "ADDED",
+        node_object("node-2", n2, 11, "10.244.2.0/24"),
+    ));
     wait_status(&ep, "node-2 added", |doc| ready_at(doc, "node-2", n2)).await;
 
     // An operator drains node-2: it stays drained while the watch reports other changes.
@@ -219,10 +119,10 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     wait_status(&ep, "node-2 drained", |doc| node(doc, "node-2").is_none()).await;
 
     // MODIFIED: node-1 changes address; the pool reconnects it there.
-    send(
-        &api,
-        event("MODIFIED", node_object("node-1", n3, 12, "10.244.1.0/24")),
-    );
+    server.send(event(
+        "MODIFIED",
+        node_object("node-1", n3, 12, "10.244.1.0/24"),
+    ));
     wait_status(&ep, "node-1 moved to node-3's address", |doc| {
         ready_at(doc, "node-1", n3)
     })
@@ -235,10 +135,10 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     );
 
     // DELETED: node-2 disappears.
-    send(
-        &api,
-        event("DELETED", node_object("node-2", n2, 13, "10.244.2.0/24")),
-    );
+    server.send(event(
+        "DELETED",
+        node_object("node-2", n2, 13, "10.244.2.0/24"),
+    ));
     wait_status(&ep, "node-2 removed", |doc| node(doc, "node-2").is_none()).await;
     assert!(
         support::wait_until(Duration::from_secs(10), || n2.ssh_connections() == 0),
@@ -246,8 +146,7 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     );
 
     // 410 Gone: the watcher relists, and the pool follows the new list.
-    send(
-        &api,
+    server.send(
         json!({"type": "ERROR", "object": {
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": "too old resource version: 13 (20)", "reason": "Expired", "code": 410}})
@@ -270,7 +169,7 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     );
 
     assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
-    server.abort();
+    drop(server);
 }
 
 #[test]

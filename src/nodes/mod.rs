@@ -6,6 +6,8 @@
 pub mod address_types;
 pub mod file;
 pub mod kube_node;
+#[cfg(feature = "kube")]
+pub mod lean_node;
 pub mod source;
 #[cfg(feature = "kube")]
 pub mod watch;

@@ -1,19 +1,22 @@
-//! The node set from the cluster itself: a kube-rs watcher + reflector on Node objects (list,
-//! then watch; a 410 Gone or a dropped watch relists, with kube-rs' default backoff), each
-//! change sent as a whole node set on a `watch` channel (see `source`; the daemon applies it).
-//! Errors are logged and retried: the last set stands while the API server is away.
+//! The node set from the cluster itself: a kube-rs watcher on Node objects (list, then watch;
+//! a 410 Gone or a dropped watch relists, with kube-rs' default backoff), read as `LeanNode`s
+//! (only what the tunnel uses). Each event converts only the object it carries into the
+//! watch's own store; changes within `COALESCE` go out together as one whole node set on a
+//! `watch` channel (see `source`; the daemon applies it). Errors are logged and retried: the
+//! last set stands while the API server is away.
 
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node as K8sNode;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::AddressTypes;
-use super::kube_node::{KubeNode, convert};
+use super::lean_node::LeanNode;
 use crate::node::Node;
 
 /// Where the API server is.
@@ -68,55 +71,121 @@ pub async fn start(
         }
     };
     let client = kube::Client::try_from(config).map_err(|e| WatchError::Client(e.to_string()))?;
-    let api: kube::Api<K8sNode> = kube::Api::all(client);
+    let api: kube::Api<LeanNode> = kube::Api::all(client);
     let mut wc = watcher::Config::default();
     if let Some(sel) = &cfg.label_selector {
         wc = wc.labels(sel);
     }
-    let (store, writer) = reflector::store();
     let types = cfg.address_types.clone();
     Ok(async move {
-        let events = reflector::reflector(writer, watcher(api, wc)).default_backoff();
+        let events = watcher(api, wc).default_backoff();
         futures::pin_mut!(events);
+        let mut store = Store::default();
         loop {
+            let flush_at = store.flush_at();
             let event = tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(flush_at), if store.dirty => {
+                    store.publish(&tx);
+                    continue;
+                }
                 e = events.next() => e,
             };
             match event {
                 None => break,
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, nodes = tx.borrow().len(), "watching Nodes failed; keeping the current node set and retrying");
+                    tracing::warn!(error = %e, nodes = store.nodes.len(), "watching Nodes failed; keeping the current node set and retrying");
                 }
-                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
-                Some(Ok(
-                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
-                )) => send(&tx, &store, &types),
+                Some(Ok(e)) => store.apply(e, &types),
+            }
+            if store.dirty && tokio::time::Instant::now() >= store.flush_at() {
+                store.publish(&tx);
             }
         }
     })
 }
 
-/// Sends the store's current nodes, when they differ from the last set sent.
-fn send(tx: &watch::Sender<Vec<Node>>, store: &Store<K8sNode>, types: &AddressTypes) {
-    let mut items: Vec<KubeNode> = Vec::new();
-    for obj in store.state() {
-        // One conversion path for files and the watch: through the Node's JSON.
-        match serde_json::to_value(obj.as_ref()).and_then(serde_json::from_value::<KubeNode>) {
-            Ok(k) => items.push(k),
-            Err(e) => tracing::warn!(error = %e, "skipping a Node object that does not decode"),
+/// A burst of changes within this time is sent as one node set.
+const COALESCE: Duration = Duration::from_millis(100);
+
+/// The watch's own node store: the tunnel nodes derived from the Node objects, by name (only
+/// the object that changed is converted), and whether it changed since the last set sent.
+#[derive(Default)]
+struct Store {
+    nodes: BTreeMap<String, Node>,
+    /// The objects of a (re)list in progress: they replace `nodes` when it is done.
+    relist: Option<BTreeMap<String, Node>>,
+    dirty: bool,
+    sent: Option<tokio::time::Instant>,
+}
+
+impl Store {
+    /// When a pending change may be sent: at once after a quiet spell, else one coalescing
+    /// period after the last set.
+    fn flush_at(&self) -> tokio::time::Instant {
+        match self.sent {
+            Some(t) => t + COALESCE,
+            None => tokio::time::Instant::now(),
         }
     }
-    let (mut nodes, skipped) = convert(&items, types);
-    for s in &skipped {
-        tracing::warn!("skipping a node: {s}");
-    }
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    tx.send_if_modified(|last| {
-        if *last == nodes {
-            return false;
+
+    fn apply(&mut self, event: watcher::Event<LeanNode>, types: &AddressTypes) {
+        match event {
+            watcher::Event::Init => self.relist = Some(BTreeMap::new()),
+            watcher::Event::InitApply(obj) => {
+                if let Some(n) = convert(obj, types)
+                    && let Some(relist) = self.relist.as_mut()
+                {
+                    relist.insert(n.name.clone(), n);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(relist) = self.relist.take()
+                    && relist != self.nodes
+                {
+                    self.nodes = relist;
+                    self.dirty = true;
+                }
+            }
+            watcher::Event::Apply(obj) => {
+                let name = obj.name().to_string();
+                match convert(obj, types) {
+                    Some(n) if self.nodes.get(&name) != Some(&n) => {
+                        self.nodes.insert(name, n);
+                        self.dirty = true;
+                    }
+                    Some(_) => {}
+                    None => self.dirty |= self.nodes.remove(&name).is_some(),
+                }
+            }
+            watcher::Event::Delete(obj) => {
+                self.dirty |= self.nodes.remove(obj.name()).is_some();
+            }
         }
-        *last = nodes;
-        true
-    });
+    }
+
+    /// Sends the current node set (sorted by name), if it differs from the last one sent.
+    fn publish(&mut self, tx: &watch::Sender<Vec<Node>>) {
+        self.dirty = false;
+        self.sent = Some(tokio::time::Instant::now());
+        let set: Vec<Node> = self.nodes.values().cloned().collect();
+        tx.send_if_modified(|last| {
+            if *last == set {
+                return false;
+            }
+            *last = set;
+            true
+        });
+    }
+}
+
+/// The tunnel node of `obj`, or None (logged) when it cannot be one.
+fn convert(obj: LeanNode, types: &AddressTypes) -> Option<Node> {
+    match obj.into_node(types) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!("skipping a node: {e}");
+            None
+        }
+    }
 }

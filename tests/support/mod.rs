@@ -12,6 +12,7 @@
 //! - `node`: one `TestNode` (sshd + kubelet stub) and `dest()`;
 //! - `cluster`: a `Cluster` of nodes with the client's keys, known_hosts and arguments;
 //! - `agent`: an ssh-agent of our own;
+//! - `apiserver`: a stand-in Kubernetes API server for the Node watch;
 //! - `daemon`: a `kube-ssh-tunnel run` process under test and `connect_uds()` to its front;
 //! - `scale`: thousands of in-process SSH nodes (the demo's), for the scale test and bench.
 //!
@@ -19,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod apiserver;
 pub mod cluster;
 pub mod daemon;
 pub mod netns;
