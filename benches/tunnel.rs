@@ -20,6 +20,12 @@ mod support;
 #[path = "scale/mod.rs"]
 mod scale;
 
+#[path = "scale/alloc.rs"]
+mod alloc;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -37,8 +43,10 @@ struct Opts {
     scale_nodes: usize,
     /// Set in the helper process: serve this many nodes.
     serve_nodes: Option<usize>,
+    /// Set in the watch-only helper: the kubeconfig and how many nodes to expect.
+    watch_only: Option<(String, usize)>,
     /// Only these sections (comma-separated: idle, throughput, download, latency, dials,
-    /// bulk, rss, slowreader, streams, scale); all when empty. BENCHMARKS.md is written only by a
+    /// bulk, rss, slowreader, streams, scale, watch); all when empty. BENCHMARKS.md is written only by a
     /// full run.
     only: Vec<String>,
 }
@@ -64,6 +72,7 @@ fn opts() -> Opts {
             .and_then(|v| v.parse().ok())
             .unwrap_or(5000),
         serve_nodes: get("--serve-nodes").and_then(|v| v.parse().ok()),
+        watch_only: get("--watch-only").zip(get("--expect").and_then(|v| v.parse().ok())),
         only: get("--only")
             .map(|v| v.split(',').map(str::to_string).collect())
             .unwrap_or_default(),
@@ -735,6 +744,11 @@ async fn main() {
         scale::serve_nodes(n).await;
         return;
     }
+    // Helper mode: only the Node watch, against a stand-in API server's kubeconfig.
+    if let Some((kubeconfig, n)) = &o.watch_only {
+        scale::watch_only(kubeconfig, *n, alloc::live).await;
+        return;
+    }
     // sshd and the stubs inherit this: 8,192 channels per sshd connection need the sockets.
     raise_fd_limit();
     let (rounds, total, seq_n, conc_n, streams_30k) = if o.smoke {
@@ -1281,6 +1295,17 @@ async fn main() {
             (o.scale_nodes, Duration::from_secs(60))
         };
         for l in scale::rows(n, idle).await {
+            out(l);
+        }
+    }
+    // The Node watch at scale: realistic Node objects from a stand-in API server.
+    if o.runs("watch") {
+        let (n, window) = if o.smoke {
+            (50, Duration::from_secs(2))
+        } else {
+            (o.scale_nodes, Duration::from_secs(60))
+        };
+        for l in scale::watch_rows(n, window).await {
             out(l);
         }
     }
