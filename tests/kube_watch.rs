@@ -111,6 +111,25 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     ));
     wait_status(&ep, "node-2 added", |doc| ready_at(doc, "node-2", n2)).await;
 
+    // Heartbeats (a new resource version and status the tunnel does not read) change no node:
+    // no node set goes to the pool for them.
+    let sets = |d: &Daemon| {
+        d.log()
+            .matches("node set updated from the Kubernetes API")
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = sets(&d);
+    assert!(before >= 1, "the sets so far are logged:\n{}", d.log());
+    for rv in 100..120 {
+        let mut o = node_object("node-2", n2, rv, "10.244.2.0/24");
+        o["status"]["conditions"][0]["lastHeartbeatTime"] =
+            json!(format!("2026-12-02T07:00:{rv}Z"));
+        server.send(event("MODIFIED", o));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sets(&d), before, "heartbeats made node sets:\n{}", d.log());
+
     // An operator drains node-2: it stays drained while the watch reports other changes.
     let (code, body) = request(&ep, "POST", "/nodes/node-2/drain", Duration::from_secs(10))
         .await
