@@ -24,9 +24,9 @@ use crate::tasks::Tasks;
 /// How often the supervisor reaps the node's idle extra connections (and checks
 /// `is_closed()`, which `closed()` already reports at once): a quarter of the idle timeout,
 /// between these bounds. At 5,000 nodes every wake-up per node costs: a fixed 250 ms poll was
-/// 20,000 wake-ups a second of an idle daemon.
+/// 20,000 wake-ups a second of an idle daemon (12 % of a core; 3 % now, BENCHMARKS.md).
 const REAP_POLL_MIN: Duration = Duration::from_millis(250);
-const REAP_POLL_MAX: Duration = Duration::from_secs(2);
+const REAP_POLL_MAX: Duration = Duration::from_secs(5);
 
 /// Runs until the slot's stop token is cancelled. Leaves the tunnel in the slot on stop (the
 /// caller drains it).
