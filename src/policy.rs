@@ -5,13 +5,15 @@
 //! names that are not node names — is refused (HTTP 403), so the tunnel cannot be used to
 //! wander into the nodes' networks.
 
+use std::sync::Arc;
+
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::destination::Destination;
 use crate::error::ConfigError;
 use crate::node::Node;
-use crate::pool::route;
+use crate::pool::route::{self, RouteTable};
 use crate::special::{is_link_local, is_loopback};
 
 /// The destination policy.
@@ -64,13 +66,19 @@ impl Policy {
     /// them; then which node the destination names (`pool::route`, ambiguity refused); then
     /// pod and service CIDRs.
     pub fn check<N: AsRef<Node>>(&self, dest: &Destination, nodes: &[N]) -> Result<(), Denied> {
+        let nodes: Vec<Arc<Node>> = nodes.iter().map(|n| Arc::new(n.as_ref().clone())).collect();
+        self.check_routes(dest, &RouteTable::new(nodes))
+    }
+
+    /// `check` against the pool's route table (what the CONNECT front calls on every dial).
+    pub fn check_routes(&self, dest: &Destination, routes: &RouteTable) -> Result<(), Denied> {
         let ip = dest.ip();
         let explicitly_allowed =
             ip.is_some_and(|ip| self.allow_cidrs.iter().any(|c| c.contains(&ip)));
         if explicitly_allowed {
             return Ok(());
         }
-        let route = route::classify(nodes, dest);
+        let route = routes.classify(dest);
         if let Some(ip) = ip {
             if is_link_local(ip) {
                 return Err(Denied(format!(
@@ -86,15 +94,13 @@ impl Policy {
             // loopback (a lab, or the tests) is dialled on its node ports like any node, its
             // loopback pod CIDR is its own, and a service CIDR configured wholly inside
             // loopback is a service CIDR.
-            let is_a_node_address = matches!(&route, route::Route::Node(_))
-                && nodes.iter().any(|n| n.as_ref().has_address(&dest.host));
+            let is_a_node_address =
+                matches!(&route, route::Route::Node(_)) && routes.has_address(&dest.host);
             if is_loopback(ip) && !is_a_node_address {
                 let node_is_on_loopback = match &route {
-                    route::Route::PodOf(name) => nodes
-                        .iter()
-                        .map(AsRef::as_ref)
-                        .find(|n| &n.name == name)
-                        .and_then(Node::ip)
+                    route::Route::PodOf(name) => routes
+                        .node(name)
+                        .and_then(|n| n.ip())
                         .is_some_and(is_loopback),
                     _ => false,
                 };

@@ -17,9 +17,7 @@ impl Pool {
     /// The slot a dial to `dest` goes through now, or why there is none. With `any_ready`, a
     /// destination no node owns goes to the least-loaded ready node; without, it has no route.
     fn route(&self, dest: &Destination, any_ready: bool) -> Result<Arc<NodeSlot>, DialError> {
-        let slots = self.all_slots();
-        let nodes: Vec<Arc<Node>> = slots.iter().map(|s| s.node()).collect();
-        let name = match route::classify(&nodes, dest) {
+        let name = match self.routes().classify(dest) {
             route::Route::Node(n) | route::Route::PodOf(n) => n,
             route::Route::Ambiguous(nodes) => {
                 return Err(DialError::Ambiguous {
@@ -33,7 +31,8 @@ impl Pool {
                 });
             }
             route::Route::AnyReady => {
-                let candidates: Vec<(String, bool, usize)> = slots
+                let candidates: Vec<(String, bool, usize)> = self
+                    .all_slots()
                     .iter()
                     .filter_map(|s| {
                         let st = s.status().state;
@@ -49,12 +48,9 @@ impl Pool {
                     })?
             }
         };
-        slots
-            .into_iter()
-            .find(|s| s.node().name == name)
-            .ok_or_else(|| DialError::NoRoute {
-                destination: dest.to_string(),
-            })
+        self.slot(&name).ok_or_else(|| DialError::NoRoute {
+            destination: dest.to_string(),
+        })
     }
 
     /// Opens a channel to `dest` through the node that owns it (by name or address, then by

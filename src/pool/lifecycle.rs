@@ -137,6 +137,7 @@ impl Pool {
                 slot.set_node(node.clone());
             }
         }
+        self.refresh_routes();
         Ok(summary)
     }
 
@@ -189,6 +190,7 @@ impl Pool {
             Some(node) => {
                 tracing::info!(node = %name, "drained node back by reconnect");
                 self.add(node);
+                self.refresh_routes();
                 true
             }
             None => false,
@@ -205,6 +207,7 @@ impl Pool {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(name.to_string(), Node::clone(&s.node()));
                 self.retire(s, "drained by an operator");
+                self.refresh_routes();
                 true
             }
             None => false,
@@ -224,6 +227,7 @@ impl Pool {
             .into_iter()
             .map(|s| self.retire_within(s, "shutting down", drain))
             .collect();
+        self.refresh_routes();
         let limit = drain + Duration::from_secs(5);
         let _ = tokio::time::timeout(limit, futures::future::join_all(handles)).await;
     }

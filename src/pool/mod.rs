@@ -16,6 +16,7 @@ pub mod diff;
 mod drain;
 mod failure_log;
 pub mod health;
+mod index;
 mod lifecycle;
 mod overflow;
 pub mod route;
@@ -69,6 +70,9 @@ pub struct Pool {
     drained: std::sync::Mutex<HashMap<String, Node>>,
     /// Nodes left out because their address was refused, with why (logged once each).
     left_out: std::sync::Mutex<HashMap<String, String>>,
+    /// The nodes and an index of their claims, rebuilt whenever the node set changes: what
+    /// dials and the policy route against.
+    routes: std::sync::RwLock<Arc<route::RouteTable>>,
 }
 
 impl Pool {
@@ -117,11 +121,13 @@ impl Pool {
             drained: std::sync::Mutex::new(HashMap::new()),
             left_out: std::sync::Mutex::new(HashMap::new()),
             tasks,
+            routes: Default::default(),
         };
         pool.note_left_out(dropped);
         for n in nodes {
             pool.add(n);
         }
+        pool.refresh_routes();
         Ok(pool)
     }
 
@@ -197,7 +203,24 @@ impl Pool {
 
     /// The nodes now (shared, no copies), for routing and policy checks on the dial path.
     pub fn node_snapshot(&self) -> Vec<Arc<Node>> {
-        self.slots.iter().map(|e| e.value().node()).collect()
+        self.routes().nodes().to_vec()
+    }
+
+    /// The nodes now with an index of their claims (shared, no copies): what a dial and the
+    /// policy check before it route against.
+    pub fn routes(&self) -> Arc<route::RouteTable> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Rebuilds the route table from the nodes now: after every change of the node set (each
+    /// public entry point that adds, retires or changes nodes calls it once at its end).
+    pub(super) fn refresh_routes(&self) {
+        let nodes: Vec<Arc<Node>> = self.slots.iter().map(|e| e.value().node()).collect();
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(route::RouteTable::new(nodes));
     }
 }
 

@@ -13,12 +13,12 @@
 //! both nodes where there are two. What is left can still be ambiguous (two nodes with the
 //! same alias); routing refuses that per destination (`pool::route`).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::index::NodeIndex;
 use crate::node::{Node, same_host};
 use crate::special::{is_link_local, is_loopback};
 
@@ -29,7 +29,7 @@ use crate::special::{is_link_local, is_loopback};
 /// a dispute the node that held a claim first keeps it. In passes, so that a claim refused in
 /// one pass cannot make another node's good claim look bad in the next (a node claiming
 /// 0.0.0.0/0 must not make every other pod CIDR "overlap"). Each pass looks claims up in an
-/// index (`Claims`), not in every other node: O(N) for N nodes, where comparing each node
+/// index (`pool::index`), not in every other node: O(N) for N nodes, where comparing each node
 /// with every other took 1.5 s per node set at 5,000 nodes.
 pub fn vet(
     nodes: &mut Vec<Node>,
@@ -50,7 +50,7 @@ pub fn vet(
         node.pod_cidrs = kept;
     }
     let sane: Vec<Node> = nodes.to_vec();
-    let sane_claims = Claims::new(&sane);
+    let sane_claims = NodeIndex::new(&sane);
     // 2. Addresses: never special, a service IP or another node's pod IP; an address two
     //    nodes give stays with the node that had it (routing refuses it if neither did).
     let mut dropped = Vec::new();
@@ -74,7 +74,7 @@ pub fn vet(
         })
     };
     let placed: Vec<Node> = nodes.to_vec();
-    let placed_claims = Claims::new(&placed);
+    let placed_claims = NodeIndex::new(&placed);
     for (me, node) in nodes.iter_mut().enumerate() {
         let mut kept = Vec::new();
         for cidr in std::mem::take(&mut node.pod_cidrs) {
@@ -109,145 +109,12 @@ pub fn vet(
     dropped
 }
 
-/// A host as `same_host` compares it: an IP address, or a name without case.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum HostKey {
-    Ip(IpAddr),
-    Name(String),
-}
-
-impl HostKey {
-    fn of(host: &str) -> HostKey {
-        match host.parse::<IpAddr>() {
-            Ok(ip) => HostKey::Ip(ip),
-            Err(_) => HostKey::Name(host.to_ascii_lowercase()),
-        }
-    }
-}
-
-/// Who claims what in a node list, by position in the list: names, addresses and pod CIDRs.
-struct Claims {
-    /// Positions by exact name (names are unique).
-    positions: HashMap<String, usize>,
-    /// Positions by name without case, in list order.
-    names: HashMap<String, Vec<usize>>,
-    addresses: HashMap<HostKey, Vec<usize>>,
-    /// Pod CIDRs by (network truncated to `len`, `len`), for every prefix length `len` in use
-    /// up to the CIDR's own: a CIDR X is found under (X, len X) by every CIDR inside it.
-    within: HashMap<IpNet, Vec<usize>>,
-    /// Pod CIDRs by themselves (truncated).
-    exact: HashMap<IpNet, Vec<usize>>,
-    /// The prefix lengths in use, per family.
-    lengths_v4: Vec<u8>,
-    lengths_v6: Vec<u8>,
-}
-
-impl Claims {
-    fn new(nodes: &[Node]) -> Claims {
-        let mut c = Claims {
-            positions: HashMap::with_capacity(nodes.len()),
-            names: HashMap::with_capacity(nodes.len()),
-            addresses: HashMap::with_capacity(nodes.len()),
-            within: HashMap::new(),
-            exact: HashMap::new(),
-            lengths_v4: Vec::new(),
-            lengths_v6: Vec::new(),
-        };
-        for n in nodes {
-            for cidr in &n.pod_cidrs {
-                let lengths = match cidr {
-                    IpNet::V4(_) => &mut c.lengths_v4,
-                    IpNet::V6(_) => &mut c.lengths_v6,
-                };
-                if !lengths.contains(&cidr.prefix_len()) {
-                    lengths.push(cidr.prefix_len());
-                }
-            }
-        }
-        for (i, n) in nodes.iter().enumerate() {
-            c.positions.entry(n.name.clone()).or_insert(i);
-            c.names
-                .entry(n.name.to_ascii_lowercase())
-                .or_default()
-                .push(i);
-            c.addresses
-                .entry(HostKey::of(&n.address))
-                .or_default()
-                .push(i);
-            for cidr in &n.pod_cidrs {
-                c.exact.entry(cidr.trunc()).or_default().push(i);
-                for len in c.lengths(cidr).to_vec() {
-                    if len <= cidr.prefix_len()
-                        && let Some(up) = truncate(cidr, len)
-                    {
-                        c.within.entry(up).or_default().push(i);
-                    }
-                }
-            }
-        }
-        c
-    }
-
-    fn lengths(&self, cidr: &IpNet) -> &[u8] {
-        match cidr {
-            IpNet::V4(_) => &self.lengths_v4,
-            IpNet::V6(_) => &self.lengths_v6,
-        }
-    }
-
-    /// The position of the node named exactly `name`.
-    fn position(&self, name: &str) -> Option<usize> {
-        self.positions.get(name).copied()
-    }
-
-    /// The nodes named `name` in any case, in list order.
-    fn named(&self, name: &str) -> &[usize] {
-        self.names
-            .get(&name.to_ascii_lowercase())
-            .map_or(&[], Vec::as_slice)
-    }
-
-    /// The nodes whose address is `host` (`same_host`), in list order.
-    fn with_address(&self, host: &str) -> &[usize] {
-        self.addresses
-            .get(&HostKey::of(host))
-            .map_or(&[], Vec::as_slice)
-    }
-
-    /// The nodes with a pod CIDR that contains `ip` (each may appear more than once).
-    fn owning(&self, ip: IpAddr) -> impl Iterator<Item = usize> + '_ {
-        let host = IpNet::from(ip);
-        self.lengths(&host)
-            .iter()
-            .filter_map(move |&len| truncate(&host, len))
-            .flat_map(|net| self.exact.get(&net).into_iter().flatten().copied())
-    }
-
-    /// The nodes with a pod CIDR that contains `cidr` or lies inside it.
-    fn overlapping<'a>(&'a self, cidr: &IpNet) -> impl Iterator<Item = usize> + 'a {
-        let cidr = cidr.trunc();
-        let inside = self.within.get(&cidr).into_iter().flatten().copied();
-        let around = self
-            .lengths(&cidr)
-            .iter()
-            .filter(move |&&len| len < cidr.prefix_len())
-            .filter_map(move |&len| truncate(&cidr, len))
-            .flat_map(|net| self.exact.get(&net).into_iter().flatten().copied());
-        inside.chain(around)
-    }
-}
-
-/// `cidr`'s network widened to `len` bits (None if `len` is longer than the family allows).
-fn truncate(cidr: &IpNet, len: u8) -> Option<IpNet> {
-    IpNet::new(cidr.network(), len).ok().map(|n| n.trunc())
-}
-
 /// Why a node's address cannot be used, if it cannot. `me` is its position in `all`.
 fn address_refusal(
     me: usize,
     node: &Node,
     all: &[Node],
-    claims: &Claims,
+    claims: &NodeIndex,
     service_cidrs: &[IpNet],
     earlier: &impl Fn(&str) -> Option<Arc<Node>>,
 ) -> Option<String> {
@@ -287,7 +154,7 @@ fn alias_refusal(
     alias: &str,
     me: Option<usize>,
     all: &[Node],
-    claims: &Claims,
+    claims: &NodeIndex,
     service_cidrs: &[IpNet],
 ) -> Option<String> {
     if let Some(&o) = claims.named(alias).iter().find(|&&o| Some(o) != me) {

@@ -259,8 +259,7 @@ impl ConnectFront {
                 .await;
             }
         };
-        let nodes = self.pool.node_snapshot();
-        if let Err(Denied(why)) = self.policy.check(&dest, &nodes) {
+        if let Err(Denied(why)) = self.policy.check_routes(&dest, &self.pool.routes()) {
             return respond(
                 &self.pool,
                 &mut io,
