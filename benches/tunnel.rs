@@ -79,15 +79,6 @@ fn opts() -> Opts {
     }
 }
 
-/// CPU seconds (user+system) of a process.
-fn cpu_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -276,21 +267,6 @@ fn rss_mib() -> f64 {
     support::rss_bytes() as f64 / (1 << 20) as f64
 }
 
-/// Raises the soft descriptor limit to the hard one (inherited by sshd and the stubs).
-fn raise_fd_limit() {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
-}
-
 /// Which client a measurement used.
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
@@ -313,7 +289,10 @@ async fn throughput(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<u64>,
 ) -> (f64, f64) {
     let me = std::process::id();
-    let (c0, s0) = (cpu_of(me), cpu_of(ssh.child.id()));
+    let (c0, s0) = (
+        support::cpu_seconds_of(me),
+        support::cpu_seconds_of(ssh.child.id()),
+    );
     let secs = match side {
         Side::Ours => {
             let d: Destination = sink.to_string().parse().unwrap();
@@ -342,9 +321,9 @@ async fn throughput(
             upload_all(v, total, rx).await
         }
     };
-    let cpu = cpu_of(me) - c0
+    let cpu = support::cpu_seconds_of(me) - c0
         + if side == Side::Ssh {
-            cpu_of(ssh.child.id()) - s0
+            support::cpu_seconds_of(ssh.child.id()) - s0
         } else {
             0.0
         };
@@ -481,7 +460,10 @@ async fn download(
     front: Option<&std::path::Path>,
 ) -> (f64, f64, usize) {
     let me = std::process::id();
-    let (c0, s0) = (cpu_of(me), cpu_of(ssh.child.id()));
+    let (c0, s0) = (
+        support::cpu_seconds_of(me),
+        support::cpu_seconds_of(ssh.child.id()),
+    );
     let mut v: Vec<Box<dyn Io>> = Vec::new();
     for _ in 0..streams {
         match front {
@@ -500,11 +482,11 @@ async fn download(
         _ => 0,
     };
     let secs = download_all(v, total).await;
-    let cpu = cpu_of(me) - c0
+    let cpu = support::cpu_seconds_of(me) - c0
         + if ours {
             0.0
         } else {
-            cpu_of(ssh.child.id()) - s0
+            support::cpu_seconds_of(ssh.child.id()) - s0
         };
     let bytes = total as f64 * streams as f64;
     (bytes / secs / 1e9 * 8.0, cpu / (bytes / 1e9), on_main)
@@ -750,7 +732,7 @@ async fn main() {
         return;
     }
     // sshd and the stubs inherit this: 8,192 channels per sshd connection need the sockets.
-    raise_fd_limit();
+    support::raise_fd_limit();
     let (rounds, total, seq_n, conc_n, streams_30k) = if o.smoke {
         (1, 16u64 << 20, 50, 64, 300)
     } else {
@@ -805,7 +787,7 @@ async fn main() {
     cfg.health.probe = Probe::None;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss0 = rss_mib();
-    let (c0, t0) = (cpu_of(me), Instant::now());
+    let (c0, t0) = (support::cpu_seconds_of(me), Instant::now());
     let many = Pool::with_config(cfg, nodes).unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     while many
@@ -823,7 +805,7 @@ async fn main() {
         .iter()
         .filter(|(_, s)| s.state == TunnelState::Ready)
         .count();
-    let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_of(me) - c0);
+    let (secs, cpu) = (t0.elapsed().as_secs_f64(), support::cpu_seconds_of(me) - c0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let per = (rss_mib() - rss0) * 1024.0 / n.max(1) as f64;
     if n > 0 {

@@ -208,20 +208,6 @@ async fn start_errors_name_the_problem_and_leave_nothing_behind() {
     assert_eq!(leftovers(), Vec::<String>::new());
 }
 
-/// Server-side TCP connections established to `addr:port` now (from /proc/net/tcp).
-fn sshd_connections(addr: std::net::Ipv4Addr, port: u16) -> usize {
-    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(addr.octets()), port);
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1] == local && f[3] == "01"
-        })
-        .count()
-}
-
 /// One daemon of two (two kube-apiservers, each with its own).
 async fn start_daemon(
     c: &Cluster,
@@ -273,10 +259,10 @@ async fn two_daemons_serve_the_same_nodes_independently_and_draining_one_leaves_
     // Each node's sshd sees one connection from each daemon.
     for n in &c.nodes {
         assert!(
-            support::wait_until(LIMIT, || sshd_connections(n.addr, n.ssh_port) == 2),
+            support::wait_until(LIMIT, || n.ssh_connections() == 2),
             "{}: {} connections, want 2",
             n.name,
-            sshd_connections(n.addr, n.ssh_port)
+            n.ssh_connections()
         );
     }
     // Both serve every node.
@@ -308,10 +294,10 @@ async fn two_daemons_serve_the_same_nodes_independently_and_draining_one_leaves_
     assert!(!proxy_a.exists());
     for n in &c.nodes {
         assert!(
-            support::wait_until(LIMIT, || sshd_connections(n.addr, n.ssh_port) == 1),
+            support::wait_until(LIMIT, || n.ssh_connections() == 1),
             "{}: {} connections after A stopped, want 1",
             n.name,
-            sshd_connections(n.addr, n.ssh_port)
+            n.ssh_connections()
         );
     }
 

@@ -95,77 +95,35 @@ const MAX_HANDSHAKES: usize = 32;
 pub async fn rows(n: usize, idle_for: Duration) -> Vec<String> {
     let mut out = Vec::new();
     // The helper: this binary, serving the nodes.
-    let mut helper = Command::new(std::env::current_exe().unwrap())
-        .args(["--serve-nodes", &n.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(helper.stdout.take().unwrap()).lines();
-    let first = tokio::task::spawn_blocking(move || {
-        let l = lines.next().and_then(Result::ok).unwrap_or_default();
-        (l, lines)
-    });
-    let (ready, mut lines) = tokio::time::timeout(Duration::from_secs(600), first)
-        .await
-        .expect("the node helper starts within 10 minutes")
-        .unwrap();
-    let f: Vec<&str> = ready.split_whitespace().collect();
-    assert_eq!(f.first(), Some(&"ready"), "helper: {ready}");
-    let (key, known_hosts, nodes_file) = (f[1], f[2], f[3]);
-    let mut stdin = helper.stdin.take().unwrap();
+    let (mut helper, mut stdin, mut lines, [key, known_hosts, nodes_file]) =
+        tokio::task::spawn_blocking(move || start_helper(n))
+            .await
+            .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let (proxy, admin) = (dir.path().join("proxy.sock"), dir.path().join("admin.sock"));
-    let args: Vec<String> = [
-        "run",
-        "--ssh-tunnel",
-        "--ssh-user",
-        "scale",
-        "--ssh-keyfile",
-        key,
-        "--ssh-known-hosts",
-        known_hosts,
-        "--nodes",
-        nodes_file,
-        "--proxy-uds",
-        proxy.to_str().unwrap(),
-        "--admin-uds",
-        admin.to_str().unwrap(),
-        "--health-probe",
-        "none",
-        "--log-level",
-        "warn",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = support::scale::daemon_args(
+        &key,
+        &known_hosts,
+        &["--nodes", &nodes_file],
+        &proxy,
+        &admin,
+    );
+    args.extend(["--health-probe", "none", "--log-level", "warn"].map(String::from));
     let t0 = Instant::now();
     let mut daemon = support::daemon::Daemon::start(&args);
     let pid = daemon.child.id();
     let ep = Endpoint::Unix(admin.clone());
-    let mut ready_n = 0;
-    while t0.elapsed() < Duration::from_secs(600) {
-        if let Ok((200, body)) = request(&ep, "GET", "/status", Duration::from_secs(30)).await
-            && let Ok(doc) = serde_json::from_str::<StatusDocument>(&body)
-        {
-            ready_n = doc.ready;
-            if doc.ready == n {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    until_status(&ep, Duration::from_secs(600), |doc| doc.ready == n).await;
     let ready_secs = t0.elapsed().as_secs_f64();
     let cold_cpu = support::cpu_seconds_of(pid);
+    let ready_n = match request(&ep, "GET", "/status", Duration::from_secs(30)).await {
+        Ok((200, body)) => serde_json::from_str::<StatusDocument>(&body).map_or(0, |d| d.ready),
+        _ => 0,
+    };
     writeln!(stdin, "report").unwrap();
-    let (answer, lines) = tokio::task::spawn_blocking(move || {
-        let l = lines.next().and_then(Result::ok).unwrap_or_default();
-        (l, lines)
-    })
-    .await
-    .unwrap();
+    let answer =
+        tokio::task::block_in_place(|| lines.next().and_then(Result::ok).unwrap_or_default());
     let max_handshakes: usize = answer
         .split_whitespace()
         .nth(1)
@@ -258,8 +216,19 @@ fn helper_nodes(nodes_file: &str) -> Vec<(String, String, u16, String)> {
         .collect()
 }
 
-/// The helper process serving `n` nodes: (child, its stdin, key, known_hosts, node file).
-fn start_helper(n: usize) -> (std::process::Child, std::process::ChildStdin, [String; 3]) {
+/// The helper's output, line by line.
+type HelperLines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// The helper process serving `n` nodes: (child, its stdin, its output, and the key,
+/// known_hosts and node file it wrote).
+fn start_helper(
+    n: usize,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    HelperLines,
+    [String; 3],
+) {
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .args(["--serve-nodes", &n.to_string()])
         .stdin(Stdio::piped())
@@ -267,15 +236,15 @@ fn start_helper(n: usize) -> (std::process::Child, std::process::ChildStdin, [St
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(helper.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let mut lines = BufReader::new(helper.stdout.take().unwrap()).lines();
+    let line = lines.next().and_then(Result::ok).unwrap_or_default();
     let f: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(f.first(), Some(&"ready"), "helper: {line}");
     let stdin = helper.stdin.take().unwrap();
     (
         helper,
         stdin,
+        lines,
         [f[1].to_string(), f[2].to_string(), f[3].to_string()],
     )
 }
@@ -304,7 +273,7 @@ async fn until_status(
 pub async fn watch_rows(n: usize, window: Duration) -> Vec<String> {
     use support::apiserver::{ApiServer, event, node_list, realistic_node_object};
     let mut out = Vec::new();
-    let (mut helper, stdin, [key, known_hosts, nodes_file]) =
+    let (mut helper, stdin, _lines, [key, known_hosts, nodes_file]) =
         tokio::task::spawn_blocking(move || start_helper(n + SPARES))
             .await
             .unwrap();
@@ -320,35 +289,24 @@ pub async fn watch_rows(n: usize, window: Duration) -> Vec<String> {
     let server = ApiServer::start(dir.path(), vec![list]).await;
 
     let run = |source: &[&str], tag: &str| {
-        let mut args: Vec<String> = [
-            "run",
-            "--ssh-tunnel",
-            "--ssh-user",
-            "scale",
-            "--ssh-keyfile",
+        let mut args = support::scale::daemon_args(
             &key,
-            "--ssh-known-hosts",
             &known_hosts,
-            "--node-address-types",
-            "InternalIP",
-            "--health-probe",
-            "none",
-            "--log-level",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(source.iter().map(|s| s.to_string()));
-        for (flag, file) in [("--proxy-uds", "proxy"), ("--admin-uds", "admin")] {
-            args.push(flag.into());
-            args.push(
-                dir.path()
-                    .join(format!("{tag}-{file}.sock"))
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-        }
+            source,
+            &dir.path().join(format!("{tag}-proxy.sock")),
+            &dir.path().join(format!("{tag}-admin.sock")),
+        );
+        args.extend(
+            [
+                "--node-address-types",
+                "InternalIP",
+                "--health-probe",
+                "none",
+                "--log-level",
+                "warn",
+            ]
+            .map(String::from),
+        );
         args
     };
     let all_ready = |doc: &StatusDocument| doc.ready == n && doc.desired == n;

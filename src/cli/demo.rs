@@ -106,19 +106,11 @@ pub async fn demo(args: DemoArgs) -> Result<i32, CliError> {
     let mut known_hosts = String::new();
     let mut node_list = String::new();
     for n in &nodes {
-        let key = n
-            .host_key
-            .to_openssh()
+        let line = n
+            .known_hosts_line()
             .map_err(|e| failure("cannot encode a host key", e))?;
-        let _ = writeln!(known_hosts, "[{}]:{} {key}", n.spec.ip, n.addr.port());
-        let _ = writeln!(
-            node_list,
-            "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nssh_port = {}\npod_cidrs = [\"{}\"]\n",
-            n.spec.name,
-            n.spec.ip,
-            n.addr.port(),
-            n.spec.pod_cidr
-        );
+        let _ = writeln!(known_hosts, "{line}");
+        let _ = writeln!(node_list, "{}", n.node_file_entry());
     }
     let write = |name: &str, text: &str| {
         let p = d.join(name);

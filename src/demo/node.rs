@@ -136,6 +136,27 @@ impl DemoNode {
         })
     }
 
+    /// Its known_hosts line (`[IP]:PORT KEY`).
+    pub fn known_hosts_line(&self) -> Result<String, russh::keys::ssh_key::Error> {
+        Ok(format!(
+            "[{}]:{} {}",
+            self.spec.ip,
+            self.addr.port(),
+            self.host_key.to_openssh()?
+        ))
+    }
+
+    /// Its entry in a TOML node file (`--nodes`).
+    pub fn node_file_entry(&self) -> String {
+        format!(
+            "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nssh_port = {}\npod_cidrs = [\"{}\"]\n",
+            self.spec.name,
+            self.spec.ip,
+            self.addr.port(),
+            self.spec.pod_cidr
+        )
+    }
+
     /// Stops the node: its listener and every connection.
     pub fn stop(&mut self) {
         self.tasks.abort_all();

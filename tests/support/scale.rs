@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kube_ssh_tunnel::demo::{DemoNode, Handshakes, NodeSpec};
@@ -61,21 +61,8 @@ impl ScaleNodes {
         }
         let (mut kh, mut list) = (String::new(), String::new());
         for n in &nodes {
-            let _ = writeln!(
-                kh,
-                "[{}]:{} {}",
-                n.spec.ip,
-                n.addr.port(),
-                n.host_key.to_openssh().unwrap()
-            );
-            let _ = writeln!(
-                list,
-                "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nssh_port = {}\npod_cidrs = [\"{}\"]\n",
-                n.spec.name,
-                n.spec.ip,
-                n.addr.port(),
-                n.spec.pod_cidr
-            );
+            let _ = writeln!(kh, "{}", n.known_hosts_line().unwrap());
+            let _ = writeln!(list, "{}", n.node_file_entry());
         }
         let known_hosts = dir.path().join("known_hosts");
         let nodes_file = dir.path().join("nodes.toml");
@@ -92,25 +79,43 @@ impl ScaleNodes {
     }
 
     /// `run`'s arguments for these nodes, with its sockets at `proxy` and `admin`.
-    pub fn daemon_args(&self, proxy: &std::path::Path, admin: &std::path::Path) -> Vec<String> {
-        [
-            "run",
-            "--ssh-tunnel",
-            "--ssh-user",
-            "scale",
-            "--ssh-keyfile",
+    pub fn daemon_args(&self, proxy: &Path, admin: &Path) -> Vec<String> {
+        daemon_args(
             self.key.to_str().unwrap(),
-            "--ssh-known-hosts",
             self.known_hosts.to_str().unwrap(),
-            "--nodes",
-            self.nodes_file.to_str().unwrap(),
-            "--proxy-uds",
-            proxy.to_str().unwrap(),
-            "--admin-uds",
-            admin.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+            &["--nodes", self.nodes_file.to_str().unwrap()],
+            proxy,
+            admin,
+        )
     }
+}
+
+/// `run`'s arguments for scale nodes reached with `key` and `known_hosts`, the nodes from
+/// `source` (`--nodes FILE` or `--kubeconfig FILE`), its sockets at `proxy` and `admin`.
+pub fn daemon_args(
+    key: &str,
+    known_hosts: &str,
+    source: &[&str],
+    proxy: &Path,
+    admin: &Path,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "run",
+        "--ssh-tunnel",
+        "--ssh-user",
+        "scale",
+        "--ssh-keyfile",
+        key,
+        "--ssh-known-hosts",
+        known_hosts,
+        "--proxy-uds",
+        proxy.to_str().unwrap(),
+        "--admin-uds",
+        admin.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(source.iter().map(|s| s.to_string()));
+    args
 }
