@@ -111,11 +111,6 @@ impl Tasks {
         self.inner.stopping.store(true, Ordering::Release);
     }
 
-    /// True once an orderly shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        self.inner.stopping.load(Ordering::Acquire)
-    }
-
     /// Cancels the token and waits up to `within` for every tracked task to end. Returns how
     /// many were still running at the limit (they are left to the runtime's shutdown).
     pub async fn stop(&self, within: Duration) -> usize {

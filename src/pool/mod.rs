@@ -201,11 +201,6 @@ impl Pool {
         Some(self.slot(name)?.congested())
     }
 
-    /// The nodes now (shared, no copies), for routing and policy checks on the dial path.
-    pub fn node_snapshot(&self) -> Vec<Arc<Node>> {
-        self.routes().nodes().to_vec()
-    }
-
     /// The nodes now with an index of their claims (shared, no copies): what a dial and the
     /// policy check before it route against.
     pub fn routes(&self) -> Arc<route::RouteTable> {
