@@ -137,16 +137,24 @@ impl Pool {
         let node = slot.name();
         let deadline = tokio::time::Instant::now() + self.cfg.reconnect_wait();
         loop {
-            let tunnel = slot
-                .wait_usable(deadline)
-                .await
-                .map_err(|n| DialError::NotReady {
+            let tunnel = slot.wait_usable(deadline).await.map_err(|n| {
+                let last_error = slot.status().last_connect_error;
+                // A retry in progress says only "connecting": name why the last attempt
+                // failed too (a backoff's reason already does).
+                let reason = match (&last_error, n.state) {
+                    (Some(e), TunnelState::Connecting) => {
+                        format!("{}; the last attempt failed: {e}", n.reason)
+                    }
+                    _ => n.reason,
+                };
+                DialError::NotReady {
                     node: node.clone(),
                     destination: dest.to_string(),
                     state: n.state,
-                    reason: n.reason,
-                    last_error: slot.status().last_connect_error,
-                })?;
+                    reason,
+                    last_error,
+                }
+            })?;
             let node_now = slot.node();
             let host = node_now.channel_host(&dest.host);
             let host: &str = &host;
