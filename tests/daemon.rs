@@ -55,6 +55,9 @@ async fn admin_get(sock: &Path, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_from_a_config_serves_follows_its_node_file_and_shuts_down_cleanly() {
     let c = Cluster::start(2);
+    let baseline = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     let dir = c.path().to_path_buf();
     let nodes_file = dir.join("daemon-nodes.toml");
     std::fs::write(&nodes_file, toml_entry(&c.nodes[0])).unwrap();
@@ -99,23 +102,140 @@ async fn a_daemon_from_a_config_serves_follows_its_node_file_and_shuts_down_clea
     let body = whoami(&proxy, format!("{}:{HTTP_PORT}", c.nodes[1].addr)).await;
     assert!(body.contains("node-2"), "{body}");
 
-    // A task the daemon needs that ends early makes /healthz fail, naming it.
-    let tasks = daemon.tasks().clone();
-    tasks
-        .spawn_critical("test listener", async {})
-        .await
-        .unwrap();
-    let (code, body) = admin_get(&admin, "/healthz").await;
-    assert_eq!(code, 500, "{body}");
-    assert!(body.contains("test listener"), "{body}");
+    // A task the daemon needs that ends early makes /healthz fail, naming it: the CONNECT
+    // accept loop stops (the front stops accepting while the daemon is not shutting down).
+    assert_eq!(admin_get(&admin, "/healthz").await.0, 200);
+    daemon.front().stop_accepting();
+    let mut red = (0, String::new());
+    for _ in 0..50 {
+        red = admin_get(&admin, "/healthz").await;
+        if red.0 != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(red.0, 500, "{}", red.1);
+    assert!(
+        red.1.contains("CONNECT listener (Unix socket)"),
+        "{}",
+        red.1
+    );
 
-    // Shutdown: sockets gone, every task ended, the nodes' connections closed.
+    // Shutdown: sockets gone, every task ended (the tracked ones and every task spawned on
+    // the runtime: pumps, congestion watchers, russh's sessions), the connections closed.
+    let tasks = daemon.tasks().clone();
     let tunnel = pool.tunnel("node-1").expect("node-1's connection");
     daemon.shutdown(Duration::from_secs(5)).await;
     assert!(!proxy.exists() && !admin.exists(), "sockets removed");
-    assert_eq!(tasks.running(), 0, "every task ended");
+    assert_eq!(tasks.running(), 0, "every tracked task ended");
     assert!(tunnel.is_closed(), "node-1's connection closed");
     assert!(pool.nodes().is_empty());
+    drop((tunnel, pool, rx));
+    assert_no_task_left(baseline).await;
+}
+
+/// Waits (bounded) until the runtime has no more live tasks than `baseline`, and fails naming
+/// how many are left.
+async fn assert_no_task_left(baseline: usize) {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let mut alive = metrics.num_alive_tasks();
+    for _ in 0..100 {
+        if alive <= baseline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        alive = metrics.num_alive_tasks();
+    }
+    panic!(
+        "{} tasks still alive after shutdown (baseline {baseline})",
+        alive
+    );
+}
+
+/// Shutdown stops the node source before it drains: a node added to the file while a stream
+/// keeps the drain going never joins the pool. Every task ends once the drain is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_node_source_first_and_leaves_no_task_on_the_runtime() {
+    let c = Cluster::start(2);
+    let baseline = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let dir = c.path().to_path_buf();
+    let nodes_file = dir.join("daemon-nodes.toml");
+    std::fs::write(&nodes_file, toml_entry(&c.nodes[0])).unwrap();
+    let (proxy, admin) = (dir.join("daemon-proxy.sock"), dir.join("daemon-admin.sock"));
+    let mut pool = PoolConfig::new(c.settings());
+    pool.health.probe = Probe::None;
+    let mut cfg = DaemonConfig::new(
+        pool,
+        NodeSource::File {
+            path: nodes_file.clone(),
+            extra: Vec::new(),
+            address_types: AddressTypes::default(),
+            interval: Duration::from_millis(100),
+        },
+        proxy.clone(),
+        admin.clone(),
+    );
+    cfg.policy.node_ports = vec![HTTP_PORT, support::ECHO_PORT];
+    let daemon = Daemon::start(cfg).await.expect("the daemon starts");
+    let pool = daemon.pool().clone();
+    let mut rx = pool.subscribe("node-1").unwrap();
+    tokio::time::timeout(LIMIT, rx.wait_for(|s| s.state == TunnelState::Ready))
+        .await
+        .expect("node-1 ready")
+        .unwrap();
+    drop(rx);
+
+    // An echo stream through the front keeps the drain going.
+    let target = format!("{}:{}", c.nodes[0].addr, support::ECHO_PORT);
+    let sock = proxy.clone();
+    let (mut held, head) =
+        tokio::task::spawn_blocking(move || support::connect_uds(&sock, &target))
+            .await
+            .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    held.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    held.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+
+    let shutdown = tokio::spawn(daemon.shutdown(Duration::from_secs(20)));
+    // The drain has begun (the front stopped accepting) while the stream is open.
+    assert!(
+        support::wait_until(LIMIT, || !proxy.exists()),
+        "shutdown began"
+    );
+    // node-2 is added to the file during the drain; the source would see it within 100 ms.
+    std::fs::write(
+        &nodes_file,
+        toml_entry(&c.nodes[0]) + &toml_entry(&c.nodes[1]),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        pool.status("node-2").is_none(),
+        "a node joined while the daemon drained"
+    );
+    assert!(!shutdown.is_finished(), "the open stream holds the drain");
+
+    // The stream still works during the drain, then ends; shutdown completes.
+    held.write_all(b"pong").unwrap();
+    held.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"pong");
+    drop(held);
+    tokio::time::timeout(LIMIT, shutdown)
+        .await
+        .expect("shutdown ends once the stream is gone")
+        .unwrap();
+    assert!(pool.nodes().is_empty());
+    assert_eq!(
+        c.nodes[1].ssh_connections(),
+        0,
+        "node-2 was never connected"
+    );
+    drop(pool);
+    assert_no_task_left(baseline).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

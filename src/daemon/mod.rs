@@ -316,6 +316,12 @@ impl DaemonHandle {
         &self.tasks
     }
 
+    /// The daemon's CONNECT front (its open connections; `stop_accepting` ends its accept
+    /// loops, which a daemon that is not shutting down reports on `/healthz`).
+    pub fn front(&self) -> &Arc<ConnectFront> {
+        &self.front
+    }
+
     /// Makes a file source re-read its file now (what SIGHUP does). False (and nothing
     /// happens) for other sources.
     pub fn reload_nodes(&self) -> bool {
