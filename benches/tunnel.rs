@@ -23,6 +23,9 @@ mod scale;
 #[path = "scale/alloc.rs"]
 mod alloc;
 
+#[path = "check/mod.rs"]
+mod check;
+
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;
 
@@ -95,7 +98,7 @@ async fn servers(
 ) -> (
     SocketAddr,
     SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<u64>,
+    tokio::sync::mpsc::UnboundedReceiver<(u64, [u8; 32])>,
 ) {
     let sink = TcpListener::bind((addr, 0)).await.unwrap();
     let echo = TcpListener::bind((addr, 0)).await.unwrap();
@@ -110,13 +113,15 @@ async fn servers(
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut n = 0u64;
+                let mut hash = check::Hasher::new();
                 while let Ok(k) = s.read(&mut buf).await {
                     if k == 0 {
                         break;
                     }
+                    hash.update(&buf[..k]);
                     n += k as u64;
                 }
-                let _ = tx.send(n);
+                let _ = tx.send((n, hash.finish()));
             });
         }
     });
@@ -219,16 +224,17 @@ fn ssh_l_many(
 async fn upload_all<S: tokio::io::AsyncWrite + Unpin + Send + 'static>(
     streams: Vec<S>,
     total: u64,
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<u64>,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(u64, [u8; 32])>,
 ) -> f64 {
     let n = streams.len();
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for mut s in streams {
         set.spawn(async move {
-            let buf = vec![0x5au8; 64 * 1024];
+            let mut buf = vec![0x5au8; 64 * 1024];
             let mut sent = 0;
             while sent < total {
+                check::fill(&mut buf, sent, 0x5a);
                 s.write_all(&buf).await.unwrap();
                 sent += buf.len() as u64;
             }
@@ -243,7 +249,7 @@ async fn upload_all<S: tokio::io::AsyncWrite + Unpin + Send + 'static>(
     // Other (empty) connections, like ssh -L's readiness probe, report too: wait for ours.
     let mut done = 0;
     while done < n {
-        let got = tokio::time::timeout(Duration::from_secs(300), rx.recv())
+        let (got, hash) = tokio::time::timeout(Duration::from_secs(300), rx.recv())
             .await
             .expect("sink report")
             .unwrap();
@@ -251,6 +257,9 @@ async fn upload_all<S: tokio::io::AsyncWrite + Unpin + Send + 'static>(
             continue;
         }
         assert!(sent.contains(&got), "a stream lost bytes: {got}");
+        check::expect(hash == check::expected_hash(got), || {
+            format!("an upload of {got} bytes arrived with other bytes than were sent")
+        });
         done += 1;
     }
     t0.elapsed().as_secs_f64()
@@ -286,7 +295,7 @@ async fn throughput(
     front: &std::path::Path,
     ssh: &SshL,
     sink: SocketAddr,
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<u64>,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(u64, [u8; 32])>,
 ) -> (f64, f64) {
     let me = std::process::id();
     let (c0, s0) = (
@@ -372,10 +381,11 @@ async fn source_server(addr: std::net::Ipv4Addr) -> SocketAddr {
                 let Ok(total) = s.read_u64().await else {
                     return;
                 };
-                let buf = vec![0xa5u8; 256 * 1024];
+                let mut buf = vec![0xa5u8; 256 * 1024];
                 let mut left = total;
                 while left > 0 {
                     let k = left.min(buf.len() as u64) as usize;
+                    check::fill(&mut buf[..k], total - left, 0xa5);
                     if s.write_all(&buf[..k]).await.is_err() {
                         return;
                     }
@@ -413,16 +423,18 @@ async fn open(
 }
 
 /// Asks the source for `total` bytes and reads them with 64 KiB reads; the bytes read.
-async fn read_all_counted(s: &mut Box<dyn Io>, total: u64) -> std::io::Result<u64> {
+async fn read_all_counted(s: &mut Box<dyn Io>, total: u64) -> std::io::Result<(u64, [u8; 32])> {
     s.write_all(&total.to_be_bytes()).await?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut n = 0u64;
+    let mut hash = check::Hasher::new();
     // Bounded: every pass reads at least one byte of at most `total` (or ends).
     loop {
         let k = s.read(&mut buf).await?;
         if k == 0 {
-            return Ok(n);
+            return Ok((n, hash.finish()));
         }
+        hash.update(&buf[..k]);
         n += k as u64;
     }
 }
@@ -439,9 +451,13 @@ async fn download_all(streams: Vec<Box<dyn Io>>, total: u64) -> f64 {
                 .expect("download")
         });
     }
+    let expected = check::expected_hash(total);
     while let Some(r) = set.join_next().await {
-        let got = r.unwrap();
+        let (got, hash) = r.unwrap();
         assert_eq!(got, total, "a download lost bytes");
+        check::expect(hash == expected, || {
+            format!("a download of {total} bytes arrived with other bytes than were sent")
+        });
     }
     t0.elapsed().as_secs_f64()
 }
@@ -731,6 +747,9 @@ async fn main() {
         scale::watch_only(kubeconfig, *n, alloc::live).await;
         return;
     }
+    if o.smoke {
+        check::verify_content();
+    }
     // sshd and the stubs inherit this: 8,192 channels per sshd connection need the sockets.
     support::raise_fd_limit();
     let (rounds, total, seq_n, conc_n, streams_30k) = if o.smoke {
@@ -806,6 +825,7 @@ async fn main() {
         .filter(|(_, s)| s.state == TunnelState::Ready)
         .count();
     let (secs, cpu) = (t0.elapsed().as_secs_f64(), support::cpu_seconds_of(me) - c0);
+    check::expect(ready == n, || format!("idle nodes: {ready}/{n} ready"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let per = (rss_mib() - rss0) * 1024.0 / n.max(1) as f64;
     if n > 0 {
@@ -1046,7 +1066,14 @@ async fn main() {
                                 tokio::time::timeout(Duration::from_secs(10), bulk.read(&mut buf));
                             match r.await {
                                 Ok(Ok(k)) if k > 0 => got += k as u64,
-                                _ => break,
+                                r => {
+                                    check::expect(false, || {
+                                        format!(
+                                            "a bulk download ended early after {got} bytes: {r:?}"
+                                        )
+                                    });
+                                    break;
+                                }
                             }
                         }
                         got
@@ -1064,7 +1091,7 @@ async fn main() {
                 let moved = bulk_task.await.unwrap();
                 if upload {
                     loop {
-                        let got = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                        let (got, _) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
                             .await
                             .unwrap()
                             .unwrap();
@@ -1129,6 +1156,12 @@ async fn main() {
             )
             .await;
             if ours {
+                check::expect(r.failures == 0 && !r.rtt_failed && r.slow_read > 0, || {
+                    format!(
+                        "slow reader, ours: {} new channels failed, echo stream failed: {}, {} bytes read",
+                        r.failures, r.rtt_failed, r.slow_read
+                    )
+                });
                 println!(
                     "  (slow reader, ours: read {} KiB; {} echoes failed; echo stream {}; buffered peak {:.1} MiB, spilled peak {:.1} MiB, {} spilled streams, connections peak {}, congested peak {})",
                     r.slow_read >> 10,
@@ -1262,6 +1295,12 @@ async fn main() {
             kept.push(s);
         }
         let total_secs = t0.elapsed().as_secs_f64();
+        check::expect(failures == 0 && kept.len() == streams_30k, || {
+            format!(
+                "{streams_30k} concurrent streams: {failures} failures, {} opened",
+                kept.len()
+            )
+        });
         drop(kept);
         out(format!(
             "| {streams_30k} concurrent streams to one node, each echo-verified | {failures} failures; {conns} connections, {open} channels open; opened in {open_secs:.1} s, verified by {total_secs:.1} s; RSS {rss_before:.0} → {rss_open:.0} MiB | sshd aborts a connection at 16,384 channels | |"
@@ -1290,6 +1329,21 @@ async fn main() {
         for l in scale::watch_rows(n, window).await {
             out(l);
         }
+    }
+
+    let problems = check::problems();
+    if !problems.is_empty() {
+        println!("bench: {} check(s) failed:", problems.len());
+        for p in &problems {
+            println!("  - {p}");
+        }
+        if o.smoke {
+            std::process::exit(1);
+        }
+    } else if o.smoke {
+        println!(
+            "bench: smoke run ok: every byte checked by SHA-256, every expected dial and node ready"
+        );
     }
 
     if !o.smoke && o.only.is_empty() {

@@ -459,21 +459,68 @@ fn test_refs(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// True when `file` defines `fn name` as a test (`#[test]` or `#[tokio::test...]` on it).
-fn is_test_in(file: &str, name: &str) -> bool {
-    let Ok(text) = std::fs::read_to_string(repo().join(file)) else {
-        return false;
-    };
+/// What `file` has under the name of a test.
+#[derive(Debug, PartialEq)]
+enum Named {
+    /// `fn name` with `#[test]` or `#[tokio::test...]` and no `#[ignore]`: it runs.
+    Runs,
+    /// A test, but `#[ignore]`d: it never runs in `scripts/test`, so it shows nothing.
+    Ignored,
+    /// No such test function.
+    Missing,
+}
+
+/// What `text` (a Rust source file) has under the name `name`.
+fn named_in_text(text: &str, name: &str) -> Named {
     for pat in [format!("fn {name}("), format!("fn {name}<")] {
         if let Some(i) = text.find(&pat) {
             // The attributes between the previous item and this one.
             let before = &text[..i];
             let item_start = before.rfind(['}', ';']).map_or(0, |j| j + 1);
             let attrs = &before[item_start..];
-            return attrs.contains("#[test]") || attrs.contains("#[tokio::test");
+            if !(attrs.contains("#[test]") || attrs.contains("#[tokio::test")) {
+                return Named::Missing;
+            }
+            if attrs.contains("#[ignore") || attrs.contains("ignore)]") {
+                return Named::Ignored;
+            }
+            return Named::Runs;
         }
     }
-    false
+    Named::Missing
+}
+
+/// What `file` has under the name `name`.
+fn named_in(file: &str, name: &str) -> Named {
+    match std::fs::read_to_string(repo().join(file)) {
+        Ok(text) => named_in_text(&text, name),
+        Err(_) => Named::Missing,
+    }
+}
+
+/// True when `file` defines `fn name` as a test that runs (not `#[ignore]`d).
+fn is_test_in(file: &str, name: &str) -> bool {
+    named_in(file, name) == Named::Runs
+}
+
+/// Why `file::name` is no evidence, for a message.
+fn why_not(file: &str, name: &str) -> String {
+    match named_in(file, name) {
+        Named::Ignored => format!("test {name} in {file} is #[ignore]d, so it never runs"),
+        _ => format!("no test fn {name} in {file}"),
+    }
+}
+
+#[test]
+fn an_ignored_or_missing_test_is_no_evidence() {
+    let src = "#[test]\nfn runs() {}\n\n#[test]\n#[ignore = \"slow\"]\nfn skipped() {}\n\n\
+               #[tokio::test(flavor = \"multi_thread\")]\n#[ignore]\nasync fn skipped_too() {}\n\n\
+               fn helper() {}\n";
+    assert_eq!(named_in_text(src, "runs"), Named::Runs);
+    assert_eq!(named_in_text(src, "skipped"), Named::Ignored);
+    assert_eq!(named_in_text(src, "skipped_too"), Named::Ignored);
+    assert_eq!(named_in_text(src, "helper"), Named::Missing);
+    assert_eq!(named_in_text(src, "absent"), Named::Missing);
 }
 
 #[test]
@@ -517,7 +564,7 @@ fn every_invariant_names_a_test_that_exists() {
         }
         for (file, name) in refs {
             if !is_test_in(&file, &name) {
-                problems.push(format!("\"{title}\": no test fn {name} in {file}"));
+                problems.push(format!("\"{title}\": {}", why_not(&file, &name)));
             }
         }
     }
@@ -525,7 +572,7 @@ fn every_invariant_names_a_test_that_exists() {
     for doc in markdown_docs() {
         for (file, name) in test_refs(&read(&doc)) {
             if !is_test_in(&file, &name) {
-                problems.push(format!("{doc}: no test fn {name} in {file}"));
+                problems.push(format!("{doc}: {}", why_not(&file, &name)));
             }
         }
     }

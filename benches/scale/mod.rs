@@ -168,6 +168,9 @@ pub async fn rows(n: usize, idle_for: Duration) -> Vec<String> {
             .unwrap_or(f64::NAN)
     };
     let stopped = daemon.stop(libc::SIGTERM);
+    crate::check::expect(ready_n == n && failures == 0 && stopped == Some(0), || {
+        format!("scale: {ready_n}/{n} ready, {failures} dials failed, daemon exit {stopped:?}")
+    });
     drop(stdin);
     drop(lines);
     let _ = support::wait_bounded(&mut helper, Duration::from_secs(60));
@@ -440,8 +443,18 @@ pub async fn watch_rows(n: usize, window: Duration) -> Vec<String> {
         .await;
         moved.push(took.map_or(f64::NAN, |_| t.elapsed().as_secs_f64() * 1e3));
     }
+    let unmoved = moved.iter().filter(|m| m.is_nan()).count();
     moved.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let stopped = d.stop(libc::SIGTERM);
+    crate::check::expect(
+        ready.is_some() && unmoved == 0 && stopped == Some(0),
+        || {
+            format!(
+                "Node watch: all ready: {}, {unmoved} address changes never ready, daemon exit {stopped:?}",
+                ready.is_some()
+            )
+        },
+    );
     drop(only_cpu);
     let _ = support::wait_bounded(&mut only, Duration::from_secs(60));
     drop(stdin);
