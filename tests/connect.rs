@@ -557,17 +557,22 @@ async fn every_error_status_comes_from_a_real_case() {
 
     // A client that leaves while its dial is pending: the dial is cancelled and no channel
     // stays open once the node answers again.
+    let t = f.pool.tunnel("node-1").unwrap();
     let mut s = UnixStream::connect(&f.sock).await.unwrap();
     s.write_all(&req(&format!("{}:{HTTP_PORT}", n1.addr)))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Pending: the 504's abandoned open and this client's.
+    assert!(
+        support::wait_until(Duration::from_secs(10), || t.open_channels() == 2),
+        "the client's dial is pending: {} open(s) pending, want 2",
+        t.open_channels()
+    );
     drop(s);
     assert!(
         support::wait_until(Duration::from_secs(3), || f.front.active() == 0),
         "the front let go"
     );
-    let t = f.pool.tunnel("node-1").unwrap();
     assert_eq!(
         t.open_channels(),
         2,
