@@ -318,8 +318,13 @@ async fn metrics_are_valid_openmetrics_and_count_dials_exactly() {
         let (mut s, head) = support::connect_uds(&r.proxy, &format!("{}:{HTTP_PORT}", n1.addr));
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)
+            .expect("the kubelet's reply, relayed to its end");
+        assert!(
+            reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nok"),
+            "the kubelet's /healthz reply, relayed whole: {reply:?}"
+        );
     }
     let (_, after) = get(&r.admin, "/metrics").await;
     python_parses(&after).expect("still valid");

@@ -120,6 +120,32 @@ async fn get<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, path: &str) -> String
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Asks for /whoami on a kept-alive connection and reads exactly the reply (head and a
+/// Content-Length body), leaving the stream open.
+async fn whoami_kept_open<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> String {
+    s.write_all(b"GET /whoami HTTP/1.1\r\nHost: kubelet\r\n\r\n")
+        .await
+        .unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(20), read_head(s))
+        .await
+        .expect("a reply");
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut body))
+        .await
+        .expect("the body")
+        .unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// The mutual-TLS listener's files: a server certificate for a free loopback address and a
 /// client CA with kube-apiserver's client certificate.
 struct Mtls {
@@ -390,6 +416,20 @@ async fn routing_by_node_address_pod_cidr_and_service_never_a_draining_node() {
     );
 
     // node-2 leaves the set (draining, its service stream still open): never chosen again.
+    // Each connection's channels are counted while the new streams are held open, by the
+    // library (per connection) and by each node's sshd (its TCP connections to the service).
+    let tunnels: Vec<_> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|n| f.pool.tunnel(n).unwrap())
+        .collect();
+    let per_conn = || -> Vec<usize> { tunnels.iter().map(|t| t.open_channels()).collect() };
+    let per_sshd = || -> Vec<usize> {
+        [n1, n2, n3]
+            .iter()
+            .map(|n| support::extra_h1::sshd_sockets_to(n, cluster.service_addr, HTTP_PORT))
+            .collect()
+    };
+    assert_eq!(per_sshd(), vec![0, 1, 0], "only node-2 carries the service");
     f.pool.update(vec![n1.node(), n3.node()]).unwrap();
     let drained = f
         .pool
@@ -397,15 +437,41 @@ async fn routing_by_node_address_pod_cidr_and_service_never_a_draining_node() {
         .into_iter()
         .any(|(n, s)| n.name == "node-2" && s.state == TunnelState::Draining);
     assert!(drained);
-    for _ in 0..3 {
+    let mut held_svc = Vec::new();
+    for i in 0..3 {
         let (mut s, head) = connect(&f.sock, &svc).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(get(&mut s, "/whoami").await.contains("svc "));
+        assert!(head.starts_with("HTTP/1.1 200"), "{i}: {head}");
+        assert!(whoami_kept_open(&mut s).await.contains("svc "), "{i}");
+        held_svc.push(s);
     }
+    let (conns, sshds) = (per_conn(), per_sshd());
+    assert_eq!(
+        (conns[1], sshds[1]),
+        (1, 1),
+        "the draining node-2 carries only its old stream (channels per connection {conns:?}, \
+         service connections per sshd {sshds:?})"
+    );
+    assert_eq!(
+        (conns[0] + conns[2], sshds[0] + sshds[2]),
+        (2 + 1 + 3, 3),
+        "node-1 and node-3 carry the 3 new streams (channels per connection {conns:?}, \
+         service connections per sshd {sshds:?})"
+    );
     assert!(
         get(&mut via2, "/whoami").await.contains("svc "),
         "the draining node's stream still works"
     );
+    drop(via2);
+    assert!(
+        support::wait_until(Duration::from_secs(10), || n2.ssh_connections() == 0),
+        "node-2's connection closes once its last stream ended"
+    );
+    for (i, s) in held_svc.iter_mut().enumerate() {
+        assert!(
+            get(s, "/whoami").await.contains("svc "),
+            "held stream {i} still works"
+        );
+    }
     drop((held1, held3));
 
     // IPv6 literals are parsed as such: ::1 is the node's loopback, refused by policy.
@@ -491,20 +557,44 @@ async fn every_error_status_comes_from_a_real_case() {
 
     // A client that leaves while its dial is pending: the dial is cancelled and no channel
     // stays open once the node answers again.
+    let t = f.pool.tunnel("node-1").unwrap();
     let mut s = UnixStream::connect(&f.sock).await.unwrap();
     s.write_all(&req(&format!("{}:{HTTP_PORT}", n1.addr)))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Pending: the 504's abandoned open and this client's.
+    assert!(
+        support::wait_until(Duration::from_secs(10), || t.open_channels() == 2),
+        "the client's dial is pending: {} open(s) pending, want 2",
+        t.open_channels()
+    );
     drop(s);
     assert!(
         support::wait_until(Duration::from_secs(3), || f.front.active() == 0),
         "the front let go"
     );
+    assert_eq!(
+        t.open_channels(),
+        2,
+        "both abandoned opens (the 504's and the one of the client that left) still pending"
+    );
     n1.cont_sshd();
-    let t = f.pool.tunnel("node-1").unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(t.open_channels(), 0, "the late channel was closed");
+    // sshd confirms a direct-tcpip channel only once its TCP connection to the destination
+    // is up; the open tasks end (and give back their places) right after that.
+    assert!(
+        support::wait_until(Duration::from_secs(10), || t.open_channels() == 0),
+        "sshd answered both late opens: {} still pending",
+        t.open_channels()
+    );
+    // Seen from outside: sshd keeps its TCP connection to the kubelet for as long as the
+    // channel is open, so none may stay once the late channels were closed.
+    let held = || support::extra_h1::sshd_sockets_to(n1, n1.addr, HTTP_PORT);
+    assert!(
+        support::wait_until(Duration::from_secs(5), || held() == 0),
+        "the late channels were closed: sshd still holds {} connection(s) to {}:{HTTP_PORT}",
+        held(),
+        n1.addr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

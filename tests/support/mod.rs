@@ -23,6 +23,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod cluster;
 pub mod daemon;
+pub mod extra_h1;
 pub mod netns;
 pub mod node;
 pub mod process;
