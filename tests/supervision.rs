@@ -384,12 +384,10 @@ async fn revoked_key_is_a_slow_failure_and_restoring_it_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_down_in_a_network_namespace_is_detected_and_recovers() {
-    if !support::can_use_netns() {
-        eprintln!(
-            "SKIPPED link_down_in_a_network_namespace_is_detected_and_recovers: needs root and iproute2 for network namespaces"
-        );
-        return;
-    }
+    assert!(
+        support::can_use_netns(),
+        "this test needs root and iproute2's `ip` for network namespaces (apt-get install -y iproute2; run as root, as .ci/run does)"
+    );
     let mut cluster = Cluster::start(0);
     cluster.add_netns_node("node-ns");
     let node = &cluster.nodes[0];
