@@ -834,6 +834,31 @@ async fn a_reader_that_stops_reading_congests_only_its_connection_and_then_loses
     assert!(support::wait_until(Duration::from_secs(15), || tunnel
         .stalled_channels()
         == 1));
+    // The cut channel's queue no longer holds up the session loop: a new channel on this very
+    // connection (not one the pool picks, which could be the extra) opens and echoes at once,
+    // long before keepalives would notice a wedged loop.
+    let t0 = Instant::now();
+    let echoed = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut s = tunnel
+            .open(&node.addr.to_string(), ECHO_PORT)
+            .await
+            .map_err(|e| format!("open on the same connection: {e}"))?;
+        s.write_all(b"after the cut")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut b = [0u8; 13];
+        s.read_exact(&mut b)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Ok::<_, String>(b)
+    })
+    .await;
+    assert!(
+        matches!(&echoed, Ok(Ok(b)) if b == b"after the cut"),
+        "after the cut, a new channel on the stuck reader's connection echoes within 2 s \
+         (the session loop is not blocked): {echoed:?} after {:?}",
+        t0.elapsed()
+    );
     let mut sink = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(5), stuck_rd.read_to_end(&mut sink))
         .await
