@@ -6,7 +6,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kube_ssh_tunnel::admin::client::{Endpoint, request};
@@ -80,23 +80,68 @@ async fn echo(addr: std::net::Ipv4Addr) -> String {
     at
 }
 
-/// A sink on `addr` that reads and drops everything.
-async fn sink(addr: std::net::Ipv4Addr) -> String {
+/// Byte counts of one bulk endpoint (a `sink` or a `source_until`), shared with the test.
+#[derive(Clone, Default)]
+struct Bulk {
+    /// Bytes received (sink) or sent (source) so far.
+    bytes: Arc<AtomicU64>,
+    /// The sink read EOF, or the source finished and sent its EOF.
+    ended: Arc<AtomicBool>,
+}
+
+/// A sink on `addr` that reads and drops everything, counting what it read and noting EOF.
+async fn sink(addr: std::net::Ipv4Addr) -> (String, Bulk) {
     let l = TcpListener::bind((addr, 0)).await.unwrap();
     let at = l.local_addr().unwrap().to_string();
+    let bulk = Bulk::default();
+    let b = bulk.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            let b = b.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 << 10];
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
+                        b.ended.store(true, Ordering::Release);
                         break;
                     }
+                    b.bytes.fetch_add(n as u64, Ordering::AcqRel);
                 }
             });
         }
     });
-    at
+    (at, bulk)
+}
+
+/// A source on `addr` that sends the pattern over and over until `stop` is set, then EOF;
+/// it counts what it sent.
+async fn source_until(
+    addr: std::net::Ipv4Addr,
+    pattern: &Pattern,
+    stop: Arc<AtomicBool>,
+) -> (String, Bulk) {
+    let l = TcpListener::bind((addr, 0)).await.unwrap();
+    let at = l.local_addr().unwrap().to_string();
+    let block = pattern.0.clone();
+    let bulk = Bulk::default();
+    let b = bulk.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (block, b, stop) = (block.clone(), b.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Acquire) {
+                    if s.write_all(&block).await.is_err() {
+                        return;
+                    }
+                    b.bytes.fetch_add(block.len() as u64, Ordering::AcqRel);
+                }
+                if s.shutdown().await.is_ok() {
+                    b.ended.store(true, Ordering::Release);
+                }
+            });
+        }
+    });
+    (at, bulk)
 }
 
 /// kube-apiserver's CONNECT on the front's socket; the stream once the answer is 200.
@@ -422,42 +467,78 @@ async fn bulk_upload_and_download_do_not_hold_up_new_connects() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
     let pattern = Pattern::new();
-    let src = source(node.pod_addr, &pattern, 64 << 30).await;
-    let snk = sink(node.pod_addr).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (src, source_bulk) = source_until(node.pod_addr, &pattern, stop.clone()).await;
+    let (snk, sink_bulk) = sink(node.pod_addr).await;
     let ech = echo(node.pod_addr).await;
     let r = start(&cluster, &[]);
     assert!(
         r.wait_node(Duration::from_secs(20), |n| n["state"] == "ready")
             .await
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    // Bulk upload and bulk download, each until told to stop (at most 120 s).
+    // Bulk upload and bulk download, each until told to stop (at most 120 s). Any error, or an
+    // EOF before the stop, ends the task with an error: the test must not go on beside a dead
+    // bulk stream.
     let mut up = connect(&r.proxy, &snk).await.unwrap();
     let mut down = connect(&r.proxy, &src).await.unwrap();
-    let (s1, s2) = (stop.clone(), stop.clone());
-    let uploader = tokio::spawn(async move {
-        let buf = vec![0x5au8; 64 << 10];
-        let (mut sent, end) = (0u64, Instant::now() + Duration::from_secs(120));
-        while !s1.load(Ordering::Acquire) && Instant::now() < end {
-            if up.write_all(&buf).await.is_err() {
-                break;
+    let (sent, got) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut uploader = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let buf = vec![0x5au8; 64 << 10];
+            let end = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Acquire) && Instant::now() < end {
+                up.write_all(&buf)
+                    .await
+                    .map_err(|e| format!("upload write failed: {e}"))?;
+                sent.fetch_add(buf.len() as u64, Ordering::AcqRel);
             }
-            sent += buf.len() as u64;
-        }
-        sent
-    });
-    let downloader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 << 10];
-        let (mut got, end) = (0u64, Instant::now() + Duration::from_secs(120));
-        while !s2.load(Ordering::Acquire) && Instant::now() < end {
-            match down.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n as u64,
+            // Our EOF goes through; the sink then closes, and so does the stream, cleanly.
+            up.shutdown()
+                .await
+                .map_err(|e| format!("upload shutdown failed: {e}"))?;
+            let mut rest = Vec::new();
+            match tokio::time::timeout(Duration::from_secs(30), up.read_to_end(&mut rest)).await {
+                Ok(Ok(0)) => Ok(()),
+                Ok(Ok(n)) => Err(format!("upload stream sent {n} unexpected bytes back")),
+                Ok(Err(e)) => Err(format!("upload stream ended with an error: {e}")),
+                Err(_) => Err("upload stream did not end within 30 s of our EOF".to_string()),
             }
+        })
+    };
+    let mut downloader = {
+        let (stop, got) = (stop.clone(), got.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            let end = Instant::now() + Duration::from_secs(120);
+            // Reads to the end: after the stop, the source sends EOF once its last block is out.
+            while Instant::now() < end {
+                match tokio::time::timeout(Duration::from_secs(30), down.read(&mut buf)).await {
+                    Ok(Ok(0)) if stop.load(Ordering::Acquire) => return Ok(()),
+                    Ok(Ok(0)) => return Err("download ended (EOF) before the stop".to_string()),
+                    Ok(Ok(n)) => got.fetch_add(n as u64, Ordering::AcqRel),
+                    Ok(Err(e)) => return Err(format!("download read failed: {e}")),
+                    Err(_) => return Err("download read got nothing for 30 s".to_string()),
+                };
+            }
+            Err("download did not end within 120 s".to_string())
+        })
+    };
+    // Both bulk streams are moving before the measured connects start.
+    let moving = |from: (u64, u64)| {
+        let (sent, got) = (sent.clone(), got.clone());
+        move || {
+            sent.load(Ordering::Acquire) >= from.0 + (1 << 20)
+                && got.load(Ordering::Acquire) >= from.1 + (1 << 20)
         }
-        got
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        support::wait_until(Duration::from_secs(20), moving((8 << 20, 8 << 20))),
+        "both bulk streams move data before the connects: up {} down {}",
+        sent.load(Ordering::Acquire),
+        got.load(Ordering::Acquire)
+    );
+    let before = (sent.load(Ordering::Acquire), got.load(Ordering::Acquire));
     let mut worst = Duration::ZERO;
     for i in 0..200 {
         match echo_within(&r.proxy, &ech, Duration::from_secs(2)).await {
@@ -466,17 +547,64 @@ async fn bulk_upload_and_download_do_not_hold_up_new_connects() {
         }
     }
     let during = r.node().await;
+    let after = (sent.load(Ordering::Acquire), got.load(Ordering::Acquire));
+    for (what, task) in [("upload", &mut uploader), ("download", &mut downloader)] {
+        if task.is_finished() {
+            panic!(
+                "the bulk {what} must still be open after the connects, but it ended with {:?}",
+                task.await
+            );
+        }
+    }
+    // They still move after the connects: each advances by another MiB (bounded wait).
+    assert!(
+        support::wait_until(Duration::from_secs(20), moving(after)),
+        "both bulk streams still move after the connects: up {} → {}, down {} → {}",
+        after.0,
+        sent.load(Ordering::Acquire),
+        after.1,
+        got.load(Ordering::Acquire)
+    );
     stop.store(true, Ordering::Release);
-    let sent = uploader.await.unwrap();
-    let got = downloader.await.unwrap();
+    let up_end = tokio::time::timeout(Duration::from_secs(60), uploader)
+        .await
+        .expect("the upload ends")
+        .unwrap();
+    let down_end = tokio::time::timeout(Duration::from_secs(60), downloader)
+        .await
+        .expect("the download ends")
+        .unwrap();
+    let (sent, got) = (sent.load(Ordering::Acquire), got.load(Ordering::Acquire));
     eprintln!(
-        "bulk: uploaded {} MiB, downloaded {} MiB, slowest of 200 CONNECTs {worst:?}; node: {during}",
+        "bulk: uploaded {} MiB ({} MiB during the connects), downloaded {} MiB ({} MiB during), slowest of 200 CONNECTs {worst:?}; node: {during}",
         sent >> 20,
-        got >> 20
+        (after.0 - before.0) >> 20,
+        got >> 20,
+        (after.1 - before.1) >> 20,
+    );
+    up_end.expect("the upload runs without error and ends cleanly");
+    down_end.expect("the download runs without error and ends cleanly");
+    // Every byte made it: the sink saw our EOF after all we sent, we saw the source's EOF
+    // after all it sent.
+    assert!(
+        support::wait_until(Duration::from_secs(10), || sink_bulk
+            .ended
+            .load(Ordering::Acquire)),
+        "the sink saw the upload's EOF"
+    );
+    assert_eq!(
+        sink_bulk.bytes.load(Ordering::Acquire),
+        sent,
+        "the sink got every uploaded byte"
     );
     assert!(
-        sent > 8 << 20 && got > 8 << 20,
-        "both bulk streams moved data"
+        source_bulk.ended.load(Ordering::Acquire),
+        "the source ended"
+    );
+    assert_eq!(
+        got,
+        source_bulk.bytes.load(Ordering::Acquire),
+        "we got every byte the source sent"
     );
 }
 
