@@ -635,6 +635,9 @@ async fn many_slow_readers_stay_within_the_budget_and_only_a_reader_that_stops_i
             "24MiB",
             "--stall-timeout",
             "5s",
+            // The relay's end of each CONNECT is logged at debug.
+            "--log-level",
+            "info,kube_ssh_tunnel::proxy::front=debug",
         ],
     );
     assert!(
@@ -724,12 +727,32 @@ async fn many_slow_readers_stay_within_the_budget_and_only_a_reader_that_stops_i
         r.d.log()
             .contains("closing a channel whose reader stopped reading")
     );
+    // The cut ends the stopped reader's CONNECT once what was held for it is read, and not as
+    // a clean end: the relay gets the channel's error. (A Unix socket cannot carry an error
+    // to the client, whose read sees the close as EOF; the daemon's log line is the proof.)
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stopped.read_to_end(&mut rest)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), stopped.read_to_end(&mut rest))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the cut stream did not end within 10 s ({} bytes read)",
+                1000 + rest.len()
+            )
+        });
+    let read = 1000 + rest.len() as u64;
+    let log = r.d.log();
+    let relay_end: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CONNECT ") && l.contains(&src))
+        .collect();
     assert!(
-        (1000 + rest.len() as u64) < LEN,
-        "the stopped reader's stream ended early"
+        relay_end.len() == 1
+            && relay_end[0].contains("CONNECT ended with an error")
+            && relay_end[0].contains("stalled"),
+        "the cut CONNECT (and only it) ended with the stall error, not as a clean end \
+         (client read: {ended:?} after {read} of {LEN} bytes): {relay_end:?}"
     );
+    assert!(read < LEN, "the stopped reader's stream ended early");
 
     // The slow readers catch up at full speed: each gets every byte, intact.
     fast.store(true, Ordering::Release);
