@@ -379,6 +379,24 @@ async fn slow_reader_case(spill: bool) {
     let metrics = r.get("/metrics").await;
     if spill {
         assert!(during["spilled_bytes"].as_u64().unwrap() > 0, "{during}");
+        // Spilling alone kept the connection free: the 200 CONNECTs shared the one SSH
+        // connection, which never counted as congested (an extra connection would hide a
+        // spill path that stops taking data).
+        assert_eq!(
+            node.ssh_connections(),
+            1,
+            "sshd sees exactly one connection while the reader spills: {during}"
+        );
+        assert_eq!(during["connections"], 1, "{during}");
+        assert_eq!(during["congested_connections"], 0, "{during}");
+        assert_eq!(
+            metric(
+                &metrics,
+                "kube_ssh_tunnel_isolation_connections_total{node=\"node-1\"}"
+            ),
+            0.0,
+            "no connection was ever opened for isolation: {metrics}"
+        );
         assert!(
             metric(
                 &metrics,
