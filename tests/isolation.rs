@@ -6,7 +6,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kube_ssh_tunnel::admin::client::{Endpoint, request};
@@ -80,23 +80,68 @@ async fn echo(addr: std::net::Ipv4Addr) -> String {
     at
 }
 
-/// A sink on `addr` that reads and drops everything.
-async fn sink(addr: std::net::Ipv4Addr) -> String {
+/// Byte counts of one bulk endpoint (a `sink` or a `source_until`), shared with the test.
+#[derive(Clone, Default)]
+struct Bulk {
+    /// Bytes received (sink) or sent (source) so far.
+    bytes: Arc<AtomicU64>,
+    /// The sink read EOF, or the source finished and sent its EOF.
+    ended: Arc<AtomicBool>,
+}
+
+/// A sink on `addr` that reads and drops everything, counting what it read and noting EOF.
+async fn sink(addr: std::net::Ipv4Addr) -> (String, Bulk) {
     let l = TcpListener::bind((addr, 0)).await.unwrap();
     let at = l.local_addr().unwrap().to_string();
+    let bulk = Bulk::default();
+    let b = bulk.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            let b = b.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 << 10];
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
+                        b.ended.store(true, Ordering::Release);
                         break;
                     }
+                    b.bytes.fetch_add(n as u64, Ordering::AcqRel);
                 }
             });
         }
     });
-    at
+    (at, bulk)
+}
+
+/// A source on `addr` that sends the pattern over and over until `stop` is set, then EOF;
+/// it counts what it sent.
+async fn source_until(
+    addr: std::net::Ipv4Addr,
+    pattern: &Pattern,
+    stop: Arc<AtomicBool>,
+) -> (String, Bulk) {
+    let l = TcpListener::bind((addr, 0)).await.unwrap();
+    let at = l.local_addr().unwrap().to_string();
+    let block = pattern.0.clone();
+    let bulk = Bulk::default();
+    let b = bulk.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (block, b, stop) = (block.clone(), b.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Acquire) {
+                    if s.write_all(&block).await.is_err() {
+                        return;
+                    }
+                    b.bytes.fetch_add(block.len() as u64, Ordering::AcqRel);
+                }
+                if s.shutdown().await.is_ok() {
+                    b.ended.store(true, Ordering::Release);
+                }
+            });
+        }
+    });
+    (at, bulk)
 }
 
 /// kube-apiserver's CONNECT on the front's socket; the stream once the answer is 200.
@@ -334,6 +379,24 @@ async fn slow_reader_case(spill: bool) {
     let metrics = r.get("/metrics").await;
     if spill {
         assert!(during["spilled_bytes"].as_u64().unwrap() > 0, "{during}");
+        // Spilling alone kept the connection free: the 200 CONNECTs shared the one SSH
+        // connection, which never counted as congested (an extra connection would hide a
+        // spill path that stops taking data).
+        assert_eq!(
+            node.ssh_connections(),
+            1,
+            "sshd sees exactly one connection while the reader spills: {during}"
+        );
+        assert_eq!(during["connections"], 1, "{during}");
+        assert_eq!(during["congested_connections"], 0, "{during}");
+        assert_eq!(
+            metric(
+                &metrics,
+                "kube_ssh_tunnel_isolation_connections_total{node=\"node-1\"}"
+            ),
+            0.0,
+            "no connection was ever opened for isolation: {metrics}"
+        );
         assert!(
             metric(
                 &metrics,
@@ -422,42 +485,78 @@ async fn bulk_upload_and_download_do_not_hold_up_new_connects() {
     let cluster = Cluster::start(1);
     let node = &cluster.nodes[0];
     let pattern = Pattern::new();
-    let src = source(node.pod_addr, &pattern, 64 << 30).await;
-    let snk = sink(node.pod_addr).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (src, source_bulk) = source_until(node.pod_addr, &pattern, stop.clone()).await;
+    let (snk, sink_bulk) = sink(node.pod_addr).await;
     let ech = echo(node.pod_addr).await;
     let r = start(&cluster, &[]);
     assert!(
         r.wait_node(Duration::from_secs(20), |n| n["state"] == "ready")
             .await
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    // Bulk upload and bulk download, each until told to stop (at most 120 s).
+    // Bulk upload and bulk download, each until told to stop (at most 120 s). Any error, or an
+    // EOF before the stop, ends the task with an error: the test must not go on beside a dead
+    // bulk stream.
     let mut up = connect(&r.proxy, &snk).await.unwrap();
     let mut down = connect(&r.proxy, &src).await.unwrap();
-    let (s1, s2) = (stop.clone(), stop.clone());
-    let uploader = tokio::spawn(async move {
-        let buf = vec![0x5au8; 64 << 10];
-        let (mut sent, end) = (0u64, Instant::now() + Duration::from_secs(120));
-        while !s1.load(Ordering::Acquire) && Instant::now() < end {
-            if up.write_all(&buf).await.is_err() {
-                break;
+    let (sent, got) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut uploader = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let buf = vec![0x5au8; 64 << 10];
+            let end = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Acquire) && Instant::now() < end {
+                up.write_all(&buf)
+                    .await
+                    .map_err(|e| format!("upload write failed: {e}"))?;
+                sent.fetch_add(buf.len() as u64, Ordering::AcqRel);
             }
-            sent += buf.len() as u64;
-        }
-        sent
-    });
-    let downloader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 << 10];
-        let (mut got, end) = (0u64, Instant::now() + Duration::from_secs(120));
-        while !s2.load(Ordering::Acquire) && Instant::now() < end {
-            match down.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n as u64,
+            // Our EOF goes through; the sink then closes, and so does the stream, cleanly.
+            up.shutdown()
+                .await
+                .map_err(|e| format!("upload shutdown failed: {e}"))?;
+            let mut rest = Vec::new();
+            match tokio::time::timeout(Duration::from_secs(30), up.read_to_end(&mut rest)).await {
+                Ok(Ok(0)) => Ok(()),
+                Ok(Ok(n)) => Err(format!("upload stream sent {n} unexpected bytes back")),
+                Ok(Err(e)) => Err(format!("upload stream ended with an error: {e}")),
+                Err(_) => Err("upload stream did not end within 30 s of our EOF".to_string()),
             }
+        })
+    };
+    let mut downloader = {
+        let (stop, got) = (stop.clone(), got.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            let end = Instant::now() + Duration::from_secs(120);
+            // Reads to the end: after the stop, the source sends EOF once its last block is out.
+            while Instant::now() < end {
+                match tokio::time::timeout(Duration::from_secs(30), down.read(&mut buf)).await {
+                    Ok(Ok(0)) if stop.load(Ordering::Acquire) => return Ok(()),
+                    Ok(Ok(0)) => return Err("download ended (EOF) before the stop".to_string()),
+                    Ok(Ok(n)) => got.fetch_add(n as u64, Ordering::AcqRel),
+                    Ok(Err(e)) => return Err(format!("download read failed: {e}")),
+                    Err(_) => return Err("download read got nothing for 30 s".to_string()),
+                };
+            }
+            Err("download did not end within 120 s".to_string())
+        })
+    };
+    // Both bulk streams are moving before the measured connects start.
+    let moving = |from: (u64, u64)| {
+        let (sent, got) = (sent.clone(), got.clone());
+        move || {
+            sent.load(Ordering::Acquire) >= from.0 + (1 << 20)
+                && got.load(Ordering::Acquire) >= from.1 + (1 << 20)
         }
-        got
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        support::wait_until(Duration::from_secs(20), moving((8 << 20, 8 << 20))),
+        "both bulk streams move data before the connects: up {} down {}",
+        sent.load(Ordering::Acquire),
+        got.load(Ordering::Acquire)
+    );
+    let before = (sent.load(Ordering::Acquire), got.load(Ordering::Acquire));
     let mut worst = Duration::ZERO;
     for i in 0..200 {
         match echo_within(&r.proxy, &ech, Duration::from_secs(2)).await {
@@ -466,17 +565,64 @@ async fn bulk_upload_and_download_do_not_hold_up_new_connects() {
         }
     }
     let during = r.node().await;
+    let after = (sent.load(Ordering::Acquire), got.load(Ordering::Acquire));
+    for (what, task) in [("upload", &mut uploader), ("download", &mut downloader)] {
+        if task.is_finished() {
+            panic!(
+                "the bulk {what} must still be open after the connects, but it ended with {:?}",
+                task.await
+            );
+        }
+    }
+    // They still move after the connects: each advances by another MiB (bounded wait).
+    assert!(
+        support::wait_until(Duration::from_secs(20), moving(after)),
+        "both bulk streams still move after the connects: up {} → {}, down {} → {}",
+        after.0,
+        sent.load(Ordering::Acquire),
+        after.1,
+        got.load(Ordering::Acquire)
+    );
     stop.store(true, Ordering::Release);
-    let sent = uploader.await.unwrap();
-    let got = downloader.await.unwrap();
+    let up_end = tokio::time::timeout(Duration::from_secs(60), uploader)
+        .await
+        .expect("the upload ends")
+        .unwrap();
+    let down_end = tokio::time::timeout(Duration::from_secs(60), downloader)
+        .await
+        .expect("the download ends")
+        .unwrap();
+    let (sent, got) = (sent.load(Ordering::Acquire), got.load(Ordering::Acquire));
     eprintln!(
-        "bulk: uploaded {} MiB, downloaded {} MiB, slowest of 200 CONNECTs {worst:?}; node: {during}",
+        "bulk: uploaded {} MiB ({} MiB during the connects), downloaded {} MiB ({} MiB during), slowest of 200 CONNECTs {worst:?}; node: {during}",
         sent >> 20,
-        got >> 20
+        (after.0 - before.0) >> 20,
+        got >> 20,
+        (after.1 - before.1) >> 20,
+    );
+    up_end.expect("the upload runs without error and ends cleanly");
+    down_end.expect("the download runs without error and ends cleanly");
+    // Every byte made it: the sink saw our EOF after all we sent, we saw the source's EOF
+    // after all it sent.
+    assert!(
+        support::wait_until(Duration::from_secs(10), || sink_bulk
+            .ended
+            .load(Ordering::Acquire)),
+        "the sink saw the upload's EOF"
+    );
+    assert_eq!(
+        sink_bulk.bytes.load(Ordering::Acquire),
+        sent,
+        "the sink got every uploaded byte"
     );
     assert!(
-        sent > 8 << 20 && got > 8 << 20,
-        "both bulk streams moved data"
+        source_bulk.ended.load(Ordering::Acquire),
+        "the source ended"
+    );
+    assert_eq!(
+        got,
+        source_bulk.bytes.load(Ordering::Acquire),
+        "we got every byte the source sent"
     );
 }
 
@@ -507,6 +653,9 @@ async fn many_slow_readers_stay_within_the_budget_and_only_a_reader_that_stops_i
             "24MiB",
             "--stall-timeout",
             "5s",
+            // The relay's end of each CONNECT is logged at debug.
+            "--log-level",
+            "info,kube_ssh_tunnel::proxy::front=debug",
         ],
     );
     assert!(
@@ -596,12 +745,32 @@ async fn many_slow_readers_stay_within_the_budget_and_only_a_reader_that_stops_i
         r.d.log()
             .contains("closing a channel whose reader stopped reading")
     );
+    // The cut ends the stopped reader's CONNECT once what was held for it is read, and not as
+    // a clean end: the relay gets the channel's error. (A Unix socket cannot carry an error
+    // to the client, whose read sees the close as EOF; the daemon's log line is the proof.)
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stopped.read_to_end(&mut rest)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), stopped.read_to_end(&mut rest))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the cut stream did not end within 10 s ({} bytes read)",
+                1000 + rest.len()
+            )
+        });
+    let read = 1000 + rest.len() as u64;
+    let log = r.d.log();
+    let relay_end: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("CONNECT ") && l.contains(&src))
+        .collect();
     assert!(
-        (1000 + rest.len() as u64) < LEN,
-        "the stopped reader's stream ended early"
+        relay_end.len() == 1
+            && relay_end[0].contains("CONNECT ended with an error")
+            && relay_end[0].contains("stalled"),
+        "the cut CONNECT (and only it) ended with the stall error, not as a clean end \
+         (client read: {ended:?} after {read} of {LEN} bytes): {relay_end:?}"
     );
+    assert!(read < LEN, "the stopped reader's stream ended early");
 
     // The slow readers catch up at full speed: each gets every byte, intact.
     fast.store(true, Ordering::Release);
