@@ -200,11 +200,38 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
         "an unrelated node's change does not bring a drained node back: {doc:?}"
     );
 
-    // DELETED: node-2 disappears.
+    // DELETED: node-2 disappears. Drained, it is already out of the status; what the
+    // deletion changes is that the pool forgets it: its metric series go.
+    let metrics = || async {
+        let (code, body) = request(&ep, "GET", "/metrics", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    let m = metrics().await;
+    assert!(
+        m.contains("node=\"node-2\""),
+        "a drained node keeps its series: {m}"
+    );
     server.send(event(
         "DELETED",
         node_object("node-2", n2, 14, "10.244.22.0/24"),
     ));
+    let mut forgotten = false;
+    for _ in 0..100 {
+        if !metrics().await.contains("node=\"node-2\"") {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        forgotten,
+        "the deleted node's series went: {}\n{}",
+        metrics().await,
+        d.log()
+    );
     wait_status(&ep, "node-2 removed", |doc| node(doc, "node-2").is_none()).await;
     assert!(
         support::wait_until(Duration::from_secs(10), || n2.ssh_connections() == 0),
