@@ -169,7 +169,18 @@ mod tests {
     async fn stop_is_bounded_when_a_task_ignores_the_token() {
         let tasks = Tasks::new();
         let h = tasks.spawn(std::future::pending::<()>());
-        assert_eq!(tasks.stop(Duration::from_millis(50)).await, 1);
+        // A stop that does not keep its bound fails here instead of hanging the test run.
+        let left = tokio::time::timeout(
+            Duration::from_secs(10),
+            tasks.stop(Duration::from_millis(50)),
+        )
+        .await
+        .expect("stop(50 ms) did not return within 10 s: its bound does not hold for a task that ignores the token");
+        assert_eq!(
+            left, 1,
+            "the task that ignores the token is counted as left"
+        );
+        assert_eq!(tasks.running(), 1);
         h.abort();
     }
 }

@@ -112,23 +112,49 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     wait_status(&ep, "node-2 added", |doc| ready_at(doc, "node-2", n2)).await;
 
     // Heartbeats (a new resource version and status the tunnel does not read) change no node:
-    // no node set goes to the pool for them.
-    let sets = |d: &Daemon| {
+    // no node set goes to the pool for them. Every set the daemon applies is logged.
+    const SET: &str = "node set updated from the Kubernetes API";
+    let sets = |d: &Daemon| d.log().matches(SET).count();
+    // The log comes through a pipe: wait until the set that added node-2 is in it.
+    assert!(
+        support::wait_until(Duration::from_secs(10), || d
+            .log()
+            .lines()
+            .any(|l| l.contains(SET) && l.contains("node-2"))),
+        "the set that added node-2 is logged:\n{}",
         d.log()
-            .matches("node set updated from the Kubernetes API")
-            .count()
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    );
     let before = sets(&d);
-    assert!(before >= 1, "the sets so far are logged:\n{}", d.log());
     for rv in 100..120 {
         let mut o = node_object("node-2", n2, rv, "10.244.2.0/24");
         o["status"]["conditions"][0]["lastHeartbeatTime"] =
             json!(format!("2026-12-02T07:00:{rv}Z"));
         server.send(event("MODIFIED", o));
     }
+    // Time for a set the heartbeats would make to go out on its own (the watch sends changes
+    // at least 100 ms apart), then a real change: node-2's pod CIDR. Events are handled in
+    // order, so once its set is applied any set for a heartbeat has been logged before it:
+    // exactly one set may have come.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sets(&d), before, "heartbeats made node sets:\n{}", d.log());
+    server.send(event(
+        "MODIFIED",
+        node_object("node-2", n2, 120, "10.244.22.0/24"),
+    ));
+    wait_status(&ep, "node-2's new pod CIDR", |doc| {
+        node(doc, "node-2").is_some_and(|n| n.pod_cidrs == ["10.244.22.0/24"])
+    })
+    .await;
+    assert!(
+        d.wait_log(SET, before + 1, Duration::from_secs(10)),
+        "the pod CIDR change's set is logged:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        sets(&d),
+        before + 1,
+        "one node set, for the pod CIDR change; the heartbeats made the others:\n{}",
+        d.log()
+    );
 
     // An operator drains node-2: it stays drained while the watch reports other changes.
     let (code, body) = request(&ep, "POST", "/nodes/node-2/drain", Duration::from_secs(10))
@@ -138,6 +164,7 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     wait_status(&ep, "node-2 drained", |doc| node(doc, "node-2").is_none()).await;
 
     // MODIFIED: node-1 changes address; the pool reconnects it there.
+    let before = sets(&d);
     server.send(event(
         "MODIFIED",
         node_object("node-1", n3, 12, "10.244.1.0/24"),
@@ -146,18 +173,65 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
         ready_at(doc, "node-1", n3)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another change of node-1 (its pod CIDR): once its set is applied, every set before it
+    // has been, and neither brought the drained node-2 back.
+    server.send(event(
+        "MODIFIED",
+        node_object("node-1", n3, 13, "10.244.11.0/24"),
+    ));
+    wait_status(&ep, "node-1's new pod CIDR", |doc| {
+        node(doc, "node-1").is_some_and(|n| n.pod_cidrs == ["10.244.11.0/24"])
+    })
+    .await;
+    assert!(
+        d.wait_log(SET, before + 2, Duration::from_secs(10)),
+        "both changes of node-1 are logged:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        sets(&d),
+        before + 2,
+        "one node set per change of node-1:\n{}",
+        d.log()
+    );
     let doc = status(&ep).await.unwrap();
     assert!(
         node(&doc, "node-2").is_none(),
         "an unrelated node's change does not bring a drained node back: {doc:?}"
     );
 
-    // DELETED: node-2 disappears.
+    // DELETED: node-2 disappears. Drained, it is already out of the status; what the
+    // deletion changes is that the pool forgets it: its metric series go.
+    let metrics = || async {
+        let (code, body) = request(&ep, "GET", "/metrics", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    let m = metrics().await;
+    assert!(
+        m.contains("node=\"node-2\""),
+        "a drained node keeps its series: {m}"
+    );
     server.send(event(
         "DELETED",
-        node_object("node-2", n2, 13, "10.244.2.0/24"),
+        node_object("node-2", n2, 14, "10.244.22.0/24"),
     ));
+    let mut forgotten = false;
+    for _ in 0..100 {
+        if !metrics().await.contains("node=\"node-2\"") {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        forgotten,
+        "the deleted node's series went: {}\n{}",
+        metrics().await,
+        d.log()
+    );
     wait_status(&ep, "node-2 removed", |doc| node(doc, "node-2").is_none()).await;
     assert!(
         support::wait_until(Duration::from_secs(10), || n2.ssh_connections() == 0),
@@ -168,7 +242,7 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     server.send(
         json!({"type": "ERROR", "object": {
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": "too old resource version: 13 (20)", "reason": "Expired", "code": 410}})
+            "message": "too old resource version: 14 (20)", "reason": "Expired", "code": 410}})
         .to_string(),
     );
     wait_status(&ep, "node-4 from the relist", |doc| {

@@ -233,43 +233,63 @@ mod tests {
         let mut started = source.start(reload.clone(), cancel.clone()).await.unwrap();
         assert_eq!(names(&started.nodes.borrow_and_update()), ["fixed", "a"]);
         let task = tokio::spawn(started.task.take().unwrap());
+        // Every set the source sends, in order. The source sends from its own task and awaits
+        // before it can send again, so on this single-threaded runtime the recorder sees each
+        // set (a watch channel would otherwise keep only the latest).
+        let (sets_tx, mut sets) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
         let mut rx = started.nodes;
-        let next = |rx: &mut watch::Receiver<Vec<Node>>| {
-            let mut rx = rx.clone();
-            async move {
-                tokio::time::timeout(Duration::from_secs(10), rx.changed())
-                    .await
-                    .expect("a new set within 10 s")
-                    .unwrap();
-                names(&rx.borrow_and_update())
+        let recorder = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let set = names(&rx.borrow_and_update())
                     .into_iter()
                     .map(String::from)
-                    .collect::<Vec<_>>()
+                    .collect();
+                let _ = sets_tx.send(set);
             }
-        };
+        });
+        async fn next(sets: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<String>>) -> Vec<String> {
+            tokio::time::timeout(Duration::from_secs(10), sets.recv())
+                .await
+                .expect("a new set within 10 s")
+                .expect("the recorder runs")
+        }
 
         // A changed file (another size) is sent.
         write(
             "[[nodes]]\nname = \"a\"\naddress = \"192.0.2.1\"\n\n[[nodes]]\nname = \"b\"\naddress = \"192.0.2.2\"\n",
         );
-        assert_eq!(next(&mut rx).await, ["fixed", "a", "b"]);
-        rx.borrow_and_update();
+        assert_eq!(next(&mut sets).await, ["fixed", "a", "b"]);
 
-        // A file that does not load sends nothing: the last good set stays.
+        // A file that does not load sends nothing: the last good set stays. Seen by what comes
+        // next: after a few checks of the bad file, a good file's set is the only one sent.
         write("not toml [");
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(!rx.has_changed().unwrap());
-
-        // A reload on request re-reads the file (here a good one again).
         write("[[nodes]]\nname = \"c\"\naddress = \"192.0.2.3\"\n");
+        assert_eq!(
+            next(&mut sets).await,
+            ["fixed", "c"],
+            "the set after the bad file is the good file's (nothing for the bad one)"
+        );
+
+        // A reload on request re-reads the file and sends its set, even unchanged (the
+        // periodic check sends nothing for a file that did not change).
         reload.notify_one();
-        assert_eq!(next(&mut rx).await, ["fixed", "c"]);
+        assert_eq!(next(&mut sets).await, ["fixed", "c"]);
 
         cancel.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("the source stops when cancelled")
             .unwrap();
+        recorder.await.unwrap();
+        let mut extra = Vec::new();
+        while let Ok(set) = sets.try_recv() {
+            extra.push(set);
+        }
+        assert!(
+            extra.is_empty(),
+            "exactly one set per change and per reload, but also: {extra:?}"
+        );
     }
 
     #[tokio::test]

@@ -78,32 +78,85 @@ impl Backoff {
 mod tests {
     use super::*;
 
+    const P: BackoffPolicy = BackoffPolicy {
+        min: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+    };
+    /// Sequences drawn per step: enough that the largest draw of a step comes close to its
+    /// ceiling and the smallest close to the floor. Seeded, so every run draws the same.
+    const RUNS: u64 = 400;
+
+    /// `RUNS` sequences of `P`, each with its own seeded generator.
+    fn sequences() -> Vec<Backoff> {
+        (0..RUNS)
+            .map(|seed| {
+                let mut b = Backoff::new(P);
+                b.rng = fastrand::Rng::with_seed(seed);
+                b
+            })
+            .collect()
+    }
+
+    /// The next delay of every sequence, in seconds, with its smallest and largest.
+    fn step(runs: &mut [Backoff]) -> (Vec<f64>, f64, f64) {
+        let draws: Vec<f64> = runs
+            .iter_mut()
+            .map(|b| b.next_delay().as_secs_f64())
+            .collect();
+        let lo = draws.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = draws.iter().cloned().fold(0.0, f64::max);
+        (draws, lo, hi)
+    }
+
     #[test]
     fn grows_is_capped_jittered_and_resets() {
-        let p = BackoffPolicy {
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        };
-        let mut ceilings = Vec::new();
-        let mut b = Backoff::new(p);
-        let draws: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
-        let mut d = 0.5f64;
-        for x in &draws {
-            ceilings.push(d.min(30.0));
-            d *= 2.0;
-            let _ = x;
-        }
-        for (x, ceil) in draws.iter().zip(&ceilings) {
+        let (min, max) = (P.min.as_secs_f64(), P.max.as_secs_f64());
+        let mut runs = sequences();
+        // The first delay is the minimum itself (the range [min, min] has no room).
+        let (_, lo, hi) = step(&mut runs);
+        assert!(
+            (lo - min).abs() < 1e-9 && (hi - min).abs() < 1e-9,
+            "first delay {lo}..{hi}, want {min}"
+        );
+        // Then the ceiling doubles (1, 2, 4, 8, 16 s) up to the cap (30 s) and stays there;
+        // every draw is in [min, ceiling] and the draws spread over the whole range (full
+        // jitter: the smallest near the floor, the largest near the ceiling).
+        let mut ceiling = min;
+        for i in 1..12 {
+            ceiling = (ceiling * 2.0).min(max);
+            let (draws, lo, hi) = step(&mut runs);
             assert!(
-                x.as_secs_f64() >= 0.5 - 1e-9 && x.as_secs_f64() <= ceil + 1e-9,
-                "{x:?} vs {ceil}"
+                draws
+                    .iter()
+                    .all(|d| *d >= min - 1e-9 && *d <= ceiling + 1e-9),
+                "step {i}: a delay outside [{min}, {ceiling}]: {lo}..{hi}"
+            );
+            let span = ceiling - min;
+            assert!(
+                hi >= ceiling - span * 0.05,
+                "step {i}: the largest of {RUNS} delays is {hi}, want close to the ceiling {ceiling}"
+            );
+            assert!(
+                lo <= min + span * 0.05,
+                "step {i}: the smallest of {RUNS} delays is {lo}, want close to the floor {min} (full jitter)"
             );
         }
-        // Jittered: many draws at the cap are not all equal.
-        let at_cap: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
-        assert!(at_cap.iter().any(|x| *x != at_cap[0]));
-        assert!(at_cap.iter().all(|x| *x <= Duration::from_secs(30)));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(500));
+        assert_eq!(ceiling, max, "the sequence reached the cap");
+
+        // Reset starts over: the minimum, then a ceiling of 2 × min again.
+        for b in &mut runs {
+            b.reset();
+        }
+        let (_, lo, hi) = step(&mut runs);
+        assert!(
+            (lo - min).abs() < 1e-9 && (hi - min).abs() < 1e-9,
+            "after reset the first delay is {lo}..{hi}, want {min}"
+        );
+        let (_, lo, hi) = step(&mut runs);
+        assert!(
+            lo >= min - 1e-9 && hi <= 2.0 * min + 1e-9 && hi > min + 0.9 * min,
+            "after reset the second delay is {lo}..{hi}, want up to {}",
+            2.0 * min
+        );
     }
 }

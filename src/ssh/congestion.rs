@@ -176,6 +176,17 @@ impl Congestion {
 mod tests {
     use super::*;
 
+    /// Waits (at most 5 s, polling) until `cond` holds; whether it did.
+    async fn within_5s(cond: impl Fn() -> bool) -> bool {
+        for _ in 0..250 {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cond()
+    }
+
     #[tokio::test]
     async fn bulk_is_held_for_a_moment_and_a_blocked_reader_until_it_catches_up() {
         let c = Arc::new(Congestion::new(
@@ -184,11 +195,58 @@ mod tests {
             LinkStats::default(),
         ));
         assert!(!c.is_congested());
+        assert!(!c.is_held_up());
+
+        // Bulk: congested while the writer waits and for WRITE_HOLD after; never held up.
         c.writer_blocked("d:1");
         assert!(c.is_congested());
+        assert!(!c.is_held_up(), "bulk data does not hold the session up");
         c.writer_unblocked();
         assert!(c.is_congested(), "held after the writer moves on");
+        assert!(
+            within_5s(|| !c.is_congested()).await,
+            "bulk congestion clears once WRITE_HOLD has passed"
+        );
+
+        // A reader behind by its whole buffer: congested and held up until it catches up,
+        // however long that takes (longer than WRITE_HOLD here).
         c.reader_blocked("d:2", 5);
+        assert!(c.is_congested(), "a blocked reader congests the connection");
+        assert!(c.is_held_up(), "a blocked reader holds the session up");
+        tokio::time::sleep(WRITE_HOLD * 2).await;
+        assert!(
+            c.is_congested() && c.is_held_up(),
+            "still congested while the reader is behind"
+        );
         c.reader_caught_up();
+        assert!(
+            !c.is_held_up(),
+            "no longer held up once the reader caught up"
+        );
+        assert!(
+            !c.is_congested(),
+            "no longer congested once the reader caught up"
+        );
+
+        // Two blocked readers: the connection stays congested until both caught up.
+        c.reader_blocked("d:3", 5);
+        c.reader_blocked("d:4", 5);
+        c.reader_caught_up();
+        assert!(
+            c.is_congested() && c.is_held_up(),
+            "one reader still behind"
+        );
+        c.reader_caught_up();
+        assert!(!c.is_congested() && !c.is_held_up());
+
+        // The watcher counted the congested time and ends with the congestion.
+        assert!(
+            within_5s(|| !c.watching.load(Ordering::Acquire)).await,
+            "the watcher ends once the congestion is over"
+        );
+        assert!(
+            c.link.congested_seconds.get() > 0.0,
+            "congested time is counted"
+        );
     }
 }

@@ -17,7 +17,9 @@ use std::time::Duration;
 use kube_ssh_tunnel::{Destination, Node};
 
 use super::netns::Netns;
-use super::process::{children_of, is_root, keygen, repo, run_ok, signal, wait_until};
+use super::process::{
+    children_of, is_root, keygen, repo, run_ok, signal, try_children_of, wait_until,
+};
 use super::{ECHO_PORT, HTTP_PORT, HTTPS_PORT, TestCa};
 
 const SSHD: &str = "/usr/sbin/sshd";
@@ -317,8 +319,52 @@ impl TestNode {
     }
 
     /// Number of SSH connections the node's sshd serves (its per-connection children).
+    ///
+    /// Panics when the listener sshd is not running (never started, killed by `kill_sshd`
+    /// and not restarted, or dead and unreaped for any other reason) or /proc cannot be
+    /// read: a dead sshd serves no connection, so a 0 would pass every "the connection
+    /// closed" wait. A sshd frozen by `stop_sshd` is running.
     pub fn ssh_connections(&self) -> usize {
-        self.sshd_pid().map(|p| children_of(p).len()).unwrap_or(0)
+        let mut sshd = self.sshd.lock().unwrap();
+        let Some(child) = sshd.as_mut() else {
+            drop(sshd);
+            panic!(
+                "ssh_connections: the sshd of {} is not running (never started, or killed and not restarted)",
+                self.name
+            );
+        };
+        let pid = child.id();
+        // try_wait reaps a dead sshd (a zombie included) and says how it ended. A reaped
+        // sshd leaves the node, so that nothing signals its PID (which may be reused) later.
+        let ended = child.try_wait();
+        if matches!(ended, Ok(Some(_))) {
+            sshd.take();
+        }
+        drop(sshd);
+        match ended {
+            Ok(None) => {}
+            Ok(Some(status)) => panic!(
+                "ssh_connections: the sshd of {} (pid {pid}) died unexpectedly ({status}); the end of its log:\n{}",
+                self.name,
+                {
+                    let log = self.sshd_log();
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                }
+            ),
+            Err(e) => panic!(
+                "ssh_connections: cannot tell whether the sshd of {} (pid {pid}) runs: {e}",
+                self.name
+            ),
+        }
+        try_children_of(pid)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "ssh_connections: cannot list the children of the sshd of {} (pid {pid}) in /proc: {e}",
+                    self.name
+                )
+            })
+            .len()
     }
 
     /// Kills sshd (listener and its per-connection processes) with SIGKILL and reaps it.

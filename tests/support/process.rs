@@ -188,16 +188,22 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
-/// PIDs of the direct children of `pid` (from /proc).
+/// PIDs of the direct children of `pid` (from /proc). Best effort, for cleanup: an empty list
+/// when /proc cannot be read (use `try_children_of` to count).
 pub fn children_of(pid: u32) -> Vec<u32> {
+    try_children_of(pid).unwrap_or_default()
+}
+
+/// PIDs of the direct children of `pid` (from /proc), or why /proc could not be listed.
+/// Processes that end while /proc is being read are left out.
+pub fn try_children_of(pid: u32) -> std::io::Result<Vec<u32>> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
+    for e in std::fs::read_dir("/proc")? {
+        let e = e?;
         let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
+        // A process that ended since the listing has no stat any more: not a child now.
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
             continue;
         };
@@ -211,7 +217,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
             out.push(child);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Resident set size of this process in bytes (from /proc/self/status).
@@ -219,30 +225,55 @@ pub fn rss_bytes() -> u64 {
     rss_bytes_of("self")
 }
 
-/// Resident memory of process `pid` ("self" for this one), in bytes.
+/// Resident memory of process `pid` ("self" for this one), in bytes. Panics, naming the
+/// process, when it cannot be read (gone, or a zombie without memory): a 0 would pass every
+/// "at most" check.
 pub fn rss_bytes_of(pid: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the RSS of process {pid}: {path}: {e}"));
+    let line = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+        .unwrap_or_else(|| {
+            panic!("cannot read the RSS of process {pid}: {path} has no VmRSS line (exited?)")
+        });
+    let kb: u64 = line
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("cannot read the RSS of process {pid}: VmRSS {line:?}: {e}"));
+    kb * 1024
 }
 
-/// Open file descriptors of this process.
+/// Open file descriptors of this process. Panics when /proc/self/fd cannot be read (a 0
+/// would pass every "no more than before" check).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
+        .unwrap_or_else(|e| panic!("cannot count open file descriptors: /proc/self/fd: {e}"))
+        .count()
 }
 
-/// CPU time (user + system) process `pid` has used, in seconds.
+/// CPU time (user + system) process `pid` has used, in seconds. Panics, naming the process,
+/// when /proc/PID/stat cannot be read or parsed.
 pub fn cpu_seconds_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the CPU time of process {pid}: {path}: {e}"));
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("cannot read the CPU time of process {pid}: {path}: {stat:?}"));
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the comm: state is field 0 here, utime 11 and stime 12 (proc(5) fields 14, 15).
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| {
+                panic!("cannot read the CPU time of process {pid}: {path}: {stat:?}")
+            })
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
