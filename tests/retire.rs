@@ -290,12 +290,9 @@ async fn an_address_change_keeps_the_open_stream_and_new_dials_go_to_the_new_con
     .await;
 }
 
-// Fails today: on a reconnect request `watch_connection` (src/pool/supervisor.rs) disconnects
-// the old connection at once, cutting its open streams, although `reconnect` is documented to
-// let them drain. Dropping that `tunnel.disconnect().await` (the supervisor then hands the
-// old connection to `drain_tunnel`, which closes it when its streams end) makes it pass.
+// Failed before the supervisor stopped disconnecting the old connection on a reconnect
+// request (it cut the open streams although `reconnect` is documented to let them drain).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reconnect cuts open streams today (src/pool/supervisor.rs disconnects on kick); issue #25"]
 async fn reconnect_keeps_the_open_stream_and_new_dials_go_to_the_new_connection() {
     let cluster = Cluster::start(1);
     let n1 = &cluster.nodes[0];

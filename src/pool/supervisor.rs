@@ -205,10 +205,9 @@ async fn watch_connection(
                 }
             }
             _ = slot.stopped() => return ConnectionEnd::Stopping,
-            _ = kick.cancelled() => {
-                tunnel.disconnect().await;
-                return ConnectionEnd::ReconnectRequested;
-            }
+            // The old connection is retired like any other: it takes no new dials and its open
+            // streams run until they end or the drain timeout (the caller drains it).
+            _ = kick.cancelled() => return ConnectionEnd::ReconnectRequested,
             _ = probe_tick.tick() => {
                 // An SSH ping measures the link's round trip (also when probes are off).
                 let rtt = tunnel.ping(cfg.health.timeout).await;
