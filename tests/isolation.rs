@@ -244,14 +244,8 @@ impl Running {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.d.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        // Panics when the daemon's RSS cannot be read (it died): never a 0 that passes a bound.
+        support::rss_bytes_of(&self.d.child.id().to_string()) / 1024
     }
 }
 
