@@ -494,12 +494,13 @@ async fn shutdown_drains_open_streams_up_to_the_drain_timeout() {
     let cluster = Cluster::start(1);
     let n1 = &cluster.nodes[0];
     let mut cfg = fast(&cluster);
-    cfg.drain_timeout = Duration::from_secs(2);
+    // Long enough for the 2 MiB transfer on a loaded CI machine (it needs ~0.2 s alone).
+    cfg.drain_timeout = Duration::from_secs(6);
     let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
     let stream = pool.dial(&dest(n1.addr, ECHO_PORT)).await.unwrap();
     let transfer = tokio::spawn(paced_round_trip(
         stream,
-        8 << 20,
+        2 << 20,
         Duration::from_millis(100),
     ));
     // An idle stream that never finishes: cut at the drain timeout.
@@ -510,11 +511,11 @@ async fn shutdown_drains_open_streams_up_to_the_drain_timeout() {
     let took = t0.elapsed();
     let (got, same) = transfer.await.unwrap();
     assert!(
-        got == 8 << 20 && same,
+        got == 2 << 20 && same,
         "the running transfer finished intact during the drain"
     );
     assert!(
-        took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+        took >= Duration::from_millis(5500) && took < Duration::from_secs(15),
         "shutdown waited for the drain timeout: {took:?}"
     );
     let mut buf = [0u8; 16];
