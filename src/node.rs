@@ -35,6 +35,12 @@ pub struct Node {
     /// shown in `status`. Filled by the pool, never read from a file.
     #[serde(skip)]
     pub refused: Vec<String>,
+    /// True when the node's name is refused as a route: it is another node's address, lies in
+    /// another node's pod CIDR or a service CIDR, or is a loopback, unspecified or link-local
+    /// IP (see `pool::vet`). A dial to that host then goes where the address belongs; the node
+    /// is still reached by its address. Filled by the pool, never read from a file.
+    #[serde(skip)]
+    pub name_refused: bool,
 }
 
 fn default_port() -> u16 {
@@ -66,6 +72,7 @@ impl Node {
             pod_cidrs: Vec::new(),
             aliases: Vec::new(),
             refused: Vec::new(),
+            name_refused: false,
         };
         node.validate()?;
         Ok(node)
@@ -131,9 +138,9 @@ impl Node {
         self.is_named(host) || self.has_address(host) || self.has_alias(host)
     }
 
-    /// True when `host` is this node's name.
+    /// True when `host` is this node's name, and the name routes (see `name_refused`).
     pub fn is_named(&self, host: &str) -> bool {
-        host.eq_ignore_ascii_case(&self.name)
+        !self.name_refused && host.eq_ignore_ascii_case(&self.name)
     }
 
     /// True when `host` is this node's (primary) address.

@@ -136,3 +136,70 @@ fn a_node_claiming_another_nodes_address_never_gets_its_traffic_on_any_start() {
         assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
     }
 }
+
+/// Kubernetes allows a node named like an IP. A node named like another node's address (its
+/// own address elsewhere) must not take that address's traffic: the node that holds the
+/// address keeps it, and the name is refused as a route, shown in `status` and logged.
+#[test]
+fn a_node_named_like_another_nodes_address_never_takes_its_traffic() {
+    let cluster = Cluster::start(2);
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let ip_name = n2.addr.to_string();
+    let file = cluster.path().join("nodes.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[nodes]]\nname = \"{ip_name}\"\naddress = \"{}\"\nssh_port = {}\n\n\
+             [[nodes]]\nname = \"{}\"\naddress = \"{}\"\nssh_port = {}\n",
+            n1.addr, n1.ssh_port, n2.name, n2.addr, n2.ssh_port
+        ),
+    )
+    .unwrap();
+    let admin = cluster.path().join("admin.sock");
+    let proxy = cluster.path().join("proxy.sock");
+    let mut args = cluster.daemon_args();
+    args.extend(["--nodes", file.to_str().unwrap(), "--health-probe", "none"].map(String::from));
+    let mut d = Daemon::start(&args);
+    assert!(
+        d.wait_log("tunnel ready", 2, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+    let target = format!("{}:{HTTP_PORT}", n2.addr);
+    for i in 0..10 {
+        let (head, body) = whoami_via(&proxy, &target);
+        assert!(
+            head.starts_with("HTTP/1.1 200") && body.contains(&n2.name),
+            "CONNECT {i} to {target} must go through {}, the node whose address it is: {head}{body}",
+            n2.name
+        );
+    }
+    // The IP-named node still serves its own address.
+    let (head, body) = whoami_via(&proxy, &format!("{}:{HTTP_PORT}", n1.addr));
+    assert!(
+        head.starts_with("HTTP/1.1 200") && body.contains(&n1.name),
+        "{head}{body}"
+    );
+    let why = format!("name {ip_name}: it is node {}'s address", n2.name);
+    assert!(d.log().contains(&why), "logged: {}", d.log());
+    let out = support::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args([
+            "status",
+            "-o",
+            "json",
+            "--admin-uds",
+            admin.to_str().unwrap(),
+        ]),
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let named = doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == ip_name.as_str())
+        .expect("the IP-named node stays in status")
+        .clone();
+    assert!(named["refused"].to_string().contains(&why), "{named}");
+    assert_eq!(named["state"], "ready", "{named}");
+    assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+}

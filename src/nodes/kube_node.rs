@@ -147,6 +147,7 @@ impl KubeNode {
             pod_cidrs,
             aliases,
             refused: Vec::new(),
+            name_refused: false,
         };
         node.validate().map_err(|e| invalid(e.to_string()))?;
         Ok(node)

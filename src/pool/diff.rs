@@ -84,6 +84,7 @@ pub fn diff(
 fn same_entry(a: &Node, b: &Node) -> bool {
     let bare = |n: &Node| Node {
         refused: Vec::new(),
+        name_refused: false,
         ..n.clone()
     };
     bare(a) == bare(b)

@@ -71,10 +71,13 @@ impl NodeIndex {
         }
         for (i, n) in nodes.iter().map(AsRef::as_ref).enumerate() {
             c.positions.entry(n.name.clone()).or_insert(i);
-            c.names
-                .entry(n.name.to_ascii_lowercase())
-                .or_default()
-                .push(i);
+            // A refused name (`Node::name_refused`) routes nothing.
+            if !n.name_refused {
+                c.names
+                    .entry(n.name.to_ascii_lowercase())
+                    .or_default()
+                    .push(i);
+            }
             c.addresses
                 .entry(HostKey::of(&n.address))
                 .or_default()

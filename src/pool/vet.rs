@@ -5,6 +5,11 @@
 //!
 //! - an **alias** is refused when it is another node's name or address, lies in a service
 //!   CIDR or in any node's pod CIDR, or is loopback, unspecified or link-local;
+//! - a **name** is refused as a route (the node stays, reached by its address) when it is
+//!   another node's address, lies in a service CIDR or in another node's pod CIDR, or is a
+//!   loopback, unspecified or link-local IP: Kubernetes allows a node named `10.0.0.6`, and
+//!   routing looks names up first, so such a name would otherwise take the traffic of the
+//!   node whose address it is;
 //! - a **pod CIDR** is refused when it is special-purpose (loopback, unspecified, link-local,
 //!   multicast — unless the node's own address is in the same range, as in a lab), shorter
 //!   than /8 (IPv4) or /32 (IPv6), or overlaps another node's (refused on both).
@@ -106,7 +111,41 @@ pub fn vet(
         }
         node.aliases = kept;
     }
+    // 5. Names, against every node's address and every pod CIDR of a sane shape.
+    for node in nodes.iter_mut() {
+        let me = sane_claims.position(&node.name);
+        node.name_refused = false;
+        if let Some(why) = name_refusal(&node.name, me, &sane, &sane_claims, service_cidrs) {
+            node.refused
+                .push(format!("name {}: {why}; it does not route", node.name));
+            node.name_refused = true;
+        }
+    }
     dropped
+}
+
+/// Why the name `name` of the node at position `me` in `all` cannot route, if it cannot.
+fn name_refusal(
+    name: &str,
+    me: Option<usize>,
+    all: &[Node],
+    claims: &NodeIndex,
+    service_cidrs: &[IpNet],
+) -> Option<String> {
+    if let Some(&o) = claims.with_address(name).iter().find(|&&o| Some(o) != me) {
+        return Some(format!("it is node {}'s address", all[o].name));
+    }
+    let ip: IpAddr = name.parse().ok()?;
+    if is_loopback(ip) || ip.is_unspecified() || is_link_local(ip) {
+        return Some("it is a loopback, unspecified or link-local address".into());
+    }
+    if let Some(c) = service_cidrs.iter().find(|c| c.contains(&ip)) {
+        return Some(format!("it lies in the service CIDR {c}"));
+    }
+    if let Some(o) = claims.owning(ip).filter(|&o| Some(o) != me).min() {
+        return Some(format!("it lies in node {}'s pod CIDR", all[o].name));
+    }
+    None
 }
 
 /// Why a node's address cannot be used, if it cannot. `me` is its position in `all`.
@@ -291,6 +330,33 @@ mod tests {
                 }
                 node.aliases = kept;
             }
+            // 5. Names, against every other node's address and every pod CIDR of a sane shape.
+            for node in nodes.iter_mut() {
+                node.name_refused = false;
+                let others: Vec<&Node> = sane.iter().filter(|o| o.name != node.name).collect();
+                let why = if let Some(o) = others.iter().find(|o| same_host(&o.address, &node.name))
+                {
+                    Some(format!("it is node {}'s address", o.name))
+                } else if let Ok(ip) = node.name.parse::<IpAddr>() {
+                    if is_loopback(ip) || ip.is_unspecified() || is_link_local(ip) {
+                        Some("it is a loopback, unspecified or link-local address".to_string())
+                    } else if let Some(c) = service_cidrs.iter().find(|c| c.contains(&ip)) {
+                        Some(format!("it lies in the service CIDR {c}"))
+                    } else {
+                        others
+                            .iter()
+                            .find(|o| o.owns_pod_ip(ip))
+                            .map(|o| format!("it lies in node {}'s pod CIDR", o.name))
+                    }
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    node.refused
+                        .push(format!("name {}: {why}; it does not route", node.name));
+                    node.name_refused = true;
+                }
+            }
             dropped
         }
 
@@ -366,6 +432,46 @@ mod tests {
         n.aliases = aliases.iter().map(|a| a.to_string()).collect();
         n.pod_cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
         n
+    }
+
+    #[test]
+    fn a_name_that_is_another_nodes_address_pod_ip_or_a_service_ip_does_not_route() {
+        let mut nodes = vec![
+            // Named like n2's address; its own address is elsewhere.
+            node("10.0.0.2", "10.0.0.1", &[], &[]),
+            node("n2", "10.0.0.2", &[], &["10.244.2.0/24"]),
+            node("10.244.2.7", "10.0.0.3", &[], &[]),
+            node("10.96.0.1", "10.0.0.4", &[], &[]),
+            node("127.0.0.1", "10.0.0.5", &[], &[]),
+            // Named like its own address, and like an IP nobody claims: both route.
+            node("10.0.0.6", "10.0.0.6", &[], &[]),
+            node("10.0.0.99", "10.0.0.7", &[], &[]),
+        ];
+        vet(&mut nodes, &["10.96.0.0/12".parse().unwrap()], |_| None);
+        let refused: Vec<(&str, bool, &[String])> = nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.name_refused, n.refused.as_slice()))
+            .collect();
+        assert_eq!(nodes.len(), 7, "every node stays: {refused:?}");
+        let why = |i: usize| nodes[i].refused.join("; ");
+        assert!(nodes[0].name_refused && why(0).contains("it is node n2's address"));
+        assert!(!nodes[1].name_refused && nodes[1].refused.is_empty());
+        assert!(nodes[2].name_refused && why(2).contains("it lies in node n2's pod CIDR"));
+        assert!(nodes[3].name_refused && why(3).contains("service CIDR 10.96.0.0/12"));
+        assert!(nodes[4].name_refused && why(4).contains("loopback"));
+        assert!(
+            !nodes[5].name_refused && !nodes[6].name_refused,
+            "{refused:?}"
+        );
+        // Routing: the address's holder gets it; the refused name routes nothing.
+        let table = super::super::route::RouteTable::new(nodes.into_iter().map(Arc::new).collect());
+        let route = |d: &str| table.classify(&d.parse().unwrap());
+        use super::super::route::Route;
+        assert_eq!(route("10.0.0.2:10250"), Route::Node("n2".into()));
+        assert_eq!(route("10.244.2.7:80"), Route::PodOf("n2".into()));
+        assert_eq!(route("10.96.0.1:443"), Route::AnyReady);
+        assert_eq!(route("10.0.0.1:10250"), Route::Node("10.0.0.2".into()));
+        assert_eq!(route("10.0.0.99:10250"), Route::Node("10.0.0.99".into()));
     }
 
     #[test]
@@ -510,7 +616,20 @@ mod tests {
     #[test]
     fn the_indexed_vet_agrees_with_the_reference_on_random_node_sets() {
         fastrand::seed(15);
-        let names = ["a", "b", "c", "d", "e", "A", "node-7", "x.example"];
+        let names = [
+            "a",
+            "b",
+            "c",
+            "d",
+            "e",
+            "A",
+            "node-7",
+            "x.example",
+            "10.0.0.2",
+            "10.1.2.5",
+            "127.0.0.9",
+            "10.96.0.3",
+        ];
         let hosts = [
             "10.0.0.1",
             "10.0.0.2",
