@@ -1,8 +1,9 @@
 //! The Prometheus files in `deploy/prometheus/` stay right: promtool accepts the alert rules,
 //! their unit tests pass (each alert has a case that fires and one that does not), promtool
-//! accepts a configuration made of the scrape example, and every metric name and label the
-//! rules use is in a real daemon's /metrics. Debian's `prometheus` package ships promtool; a
-//! machine without it fails these tests, naming the package.
+//! accepts a configuration made of the scrape example, every metric name and label the rules
+//! use is in a real daemon's /metrics, and a real Prometheus server scrapes a daemon with the
+//! scrape example and evaluates the rules. Debian's `prometheus` package ships promtool and
+//! the server; a machine without them fails these tests, naming the package.
 
 mod support;
 
@@ -548,4 +549,207 @@ async fn every_metric_and_label_the_rules_use_is_in_a_real_daemons_metrics() {
         problems.join("\n")
     );
     assert!(used.len() >= 8, "the rules use {used:?}");
+}
+
+/// A Prometheus server started by a test, stopped by PID when dropped.
+struct PrometheusServer {
+    child: std::process::Child,
+    log: PathBuf,
+    addr: String,
+}
+
+impl PrometheusServer {
+    /// Starts `prometheus` with `config`, its data in `dir`, on a free loopback port.
+    fn start(config: &Path, dir: &Path) -> PrometheusServer {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = dir.join("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run prometheus ({e}): it comes with Debian's prometheus package \
+                     (apt-get install -y --no-install-recommends prometheus; scripts/test installs it)"
+                )
+            });
+        PrometheusServer { child, log, addr }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` of its HTTP API: the JSON body's `data`, or None (not up yet, or not 200).
+    fn api(&self, path: &str) -> Option<Value> {
+        use std::io::{Read, Write};
+        let addr = self.addr.parse().unwrap();
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok()?;
+        let (head, body) = reply.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return None;
+        }
+        let v: Value = serde_json::from_str(body).ok()?;
+        Some(v["data"].clone())
+    }
+
+    /// The instant vector of `query` (a metric name, no characters to escape).
+    fn query(&self, query: &str) -> Vec<Value> {
+        self.api(&format!("/api/v1/query?query={query}"))
+            .and_then(|d| d["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The alerts now pending or firing: (alert name, node label or "", state).
+    fn alerts(&self) -> BTreeSet<(String, String, String)> {
+        let alerts = self
+            .api("/api/v1/alerts")
+            .and_then(|d| d["alerts"].as_array().cloned())
+            .unwrap_or_default();
+        alerts
+            .iter()
+            .map(|a| {
+                let label = |k: &str| a["labels"][k].as_str().unwrap_or("").to_string();
+                (
+                    label("alertname"),
+                    label("node"),
+                    a["state"].as_str().unwrap_or("").into(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_daemon_with_the_example_and_evaluates_the_rules() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let admin = format!("127.0.0.1:{}", free_port());
+    let proxy = cluster.path().join("proxy.sock");
+    let mut args = vec!["run".to_string()];
+    args.extend(cluster.cli_args());
+    for a in [
+        "--admin-listen",
+        &admin,
+        "--proxy-uds",
+        proxy.to_str().unwrap(),
+        "--health-probe",
+        "none",
+        "--keepalive-interval",
+        "1s",
+        "--keepalive-count",
+        "3",
+        "--backoff-max",
+        "1s",
+    ] {
+        args.push(a.to_string());
+    }
+    let d = Daemon::start(&args);
+    assert!(
+        d.wait_log("tunnel ready", 1, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+
+    // scrape.yaml as shipped, with the daemon's port and a 1 s interval for the test.
+    let scrape = std::fs::read_to_string(dir().join("scrape.yaml")).unwrap();
+    let mut job = scrape.clone();
+    for (from, to) in [
+        ("scrape_interval: 30s", "scrape_interval: 1s".to_string()),
+        ("scrape_timeout: 10s", "scrape_timeout: 1s".to_string()),
+        ("127.0.0.1:10271", admin.clone()),
+    ] {
+        assert!(job.contains(from), "scrape.yaml has {from}");
+        job = job.replace(from, &to);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n{job}",
+            dir().join("alerts.yaml").display()
+        ),
+    )
+    .unwrap();
+    let prom = PrometheusServer::start(&config, tmp.path());
+    let limit = Duration::from_secs(60);
+
+    // It scrapes the daemon: up is 1, and the node's tunnel is up.
+    let scraped = support::wait_until(limit, || {
+        prom.query("up").iter().any(|s| s["value"][1] == "1")
+            && prom
+                .query("kube_ssh_tunnel_tunnel_up")
+                .iter()
+                .any(|s| s["metric"]["node"] == "node-1" && s["value"][1] == "1")
+    });
+    assert!(scraped, "{:?}\n{}", prom.query("up"), prom.log());
+
+    // Every rule evaluates without an error, and on a healthy daemon only the deprecation
+    // notice fires.
+    let rules_ok = || {
+        let groups = prom
+            .api("/api/v1/rules")
+            .and_then(|d| d["groups"].as_array().cloned())
+            .unwrap_or_default();
+        let rules: Vec<Value> = groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        rules.len() == self::rules().len()
+            && rules
+                .iter()
+                .all(|r| r["health"] == "ok" && r["lastEvaluation"] != "0001-01-01T00:00:00Z")
+    };
+    let deprecated: (String, String, String) = (
+        "KubeSshTunnelDeprecatedMode".into(),
+        "".into(),
+        "firing".into(),
+    );
+    let healthy = support::wait_until(limit, || rules_ok() && prom.alerts().contains(&deprecated));
+    assert!(
+        healthy,
+        "rules: {:?}\nalerts: {:?}\n{}",
+        prom.api("/api/v1/rules"),
+        prom.alerts(),
+        prom.log()
+    );
+    assert_eq!(prom.alerts(), [deprecated.clone()].into());
+
+    // The node's sshd dies: its tunnel goes down and the node-down alert is pending (it
+    // fires after its 5 minutes).
+    node.kill_sshd();
+    let down: (String, String, String) = (
+        "KubeSshTunnelNodeDown".into(),
+        "node-1".into(),
+        "pending".into(),
+    );
+    let pending = support::wait_until(limit, || prom.alerts().contains(&down));
+    assert!(pending, "alerts: {:?}\n{}", prom.alerts(), d.log());
 }
