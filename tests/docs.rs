@@ -617,3 +617,247 @@ fn every_test_the_docs_name_by_itself_exists() {
         missing.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Quoted messages, environment variables, the `/status` fields and keygen's output: what the
+// docs say the program prints is what it prints.
+
+/// The string literals of a Rust source text, read with syn's tokenizer: doc comments and
+/// `#[cfg(test)]` items (unit tests) are left out, attributes (`#[error("…")]`) and macro
+/// arguments (`format!`, `tracing::info!`) are included.
+fn string_literals(text: &str) -> Vec<String> {
+    use syn::parse::{ParseStream, Parser};
+
+    fn skip_item(input: ParseStream) -> syn::Result<()> {
+        while !input.is_empty() {
+            if input.peek(syn::token::Brace) {
+                let body;
+                syn::braced!(body in input);
+                // Every token must be consumed, or syn reports the rest as unexpected.
+                while !body.is_empty() {
+                    step(&body)?;
+                }
+                return Ok(());
+            }
+            if input.peek(syn::Token![;]) {
+                input.parse::<syn::Token![;]>()?;
+                return Ok(());
+            }
+            step(input)?;
+        }
+        Ok(())
+    }
+
+    fn step(input: ParseStream) -> syn::Result<()> {
+        input.step(|cursor| match cursor.token_tree() {
+            Some((_, next)) => Ok(((), next)),
+            None => Err(cursor.error("unexpected end")),
+        })
+    }
+
+    fn walk(input: ParseStream, out: &mut Vec<String>) -> syn::Result<()> {
+        while !input.is_empty() {
+            let outer = input.peek(syn::Token![#]) && input.peek2(syn::token::Bracket);
+            let inner = input.peek(syn::Token![#])
+                && input.peek2(syn::Token![!])
+                && input.peek3(syn::token::Bracket);
+            if outer || inner {
+                let attrs = if inner {
+                    input.call(syn::Attribute::parse_inner)?
+                } else {
+                    input.call(syn::Attribute::parse_outer)?
+                };
+                let mut test_only = false;
+                for a in &attrs {
+                    if a.path().is_ident("doc") {
+                        continue;
+                    }
+                    match &a.meta {
+                        syn::Meta::List(l) => {
+                            if a.path().is_ident("cfg") && l.tokens.to_string() == "test" {
+                                test_only = true;
+                            }
+                            l.parse_args_with(|i: ParseStream| walk(i, out))?;
+                        }
+                        syn::Meta::NameValue(nv) => {
+                            if let syn::Expr::Lit(syn::ExprLit {
+                                lit: syn::Lit::Str(s),
+                                ..
+                            }) = &nv.value
+                            {
+                                out.push(s.value());
+                            }
+                        }
+                        syn::Meta::Path(_) => {}
+                    }
+                }
+                if test_only {
+                    skip_item(input)?;
+                }
+                continue;
+            }
+            if input.peek(syn::LitStr) {
+                out.push(input.parse::<syn::LitStr>()?.value());
+            } else if input.peek(syn::token::Paren) {
+                let inside;
+                syn::parenthesized!(inside in input);
+                walk(&inside, out)?;
+            } else if input.peek(syn::token::Bracket) {
+                let inside;
+                syn::bracketed!(inside in input);
+                walk(&inside, out)?;
+            } else if input.peek(syn::token::Brace) {
+                let inside;
+                syn::braced!(inside in input);
+                walk(&inside, out)?;
+            } else {
+                step(input)?;
+            }
+        }
+        Ok(())
+    }
+
+    let mut out = Vec::new();
+    (|input: ParseStream| walk(input, &mut out))
+        .parse_str(text)
+        .unwrap_or_else(|e| panic!("cannot tokenize: {e}"));
+    out
+}
+
+/// Every string literal of src/ (format strings with `{{`/`}}` also as printed).
+fn source_literals() -> Vec<String> {
+    let mut files = Vec::new();
+    files_under(Path::new("src"), &[".rs"], &mut files);
+    let mut out = Vec::new();
+    for f in files {
+        for lit in string_literals(&read(&f.display().to_string())) {
+            if lit.contains("{{") || lit.contains("}}") {
+                out.push(lit.replace("{{", "{").replace("}}", "}"));
+            }
+            out.push(lit);
+        }
+    }
+    out
+}
+
+/// The first cells of the body rows of every Markdown table whose first header cell starts
+/// with "message", with their line numbers.
+fn message_cells(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut in_table = false;
+    let mut fenced = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        let cells: Vec<&str> = line.split('|').collect();
+        if fenced || !line.starts_with('|') || cells.len() < 3 {
+            in_table = false;
+            continue;
+        }
+        let first = cells[1].trim();
+        if first.to_lowercase().starts_with("message") {
+            in_table = true;
+        } else if in_table && !first.starts_with("---") {
+            out.push((i + 1, first.to_string()));
+        }
+    }
+    out
+}
+
+/// The `code spans` of a text.
+fn code_spans(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Why `message` (`…` stands for text that varies) is not one the code can emit, or None:
+/// each fixed part must occur in one of `literals`, and one part must be long enough to mean
+/// something.
+fn not_emitted(message: &str, literals: &[String]) -> Option<String> {
+    let parts: Vec<&str> = message
+        .split('…')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.iter().all(|p| p.chars().count() < 8) {
+        return Some(format!(
+            "`{message}` has no fixed part of 8 characters or more to look for"
+        ));
+    }
+    let missing: Vec<&str> = parts
+        .iter()
+        .copied()
+        .filter(|p| !literals.iter().any(|l| l.contains(p)))
+        .collect();
+    if missing.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "`{message}`: no string literal in src/ contains {missing:?}"
+        ))
+    }
+}
+
+#[test]
+fn a_quoted_message_the_code_does_not_emit_is_caught() {
+    let src = "//! `node {node}: made up`\n\
+               #[derive(Debug, thiserror::Error)]\n\
+               enum E { #[error(\"node {node}: host key {offered} is not in {files}; \\\n\
+               refusing to connect\")] A }\n\
+               fn f() { tracing::warn!(x = %y, \"watching failed; retrying\"); }\n\
+               #[cfg(test)]\nmod tests { fn t() { let _ = \"only in a unit test\"; } }\n";
+    let lits = string_literals(src);
+    assert_eq!(
+        lits,
+        [
+            "node {node}: host key {offered} is not in {files}; refusing to connect",
+            "watching failed; retrying"
+        ]
+    );
+    assert_eq!(
+        not_emitted("host key … is not in …; refusing to connect", &lits),
+        None
+    );
+    assert_eq!(not_emitted("watching failed; retrying", &lits), None);
+    assert!(
+        not_emitted("node …: made up", &lits).is_some(),
+        "doc comments do not count"
+    );
+    assert!(not_emitted("only in a unit test", &lits).is_some());
+    assert!(not_emitted("host key … was rejected", &lits).is_some());
+    assert!(
+        not_emitted("… (…)", &lits).is_some(),
+        "too little to look for"
+    );
+    let table = "| message (STATE) | meaning |\n|---|---|\n| `a … b` (failed) | x |\n\n\
+                 | status | when |\n|---|---|\n| `not a message` | y |\n";
+    assert_eq!(message_cells(table), [(3, "`a … b` (failed)".to_string())]);
+}
+
+#[test]
+fn every_message_the_troubleshooting_tables_quote_is_in_the_code() {
+    let literals = source_literals();
+    assert!(literals.len() > 500, "only {} literals", literals.len());
+    let mut quoted = 0;
+    let mut problems = Vec::new();
+    for doc in markdown_docs() {
+        for (line, cell) in message_cells(&read(&doc)) {
+            let spans = code_spans(&cell);
+            if spans.is_empty() {
+                problems.push(format!("{doc}:{line}: quotes no message in `code`"));
+            }
+            for m in spans {
+                quoted += 1;
+                if let Some(why) = not_emitted(&m, &literals) {
+                    problems.push(format!("{doc}:{line}: {why}"));
+                }
+            }
+        }
+    }
+    assert!(quoted >= 20, "only {quoted} messages quoted");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
