@@ -861,3 +861,171 @@ fn every_message_the_troubleshooting_tables_quote_is_in_the_code() {
     assert!(quoted >= 20, "only {quoted} messages quoted");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The subcommands whose flags may have environment variables.
+const FLAG_SUBCOMMANDS: [&str; 8] = [
+    "run",
+    "dial",
+    "check",
+    "status",
+    "reconnect",
+    "drain",
+    "keygen",
+    "demo",
+];
+
+/// A subcommand's long flags from its `--help`, each with its environment variable if it has
+/// one. An option's block runs from its line (indented less than 8 spaces) to the next one, so
+/// a `[env: …]` below a list of possible values still belongs to it.
+fn flags_and_variables(sub: &str) -> Vec<(String, Option<String>)> {
+    let (code, help, err) = bin(&[sub, "--help"]);
+    assert_eq!(code, 0, "{sub} --help: {err}");
+    let mut out: Vec<(String, Option<String>)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        let indent = line.len() - t.len();
+        if t.starts_with('-') && indent < 8 {
+            let spec = t.split("  ").next().unwrap_or_default();
+            let long = spec
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .unwrap_or_default()
+                .to_string();
+            out.push((long, None));
+        } else if let Some(i) = line.find("[env: ")
+            && let Some(last) = out.last_mut()
+        {
+            let v = &line[i + 6..];
+            last.1 = Some(v[..v.find(['=', ']']).unwrap()].to_string());
+        }
+    }
+    out.retain(|(f, _)| f != "--help" && f != "--version" && !f.is_empty());
+    assert!(!out.is_empty(), "{sub}: no flags parsed from:\n{help}");
+    out
+}
+
+#[test]
+fn the_flags_the_docs_call_environment_settable_have_a_variable() {
+    let mut variables = BTreeSet::new();
+    let mut with = BTreeSet::new();
+    let mut without = BTreeSet::new();
+    for sub in FLAG_SUBCOMMANDS {
+        let flags = flags_and_variables(sub);
+        if flags.iter().any(|(_, v)| v.is_some()) {
+            with.insert(sub.to_string());
+        }
+        if flags.iter().all(|(_, v)| v.is_none()) {
+            without.insert(sub.to_string());
+            continue;
+        }
+        for (flag, var) in flags {
+            match var {
+                Some(v) => {
+                    variables.insert(v);
+                }
+                None => {
+                    without.insert(format!("{sub} {flag}"));
+                }
+            }
+        }
+    }
+    assert!(
+        variables.contains("KUBE_SSH_TUNNEL_SSH_USER"),
+        "{variables:?}"
+    );
+
+    // Every variable the prose names is one that --help shows.
+    let mut problems = Vec::new();
+    for doc in markdown_docs() {
+        if doc == "docs/reference.md" {
+            continue;
+        }
+        let text = read(&doc);
+        for (i, _) in text.match_indices("KUBE_SSH_TUNNEL_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if !name.ends_with('_') && !variables.contains(&name) {
+                problems.push(format!("{doc}: {name} is no flag's environment variable"));
+            }
+        }
+    }
+
+    // The sentence in operations.md says which subcommands' flags have one, and which flags
+    // have none.
+    let ops = read("docs/operations.md");
+    let flat = ops.replace('\n', " ");
+    let start = flat
+        .find("Every flag of `")
+        .expect("operations.md says which flags have an environment variable");
+    let sentence = &flat[start..];
+    let sentence = &sentence[..sentence.find(". The ").expect("the sentence ends")];
+    let (settable, none) = sentence
+        .split_once("which have none:")
+        .expect("the sentence lists the flags without one after \"which have none:\"");
+    let said_with: BTreeSet<String> = code_spans(settable)
+        .into_iter()
+        .filter(|s| !s.starts_with("KUBE_SSH_TUNNEL_"))
+        .collect();
+    let said_without: BTreeSet<String> = code_spans(none).into_iter().collect();
+    if said_with != with {
+        problems.push(format!(
+            "operations.md says the flags of {said_with:?} have variables; --help shows them for {with:?}"
+        ));
+    }
+    if said_without != without {
+        problems.push(format!(
+            "operations.md says {said_without:?} have no variable; --help shows none for {without:?}"
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The field names of the named structs in a Rust source text.
+fn struct_fields(text: &str, names: &[&str]) -> Vec<String> {
+    let file = syn::parse_file(text).expect("parses");
+    let mut out = Vec::new();
+    for item in file.items {
+        if let syn::Item::Struct(s) = item
+            && names.contains(&s.ident.to_string().as_str())
+        {
+            for f in s.fields {
+                out.push(f.ident.expect("named fields").to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_status_field_list_names_every_field_of_the_document() {
+    let fields = struct_fields(
+        &read("src/admin/document.rs"),
+        &["StatusDocument", "NodeDocument", "HealthDocument"],
+    );
+    assert!(
+        fields.len() >= 35,
+        "only {} fields: {fields:?}",
+        fields.len()
+    );
+    let ops = read("docs/operations.md");
+    let start = ops
+        .find("\n`/status`: ")
+        .expect("operations.md lists the /status fields in a paragraph opening with `/status`:");
+    let para = &ops[start + 1..];
+    let para = &para[..para.find("\n\n").unwrap_or(para.len())];
+    let named: BTreeSet<String> = code_spans(para)
+        .iter()
+        .flat_map(|s| {
+            s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let missing: Vec<&String> = fields.iter().filter(|f| !named.contains(*f)).collect();
+    assert!(
+        missing.is_empty(),
+        "the /status list in docs/operations.md leaves out {missing:?}"
+    );
+}
