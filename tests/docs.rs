@@ -1029,3 +1029,78 @@ fn the_status_field_list_names_every_field_of_the_document() {
         "the /status list in docs/operations.md leaves out {missing:?}"
     );
 }
+
+/// `text` with each run of base64 characters after `marker` replaced by `…` (keys and
+/// fingerprints differ on every run).
+fn mask_after(text: &str, marker: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(marker) {
+        out.push_str(&rest[..i + marker.len()]);
+        rest = &rest[i + marker.len()..];
+        let n = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "+/=".contains(c)))
+            .unwrap_or(rest.len());
+        if n > 0 {
+            out.push('…');
+        }
+        rest = &rest[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn the_keygen_output_the_docs_show_is_what_keygen_prints() {
+    let ops = read("docs/operations.md");
+    // The fenced block that opens with `$ kube-ssh-tunnel keygen …`, indented as a list item.
+    let mut block: Option<Vec<String>> = None;
+    let mut lines = ops.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "```text"
+            && let Some(first) = lines.clone().next()
+            && first.trim_start().starts_with("$ kube-ssh-tunnel keygen")
+        {
+            let indent = line.len() - line.trim_start().len();
+            let mut body = Vec::new();
+            for l in lines.by_ref() {
+                if l.trim() == "```" {
+                    break;
+                }
+                body.push(l.get(indent..).unwrap_or("").to_string());
+            }
+            block = Some(body);
+            break;
+        }
+    }
+    let block = block.expect("operations.md shows keygen's output in a ```text block");
+    let args: Vec<&str> = block[0]
+        .trim_start_matches("$ kube-ssh-tunnel ")
+        .split_whitespace()
+        .collect();
+    assert!(
+        !args.iter().any(|a| a.starts_with("--out")),
+        "the example writes the default keys/id_ed25519"
+    );
+    let dir = std::env::temp_dir().join(format!("kst-docs-keygen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"));
+    cmd.args(&args).current_dir(&dir).env_remove("RUST_LOG");
+    let out = support::run_bounded(&mut cmd, b"", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = mask_after(&mask_after(&printed, "SHA256:"), "ssh-ed25519 AAAA");
+    let shown = block[1..].join("\n");
+    assert!(
+        printed.trim_end() == shown.trim_end(),
+        "docs/operations.md shows keygen's output as:\n{shown}\n\nbut `kube-ssh-tunnel {}` prints:\n{printed}",
+        args.join(" ")
+    );
+}
