@@ -6,7 +6,11 @@
 //! - every relative link in README.md and docs/*.md reaches a file (and heading) of the
 //!   repository, and no file points into a directory outside it;
 //! - every `src/...` and `tests/...` path docs/architecture.md names exists, and every test
-//!   an invariant names (`tests/FILE.rs::NAME`) is a test function there.
+//!   an invariant names (`tests/FILE.rs::NAME`) is a test function there;
+//! - what the docs say the program prints is what it prints: every message a troubleshooting
+//!   table quotes is in a string literal of src/, the flags the docs call settable by
+//!   environment variable have one (and those listed without have none), the `/status` field
+//!   list names every field, and the `keygen` output shown is keygen's.
 
 // Included as every test file does (`support` allows its own unused items).
 mod support;
