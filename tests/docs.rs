@@ -6,7 +6,11 @@
 //! - every relative link in README.md and docs/*.md reaches a file (and heading) of the
 //!   repository, and no file points into a directory outside it;
 //! - every `src/...` and `tests/...` path docs/architecture.md names exists, and every test
-//!   an invariant names (`tests/FILE.rs::NAME`) is a test function there.
+//!   an invariant names (`tests/FILE.rs::NAME`) is a test function there;
+//! - what the docs say the program prints is what it prints: every message a troubleshooting
+//!   table quotes is in a string literal of src/, the flags the docs call settable by
+//!   environment variable have one (and those listed without have none), the `/status` field
+//!   list names every field, and the `keygen` output shown is keygen's.
 
 // Included as every test file does (`support` allows its own unused items).
 mod support;
@@ -615,5 +619,492 @@ fn every_test_the_docs_name_by_itself_exists() {
         missing.is_empty(),
         "the docs name tests that do not exist:\n{}",
         missing.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quoted messages, environment variables, the `/status` fields and keygen's output: what the
+// docs say the program prints is what it prints.
+
+/// The string literals of a Rust source text, read with syn's tokenizer: doc comments and
+/// `#[cfg(test)]` items (unit tests) are left out, attributes (`#[error("…")]`) and macro
+/// arguments (`format!`, `tracing::info!`) are included.
+fn string_literals(text: &str) -> Vec<String> {
+    use syn::parse::{ParseStream, Parser};
+
+    fn skip_item(input: ParseStream) -> syn::Result<()> {
+        while !input.is_empty() {
+            if input.peek(syn::token::Brace) {
+                let body;
+                syn::braced!(body in input);
+                // Every token must be consumed, or syn reports the rest as unexpected.
+                while !body.is_empty() {
+                    step(&body)?;
+                }
+                return Ok(());
+            }
+            if input.peek(syn::Token![;]) {
+                input.parse::<syn::Token![;]>()?;
+                return Ok(());
+            }
+            step(input)?;
+        }
+        Ok(())
+    }
+
+    fn step(input: ParseStream) -> syn::Result<()> {
+        input.step(|cursor| match cursor.token_tree() {
+            Some((_, next)) => Ok(((), next)),
+            None => Err(cursor.error("unexpected end")),
+        })
+    }
+
+    fn walk(input: ParseStream, out: &mut Vec<String>) -> syn::Result<()> {
+        while !input.is_empty() {
+            let outer = input.peek(syn::Token![#]) && input.peek2(syn::token::Bracket);
+            let inner = input.peek(syn::Token![#])
+                && input.peek2(syn::Token![!])
+                && input.peek3(syn::token::Bracket);
+            if outer || inner {
+                let attrs = if inner {
+                    input.call(syn::Attribute::parse_inner)?
+                } else {
+                    input.call(syn::Attribute::parse_outer)?
+                };
+                let mut test_only = false;
+                for a in &attrs {
+                    if a.path().is_ident("doc") {
+                        continue;
+                    }
+                    match &a.meta {
+                        syn::Meta::List(l) => {
+                            if a.path().is_ident("cfg") && l.tokens.to_string() == "test" {
+                                test_only = true;
+                            }
+                            l.parse_args_with(|i: ParseStream| walk(i, out))?;
+                        }
+                        syn::Meta::NameValue(nv) => {
+                            if let syn::Expr::Lit(syn::ExprLit {
+                                lit: syn::Lit::Str(s),
+                                ..
+                            }) = &nv.value
+                            {
+                                out.push(s.value());
+                            }
+                        }
+                        syn::Meta::Path(_) => {}
+                    }
+                }
+                if test_only {
+                    skip_item(input)?;
+                }
+                continue;
+            }
+            if input.peek(syn::LitStr) {
+                out.push(input.parse::<syn::LitStr>()?.value());
+            } else if input.peek(syn::token::Paren) {
+                let inside;
+                syn::parenthesized!(inside in input);
+                walk(&inside, out)?;
+            } else if input.peek(syn::token::Bracket) {
+                let inside;
+                syn::bracketed!(inside in input);
+                walk(&inside, out)?;
+            } else if input.peek(syn::token::Brace) {
+                let inside;
+                syn::braced!(inside in input);
+                walk(&inside, out)?;
+            } else {
+                step(input)?;
+            }
+        }
+        Ok(())
+    }
+
+    let mut out = Vec::new();
+    (|input: ParseStream| walk(input, &mut out))
+        .parse_str(text)
+        .unwrap_or_else(|e| panic!("cannot tokenize: {e}"));
+    out
+}
+
+/// Every string literal of src/ (format strings with `{{`/`}}` also as printed).
+fn source_literals() -> Vec<String> {
+    let mut files = Vec::new();
+    files_under(Path::new("src"), &[".rs"], &mut files);
+    let mut out = Vec::new();
+    for f in files {
+        for lit in string_literals(&read(&f.display().to_string())) {
+            if lit.contains("{{") || lit.contains("}}") {
+                out.push(lit.replace("{{", "{").replace("}}", "}"));
+            }
+            out.push(lit);
+        }
+    }
+    out
+}
+
+/// The first cells of the body rows of every Markdown table whose first header cell starts
+/// with "message", with their line numbers.
+fn message_cells(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut in_table = false;
+    let mut fenced = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        let cells: Vec<&str> = line.split('|').collect();
+        if fenced || !line.starts_with('|') || cells.len() < 3 {
+            in_table = false;
+            continue;
+        }
+        let first = cells[1].trim();
+        if first.to_lowercase().starts_with("message") {
+            in_table = true;
+        } else if in_table && !first.starts_with("---") {
+            out.push((i + 1, first.to_string()));
+        }
+    }
+    out
+}
+
+/// The `code spans` of a text.
+fn code_spans(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Why `message` (`…` stands for text that varies) is not one the code can emit, or None:
+/// each fixed part must occur in one of `literals`, and one part must be long enough to mean
+/// something.
+fn not_emitted(message: &str, literals: &[String]) -> Option<String> {
+    let parts: Vec<&str> = message
+        .split('…')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.iter().all(|p| p.chars().count() < 8) {
+        return Some(format!(
+            "`{message}` has no fixed part of 8 characters or more to look for"
+        ));
+    }
+    let missing: Vec<&str> = parts
+        .iter()
+        .copied()
+        .filter(|p| !literals.iter().any(|l| l.contains(p)))
+        .collect();
+    if missing.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "`{message}`: no string literal in src/ contains {missing:?}"
+        ))
+    }
+}
+
+#[test]
+fn a_quoted_message_the_code_does_not_emit_is_caught() {
+    let src = "//! `node {node}: made up`\n\
+               #[derive(Debug, thiserror::Error)]\n\
+               enum E { #[error(\"node {node}: host key {offered} is not in {files}; \\\n\
+               refusing to connect\")] A }\n\
+               fn f() { tracing::warn!(x = %y, \"watching failed; retrying\"); }\n\
+               #[cfg(test)]\nmod tests { fn t() { let _ = \"only in a unit test\"; } }\n";
+    let lits = string_literals(src);
+    assert_eq!(
+        lits,
+        [
+            "node {node}: host key {offered} is not in {files}; refusing to connect",
+            "watching failed; retrying"
+        ]
+    );
+    assert_eq!(
+        not_emitted("host key … is not in …; refusing to connect", &lits),
+        None
+    );
+    assert_eq!(not_emitted("watching failed; retrying", &lits), None);
+    assert!(
+        not_emitted("node …: made up", &lits).is_some(),
+        "doc comments do not count"
+    );
+    assert!(not_emitted("only in a unit test", &lits).is_some());
+    assert!(not_emitted("host key … was rejected", &lits).is_some());
+    assert!(
+        not_emitted("… (…)", &lits).is_some(),
+        "too little to look for"
+    );
+    let table = "| message (STATE) | meaning |\n|---|---|\n| `a … b` (failed) | x |\n\n\
+                 | status | when |\n|---|---|\n| `not a message` | y |\n";
+    assert_eq!(message_cells(table), [(3, "`a … b` (failed)".to_string())]);
+}
+
+#[test]
+fn every_message_the_troubleshooting_tables_quote_is_in_the_code() {
+    let literals = source_literals();
+    assert!(literals.len() > 500, "only {} literals", literals.len());
+    let mut quoted = 0;
+    let mut problems = Vec::new();
+    for doc in markdown_docs() {
+        for (line, cell) in message_cells(&read(&doc)) {
+            let spans = code_spans(&cell);
+            if spans.is_empty() {
+                problems.push(format!("{doc}:{line}: quotes no message in `code`"));
+            }
+            for m in spans {
+                quoted += 1;
+                if let Some(why) = not_emitted(&m, &literals) {
+                    problems.push(format!("{doc}:{line}: {why}"));
+                }
+            }
+        }
+    }
+    assert!(quoted >= 20, "only {quoted} messages quoted");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The subcommands whose flags may have environment variables.
+const FLAG_SUBCOMMANDS: [&str; 8] = [
+    "run",
+    "dial",
+    "check",
+    "status",
+    "reconnect",
+    "drain",
+    "keygen",
+    "demo",
+];
+
+/// A subcommand's long flags from its `--help`, each with its environment variable if it has
+/// one. An option's block runs from its line (indented less than 8 spaces) to the next one, so
+/// a `[env: …]` below a list of possible values still belongs to it.
+fn flags_and_variables(sub: &str) -> Vec<(String, Option<String>)> {
+    let (code, help, err) = bin(&[sub, "--help"]);
+    assert_eq!(code, 0, "{sub} --help: {err}");
+    let mut out: Vec<(String, Option<String>)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        let indent = line.len() - t.len();
+        if t.starts_with('-') && indent < 8 {
+            let spec = t.split("  ").next().unwrap_or_default();
+            let long = spec
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .unwrap_or_default()
+                .to_string();
+            out.push((long, None));
+        } else if let Some(i) = line.find("[env: ")
+            && let Some(last) = out.last_mut()
+        {
+            let v = &line[i + 6..];
+            last.1 = Some(v[..v.find(['=', ']']).unwrap()].to_string());
+        }
+    }
+    out.retain(|(f, _)| f != "--help" && f != "--version" && !f.is_empty());
+    assert!(!out.is_empty(), "{sub}: no flags parsed from:\n{help}");
+    out
+}
+
+#[test]
+fn the_flags_the_docs_call_environment_settable_have_a_variable() {
+    let mut variables = BTreeSet::new();
+    let mut with = BTreeSet::new();
+    let mut without = BTreeSet::new();
+    for sub in FLAG_SUBCOMMANDS {
+        let flags = flags_and_variables(sub);
+        if flags.iter().any(|(_, v)| v.is_some()) {
+            with.insert(sub.to_string());
+        }
+        if flags.iter().all(|(_, v)| v.is_none()) {
+            without.insert(sub.to_string());
+            continue;
+        }
+        for (flag, var) in flags {
+            match var {
+                Some(v) => {
+                    variables.insert(v);
+                }
+                None => {
+                    without.insert(format!("{sub} {flag}"));
+                }
+            }
+        }
+    }
+    assert!(
+        variables.contains("KUBE_SSH_TUNNEL_SSH_USER"),
+        "{variables:?}"
+    );
+
+    // Every variable the prose names is one that --help shows.
+    let mut problems = Vec::new();
+    for doc in markdown_docs() {
+        if doc == "docs/reference.md" {
+            continue;
+        }
+        let text = read(&doc);
+        for (i, _) in text.match_indices("KUBE_SSH_TUNNEL_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if !name.ends_with('_') && !variables.contains(&name) {
+                problems.push(format!("{doc}: {name} is no flag's environment variable"));
+            }
+        }
+    }
+
+    // The sentence in operations.md says which subcommands' flags have one, and which flags
+    // have none.
+    let ops = read("docs/operations.md");
+    let flat = ops.replace('\n', " ");
+    let start = flat
+        .find("Every flag of `")
+        .expect("operations.md says which flags have an environment variable");
+    let sentence = &flat[start..];
+    let sentence = &sentence[..sentence.find(". The ").expect("the sentence ends")];
+    let (settable, none) = sentence
+        .split_once("which have none:")
+        .expect("the sentence lists the flags without one after \"which have none:\"");
+    let said_with: BTreeSet<String> = code_spans(settable)
+        .into_iter()
+        .filter(|s| !s.starts_with("KUBE_SSH_TUNNEL_"))
+        .collect();
+    let said_without: BTreeSet<String> = code_spans(none).into_iter().collect();
+    if said_with != with {
+        problems.push(format!(
+            "operations.md says the flags of {said_with:?} have variables; --help shows them for {with:?}"
+        ));
+    }
+    if said_without != without {
+        problems.push(format!(
+            "operations.md says {said_without:?} have no variable; --help shows none for {without:?}"
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The field names of the named structs in a Rust source text.
+fn struct_fields(text: &str, names: &[&str]) -> Vec<String> {
+    let file = syn::parse_file(text).expect("parses");
+    let mut out = Vec::new();
+    for item in file.items {
+        if let syn::Item::Struct(s) = item
+            && names.contains(&s.ident.to_string().as_str())
+        {
+            for f in s.fields {
+                out.push(f.ident.expect("named fields").to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_status_field_list_names_every_field_of_the_document() {
+    let fields = struct_fields(
+        &read("src/admin/document.rs"),
+        &["StatusDocument", "NodeDocument", "HealthDocument"],
+    );
+    assert!(
+        fields.len() >= 35,
+        "only {} fields: {fields:?}",
+        fields.len()
+    );
+    let ops = read("docs/operations.md");
+    let start = ops
+        .find("\n`/status`: ")
+        .expect("operations.md lists the /status fields in a paragraph opening with `/status`:");
+    let para = &ops[start + 1..];
+    let para = &para[..para.find("\n\n").unwrap_or(para.len())];
+    let named: BTreeSet<String> = code_spans(para)
+        .iter()
+        .flat_map(|s| {
+            s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let missing: Vec<&String> = fields.iter().filter(|f| !named.contains(*f)).collect();
+    assert!(
+        missing.is_empty(),
+        "the /status list in docs/operations.md leaves out {missing:?}"
+    );
+}
+
+/// `text` with each run of base64 characters after `marker` replaced by `…` (keys and
+/// fingerprints differ on every run).
+fn mask_after(text: &str, marker: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(marker) {
+        out.push_str(&rest[..i + marker.len()]);
+        rest = &rest[i + marker.len()..];
+        let n = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "+/=".contains(c)))
+            .unwrap_or(rest.len());
+        if n > 0 {
+            out.push('…');
+        }
+        rest = &rest[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn the_keygen_output_the_docs_show_is_what_keygen_prints() {
+    let ops = read("docs/operations.md");
+    // The fenced block that opens with `$ kube-ssh-tunnel keygen …`, indented as a list item.
+    let mut block: Option<Vec<String>> = None;
+    let mut lines = ops.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "```text"
+            && let Some(first) = lines.clone().next()
+            && first.trim_start().starts_with("$ kube-ssh-tunnel keygen")
+        {
+            let indent = line.len() - line.trim_start().len();
+            let mut body = Vec::new();
+            for l in lines.by_ref() {
+                if l.trim() == "```" {
+                    break;
+                }
+                body.push(l.get(indent..).unwrap_or("").to_string());
+            }
+            block = Some(body);
+            break;
+        }
+    }
+    let block = block.expect("operations.md shows keygen's output in a ```text block");
+    let args: Vec<&str> = block[0]
+        .trim_start_matches("$ kube-ssh-tunnel ")
+        .split_whitespace()
+        .collect();
+    assert!(
+        !args.iter().any(|a| a.starts_with("--out")),
+        "the example writes the default keys/id_ed25519"
+    );
+    let dir = std::env::temp_dir().join(format!("kst-docs-keygen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"));
+    cmd.args(&args).current_dir(&dir).env_remove("RUST_LOG");
+    let out = support::run_bounded(&mut cmd, b"", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = mask_after(&mask_after(&printed, "SHA256:"), "ssh-ed25519 AAAA");
+    let shown = block[1..].join("\n");
+    assert!(
+        printed.trim_end() == shown.trim_end(),
+        "docs/operations.md shows keygen's output as:\n{shown}\n\nbut `kube-ssh-tunnel {}` prints:\n{printed}",
+        args.join(" ")
     );
 }
