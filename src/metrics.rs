@@ -136,6 +136,8 @@ pub struct Metrics {
     pub buffer_budget_limit: Family<KindLabel, Gauge>,
     pub connect_requests: Family<CodeLabel, Counter>,
     pub deprecated_mode: Gauge,
+    /// Failures of the node source (a Node watch error, a node file that does not load).
+    pub node_source_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -171,6 +173,7 @@ impl Metrics {
             buffer_budget_limit: Family::default(),
             connect_requests: Family::default(),
             deprecated_mode: Gauge::default(),
+            node_source_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("tunnels", "Tunnels by state", m.tunnels.clone());
@@ -271,6 +274,12 @@ impl Metrics {
             m.deprecated_mode.clone(),
         );
         m.deprecated_mode.set(1);
+        registry.register(
+            "node_source_errors",
+            "Failures of the node source: a Node watch error, or a node file that did not load",
+            m.node_source_errors.clone(),
+        );
+
         Metrics { registry, ..m }
     }
 

@@ -315,3 +315,96 @@ fn a_bad_kubeconfig_or_two_node_sources_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("one source of nodes"), "{err}");
 }
+
+/// A metric's value in the OpenMetrics text (the line that starts with `series `).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Waits (bounded) until the daemon's `/metrics` has `series` at a value `cond` accepts;
+/// returns the value.
+async fn wait_metric(ep: &Endpoint, series: &str, cond: impl Fn(f64) -> bool) -> f64 {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Ok((200, body)) = request(ep, "GET", "/metrics", Duration::from_secs(5)).await {
+            last = metric(&body, series);
+            if last.is_some_and(&cond) {
+                return last.unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {series}; last value {last:?}");
+}
+
+/// A Node watch that fails keeps the last good node set and counts its failures in the
+/// metric an alert uses (`node_source_errors_total`); once the API server answers again the
+/// count stops growing and node changes arrive again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_node_watch_keeps_the_nodes_and_shows_in_the_metrics_until_it_recovers() {
+    let cluster = Cluster::start(1);
+    let n1 = &cluster.nodes[0];
+    let server = ApiServer::start(
+        cluster.path(),
+        vec![node_list(
+            10,
+            vec![node_object("node-1", n1, 10, "10.244.1.0/24")],
+        )],
+    )
+    .await;
+    let admin = cluster.path().join("admin.sock");
+    let mut args = cluster.daemon_args();
+    args.extend(
+        [
+            "--kubeconfig",
+            server.kubeconfig.to_str().unwrap(),
+            "--node-address-types",
+            "InternalIP",
+        ]
+        .map(String::from),
+    );
+    let mut d = Daemon::start(&args);
+    let ep = Endpoint::Unix(admin);
+    wait_status(&ep, "node-1 from the list", |doc| {
+        ready_at(doc, "node-1", n1)
+    })
+    .await;
+    assert!(server.wait_watch(Duration::from_secs(20)).await);
+    const ERRORS: &str = "kube_ssh_tunnel_node_source_errors_total";
+    assert_eq!(wait_metric(&ep, ERRORS, |_| true).await, 0.0);
+
+    // The API server fails: the watch errors, the node stays ready.
+    server.set_failing(true);
+    wait_metric(&ep, ERRORS, |v| v >= 1.0).await;
+    assert!(
+        d.log().contains("watching Nodes failed"),
+        "the failure is logged: {}",
+        d.log()
+    );
+    let doc = status(&ep).await.expect("status");
+    assert!(ready_at(&doc, "node-1", n1), "{doc:#?}");
+
+    // It answers again: the watch is back (a node change arrives) and the count stops growing.
+    server.set_failing(false);
+    assert!(
+        server.wait_watch(Duration::from_secs(60)).await,
+        "the watch is back"
+    );
+    server.send(event(
+        "MODIFIED",
+        node_object("node-1", n1, 30, "10.244.9.0/24"),
+    ));
+    wait_status(
+        &ep,
+        "node-1's new pod CIDR from the recovered watch",
+        |doc| node(doc, "node-1").is_some_and(|d| d.pod_cidrs.iter().any(|c| c == "10.244.9.0/24")),
+    )
+    .await;
+    let settled = wait_metric(&ep, ERRORS, |_| true).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(wait_metric(&ep, ERRORS, |_| true).await, settled);
+    assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+}

@@ -20,7 +20,7 @@ use crate::admin::server::{AdminAuth, AdminState, router};
 use crate::error::ConfigError;
 use crate::node::Node;
 use crate::nodes::NodeSource;
-use crate::nodes::source::SourceError;
+use crate::nodes::source::{SourceError, SourceHealth};
 use crate::pool::Pool;
 use crate::proxy::{ConnectFront, listen};
 use crate::ssh::HostKeyPolicy;
@@ -99,6 +99,7 @@ impl Daemon {
         let source_stop = tasks.token().child_token();
         let started = cfg.nodes.start(reload.clone(), source_stop.clone()).await?;
         let mut node_sets = started.nodes;
+        let source_health = started.health;
         let first = node_sets.borrow_and_update().clone();
         if first.is_empty() && !dynamic {
             return Err(DaemonError::NoNodes);
@@ -168,7 +169,13 @@ impl Daemon {
             tasks.spawn_critical("node source", task);
             tasks.spawn_critical(
                 "node set updates",
-                apply_node_sets(pool.clone(), node_sets, source_kind, source_stop.clone()),
+                apply_node_sets(
+                    pool.clone(),
+                    node_sets,
+                    source_health,
+                    source_kind,
+                    source_stop.clone(),
+                ),
             );
         }
 
@@ -268,17 +275,33 @@ enum AdminListener {
 }
 
 /// The one loop that applies a source's node sets to the pool until `stop`; an invalid set
-/// keeps the last good one.
+/// keeps the last good one. It also counts the source's failures in
+/// `node_source_errors_total`.
 async fn apply_node_sets(
     pool: Arc<Pool>,
     mut sets: watch::Receiver<Vec<Node>>,
+    mut health: watch::Receiver<SourceHealth>,
     source: &'static str,
     stop: CancellationToken,
 ) {
+    let mut errors_seen = 0u64;
+    let mut health_open = true;
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
+            r = health.changed(), if health_open => {
+                if r.is_err() {
+                    health_open = false;
+                    continue;
+                }
+                let errors = health.borrow_and_update().errors;
+                pool.metrics()
+                    .node_source_errors
+                    .inc_by(errors.saturating_sub(errors_seen));
+                errors_seen = errors_seen.max(errors);
+                continue;
+            }
             r = sets.changed() => if r.is_err() { return },
         }
         if stop.is_cancelled() {

@@ -56,11 +56,30 @@ pub enum SourceError {
 /// The task that follows a source's changes, if it has any.
 pub type SourceTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// A started source: the node sets (the first one is already in it) and the task that sends
-/// the next ones until it is cancelled.
+/// A started source: the node sets (the first one is already in it), how the source is
+/// doing, and the task that sends the next sets until it is cancelled.
 pub struct Started {
     pub nodes: watch::Receiver<Vec<Node>>,
+    pub health: watch::Receiver<SourceHealth>,
     pub task: Option<SourceTask>,
+}
+
+/// How a node source is doing: its failures so far (a Node watch error, a node file that did
+/// not load). While it fails, the last good node set stays in use; the daemon counts the
+/// failures in `node_source_errors_total`, which an alert can watch. (A recovered Node watch
+/// sends nothing until a Node changes, so there is no honest "healthy again" signal: a rate of
+/// errors is what can be alerted on.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceHealth {
+    /// Failures since the source started.
+    pub errors: u64,
+}
+
+impl SourceHealth {
+    /// Records a failure on `tx`.
+    pub fn failed(tx: &watch::Sender<SourceHealth>) {
+        tx.send_modify(|h| h.errors += 1);
+    }
 }
 
 impl NodeSource {
@@ -103,6 +122,7 @@ impl NodeSource {
                 let (_tx, rx) = watch::channel(nodes);
                 Ok(Started {
                     nodes: rx,
+                    health: watch::channel(SourceHealth::default()).1,
                     task: None,
                 })
             }
@@ -117,24 +137,28 @@ impl NodeSource {
                 let mut first = extra.clone();
                 first.extend(crate::nodes::load_file(&path, &address_types)?);
                 let (tx, rx) = watch::channel(first);
+                let (health_tx, health) = watch::channel(SourceHealth::default());
                 let file = FileSource {
                     stamp: seen,
                     path,
                     extra,
                     address_types,
                 };
-                let task = file.follow(tx, interval, reload, cancel);
+                let task = file.follow(tx, health_tx, interval, reload, cancel);
                 Ok(Started {
                     nodes: rx,
+                    health,
                     task: Some(Box::pin(task)),
                 })
             }
             #[cfg(feature = "kube")]
             NodeSource::Kube(cfg) => {
                 let (tx, rx) = watch::channel(Vec::new());
-                let task = super::watch::start(cfg, tx, cancel).await?;
+                let (health_tx, health) = watch::channel(SourceHealth::default());
+                let task = super::watch::start(cfg, tx, health_tx, cancel).await?;
                 Ok(Started {
                     nodes: rx,
+                    health,
                     task: Some(Box::pin(task)),
                 })
             }
@@ -156,6 +180,7 @@ impl FileSource {
     async fn follow(
         mut self,
         tx: watch::Sender<Vec<Node>>,
+        health: watch::Sender<SourceHealth>,
         interval: Duration,
         reload: Arc<Notify>,
         cancel: CancellationToken,
@@ -186,6 +211,7 @@ impl FileSource {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "node file did not load; keeping the last good node set");
+                    SourceHealth::failed(&health);
                 }
             }
         }
@@ -269,6 +295,10 @@ mod tests {
             next(&mut sets).await,
             ["fixed", "c"],
             "the set after the bad file is the good file's (nothing for the bad one)"
+        );
+        assert!(
+            started.health.borrow().errors >= 1,
+            "the bad file counts as a failure of the source"
         );
 
         // A reload on request re-reads the file and sends its set, even unchanged (the

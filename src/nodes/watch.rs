@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AddressTypes;
 use super::lean_node::LeanNode;
+use super::source::SourceHealth;
 use crate::node::Node;
 
 /// Where the API server is.
@@ -53,6 +54,7 @@ pub enum WatchError {
 pub async fn start(
     cfg: WatchConfig,
     tx: watch::Sender<Vec<Node>>,
+    health: watch::Sender<SourceHealth>,
     cancel: CancellationToken,
 ) -> Result<impl std::future::Future<Output = ()> + Send, WatchError> {
     let config = match &cfg.source {
@@ -95,6 +97,7 @@ pub async fn start(
                 None => break,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, nodes = store.nodes.len(), "watching Nodes failed; keeping the current node set and retrying");
+                    SourceHealth::failed(&health);
                 }
                 Some(Ok(e)) => store.apply(e, &types),
             }

@@ -21,6 +21,8 @@ pub struct Api {
     pub watches: Vec<mpsc::UnboundedSender<String>>,
     pub list_calls: usize,
     pub watch_calls: usize,
+    /// While set, every request gets a 500 (an API server that is down or failing).
+    pub failing: bool,
 }
 
 pub type Shared = Arc<Mutex<Api>>;
@@ -86,6 +88,16 @@ impl ApiServer {
         true
     }
 
+    /// Makes every request fail with a 500 (`true`) or be answered again (`false`); failing
+    /// also ends the open watches, so the client lists again and meets the failure.
+    pub fn set_failing(&self, failing: bool) {
+        let mut a = self.api.lock().unwrap();
+        a.failing = failing;
+        if failing {
+            a.watches.clear();
+        }
+    }
+
     /// Sends one event line on every open watch (there must be one).
     pub fn send(&self, line: String) {
         let mut a = self.api.lock().unwrap();
@@ -99,6 +111,14 @@ impl ApiServer {
 
 async fn nodes(State(api): State<Shared>, uri: axum::http::Uri) -> axum::response::Response {
     let json_type = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    if api.lock().unwrap().failing {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            json_type,
+            r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"stand-in failing","code":500}"#,
+        )
+            .into_response();
+    }
     let watch = uri
         .query()
         .unwrap_or_default()
