@@ -1,7 +1,9 @@
 //! keygen's egress profiles against the real thing: `--allow cluster`'s nftables rules pass
 //! `nft -c`, its key line lets a real sshd carry pod and service dials that the `kubelet`
 //! line refuses, and, loaded in a network namespace of our own, the rules keep the tunnel's
-//! user (here `nobody`) to the allowed addresses while root is not affected.
+//! user (here `nobody`) to the allowed addresses while root is not affected. And the
+//! examples' health probe (the kubelet's `http://127.0.0.1:10248/healthz`) passes through
+//! the line `keygen --loopback-port 10248` prints, and fails without it.
 
 mod support;
 
@@ -10,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube_ssh_tunnel::{NodeTunnel, OpenError};
+use kube_ssh_tunnel::pool::{HealthResult, PoolConfig, Probe, TunnelState};
+use kube_ssh_tunnel::{NodeTunnel, OpenError, Pool};
 use support::{Cluster, HTTP_PORT, TOOL_LIMIT, run_bounded, run_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -284,8 +287,8 @@ async fn the_cluster_line_carries_pod_and_service_dials_and_the_kubelet_line_ref
     assert!(reply.contains("node-1"), "{reply}");
 }
 
-/// A TCP listener (python3, as root) inside a namespace on every address, on `ports`; killed
-/// by PID when dropped (it also exits by itself after 5 minutes).
+/// A server (python3, as root) inside a namespace; killed by PID when dropped (it also exits
+/// by itself after 5 minutes).
 struct Listener(Child);
 
 impl Listener {
@@ -307,14 +310,21 @@ while time.time() < end:
         c, _ = s.accept()
         c.close()
 "#;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", CODE])
-            .args(ports.iter().map(|p| p.to_string()))
+        Listener::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", ns, "python3", "-c", CODE])
+                .args(ports.iter().map(|p| p.to_string())),
+        )
+    }
+
+    /// Spawns `cmd` and waits for it to print `ready`.
+    fn spawn(cmd: &mut Command) -> Listener {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start the listener (ip netns exec … python3)");
+            .expect("start a listener (ip netns exec … python3)");
         let mut line = String::new();
         use std::io::BufRead;
         let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
@@ -430,4 +440,100 @@ fn in_a_namespace_the_rules_keep_the_tunnel_user_to_the_allowed_addresses_and_no
             "root connecting to {addr}:{port}"
         );
     }
+}
+
+/// An HTTP server answering `GET /healthz` with 200, as root on 127.0.0.1:10248 inside `ns`
+/// (the kubelet's local healthz); stops by itself after 5 minutes.
+fn kubelet_healthz_in(ns: &str) -> Listener {
+    const CODE: &str = r#"
+import http.server, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/healthz"
+        self.send_response(200 if ok else 404)
+        self.end_headers()
+        self.wfile.write(b"ok" if ok else b"no")
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 10248), H)
+s.timeout = 1
+print("ready", flush=True)
+end = time.time() + 300
+while time.time() < end:
+    s.handle_request()
+"#;
+    Listener::spawn(Command::new("ip").args(["netns", "exec", ns, "python3", "-c", CODE]))
+}
+
+/// The examples' probe (`http://127.0.0.1:10248/healthz`) through a pool whose node
+/// authorizes the key with `line`; a probe's result and the state it led to.
+async fn probe_through(
+    cluster: &Cluster,
+    key: &std::path::Path,
+    line: &str,
+) -> (HealthResult, TunnelState) {
+    let node = &cluster.nodes[0];
+    node.set_authorized_keys(&format!("{line}\n"));
+    let mut cfg = PoolConfig::new(cluster.settings_with_key(key));
+    cfg.health.probe = Probe::parse_url("http://127.0.0.1:10248/healthz").unwrap();
+    cfg.health.interval = Duration::from_millis(300);
+    let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
+    let mut rx = pool.subscribe(&node.name).unwrap();
+    let status = tokio::time::timeout(
+        Duration::from_secs(20),
+        // A passed probe leaves the node ready, a failed one makes it degraded.
+        rx.wait_for(|s| match &s.last_health {
+            Some(h) if h.ok => s.state == TunnelState::Ready,
+            Some(_) => s.state == TunnelState::Degraded,
+            None => false,
+        }),
+    )
+    .await
+    .expect("a probe result and the state it leads to within 20 s")
+    .unwrap()
+    .clone();
+    pool.shutdown_within(Duration::from_secs(2)).await;
+    (status.last_health.unwrap(), status.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_health_probe_passes_with_keygens_loopback_port_10248() {
+    assert!(
+        support::can_use_netns(),
+        "this test needs root and iproute2's `ip` (apt-get install -y iproute2; run as root, as .ci/run does)"
+    );
+    // A node in a namespace of its own, so its 127.0.0.1:10248 is the node's, not ours.
+    let mut cluster = Cluster::start(0);
+    cluster.add_netns_node("node-ns");
+    let node = &cluster.nodes[0];
+    let ns = node.netns.as_ref().unwrap().name.clone();
+    // The node's sshd_config as keygen prints it for --loopback-port 10248.
+    node.add_sshd_config(&format!(
+        "Match all\n    PermitOpen {}:{HTTP_PORT} 127.0.0.1:10248",
+        node.addr
+    ));
+    node.restart_sshd();
+    let _healthz = kubelet_healthz_in(&ns);
+    let key = cluster.path().join("kg/id_ed25519");
+    let key_s = key.to_str().unwrap();
+
+    let with = keygen(&[
+        "--out",
+        key_s,
+        "--node",
+        &node.spec(),
+        "--loopback-port",
+        "10248",
+    ]);
+    let line = key_line(&with);
+    assert!(line.contains("permitopen=\"127.0.0.1:10248\""), "{line}");
+    let (health, state) = probe_through(&cluster, &key, &line).await;
+    assert!(health.ok, "the probe failed: {:?}", health.error);
+    assert_eq!(state, TunnelState::Ready);
+
+    // Without --loopback-port the key's permitopen refuses the probe: the node is degraded.
+    let without = keygen(&["--out", key_s, "--force", "--node", &node.spec()]);
+    let (health, state) = probe_through(&cluster, &key, &key_line(&without)).await;
+    assert!(!health.ok, "the probe passed without --loopback-port");
+    assert_eq!(state, TunnelState::Degraded, "{:?}", health.error);
 }
