@@ -465,7 +465,10 @@ while time.time() < end:
     Listener::spawn(Command::new("ip").args(["netns", "exec", ns, "python3", "-c", CODE]))
 }
 
-/// The examples' probe (`http://127.0.0.1:10248/healthz`) through a pool whose node
+/// The health probe examples/config.toml uses: the kubelet's local healthz.
+const EXAMPLE_PROBE: &str = "http://127.0.0.1:10248/healthz";
+
+/// The examples' probe (`EXAMPLE_PROBE`) through a pool whose node
 /// authorizes the key with `line`; a probe's result and the state it led to.
 async fn probe_through(
     cluster: &Cluster,
@@ -475,7 +478,7 @@ async fn probe_through(
     let node = &cluster.nodes[0];
     node.set_authorized_keys(&format!("{line}\n"));
     let mut cfg = PoolConfig::new(cluster.settings_with_key(key));
-    cfg.health.probe = Probe::parse_url("http://127.0.0.1:10248/healthz").unwrap();
+    cfg.health.probe = Probe::parse_url(EXAMPLE_PROBE).unwrap();
     cfg.health.interval = Duration::from_millis(300);
     let pool = Pool::with_config(cfg, cluster.node_list()).unwrap();
     let mut rx = pool.subscribe(&node.name).unwrap();
@@ -502,6 +505,17 @@ async fn the_examples_health_probe_passes_with_keygens_loopback_port_10248() {
         support::can_use_netns(),
         "this test needs root and iproute2's `ip` (apt-get install -y iproute2; run as root, as .ci/run does)"
     );
+    // What examples/config.toml says: this probe, and the loopback port it needs.
+    let example: toml::Table = toml::from_str(
+        &std::fs::read_to_string(support::repo().join("examples/config.toml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(example["health_url"].as_str(), Some(EXAMPLE_PROBE));
+    assert_eq!(
+        example["loopback_port"].as_array().map(|a| a.len()),
+        Some(1)
+    );
+    assert_eq!(example["loopback_port"][0].as_integer(), Some(10248));
     // A node in a namespace of its own, so its 127.0.0.1:10248 is the node's, not ours.
     let mut cluster = Cluster::start(0);
     cluster.add_netns_node("node-ns");
