@@ -409,11 +409,17 @@ fn in_a_namespace_the_rules_keep_the_tunnel_user_to_the_allowed_addresses_and_no
     ]);
     let file = dir.path().join("kube-ssh-tunnel.nft");
     std::fs::write(&file, rules_for(&stdout, "ns-node")).unwrap();
-    run_ok(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.name, "nft", "-f"])
-            .arg(&file),
-    );
+    // Twice: loading the file again replaces its table (the documented way to apply a change).
+    for _ in 0..2 {
+        run_ok(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name, "nft", "-f"])
+                .arg(&file),
+        );
+    }
+    let listed =
+        run_ok(Command::new("ip").args(["netns", "exec", &ns.name, "nft", "list", "tables"]));
+    assert_eq!(listed.trim(), "table inet kube_ssh_tunnel", "{listed}");
     // Dropped before `ns`, so the namespace is deleted with nothing left in it.
     let _listener = Listener::start(&ns.name, &[10250, 10248, 8080, 10999]);
     let lo = Ipv4Addr::LOCALHOST;
