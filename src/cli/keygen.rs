@@ -1,19 +1,34 @@
 //! `keygen`: makes the tunnel's ed25519 key pair and prints what a node needs to accept it —
 //! the restricted authorized_keys line (port forwarding only, only to the allowed
-//! destinations) and an sshd_config snippet.
+//! destinations) and an sshd_config snippet. Two egress profiles: `kubelet` fences the key
+//! with `permitopen`; `cluster` (pods and services too) cannot, since `permitopen` takes no
+//! CIDR, so it prints an nftables rule set per node instead (`nft.rs`).
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use ipnet::IpNet;
 use kube_ssh_tunnel::Node;
-use kube_ssh_tunnel::ssh::authorized::authorized_options;
+use kube_ssh_tunnel::ssh::authorized::{authorized_options, forwarding_only_options};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{HashAlg, PrivateKey};
 
 use super::CliError;
+use super::nft;
 use super::output::outln;
+
+/// What the key may carry through a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    /// The node's kubelet (--node-port) and its --loopback-port ports: logs, exec, attach,
+    /// port-forward. Fenced by the key's permitopen.
+    Kubelet,
+    /// Also the node's pod CIDRs and the service CIDRs: webhooks, aggregated APIs, proxy to
+    /// pods and services. No permitopen; fenced by the printed nftables rules.
+    Cluster,
+}
 
 #[derive(Args, Debug)]
 pub struct KeygenArgs {
@@ -41,9 +56,42 @@ pub struct KeygenArgs {
     #[arg(long, value_delimiter = ',', default_value = "10250")]
     pub node_port: Vec<u16>,
 
-    /// Ports on the node's loopback the tunnel may open (as `run --loopback-port`).
+    /// Ports on the node's loopback the tunnel may open (as `run --loopback-port`), e.g. 10248
+    /// for a health probe of the kubelet's local /healthz.
     #[arg(long, value_delimiter = ',')]
     pub loopback_port: Vec<u16>,
+
+    /// Egress profile: kubelet (the kubelet and loopback ports, by permitopen) or cluster (also
+    /// the node's pod CIDRs and the service CIDRs, by printed nftables rules).
+    #[arg(long, value_enum, default_value = "kubelet", value_name = "PROFILE")]
+    pub allow: Profile,
+
+    /// The tunnel's SSH user on the nodes (as `run --ssh-user`); named in the sshd_config
+    /// snippet and in the nftables rules (required with --allow cluster).
+    #[arg(long)]
+    pub ssh_user: Option<String>,
+
+    /// Service CIDR(s) the tunnel may reach (as `run --service-cidr`); --allow cluster only,
+    /// required there.
+    #[arg(long, value_delimiter = ',')]
+    pub service_cidr: Vec<IpNet>,
+
+    /// A node's pod CIDR, NODE=CIDR (repeatable), added to the pod_cidrs --nodes FILE gives it;
+    /// --allow cluster only.
+    #[arg(long, value_delimiter = ',', value_parser = parse_pod_cidr, value_name = "NODE=CIDR")]
+    pub pod_cidr: Vec<(String, IpNet)>,
+}
+
+/// `NODE=CIDR` of `--pod-cidr`.
+fn parse_pod_cidr(s: &str) -> Result<(String, IpNet), String> {
+    let (node, cidr) = s
+        .split_once('=')
+        .filter(|(n, _)| !n.is_empty())
+        .ok_or_else(|| format!("expected NODE=CIDR, e.g. node-1=10.244.1.0/24, got {s:?}"))?;
+    let cidr: IpNet = cidr.parse().map_err(|_| {
+        format!("{cidr:?} is not a CIDR; write NODE=ADDRESS/PREFIX, e.g. node-1=10.244.1.0/24")
+    })?;
+    Ok((node.to_string(), cidr))
 }
 
 fn io_err(path: &std::path::Path, e: std::io::Error) -> CliError {
@@ -64,6 +112,63 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
     if a.node_port.contains(&0) || a.loopback_port.contains(&0) {
         return Err(CliError::usage("ports must be between 1 and 65535"));
     }
+    if let Some(u) = &a.ssh_user {
+        nft::check_user(u).map_err(CliError::usage)?;
+    }
+    for (name, cidr) in &a.pod_cidr {
+        nft::check_cidr("--pod-cidr", cidr).map_err(CliError::usage)?;
+        let node = nodes.iter_mut().find(|n| &n.name == name).ok_or_else(|| {
+            CliError::usage(format!(
+                "--pod-cidr {name}={cidr} names no node; give the node with --node {name}=ADDR or in --nodes FILE"
+            ))
+        })?;
+        node.pod_cidrs.push(*cidr);
+    }
+    for cidr in &a.service_cidr {
+        nft::check_cidr("--service-cidr", cidr).map_err(CliError::usage)?;
+    }
+    // The node addresses the nftables rules name (cluster only).
+    let mut addresses = Vec::new();
+    match a.allow {
+        Profile::Kubelet => {
+            if !a.service_cidr.is_empty() || !a.pod_cidr.is_empty() {
+                return Err(CliError::usage(
+                    "--service-cidr and --pod-cidr are for --allow cluster; the kubelet profile reaches only the kubelet and --loopback-port ports",
+                ));
+            }
+        }
+        Profile::Cluster => {
+            if a.ssh_user.is_none() {
+                return Err(CliError::usage(
+                    "--allow cluster prints nftables rules that name the tunnel's SSH user: pass --ssh-user USER (as for run)",
+                ));
+            }
+            if a.service_cidr.is_empty() {
+                return Err(CliError::usage(
+                    "--allow cluster needs the service CIDR: pass --service-cidr CIDR (as for run), e.g. 10.96.0.0/12",
+                ));
+            }
+            if nodes.is_empty() {
+                return Err(CliError::usage(
+                    "--allow cluster prints nftables rules for each node: pass --node NAME=ADDR with --pod-cidr NAME=CIDR, or --nodes FILE",
+                ));
+            }
+            for n in &nodes {
+                for cidr in &n.pod_cidrs {
+                    nft::check_cidr(&format!("pod CIDR of {}", n.name), cidr)
+                        .map_err(CliError::usage)?;
+                }
+                let ip: std::net::IpAddr = n.address.parse().map_err(|_| {
+                    CliError::usage(format!(
+                        "node {} has the address {:?}, not an IP; nftables rules need the node's IP (--node {}=IP)",
+                        n.name, n.address, n.name
+                    ))
+                })?;
+                addresses.push(ip);
+            }
+        }
+    }
+    let user = a.ssh_user.as_deref().unwrap_or("USER");
     let public_path = {
         let mut p = a.out.clone().into_os_string();
         p.push(".pub");
@@ -87,45 +192,103 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
         key.public_key().fingerprint(HashAlg::Sha256)
     );
     outln!();
-    outln!(
-        "# authorized_keys of the tunnel's user on each node: port forwarding only, to these destinations;\n\
-         # the forced command refuses any shell or command (forwarding does not run it)"
-    );
-    if nodes.is_empty() {
-        outln!(
-            "# (replace NODE_IP with the node's address, or pass --node NAME=ADDR to get one line per node)"
-        );
-        outln!(
-            "{} {public}",
-            authorized_options(None, &a.node_port, &a.loopback_port, &[])
-        );
-    }
-    for n in &nodes {
-        outln!("# {}", n.name);
-        outln!(
-            "{} {public}",
-            authorized_options(Some(&n.address), &a.node_port, &a.loopback_port, &[])
-        );
+    match a.allow {
+        Profile::Kubelet => {
+            outln!(
+                "# authorized_keys of the tunnel's user on each node: port forwarding only, to these destinations;\n\
+                 # the forced command refuses any shell or command (forwarding does not run it)"
+            );
+            if nodes.is_empty() {
+                outln!(
+                    "# (replace NODE_IP with the node's address, or pass --node NAME=ADDR to get one line per node)"
+                );
+                outln!(
+                    "{} {public}",
+                    authorized_options(None, &a.node_port, &a.loopback_port, &[])
+                );
+            }
+            for n in &nodes {
+                outln!("# {}", n.name);
+                outln!(
+                    "{} {public}",
+                    authorized_options(Some(&n.address), &a.node_port, &a.loopback_port, &[])
+                );
+            }
+        }
+        Profile::Cluster => {
+            outln!(
+                "# authorized_keys of the tunnel's user on every node: port forwarding only, with no permitopen\n\
+                 # (it cannot express a CIDR; the nftables rules below limit the destinations instead);\n\
+                 # the forced command refuses any shell or command (forwarding does not run it)"
+            );
+            outln!("{} {public}", forwarding_only_options());
+        }
     }
     outln!();
     outln!(
-        "# sshd_config on each node (e.g. /etc/ssh/sshd_config.d/kube-ssh-tunnel.conf); USER = --ssh-user"
+        "# sshd_config on each node (e.g. /etc/ssh/sshd_config.d/kube-ssh-tunnel.conf){}",
+        if a.ssh_user.is_none() {
+            "; USER = --ssh-user"
+        } else {
+            ""
+        }
     );
-    outln!("Match User USER");
+    outln!("Match User {user}");
     outln!("    AllowTcpForwarding local");
-    let permit: Vec<String> = a
-        .node_port
-        .iter()
-        .map(|p| format!("NODE_IP:{p}"))
-        .chain(a.loopback_port.iter().map(|p| format!("127.0.0.1:{p}")))
-        .collect();
-    outln!("    PermitOpen {}", permit.join(" "));
+    if a.allow == Profile::Kubelet {
+        let permit: Vec<String> = a
+            .node_port
+            .iter()
+            .map(|p| format!("NODE_IP:{p}"))
+            .chain(a.loopback_port.iter().map(|p| format!("127.0.0.1:{p}")))
+            .collect();
+        outln!("    PermitOpen {}", permit.join(" "));
+    }
     outln!("    AllowAgentForwarding no");
     outln!("    X11Forwarding no");
     outln!("    PermitTTY no");
     outln!("    ForceCommand /usr/sbin/nologin");
     outln!("# Do not set DisableForwarding for this user: it would also disable the tunnel's");
-    outln!("# direct-tcpip channels. Pod and service IPs need further PermitOpen entries.");
+    outln!("# direct-tcpip channels.");
+    match a.allow {
+        Profile::Kubelet => {
+            outln!(
+                "# Pods and services: use --allow cluster (permitopen cannot express a CIDR, and"
+            );
+            outln!("# sshd applies the key's permitopen whatever PermitOpen in sshd_config says).");
+        }
+        Profile::Cluster => {
+            outln!(
+                "# No PermitOpen: it cannot express a CIDR either. The nftables rules are the fence."
+            );
+        }
+    }
+    for (n, address) in nodes.iter().zip(addresses) {
+        outln!();
+        outln!(
+            "# nftables on {}: save as /etc/nftables.d/kube-ssh-tunnel.nft, include it from /etc/nftables.conf,\n\
+             # load it with `nft -f /etc/nftables.d/kube-ssh-tunnel.nft`. {user} may open TCP connections only to\n\
+             # these; anything else is refused (TCP reset) or dropped. Other users are not affected.{}",
+            n.name,
+            if n.pod_cidrs.is_empty() {
+                "\n# This node has no pod CIDR here (--pod-cidr NAME=CIDR): its pods are not reachable."
+            } else {
+                ""
+            }
+        );
+        outln!(
+            "{}",
+            nft::ruleset(&nft::NodeRules {
+                user,
+                address,
+                node_ports: &a.node_port,
+                loopback_ports: &a.loopback_port,
+                pod_cidrs: &n.pod_cidrs,
+                service_cidrs: &a.service_cidr,
+            })
+            .trim_end()
+        );
+    }
     Ok(())
 }
 

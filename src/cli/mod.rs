@@ -14,6 +14,7 @@ mod gate;
 mod keygen;
 mod limits;
 mod logging;
+mod nft;
 mod output;
 mod run;
 mod settings;

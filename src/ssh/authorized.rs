@@ -12,6 +12,16 @@
 pub const FORCED_COMMAND: &str =
     "echo 'this key is for kube-ssh-tunnel port forwarding only' >&2; exit 1";
 
+/// `restrict,port-forwarding,command="…"`: forwarding only, to any destination sshd_config
+/// allows. `keygen --allow cluster` prints this (permitopen cannot express a CIDR, so an
+/// nftables rule set on the node limits the destinations instead).
+pub fn forwarding_only_options() -> String {
+    format!(
+        "restrict,port-forwarding,command=\"{}\"",
+        FORCED_COMMAND.replace('"', "\\\"")
+    )
+}
+
 /// `restrict,port-forwarding,command="…",permitopen="ADDR:PORT",…` for a node at `address`
 /// (`NODE_IP` when None): its `node_ports`, its loopback `loopback_ports`, and `extra`
 /// `HOST:PORT` entries (pod or service addresses; `*` as the port allows any).
@@ -28,11 +38,7 @@ pub fn authorized_options(
             a.to_string()
         }
     };
-    let mut opts = vec![
-        "restrict".to_string(),
-        "port-forwarding".to_string(),
-        format!("command=\"{}\"", FORCED_COMMAND.replace('"', "\\\"")),
-    ];
+    let mut opts = vec![forwarding_only_options()];
     let addr = address.map(host).unwrap_or_else(|| "NODE_IP".into());
     for p in node_ports {
         opts.push(format!("permitopen=\"{addr}:{p}\""));
@@ -64,5 +70,9 @@ mod tests {
              permitopen=\"[fd00::5]:10250\",permitopen=\"127.0.0.1:10248\",permitopen=\"10.244.1.7:*\""
         );
         assert!(authorized_options(None, &[10250], &[], &[]).contains("NODE_IP:10250"));
+        assert_eq!(
+            forwarding_only_options(),
+            "restrict,port-forwarding,command=\"echo 'this key is for kube-ssh-tunnel port forwarding only' >&2; exit 1\""
+        );
     }
 }
