@@ -496,6 +496,8 @@ fn admin_socket_is_0600_and_a_non_loopback_tcp_bind_needs_explicit_consent() {
     args.extend([
         "--proxy-uds".into(),
         cluster.path().join("p3.sock").display().to_string(),
+        "--admin-uds".into(),
+        cluster.path().join("a3.sock").display().to_string(),
     ]);
     args.extend(["--admin-listen".into(), format!("127.0.0.1:{port}")]);
     let d = Daemon::start(&args);
@@ -548,6 +550,8 @@ fn admin_over_tcp_needs_a_token_for_actions_checks_the_host_and_limits_reconnect
         args.extend([
             "--proxy-uds".into(),
             cluster.path().join("p-tcp.sock").display().to_string(),
+            "--admin-uds".into(),
+            cluster.path().join("a-tcp.sock").display().to_string(),
             "--admin-listen".into(),
             addr.clone(),
             "--health-probe".into(),
@@ -684,4 +688,92 @@ async fn the_first_scrape_has_every_nodes_series_from_the_start() {
             assert!(text.contains(&series), "{series} in\n{text}");
         }
     }
+}
+
+/// A free loopback port (bound and released; the daemon binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn one_daemon_serves_the_admin_socket_for_actions_and_loopback_tcp_for_reads() {
+    let cluster = Cluster::start(2);
+    let token_file = cluster.path().join("admin-token");
+    let token = "b0th-l1steners-0123456789abcdef";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let r = start(
+        &cluster,
+        &[
+            "--admin-listen",
+            &addr,
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let ready = support::wait_until(Duration::from_secs(20), || r.status(&[]).code == 0);
+    assert!(ready, "{}", r.d.log());
+
+    // Over TCP, without a token: reads work (probes, Prometheus) ...
+    assert_eq!(raw_status(&addr, "GET", "/healthz", "127.0.0.1", None), 200);
+    assert_eq!(raw_status(&addr, "GET", "/readyz", "127.0.0.1", None), 200);
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut scrape = String::new();
+    let _ = s.read_to_string(&mut scrape);
+    assert!(
+        scrape.starts_with("HTTP/1.1 200") && scrape.contains("kube_ssh_tunnel_dials_total"),
+        "{scrape}"
+    );
+    // ... and an action is refused.
+    assert_eq!(
+        raw_status(&addr, "POST", "/nodes/node-1/drain", "127.0.0.1", None),
+        401
+    );
+    let state = |name: &str| {
+        let doc = r.status(&["-o", "json"]).stdout;
+        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .map(|n| n["state"].clone())
+    };
+    assert_eq!(
+        state("node-1"),
+        Some("ready".into()),
+        "the refused drain changed nothing"
+    );
+
+    // The same daemon's Unix socket takes actions without a token: the CLI drains node-1.
+    let o = cli(&["drain", "--admin-uds", r.admin.to_str().unwrap(), "node-1"]);
+    assert_eq!(o.code, 0, "{} {}", o.stdout, o.stderr);
+    // With no open stream its connection closes at once and it leaves the desired set.
+    assert!(
+        r.d.wait_log(
+            "drain requested over the admin API",
+            1,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        r.d.log()
+    );
+    assert_ne!(state("node-1"), Some("ready".into()));
+    assert_eq!(state("node-2"), Some("ready".into()));
+    // TCP still serves reads meanwhile.
+    assert_eq!(raw_status(&addr, "GET", "/status", "127.0.0.1", None), 200);
 }

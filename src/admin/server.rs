@@ -1,7 +1,7 @@
 //! The admin HTTP API (axum): `/status`, `/healthz`, `/readyz`, `/metrics`, and the actions
 //! `POST /nodes/{name}/reconnect` and `POST /nodes/{name}/drain`. It listens on a Unix socket
-//! (mode 0600: the file mode is its access control) by default, or on TCP — loopback only
-//! unless explicitly allowed. On TCP (`AdminAuth`): the actions need the bearer token of
+//! (mode 0600: the file mode is its access control), on TCP — loopback only unless explicitly
+//! allowed — or on both at once, each with its own router. On TCP (`AdminAuth`): the actions need the bearer token of
 //! `--admin-token-file` (reads too with `--admin-token-for-reads`), and the Host header must be
 //! an IP address, `localhost` or `kube-ssh-tunnel`, so that a web page cannot reach the API
 //! through DNS rebinding. A node can be reconnected at most once per `RECONNECT_INTERVAL`

@@ -105,7 +105,9 @@ pub struct SshArgs {
 /// Where the admin API listens (run) or is looked for (status, reconnect, drain).
 #[derive(Args, Debug, Clone)]
 pub struct AdminArgs {
-    /// Admin API Unix socket (mode 0600).
+    /// Admin API Unix socket, mode 0600: whoever can open it may use every action (the file
+    /// mode is its access control). `run` always serves it; `status`, `drain` and `reconnect`
+    /// use it unless --admin-listen is given.
     #[arg(
         long,
         env = "KUBE_SSH_TUNNEL_ADMIN_UDS",
@@ -113,12 +115,17 @@ pub struct AdminArgs {
     )]
     pub admin_uds: PathBuf,
 
-    /// Admin API on TCP instead (loopback only unless --admin-allow-remote).
+    /// `run`: also serve the admin API on this TCP address, for probes and Prometheus
+    /// (loopback only unless --admin-allow-remote). Reads need no token unless
+    /// --admin-token-for-reads; drain and reconnect need --admin-token-file. `status`,
+    /// `drain`, `reconnect`: use this address instead of the socket.
     #[arg(long, env = "KUBE_SSH_TUNNEL_ADMIN_LISTEN")]
     pub admin_listen: Option<std::net::SocketAddr>,
 
-    /// File holding the admin API's bearer token (first line). On TCP the actions (drain,
-    /// reconnect) need it; `run` requires it, `status`/`drain`/`reconnect` send it.
+    /// File holding the admin API's bearer token (first line, at least 16 characters, mode
+    /// 0600). `run`: drain and reconnect over --admin-listen need it; without it they are
+    /// refused there (a warning says so) and only reads work on TCP. The Unix socket never
+    /// needs it. `status`, `drain`, `reconnect`: send it as a bearer token.
     #[arg(long, env = "KUBE_SSH_TUNNEL_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 }

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use kube_ssh_tunnel::daemon::{
-    AdminConfig, AdminListen, DaemonError, ListenerKind, Listeners, TlsListener,
-};
+use kube_ssh_tunnel::daemon::{AdminConfig, DaemonError, ListenerKind, Listeners, TlsListener};
 use kube_ssh_tunnel::nodes::NodeSource;
 use kube_ssh_tunnel::policy::Policy;
 use kube_ssh_tunnel::pool::backoff::BackoffPolicy;
@@ -33,8 +31,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
 
-    /// Allow --admin-listen on a non-loopback address (actions need --admin-token-file; reads
-    /// need it too only with --admin-token-for-reads).
+    /// Allow --admin-listen on a non-loopback address (actions there need --admin-token-file;
+    /// reads need it too only with --admin-token-for-reads).
     #[arg(long, env = "KUBE_SSH_TUNNEL_ADMIN_ALLOW_REMOTE")]
     pub admin_allow_remote: bool,
 
@@ -207,29 +205,28 @@ fn daemon_config(args: &RunArgs) -> Result<DaemonConfig, CliError> {
             "--admin-token-for-reads needs --admin-token-file",
         ));
     }
-    let listen = match args.admin.admin_listen {
-        Some(addr) => {
-            if !addr.ip().is_loopback() && !args.admin_allow_remote {
-                return Err(CliError::usage(format!(
-                    "--admin-listen {addr} is not a loopback address; the admin API can drain nodes. Use 127.0.0.1, the default Unix socket, or pass --admin-allow-remote (with --admin-token-file)"
-                )));
-            }
-            if token.is_none() {
-                tracing::warn!(
-                    "--admin-listen without --admin-token-file: reads only; drain and reconnect are refused over TCP"
-                );
-            }
-            AdminListen::Tcp(addr)
+    // The Unix socket is always served (actions allowed: its mode is its access control);
+    // --admin-listen adds a TCP listener for probes and scrapes.
+    if let Some(addr) = args.admin.admin_listen {
+        if !addr.ip().is_loopback() && !args.admin_allow_remote {
+            return Err(CliError::usage(format!(
+                "--admin-listen {addr} is not a loopback address; the admin API can drain nodes. Use 127.0.0.1, the default Unix socket, or pass --admin-allow-remote (with --admin-token-file)"
+            )));
         }
-        None => AdminListen::Unix(args.admin.admin_uds.clone()),
-    };
+        if token.is_none() {
+            tracing::warn!(
+                "--admin-listen without --admin-token-file: reads only over TCP; drain and reconnect are refused there (the admin socket still takes them)"
+            );
+        }
+    }
     Ok(DaemonConfig {
         pool,
         policy,
         front,
         listeners: Listeners { unix, tls },
         admin: AdminConfig {
-            listen,
+            socket: Some(args.admin.admin_uds.clone()),
+            tcp: args.admin.admin_listen,
             token: token.map(|t| Arc::from(t.as_str())),
             token_for_reads: args.admin_token_for_reads,
         },

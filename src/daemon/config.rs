@@ -46,23 +46,20 @@ pub struct TlsListener {
     pub client_ca: PathBuf,
 }
 
-/// Where the admin API listens and who may use it.
+/// Where the admin API listens and who may use it. A daemon can serve it on a Unix socket and
+/// on TCP at once: the socket for operators on the host (every request allowed), TCP for
+/// probes and Prometheus.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    pub listen: AdminListen,
+    /// A Unix socket, mode 0600 (the file mode is its access control: actions allowed).
+    pub socket: Option<PathBuf>,
+    /// A TCP listener; loopback unless the caller allowed otherwise. Its requests pass the
+    /// Host check and need `token` for actions (and for reads with `token_for_reads`).
+    pub tcp: Option<SocketAddr>,
     /// On TCP: the bearer token actions need (None: actions are refused over TCP).
     pub token: Option<Arc<str>>,
     /// On TCP: reads need the token too.
     pub token_for_reads: bool,
-}
-
-/// The admin API's listener.
-#[derive(Debug, Clone)]
-pub enum AdminListen {
-    /// A Unix socket, mode 0600 (the file mode is its access control).
-    Unix(PathBuf),
-    /// TCP; loopback unless the caller allowed otherwise.
-    Tcp(SocketAddr),
 }
 
 impl DaemonConfig {
@@ -83,7 +80,8 @@ impl DaemonConfig {
                 tls: None,
             },
             admin: AdminConfig {
-                listen: AdminListen::Unix(admin_socket),
+                socket: Some(admin_socket),
+                tcp: None,
                 token: None,
                 token_for_reads: false,
             },
@@ -112,6 +110,11 @@ impl DaemonConfig {
         }
         if self.listeners.unix.is_none() && self.listeners.tls.is_none() {
             return invalid("no CONNECT listener: give a Unix socket, a TLS listener, or both");
+        }
+        if self.admin.socket.is_none() && self.admin.tcp.is_none() {
+            return invalid(
+                "no admin API listener: give a Unix socket, a TCP address, or both (probes and drain need one)",
+            );
         }
         if self.admin.token_for_reads && self.admin.token.is_none() {
             return invalid("the admin token for reads needs an admin token");

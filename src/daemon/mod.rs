@@ -7,7 +7,7 @@
 
 mod config;
 
-pub use config::{AdminConfig, AdminListen, DaemonConfig, Listeners, TlsListener};
+pub use config::{AdminConfig, DaemonConfig, Listeners, TlsListener};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,21 +130,23 @@ impl Daemon {
             }
             None => None,
         };
-        let admin = match &cfg.admin.listen {
-            AdminListen::Tcp(address) => {
-                AdminListener::Tcp(tokio::net::TcpListener::bind(address).await.map_err(
-                    |source| DaemonError::Listen {
-                        listener: ListenerKind::Admin,
-                        address: *address,
-                        source,
-                    },
-                )?)
-            }
-            AdminListen::Unix(p) => {
+        let admin_tcp = match cfg.admin.tcp {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(
+                |source| DaemonError::Listen {
+                    listener: ListenerKind::Admin,
+                    address,
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let admin_uds = match &cfg.admin.socket {
+            Some(p) => {
                 let l = listen::bind_uds_mode(p, 0o600, "admin socket")?;
                 sockets.0.push(p.clone());
-                AdminListener::Unix(l, p.clone())
+                Some((l, p.clone()))
             }
+            None => None,
         };
 
         let insecure = cfg.pool.ssh.host_key_policy == HostKeyPolicy::InsecureSkip;
@@ -190,36 +192,40 @@ impl Daemon {
             ready_share: cfg.ready_share,
             insecure_host_keys: insecure,
             tasks: tasks.clone(),
-            auth: AdminAuth {
-                tcp: matches!(admin, AdminListener::Tcp(_)),
-                token: cfg.admin.token.clone(),
-                token_for_reads: cfg.admin.token_for_reads,
-            },
+            auth: AdminAuth::default(),
             reconnected: Default::default(),
         };
-        let app = router(state);
-        let token = tasks.token().clone();
-        let admin_address = match admin {
-            AdminListener::Tcp(l) => {
-                let address = l.local_addr().ok();
-                tracing::info!(address = %address.map(|a| a.to_string()).unwrap_or_default(), "serving the admin API");
-                tasks.spawn_critical("admin API", async move {
-                    let _ = axum::serve(l, app)
-                        .with_graceful_shutdown(token.cancelled_owned())
-                        .await;
-                });
-                address
-            }
-            AdminListener::Unix(l, path) => {
-                tracing::info!(socket = %path.display(), "serving the admin API");
-                tasks.spawn_critical("admin API", async move {
-                    let _ = axum::serve(l, app)
-                        .with_graceful_shutdown(token.cancelled_owned())
-                        .await;
-                });
-                None
-            }
-        };
+        // One state for both listeners (the reconnect limit is shared); each has its own
+        // access control: the socket's file mode, or the Host check and the token on TCP.
+        let mut admin_address = None;
+        if let Some(l) = admin_tcp {
+            let app = router(AdminState {
+                auth: AdminAuth {
+                    tcp: true,
+                    token: cfg.admin.token.clone(),
+                    token_for_reads: cfg.admin.token_for_reads,
+                },
+                ..state.clone()
+            });
+            let token = tasks.token().clone();
+            admin_address = l.local_addr().ok();
+            tracing::info!(address = %admin_address.map(|a| a.to_string()).unwrap_or_default(), "serving the admin API on TCP");
+            tasks.spawn_critical("admin API (TCP)", async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await;
+            });
+        }
+        if let Some((l, path)) = admin_uds {
+            let app = router(state);
+            let token = tasks.token().clone();
+            tracing::info!(socket = %path.display(), "serving the admin API on a Unix socket");
+            tasks.spawn_critical("admin API (Unix socket)", async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await;
+            });
+        }
         if let Some(l) = uds {
             let path = cfg
                 .listeners
@@ -267,11 +273,6 @@ impl Drop for Bound {
             let _ = std::fs::remove_file(p);
         }
     }
-}
-
-enum AdminListener {
-    Unix(tokio::net::UnixListener, PathBuf),
-    Tcp(tokio::net::TcpListener),
 }
 
 /// The one loop that applies a source's node sets to the pool until `stop`; an invalid set
