@@ -52,12 +52,16 @@ async fn admin_get(sock: &Path, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_from_a_config_serves_follows_its_node_file_and_shuts_down_cleanly() {
-    let c = Cluster::start(2);
-    let baseline = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks();
+/// A daemon's config that follows a node file holding node-1 (checked every 100 ms, no health
+/// probes), with its sockets in the cluster's directory.
+struct FileDaemon {
+    cfg: DaemonConfig,
+    nodes_file: std::path::PathBuf,
+    proxy: std::path::PathBuf,
+    admin: std::path::PathBuf,
+}
+
+fn file_daemon(c: &Cluster) -> FileDaemon {
     let dir = c.path().to_path_buf();
     let nodes_file = dir.join("daemon-nodes.toml");
     std::fs::write(&nodes_file, toml_entry(&c.nodes[0])).unwrap();
@@ -75,6 +79,26 @@ async fn a_daemon_from_a_config_serves_follows_its_node_file_and_shuts_down_clea
         proxy.clone(),
         admin.clone(),
     );
+    FileDaemon {
+        cfg,
+        nodes_file,
+        proxy,
+        admin,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_from_a_config_serves_follows_its_node_file_and_shuts_down_cleanly() {
+    let c = Cluster::start(2);
+    let baseline = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let FileDaemon {
+        cfg,
+        nodes_file,
+        proxy,
+        admin,
+    } = file_daemon(&c);
     let daemon = Daemon::start(cfg).await.expect("the daemon starts");
     let pool = daemon.pool().clone();
     let mut rx = pool.subscribe("node-1").unwrap();
@@ -160,23 +184,12 @@ async fn shutdown_stops_the_node_source_first_and_leaves_no_task_on_the_runtime(
     let baseline = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();
-    let dir = c.path().to_path_buf();
-    let nodes_file = dir.join("daemon-nodes.toml");
-    std::fs::write(&nodes_file, toml_entry(&c.nodes[0])).unwrap();
-    let (proxy, admin) = (dir.join("daemon-proxy.sock"), dir.join("daemon-admin.sock"));
-    let mut pool = PoolConfig::new(c.settings());
-    pool.health.probe = Probe::None;
-    let mut cfg = DaemonConfig::new(
-        pool,
-        NodeSource::File {
-            path: nodes_file.clone(),
-            extra: Vec::new(),
-            address_types: AddressTypes::default(),
-            interval: Duration::from_millis(100),
-        },
-        proxy.clone(),
-        admin.clone(),
-    );
+    let FileDaemon {
+        mut cfg,
+        nodes_file,
+        proxy,
+        admin,
+    } = file_daemon(&c);
     cfg.policy.node_ports = vec![HTTP_PORT, support::ECHO_PORT];
     let daemon = Daemon::start(cfg).await.expect("the daemon starts");
     let pool = daemon.pool().clone();

@@ -63,6 +63,27 @@ fn whoami_via(sock: &std::path::Path, target: &str) -> (String, String) {
     (head, body)
 }
 
+/// Node `name`'s entry in `status -o json` from the daemon behind the admin socket `admin`.
+fn status_of(admin: &std::path::Path, name: &str) -> serde_json::Value {
+    let out = support::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args([
+            "status",
+            "-o",
+            "json",
+            "--admin-uds",
+            admin.to_str().unwrap(),
+        ]),
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("node {name} is in status: {doc}"))
+        .clone()
+}
+
 #[test]
 fn a_node_claiming_another_nodes_address_never_gets_its_traffic_on_any_start() {
     let cluster = Cluster::start(2);
@@ -106,23 +127,7 @@ fn a_node_claiming_another_nodes_address_never_gets_its_traffic_on_any_start() {
                 "{}",
                 d.log()
             );
-            let out = support::run_ok(
-                std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args([
-                    "status",
-                    "-o",
-                    "json",
-                    "--admin-uds",
-                    admin.to_str().unwrap(),
-                ]),
-            );
-            let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-            let node1 = doc["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["name"] == n1.name.as_str())
-                .unwrap()
-                .clone();
+            let node1 = status_of(&admin, &n1.name);
             let refused = node1["refused"].to_string();
             assert!(
                 refused.contains(&n2.addr.to_string()) && refused.contains("node-2"),
@@ -182,23 +187,7 @@ fn a_node_named_like_another_nodes_address_never_takes_its_traffic() {
     );
     let why = format!("name {ip_name}: it is node {}'s address", n2.name);
     assert!(d.log().contains(&why), "logged: {}", d.log());
-    let out = support::run_ok(
-        std::process::Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args([
-            "status",
-            "-o",
-            "json",
-            "--admin-uds",
-            admin.to_str().unwrap(),
-        ]),
-    );
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let named = doc["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == ip_name.as_str())
-        .expect("the IP-named node stays in status")
-        .clone();
+    let named = status_of(&admin, &ip_name);
     assert!(named["refused"].to_string().contains(&why), "{named}");
     assert_eq!(named["state"], "ready", "{named}");
     assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
