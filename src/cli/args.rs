@@ -173,7 +173,9 @@ pub struct SuperviseArgs {
     pub health_port: u16,
 
     /// URL the http probe GETs as seen from the node (HOST may be {address}); wants a 2xx.
-    /// https:// needs --health-ca (or --health-insecure-skip-tls-verify).
+    /// The key line must permit it (keygen --loopback-port 10248 for the default). https://
+    /// needs --health-ca (or --health-insecure-skip-tls-verify) and sends no client
+    /// certificate (a kubeadm node's kubelet answers 401).
     #[arg(
         long,
         env = "KUBE_SSH_TUNNEL_HEALTH_URL",

@@ -1,8 +1,10 @@
 //! Health probes through the tunnel. SSH keepalives prove the SSH server answers; a probe
 //! proves the node can still reach what we dial (by default: a channel to the node's kubelet
 //! port). An HTTP(S) probe GETs a URL as seen from the node (e.g. the kubelet's own
-//! `http://127.0.0.1:10248/healthz`, or `https://{address}:10250/healthz` with the cluster
-//! CA) and wants a 2xx. Every probe runs under a timeout.
+//! `http://127.0.0.1:10248/healthz`, which the key line permits with `keygen --loopback-port
+//! 10248`) and wants a 2xx. An https probe sends no client certificate, so do not use
+//! `https://{address}:10250/healthz` on kubeadm nodes (401 without a client certificate).
+//! Every probe runs under a timeout.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
