@@ -188,7 +188,7 @@ async fn shutdown_stops_the_node_source_first_and_leaves_no_task_on_the_runtime(
         mut cfg,
         nodes_file,
         proxy,
-        admin,
+        admin: _,
     } = file_daemon(&c);
     cfg.policy.node_ports = vec![HTTP_PORT, support::ECHO_PORT];
     let daemon = Daemon::start(cfg).await.expect("the daemon starts");
