@@ -651,9 +651,14 @@ fn a_real_prometheus_scrapes_the_daemon_with_the_example_and_evaluates_the_rules
     let node = &cluster.nodes[0];
     let admin = format!("127.0.0.1:{}", free_port());
     let proxy = cluster.path().join("proxy.sock");
+    // The admin socket too (`run` always serves one): in the test's directory, never the
+    // system default, which another test or a real daemon may hold.
+    let admin_sock = cluster.path().join("admin.sock");
     let mut args = vec!["run".to_string()];
     args.extend(cluster.cli_args());
     for a in [
+        "--admin-uds",
+        admin_sock.to_str().unwrap(),
         "--admin-listen",
         &admin,
         "--proxy-uds",

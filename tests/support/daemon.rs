@@ -35,6 +35,16 @@ fn collect(
 
 impl Daemon {
     pub fn start(args: &[String]) -> Daemon {
+        // `run` always serves an admin socket: a test's must be its own, never the system
+        // default that another test (or a real daemon) may hold. (A `--config` file may name
+        // it instead.)
+        assert!(
+            args.first().map(String::as_str) != Some("run")
+                || args
+                    .iter()
+                    .any(|a| a.starts_with("--admin-uds") || a == "--config"),
+            "a test daemon needs its own --admin-uds: {args:?}"
+        );
         let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
             .args(args)
             .env_remove("RUST_LOG")
