@@ -364,9 +364,7 @@ async fn drain_racing_an_update_that_replaces_the_node_keeps_the_drain() {
     let n1 = c.nodes[0].node();
     let pool = Arc::new(Pool::with_config(config(&c), vec![n1.clone()]).unwrap());
     let fillers: Vec<Node> = (0..300u32)
-        .map(|i| {
-            Node::parse_spec(&format!("f{i}=127.1.{}.{}:1", i / 200, i % 200 + 1)).unwrap()
-        })
+        .map(|i| Node::parse_spec(&format!("f{i}=127.1.{}.{}:1", i / 200, i % 200 + 1)).unwrap())
         .collect();
     const ROUNDS: u32 = 40;
     for round in 0..ROUNDS {
@@ -401,7 +399,10 @@ async fn drain_racing_an_update_that_replaces_the_node_keeps_the_drain() {
         updater.join().unwrap();
         let drained = drainer.join().unwrap();
         assert!(drained, "round {round}: node-1 exists");
-        assert!(pool.is_drained("node-1"), "round {round}: the drain was lost");
+        assert!(
+            pool.is_drained("node-1"),
+            "round {round}: the drain was lost"
+        );
         assert!(
             !pool.nodes().iter().any(|n| n.name == "node-1"),
             "round {round}: the drain landed on a retired connection while a new one serves"

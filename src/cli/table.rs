@@ -89,12 +89,16 @@ fn paint(state: &str, color: bool) -> String {
 pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
     let now = std::time::SystemTime::now();
     let mut out = format!(
-        "kube-ssh-tunnel {} — {}/{} nodes ready — DEPRECATED SSH tunnel mode (Konnectivity is the supported replacement)",
-        doc.version, doc.ready, doc.desired
+        "kube-ssh-tunnel {} — {}/{} nodes ready{} — DEPRECATED SSH tunnel mode (Konnectivity is the supported replacement)",
+        doc.version,
+        doc.ready,
+        doc.desired,
+        if doc.drained > 0 {
+            format!(" — {} drained", doc.drained)
+        } else {
+            String::new()
+        }
     );
-    if doc.drained > 0 {
-        out.push_str(&format!(" — {} drained", doc.drained));
-    }
     if doc.insecure_host_keys {
         out.push_str(" — HOST KEYS NOT VERIFIED");
     }
