@@ -127,6 +127,17 @@ impl Pool {
         };
         pool.note_left_out(dropped);
         for n in nodes {
+            // A node whose Node carries the drain annotation starts drained (a restart keeps
+            // a drain that the cluster holds).
+            if let Some(reason) = &n.drain {
+                let reason = (!reason.is_empty()).then(|| reason.clone());
+                let record = drained::DrainRecord::new(n.clone(), drained::BY_ANNOTATION, reason);
+                pool.drained
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(n.name.clone(), record);
+                continue;
+            }
             pool.add(n);
         }
         pool.refresh_routes();
