@@ -91,11 +91,13 @@ async fn get(admin: &Path, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-const NODE_KEYS: [&str; 28] = [
+const NODE_KEYS: [&str; 30] = [
     "name",
     "address",
     "ssh_port",
     "state",
+    "drained_by",
+    "drained_at",
     "reason",
     "since",
     "for_s",
@@ -230,6 +232,7 @@ fn status_shows_ready_nodes_then_a_killed_one_with_its_reason() {
                 "degraded",
                 "backoff",
                 "draining",
+                "drained",
                 "failed"
             ]
             .contains(&n["state"].as_str().unwrap())
