@@ -161,7 +161,13 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
         .await
         .unwrap();
     assert_eq!(code, 200, "{body}");
-    wait_status(&ep, "node-2 drained", |doc| node(doc, "node-2").is_none()).await;
+    let drained = |doc: &StatusDocument| {
+        node(doc, "node-2").is_some_and(|d| {
+            d.state == kube_ssh_tunnel::pool::TunnelState::Drained
+                && d.drained_by.as_deref() == Some("admin socket (uid 0)")
+        })
+    };
+    wait_status(&ep, "node-2 drained", drained).await;
 
     // MODIFIED: node-1 changes address; the pool reconnects it there.
     let before = sets(&d);
@@ -196,12 +202,12 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     );
     let doc = status(&ep).await.unwrap();
     assert!(
-        node(&doc, "node-2").is_none(),
+        drained(&doc),
         "an unrelated node's change does not bring a drained node back: {doc:?}"
     );
 
-    // DELETED: node-2 disappears. Drained, it is already out of the status; what the
-    // deletion changes is that the pool forgets it: its metric series go.
+    // DELETED: node-2 disappears. Drained, it is still in the status; the deletion makes
+    // the pool forget it: it leaves the status and its metric series go.
     let metrics = || async {
         let (code, body) = request(&ep, "GET", "/metrics", Duration::from_secs(5))
             .await
