@@ -41,6 +41,11 @@ pub struct Node {
     /// is still reached by its address. Filled by the pool, never read from a file.
     #[serde(skip)]
     pub name_refused: bool,
+    /// Set when the Node carries the `ssh.kube-ssh-tunnel.io/drain` annotation (its value,
+    /// the reason): the pool keeps the node drained in every daemon watching it, until the
+    /// annotation goes. Filled by the Node watch, never read from a file.
+    #[serde(skip)]
+    pub drain: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -73,6 +78,7 @@ impl Node {
             aliases: Vec::new(),
             refused: Vec::new(),
             name_refused: false,
+            drain: None,
         };
         node.validate()?;
         Ok(node)

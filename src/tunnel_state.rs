@@ -16,8 +16,12 @@ pub enum TunnelState {
     Degraded,
     /// Waiting before the next attempt after a transient failure.
     Backoff,
-    /// Removed from the node set (or shutting down): no new dials, open streams finish.
+    /// Removed from the node set (or shutting down, or drained by an operator): no new dials,
+    /// open streams finish.
     Draining,
+    /// Drained by an operator (or a drain annotation) and its streams have finished: no
+    /// connection, no dials, until `reconnect NODE` or until it leaves the node source.
+    Drained,
     /// A failure a human must fix (authentication rejected, host key): retried slowly.
     Failed,
 }
@@ -31,6 +35,7 @@ impl TunnelState {
             TunnelState::Degraded => "degraded",
             TunnelState::Backoff => "backoff",
             TunnelState::Draining => "draining",
+            TunnelState::Drained => "drained",
             TunnelState::Failed => "failed",
         }
     }

@@ -91,11 +91,13 @@ async fn get(admin: &Path, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-const NODE_KEYS: [&str; 28] = [
+const NODE_KEYS: [&str; 30] = [
     "name",
     "address",
     "ssh_port",
     "state",
+    "drained_by",
+    "drained_at",
     "reason",
     "since",
     "for_s",
@@ -230,6 +232,7 @@ fn status_shows_ready_nodes_then_a_killed_one_with_its_reason() {
                 "degraded",
                 "backoff",
                 "draining",
+                "drained",
                 "failed"
             ]
             .contains(&n["state"].as_str().unwrap())
@@ -408,21 +411,33 @@ fn drain_refuses_new_connects_lets_open_streams_finish_and_reconnect_makes_a_new
     let admin = r.admin.to_str().unwrap();
     let o = cli(&["drain", "--admin-uds", admin, "node-1"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let st = r.status(&["-o", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
-    let node1 = v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "node-1")
-        .unwrap()
-        .clone();
-    assert_eq!(node1["state"], "draining");
-    let (_, head) = support::connect_uds(&r.proxy, &format!("{}:{HTTP_PORT}", n1.addr));
+    let node1 = |r: &Running| {
+        let st = r.status(&["-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap_or_default();
+        v["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["name"] == "node-1").cloned())
+            .unwrap_or_default()
+    };
+    let n = node1(&r);
+    assert_eq!(n["state"], "draining", "{n}");
+    assert_eq!(n["drained_by"], "admin socket (uid 0)", "{n}");
+    assert!(n["drained_at"].is_string(), "{n}");
+    let (mut refused, head) = support::connect_uds(&r.proxy, &format!("{}:{HTTP_PORT}", n1.addr));
     assert!(
-        head.starts_with("HTTP/1.1 403"),
-        "a new CONNECT to a drained node is refused: {head}"
+        head.starts_with("HTTP/1.1 503"),
+        "a new CONNECT to a drained node is refused with 503: {head}"
     );
+    let mut body = String::new();
+    let _ = refused.read_to_string(&mut body);
+    let whole = format!("{head}{body}");
+    assert!(
+        whole.contains("node drained by admin socket (uid 0)")
+            && whole.contains("kube-ssh-tunnel reconnect node-1"),
+        "the body names the drain and how to undo it: {whole}"
+    );
+    let (_, head) = support::connect_uds(&r.proxy, &format!("node-1:{HTTP_PORT}"));
+    assert!(head.starts_with("HTTP/1.1 503"), "by name too: {head}");
 
     // The open stream still works and finishes; then the connection closes.
     open.write_all(b"-after").unwrap();
@@ -434,6 +449,34 @@ fn drain_refuses_new_connects_lets_open_streams_finish_and_reconnect_makes_a_new
     assert!(support::wait_until(Duration::from_secs(10), || n1
         .ssh_connections()
         == 0));
+    // Once its streams have finished it stays in status, `drained`, counted apart; the rest
+    // being ready, `status` exits 0 (an operator's drain is intended).
+    assert!(
+        support::wait_until(Duration::from_secs(10), || node1(&r)["state"] == "drained"),
+        "{}",
+        node1(&r)
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let n = node1(&r);
+    assert_eq!(n["state"], "drained", "still there seconds later: {n}");
+    assert_eq!(n["drained_by"], "admin socket (uid 0)", "{n}");
+    let st = r.status(&[]);
+    assert_eq!(st.code, 0, "{}", st.stdout);
+    assert!(
+        st.stdout.contains("1/1 nodes ready — 1 drained"),
+        "{}",
+        st.stdout
+    );
+    assert!(st.stdout.contains("drained"), "{}", st.stdout);
+
+    let o = cli(&["reconnect", "--admin-uds", admin, "node-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        support::wait_until(Duration::from_secs(10), || node1(&r)["state"] == "ready"),
+        "reconnect brings a drained node back: {}",
+        node1(&r)
+    );
+    assert!(node1(&r)["drained_by"].is_null());
 
     let o = cli(&["reconnect", "--admin-uds", admin, "node-2"]);
     assert_eq!(o.code, 0, "{}", o.stderr);

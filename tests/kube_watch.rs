@@ -161,7 +161,13 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
         .await
         .unwrap();
     assert_eq!(code, 200, "{body}");
-    wait_status(&ep, "node-2 drained", |doc| node(doc, "node-2").is_none()).await;
+    let drained = |doc: &StatusDocument| {
+        node(doc, "node-2").is_some_and(|d| {
+            d.state == kube_ssh_tunnel::pool::TunnelState::Drained
+                && d.drained_by.as_deref() == Some("admin socket (uid 0)")
+        })
+    };
+    wait_status(&ep, "node-2 drained", drained).await;
 
     // MODIFIED: node-1 changes address; the pool reconnects it there.
     let before = sets(&d);
@@ -196,12 +202,12 @@ async fn nodes_follow_a_list_and_watch_of_the_api_server() {
     );
     let doc = status(&ep).await.unwrap();
     assert!(
-        node(&doc, "node-2").is_none(),
+        drained(&doc),
         "an unrelated node's change does not bring a drained node back: {doc:?}"
     );
 
-    // DELETED: node-2 disappears. Drained, it is already out of the status; what the
-    // deletion changes is that the pool forgets it: its metric series go.
+    // DELETED: node-2 disappears. Drained, it is still in the status; the deletion makes
+    // the pool forget it: it leaves the status and its metric series go.
     let metrics = || async {
         let (code, body) = request(&ep, "GET", "/metrics", Duration::from_secs(5))
             .await
@@ -407,4 +413,118 @@ async fn a_failing_node_watch_keeps_the_nodes_and_shows_in_the_metrics_until_it_
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(wait_metric(&ep, ERRORS, |_| true).await, settled);
     assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
+}
+
+/// `run` args for one of several daemons on `cluster`: its own sockets (`NAME-proxy.sock`,
+/// `NAME-admin.sock`), the watch of `kubeconfig`.
+fn watching_daemon(cluster: &Cluster, name: &str, kubeconfig: &std::path::Path) -> Vec<String> {
+    let mut args = cluster.daemon_args();
+    for (flag, file) in [("--proxy-uds", "proxy"), ("--admin-uds", "admin")] {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = cluster
+            .path()
+            .join(format!("{name}-{file}.sock"))
+            .display()
+            .to_string();
+    }
+    args.extend(
+        [
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-address-types",
+            "InternalIP",
+            "--drain-timeout",
+            "2s",
+        ]
+        .map(String::from),
+    );
+    args
+}
+
+fn drained_by_annotation(doc: &StatusDocument, name: &str) -> bool {
+    node(doc, name).is_some_and(|d| {
+        d.state == kube_ssh_tunnel::pool::TunnelState::Drained
+            && d.drained_by.as_deref() == Some("annotation")
+            && d.reason.contains("kernel upgrade")
+    })
+}
+
+/// The drain annotation on a Node drains it in every daemon watching the cluster (two `run`
+/// processes, one stand-in API server, one annotation), a daemon restarted while the
+/// annotation is there starts with the node drained (it never connects to it), and removing
+/// the annotation brings the node back in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_annotation_drains_the_node_in_every_daemon_and_after_a_restart() {
+    let cluster = Cluster::start(2);
+    let [n1, n2] = [0, 1].map(|i| &cluster.nodes[i]);
+    let plain = |rv| node_object("node-1", n1, rv, "10.244.1.0/24");
+    let annotated = |rv| {
+        let mut o = node_object("node-1", n1, rv, "10.244.1.0/24");
+        o["metadata"]["annotations"]["ssh.kube-ssh-tunnel.io/drain"] = json!("kernel upgrade");
+        o
+    };
+    let other = node_object("node-2", n2, 10, "10.244.2.0/24");
+    let server = ApiServer::start(
+        cluster.path(),
+        vec![node_list(10, vec![plain(10), other.clone()])],
+    )
+    .await;
+    let kubeconfig = server.kubeconfig.clone();
+    let mut a = Daemon::start(&watching_daemon(&cluster, "a", &kubeconfig));
+    let mut b = Daemon::start(&watching_daemon(&cluster, "b", &kubeconfig));
+    let ep = |name: &str| Endpoint::Unix(cluster.path().join(format!("{name}-admin.sock")));
+    for d in ["a", "b"] {
+        wait_status(&ep(d), "node-1 ready", |doc| ready_at(doc, "node-1", n1)).await;
+    }
+    assert!(
+        server.wait_watches(2, Duration::from_secs(20)).await,
+        "two watches"
+    );
+
+    // One annotation: drained in both daemons, with who drained it.
+    server.send(event("MODIFIED", annotated(11)));
+    for d in ["a", "b"] {
+        wait_status(&ep(d), "node-1 drained by its annotation", |doc| {
+            drained_by_annotation(doc, "node-1") && ready_at(doc, "node-2", n2)
+        })
+        .await;
+    }
+    assert!(
+        support::wait_until(Duration::from_secs(10), || n1.ssh_connections() == 0),
+        "both daemons closed their connection to node-1"
+    );
+
+    // Daemon b restarts while the annotation is there: node-1 starts drained.
+    b.stop(libc::SIGTERM);
+    server.api.lock().unwrap().lists = vec![node_list(11, vec![annotated(11), other.clone()])]
+        .into_iter()
+        .collect();
+    let watches_before = server.api.lock().unwrap().watch_calls;
+    let mut b = Daemon::start(&watching_daemon(&cluster, "b", &kubeconfig));
+    wait_status(&ep("b"), "node-1 drained from the start", |doc| {
+        assert!(
+            node(doc, "node-1")
+                .is_none_or(|d| d.state != kube_ssh_tunnel::pool::TunnelState::Ready),
+            "a restarted daemon never had node-1 ready: {doc:#?}"
+        );
+        drained_by_annotation(doc, "node-1") && ready_at(doc, "node-2", n2)
+    })
+    .await;
+    assert_eq!(n1.ssh_connections(), 0, "no daemon connects to node-1");
+    let start = Instant::now();
+    while server.api.lock().unwrap().watch_calls == watches_before {
+        assert!(start.elapsed() < Duration::from_secs(20), "b watches again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The annotation goes: node-1 is back in both.
+    server.send(event("MODIFIED", plain(12)));
+    for d in ["a", "b"] {
+        wait_status(&ep(d), "node-1 back", |doc| {
+            ready_at(doc, "node-1", n1) && node(doc, "node-1").unwrap().drained_by.is_none()
+        })
+        .await;
+    }
+    a.stop(libc::SIGTERM);
+    b.stop(libc::SIGTERM);
 }

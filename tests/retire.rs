@@ -308,3 +308,106 @@ async fn reconnect_keeps_the_open_stream_and_new_dials_go_to_the_new_connection(
     )
     .await;
 }
+
+/// A drain belongs to the node's name: a node-set change caused by another node (a new node
+/// that takes one of n1's aliases, so vetting refuses that alias and n1's vetted entry
+/// differs) leaves n1 drained; `reconnect` brings it back. (The alias is a name: a loopback
+/// address is never an alias, and the tests reach no other address.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_survives_another_nodes_change_that_makes_the_drained_entry_differ() {
+    let c = Cluster::start(2);
+    let mut n1 = c.nodes[0].node();
+    n1.aliases = vec!["node-3".into()];
+    let n2 = c.nodes[1].node();
+    let pool = Pool::with_config(config(&c), vec![n1.clone(), n2.clone()]).unwrap();
+    wait_ready(&pool, "node-1", 20, "node-1").await;
+    assert!(pool.drain_node("node-1"));
+    // A new node named like node-1's alias: the alias is refused, node-1's entry differs.
+    let n3 = Node::parse_spec("node-3=127.0.250.99:1").unwrap();
+    pool.update(vec![n1.clone(), n2.clone(), n3]).unwrap();
+    assert!(pool.is_drained("node-1"), "still drained");
+    assert!(
+        !pool.nodes().iter().any(|n| n.name == "node-1"),
+        "another node's change brought node-1 back: {:?}",
+        pool.nodes().iter().map(|n| &n.name).collect::<Vec<_>>()
+    );
+    let shown = pool
+        .statuses()
+        .into_iter()
+        .find(|(n, _)| n.name == "node-1")
+        .expect("a drained node stays in the statuses");
+    assert!(
+        matches!(shown.1.state, TunnelState::Draining | TunnelState::Drained),
+        "{:?}",
+        shown.1.state
+    );
+    assert_eq!(shown.1.drained_by.as_deref(), Some("library"));
+    // It stays drained whatever its own entry does, until reconnect.
+    let mut moved = n1.clone();
+    moved.pod_cidrs.clear();
+    pool.update(vec![moved, n2.clone()]).unwrap();
+    assert!(pool.is_drained("node-1"));
+    assert!(pool.reconnect("node-1"));
+    assert!(!pool.is_drained("node-1"));
+    wait_ready(&pool, "node-1", 20, "node-1 after reconnect").await;
+    pool.shutdown().await;
+}
+
+/// `drain` racing an `update` that replaces the same node never loses the drain, nor leaves
+/// it on the retired connection while a new one serves: after both, node-1 is drained and
+/// has no connection in the pool. Each round starts the two at once with a different head
+/// start for the drain (0 to 2 ms, swept), while the update also adds or removes 300 other
+/// nodes (loopback addresses, port 1: they only fail to connect) so that it takes a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_racing_an_update_that_replaces_the_node_keeps_the_drain() {
+    let c = Cluster::start(1);
+    let n1 = c.nodes[0].node();
+    let pool = Arc::new(Pool::with_config(config(&c), vec![n1.clone()]).unwrap());
+    let fillers: Vec<Node> = (0..300u32)
+        .map(|i| Node::parse_spec(&format!("f{i}=127.1.{}.{}:1", i / 200, i % 200 + 1)).unwrap())
+        .collect();
+    const ROUNDS: u32 = 40;
+    for round in 0..ROUNDS {
+        let mut next = n1.clone();
+        if round % 2 == 0 {
+            next.ssh_port = 1;
+        }
+        let mut set = vec![next];
+        if round % 2 == 0 {
+            set.extend(fillers.iter().cloned());
+        }
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let head_start = Duration::from_micros(u64::from(round) * 50);
+        let (p, b) = (pool.clone(), barrier.clone());
+        let rt = tokio::runtime::Handle::current();
+        let updater = std::thread::spawn(move || {
+            let _in_runtime = rt.enter();
+            b.wait();
+            p.update(set).unwrap();
+        });
+        let (p, b) = (pool.clone(), barrier.clone());
+        let rt = tokio::runtime::Handle::current();
+        let drainer = std::thread::spawn(move || {
+            let _in_runtime = rt.enter();
+            b.wait();
+            let until = std::time::Instant::now() + head_start;
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            p.drain_node("node-1")
+        });
+        updater.join().unwrap();
+        let drained = drainer.join().unwrap();
+        assert!(drained, "round {round}: node-1 exists");
+        assert!(
+            pool.is_drained("node-1"),
+            "round {round}: the drain was lost"
+        );
+        assert!(
+            !pool.nodes().iter().any(|n| n.name == "node-1"),
+            "round {round}: the drain landed on a retired connection while a new one serves"
+        );
+        assert!(pool.reconnect("node-1"), "round {round}");
+    }
+    pool.shutdown_within(Duration::from_secs(1)).await;
+}

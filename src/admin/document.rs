@@ -7,6 +7,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::pool::{NodeStatus, Pool, TunnelState};
 
+/// A node's state as the document carries it: one of ours, or (in a client reading a newer
+/// daemon) a name this build does not know, kept as it came so `status` can show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StateName {
+    /// A state this build knows.
+    Known(TunnelState),
+    /// A state name from a newer daemon.
+    Unknown(String),
+}
+
+impl From<TunnelState> for StateName {
+    fn from(s: TunnelState) -> Self {
+        StateName::Known(s)
+    }
+}
+
+impl PartialEq<TunnelState> for StateName {
+    fn eq(&self, other: &TunnelState) -> bool {
+        matches!(self, StateName::Known(s) if s == other)
+    }
+}
+
+impl std::fmt::Display for StateName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateName::Known(s) => s.fmt(f),
+            StateName::Unknown(s) => f.write_str(s),
+        }
+    }
+}
+
 /// The latest health probe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthDocument {
@@ -23,8 +55,16 @@ pub struct NodeDocument {
     pub name: String,
     pub address: String,
     pub ssh_port: u16,
-    /// connecting | ready | degraded | backoff | draining | failed
-    pub state: TunnelState,
+    /// connecting | ready | degraded | backoff | draining | drained | failed (a client keeps
+    /// a name it does not know as it came)
+    pub state: StateName,
+    /// Who drained the node (`admin socket (uid 0)`, `admin API over TCP (ADDR)`,
+    /// `annotation`, `library`), while it is draining or drained by a drain; else null.
+    #[serde(default)]
+    pub drained_by: Option<String>,
+    /// RFC 3339 time of that drain; else null.
+    #[serde(default)]
+    pub drained_at: Option<String>,
     /// Why it is in this state.
     pub reason: String,
     /// RFC 3339 time the state began.
@@ -82,10 +122,14 @@ pub struct StatusDocument {
     pub deprecated_mode: bool,
     /// Host keys are not verified (--insecure-skip-host-key-verification).
     pub insecure_host_keys: bool,
-    /// Nodes in the desired set (draining ones not counted).
+    /// Nodes in the desired set (draining and drained ones not counted).
     pub desired: usize,
     /// Desired nodes that are ready.
     pub ready: usize,
+    /// Nodes drained by an operator or an annotation (draining or drained), counted apart:
+    /// not in `desired`.
+    #[serde(default)]
+    pub drained: usize,
     pub nodes: Vec<NodeDocument>,
     /// Nodes of the source left out because their address was refused ("NAME: why").
     #[serde(default)]
@@ -107,8 +151,9 @@ impl StatusDocument {
         }
         let desired = nodes
             .iter()
-            .filter(|n| n.state != TunnelState::Draining)
+            .filter(|n| n.state != TunnelState::Draining && n.state != TunnelState::Drained)
             .count();
+        let drained = nodes.iter().filter(|n| n.drained_by.is_some()).count();
         let ready = nodes
             .iter()
             .filter(|n| n.state == TunnelState::Ready)
@@ -119,6 +164,7 @@ impl StatusDocument {
             insecure_host_keys,
             desired,
             ready,
+            drained,
             nodes,
             left_out: pool
                 .left_out()
@@ -130,7 +176,7 @@ impl StatusDocument {
 }
 
 fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant) -> NodeDocument {
-    let draining = st.state == TunnelState::Draining;
+    let draining = matches!(st.state, TunnelState::Draining | TunnelState::Drained);
     let (dials, fails) = if draining {
         (0, 0)
     } else {
@@ -146,7 +192,9 @@ fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant)
         name: node.name.clone(),
         address: node.address.clone(),
         ssh_port: node.ssh_port,
-        state: st.state,
+        state: st.state.into(),
+        drained_by: st.drained_by.clone(),
+        drained_at: st.drained_at.map(rfc3339),
         reason: st.reason.clone(),
         since: rfc3339(st.since),
         for_s: now

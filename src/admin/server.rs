@@ -19,6 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use super::caller::Caller;
 use super::document::StatusDocument;
 use crate::pool::Pool;
 use crate::tasks::Tasks;
@@ -206,13 +207,23 @@ async fn reconnect(State(s): State<AdminState>, Path(name): Path<String>) -> imp
     }
 }
 
-async fn drain(State(s): State<AdminState>, Path(name): Path<String>) -> impl IntoResponse {
-    if s.pool.drain_node(&name) {
-        tracing::info!(node = %name, "drain requested over the admin API");
+async fn drain(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    ext: axum::http::Extensions,
+) -> impl IntoResponse {
+    // Served with connect info by the daemon; a library user's router may lack it.
+    let by = match ext.get::<axum::extract::ConnectInfo<Caller>>() {
+        Some(c) => c.0.to_string(),
+        None if s.auth.tcp => "admin API over TCP".to_string(),
+        None => "admin socket".to_string(),
+    };
+    if s.pool.drain_node_by(&name, &by) {
+        tracing::info!(node = %name, drained_by = %by, "drain requested over the admin API");
         (
             StatusCode::OK,
             format!(
-                "node {name}: draining (until its entry in the node source changes, or `reconnect {name}`)\n"
+                "node {name}: draining, then drained (until `kube-ssh-tunnel reconnect {name}`, or until it leaves the node source)\n"
             ),
         )
     } else {

@@ -1,5 +1,7 @@
 //! `status`, `reconnect NODE` and `drain NODE`: clients of a running daemon's admin API.
-//! Exit codes for `status`: 0 every desired node ready, 1 some not, 2 daemon unreachable.
+//! Exit codes for `status`: 0 every desired node ready (drained nodes are not desired: a drain
+//! is intended), 1 some not, 2 daemon unreachable. A state name this build does not know (a
+//! newer daemon) is shown as it came (`StateName::Unknown`).
 
 use std::io::IsTerminal;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Rendering of the `status` command: a table an operator can read at 3 a.m. (which node is
-//! broken and why), a wide variant, and the exit code rule (0 all desired nodes ready, 1 not).
+//! broken and why), a wide variant, and the exit code rule (0 all desired nodes ready, 1 not;
+//! drained nodes are not desired: an operator's drain is intended).
 
 use kube_ssh_tunnel::admin::document::{NodeDocument, StatusDocument};
 
@@ -10,7 +11,8 @@ pub enum Format {
     Wide,
 }
 
-/// 0 when every desired node is ready, 1 otherwise.
+/// 0 when every desired node is ready, 1 otherwise. Drained (and draining) nodes are not
+/// desired: a cluster whose nodes are all ready but for drained ones exits 0.
 pub fn exit_code(doc: &StatusDocument) -> i32 {
     if doc.ready == doc.desired { 0 } else { 1 }
 }
@@ -77,7 +79,7 @@ fn paint(state: &str, color: bool) -> String {
         "ready" => "32",
         "degraded" | "connecting" | "backoff" => "33",
         "failed" => "31",
-        "draining" => "36",
+        "draining" | "drained" => "36",
         _ => "0",
     };
     format!("\x1b[{code}m{state}\x1b[0m")
@@ -87,8 +89,15 @@ fn paint(state: &str, color: bool) -> String {
 pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
     let now = std::time::SystemTime::now();
     let mut out = format!(
-        "kube-ssh-tunnel {} — {}/{} nodes ready — DEPRECATED SSH tunnel mode (Konnectivity is the supported replacement)",
-        doc.version, doc.ready, doc.desired
+        "kube-ssh-tunnel {} — {}/{} nodes ready{} — DEPRECATED SSH tunnel mode (Konnectivity is the supported replacement)",
+        doc.version,
+        doc.ready,
+        doc.desired,
+        if doc.drained > 0 {
+            format!(" — {} drained", doc.drained)
+        } else {
+            String::new()
+        }
     );
     if doc.insecure_host_keys {
         out.push_str(" — HOST KEYS NOT VERIFIED");
@@ -150,7 +159,13 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
                 n.next_retry_s
                     .map(|s| format!("{s:.1}s"))
                     .unwrap_or_else(|| "-".into()),
-                cut(n.last_error.as_deref().unwrap_or("-"), err_width),
+                cut(
+                    n.last_error
+                        .as_deref()
+                        .or(n.drained_by.as_deref().map(|_| n.reason.as_str()))
+                        .unwrap_or("-"),
+                    err_width,
+                ),
             ];
             if format == Format::Wide {
                 r.extend([
@@ -208,6 +223,28 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_this_build_does_not_know_is_shown_not_refused() {
+        let json = r#"{"version":"9.9.9","deprecated_mode":true,"insecure_host_keys":false,
+            "desired":1,"ready":0,"nodes":[{"name":"n1","address":"192.0.2.1","ssh_port":22,
+            "state":"hibernating","reason":"a newer daemon's state","since":"2026-01-01T00:00:00Z",
+            "for_s":1.0,"uptime_s":null,"open_channels":0,"dials_total":0,
+            "dial_failures_total":0,"bytes_in":0,"bytes_out":0,"reconnects":0,
+            "last_health":null,"last_error":null,"next_retry_s":null,"host_key":null,
+            "keepalive_rtt_ms":null,"pod_cidrs":[],"some_new_field":true}]}"#;
+        let doc: StatusDocument = serde_json::from_str(json).unwrap();
+        assert_eq!(doc.nodes[0].state.to_string(), "hibernating");
+        let text = render(&doc, Format::Table, false);
+        assert!(text.contains("hibernating"), "{text}");
+        assert_eq!(exit_code(&doc), 1);
+        let known: StatusDocument =
+            serde_json::from_str(&json.replace("hibernating", "drained")).unwrap();
+        assert_eq!(
+            known.nodes[0].state,
+            kube_ssh_tunnel::pool::TunnelState::Drained
+        );
+    }
 
     #[test]
     fn durations_read_well() {

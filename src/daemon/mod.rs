@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::caller::Caller;
 use crate::admin::server::{AdminAuth, AdminState, router};
 use crate::error::ConfigError;
 use crate::node::Node;
@@ -211,6 +212,7 @@ impl Daemon {
             admin_address = l.local_addr().ok();
             tracing::info!(address = %admin_address.map(|a| a.to_string()).unwrap_or_default(), "serving the admin API on TCP");
             tasks.spawn_critical("admin API (TCP)", async move {
+                let app = app.into_make_service_with_connect_info::<Caller>();
                 let _ = axum::serve(l, app)
                     .with_graceful_shutdown(token.cancelled_owned())
                     .await;
@@ -221,6 +223,7 @@ impl Daemon {
             let token = tasks.token().clone();
             tracing::info!(socket = %path.display(), "serving the admin API on a Unix socket");
             tasks.spawn_critical("admin API (Unix socket)", async move {
+                let app = app.into_make_service_with_connect_info::<Caller>();
                 let _ = axum::serve(l, app)
                     .with_graceful_shutdown(token.cancelled_owned())
                     .await;

@@ -14,6 +14,10 @@ use crate::node::{DEFAULT_SSH_PORT, Node};
 /// The annotation that overrides a node's SSH port (default 22).
 pub const SSH_PORT_ANNOTATION: &str = "kube-ssh-tunnel.io/ssh-port";
 
+/// A Node annotation that drains the node in every daemon watching it (its value is the
+/// reason; removing it undrains).
+pub const DRAIN_ANNOTATION: &str = "ssh.kube-ssh-tunnel.io/drain";
+
 /// The parts of a Node object we read.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct KubeNode {
@@ -148,6 +152,11 @@ impl KubeNode {
             aliases,
             refused: Vec::new(),
             name_refused: false,
+            drain: self
+                .metadata
+                .annotations
+                .get(DRAIN_ANNOTATION)
+                .map(|r| r.trim().to_string()),
         };
         node.validate().map_err(|e| invalid(e.to_string()))?;
         Ok(node)

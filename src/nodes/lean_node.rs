@@ -12,7 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Deserializer};
 
 use super::AddressTypes;
-use super::kube_node::{KubeNode, Metadata, SSH_PORT_ANNOTATION, SkipReason, Spec, Status};
+use super::kube_node::{
+    DRAIN_ANNOTATION, KubeNode, Metadata, SSH_PORT_ANNOTATION, SkipReason, Spec, Status,
+};
 use crate::node::Node;
 
 /// The parts of a Node object the tunnel uses.
@@ -26,7 +28,7 @@ pub struct LeanNode {
     pub status: Status,
 }
 
-/// Reads `metadata` keeping the name, uid, resource version and our annotation only.
+/// Reads `metadata` keeping the name, uid, resource version and our annotations only.
 fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -44,7 +46,7 @@ fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     let ours: BTreeMap<String, String> = l
         .annotations
         .into_iter()
-        .filter(|(k, _)| k == SSH_PORT_ANNOTATION)
+        .filter(|(k, _)| k == SSH_PORT_ANNOTATION || k == DRAIN_ANNOTATION)
         .collect();
     Ok(ObjectMeta {
         name: l.name,

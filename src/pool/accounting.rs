@@ -73,6 +73,7 @@ impl Pool {
             TunnelState::Degraded,
             TunnelState::Backoff,
             TunnelState::Draining,
+            TunnelState::Drained,
             TunnelState::Failed,
         ] {
             m.tunnels
@@ -87,7 +88,7 @@ impl Pool {
                     state: status.state.to_string(),
                 })
                 .inc();
-            if status.state == TunnelState::Draining {
+            if matches!(status.state, TunnelState::Draining | TunnelState::Drained) {
                 continue;
             }
             let label = NodeLabel {

@@ -2,7 +2,8 @@
 //! source (a static list, a node file, the Kubernetes watch) produces whole node sets; this
 //! pure function says which nodes to add, remove, replace (new address or SSH port: a new
 //! connection, the old one drains) or refresh in place (aliases, pod CIDRs, port), and what
-//! happens to nodes an operator drained. `Pool::update` applies the result.
+//! happens to drained nodes: a drain belongs to the node's name and sticks while the source
+//! has that name, whatever its entry or other nodes do. `Pool::update` applies the result.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,9 +21,12 @@ pub struct NodeSetDiff {
     pub replace: Vec<Node>,
     /// Nodes whose other fields changed (aliases, pod CIDRs): same connection, new entry.
     pub refresh: Vec<Node>,
-    /// Drained nodes whose entry in the source changed: no longer drained (they are in `add`,
-    /// or in `replace`/`refresh` if the pool still has them).
-    pub undrain: Vec<String>,
+    /// Drained nodes whose entry in the source changed: they stay drained; the drain keeps
+    /// the new entry (what `reconnect` brings back).
+    pub drained_entry: Vec<Node>,
+    /// Nodes the pool has that are drained now (a drain annotation appeared): their
+    /// connection drains and they stay out.
+    pub drain: Vec<String>,
     /// Drained nodes the source no longer has: forgotten (their metric series go too).
     pub forget_drained: Vec<String>,
 }
@@ -34,10 +38,11 @@ impl NodeSetDiff {
     }
 }
 
-/// The changes from `current` (the pool's nodes, by name) to `desired`, given the nodes an
-/// operator drained (by name, as their source last gave them). A drained node stays out while
-/// the source gives the same entry; `refused` claims are not part of the comparison, since
-/// what the vetting refuses may change with other nodes. Every list is sorted by name.
+/// The changes from `current` (the pool's nodes, by name) to `desired`, given the drained
+/// nodes (by name, as their source last gave them). A drained node stays out while the source
+/// has its name, whatever its entry; it is forgotten once the source drops it. A changed entry
+/// is kept for `reconnect` (`refused` claims are not part of the comparison, since what the
+/// vetting refuses may change with other nodes). Every list is sorted by name.
 pub fn diff(
     current: &HashMap<String, Arc<Node>>,
     drained: &HashMap<String, Node>,
@@ -48,14 +53,20 @@ pub fn diff(
     let mut still_drained = Vec::new();
     for (name, node) in drained {
         match wanted.get(name.as_str()) {
-            Some(w) if same_entry(w, node) => still_drained.push(name.as_str()),
-            Some(_) => d.undrain.push(name.clone()),
+            Some(w) => {
+                still_drained.push(name.as_str());
+                if !same_entry(w, node) {
+                    d.drained_entry.push((*w).clone());
+                }
+            }
             None => d.forget_drained.push(name.clone()),
         }
     }
     for name in current.keys() {
         if !wanted.contains_key(name.as_str()) {
             d.remove.push(name.clone());
+        } else if still_drained.contains(&name.as_str()) {
+            d.drain.push(name.clone());
         }
     }
     for node in desired {
@@ -75,7 +86,8 @@ pub fn diff(
     d.remove.sort();
     d.replace.sort_by(|a, b| a.name.cmp(&b.name));
     d.refresh.sort_by(|a, b| a.name.cmp(&b.name));
-    d.undrain.sort();
+    d.drained_entry.sort_by(|a, b| a.name.cmp(&b.name));
+    d.drain.sort();
     d.forget_drained.sort();
     d
 }
@@ -120,13 +132,13 @@ mod tests {
     }
 
     /// One row of the table: the pool now, the drained nodes, the new set, and the expected
-    /// (add, remove, replace, refresh, undrain, forget_drained) by name.
+    /// (add, remove, replace, refresh, drained_entry, forget_drained, drain) by name.
     struct Row {
         what: &'static str,
         current: Vec<Node>,
         drained: Vec<Node>,
         desired: Vec<Node>,
-        expect: [&'static [&'static str]; 6],
+        expect: [&'static [&'static str]; 7],
     }
 
     #[test]
@@ -139,97 +151,112 @@ mod tests {
                 current: vec![],
                 drained: vec![],
                 desired: vec![],
-                expect: [&[], &[], &[], &[], &[], &[]],
+                expect: [&[], &[], &[], &[], &[], &[], &[]],
             },
             Row {
                 what: "first set: everything is added",
                 current: vec![],
                 drained: vec![],
                 desired: vec![b.clone(), a.clone()],
-                expect: [&["a", "b"], &[], &[], &[], &[], &[]],
+                expect: [&["a", "b"], &[], &[], &[], &[], &[], &[]],
             },
             Row {
                 what: "the same set again changes nothing",
                 current: vec![a.clone(), b.clone()],
                 drained: vec![],
                 desired: vec![a.clone(), b.clone()],
-                expect: [&[], &[], &[], &[], &[], &[]],
+                expect: [&[], &[], &[], &[], &[], &[], &[]],
             },
             Row {
                 what: "a node the set no longer has is removed",
                 current: vec![a.clone(), b.clone()],
                 drained: vec![],
                 desired: vec![a.clone()],
-                expect: [&[], &["b"], &[], &[], &[], &[]],
+                expect: [&[], &["b"], &[], &[], &[], &[], &[]],
             },
             Row {
                 what: "a new address replaces the connection",
                 current: vec![a.clone()],
                 drained: vec![],
                 desired: vec![node("a=192.0.2.9")],
-                expect: [&[], &[], &["a"], &[], &[], &[]],
+                expect: [&[], &[], &["a"], &[], &[], &[], &[]],
             },
             Row {
                 what: "a new SSH port replaces the connection",
                 current: vec![a.clone()],
                 drained: vec![],
                 desired: vec![node("a=192.0.2.1:2222")],
-                expect: [&[], &[], &["a"], &[], &[], &[]],
+                expect: [&[], &[], &["a"], &[], &[], &[], &[]],
             },
             Row {
                 what: "a new pod CIDR refreshes the entry on the same connection",
                 current: vec![a.clone()],
                 drained: vec![],
                 desired: vec![with_cidr("a=192.0.2.1", "10.244.1.0/24")],
-                expect: [&[], &[], &[], &["a"], &[], &[]],
+                expect: [&[], &[], &[], &["a"], &[], &[], &[]],
             },
             Row {
                 what: "a drained node given again unchanged stays out",
                 current: vec![b.clone()],
                 drained: vec![a.clone()],
                 desired: vec![a.clone(), b.clone()],
-                expect: [&[], &[], &[], &[], &[], &[]],
+                expect: [&[], &[], &[], &[], &[], &[], &[]],
             },
             Row {
-                what: "a drained node whose entry changed comes back",
+                what: "a drained node whose address changed stays drained, with the new entry",
                 current: vec![],
                 drained: vec![a.clone()],
                 desired: vec![node("a=192.0.2.9")],
-                expect: [&["a"], &[], &[], &[], &["a"], &[]],
+                expect: [&[], &[], &[], &[], &["a"], &[], &[]],
             },
             Row {
-                what: "a drained node whose pod CIDR changed comes back too",
+                what: "a drained node whose pod CIDR changed stays drained too",
                 current: vec![],
                 drained: vec![a.clone()],
                 desired: vec![with_cidr("a=192.0.2.1", "10.244.1.0/24")],
-                expect: [&["a"], &[], &[], &[], &["a"], &[]],
+                expect: [&[], &[], &[], &[], &["a"], &[], &[]],
+            },
+            Row {
+                what: "another node's change leaves a drained node drained",
+                current: vec![b.clone()],
+                drained: vec![a.clone()],
+                desired: vec![a.clone(), with_cidr("b=192.0.2.2", "10.244.2.0/24")],
+                expect: [&[], &[], &[], &["b"], &[], &[], &[]],
+            },
+            Row {
+                what: "a node the pool has that is drained now: its connection drains",
+                current: vec![a.clone(), b.clone()],
+                drained: vec![a.clone()],
+                desired: vec![a.clone(), b.clone()],
+                expect: [&[], &[], &[], &[], &[], &[], &["a"]],
             },
             Row {
                 what: "a drained node the source dropped is forgotten",
                 current: vec![b.clone()],
                 drained: vec![a.clone()],
                 desired: vec![b.clone()],
-                expect: [&[], &[], &[], &[], &[], &["a"]],
+                expect: [&[], &[], &[], &[], &[], &["a"], &[]],
             },
             Row {
                 what: "everything at once, sorted by name",
                 current: vec![node("d=192.0.2.4"), node("c=192.0.2.3"), b.clone()],
                 drained: vec![a.clone()],
                 desired: vec![node("e=192.0.2.5"), node("c=192.0.2.33"), b.clone()],
-                expect: [&["e"], &["d"], &["c"], &[], &[], &["a"]],
+                expect: [&["e"], &["d"], &["c"], &[], &[], &["a"], &[]],
             },
         ];
         for row in rows {
             let d = diff(&current(&row.current), &drained(&row.drained), &row.desired);
-            let got: [Vec<&str>; 6] = [
+            let got: [Vec<&str>; 7] = [
                 names(&d.add),
                 d.remove.iter().map(String::as_str).collect(),
                 names(&d.replace),
                 names(&d.refresh),
-                d.undrain.iter().map(String::as_str).collect(),
+                names(&d.drained_entry),
                 d.forget_drained.iter().map(String::as_str).collect(),
+                d.drain.iter().map(String::as_str).collect(),
             ];
-            let want: [Vec<&str>; 6] = row.expect.map(|v| v.to_vec());
+            let want: [Vec<&str>; 7] = row.expect.map(|v| v.to_vec());
             assert_eq!(got, want, "{}", row.what);
             assert_eq!(d.is_empty(), want.iter().all(Vec::is_empty), "{}", row.what);
         }

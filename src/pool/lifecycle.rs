@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::drained::{BY_ANNOTATION, DrainRecord};
 use super::slot::NodeSlot;
 use super::state::TunnelState;
 use super::{Pool, UpdateSummary, diff, drain, supervisor, vet};
@@ -16,6 +17,9 @@ use crate::node::{Node, check_unique};
 
 /// Why a node retires when the node set no longer has it (its metric series then go).
 const REMOVED: &str = "removed from the node set";
+
+/// Why a drained node's connection retires, when its record cannot say more.
+const DRAINED: &str = "drained";
 
 impl Pool {
     pub(super) fn add(&self, node: Node) {
@@ -74,14 +78,19 @@ impl Pool {
 
     /// Replaces the node set: adds new nodes, drains removed ones, and gives a node whose
     /// address or SSH port changed a new connection while the old one drains. An invalid set
-    /// is refused as a whole and the current set stays.
+    /// is refused as a whole and the current set stays. Drained nodes stay out while the set
+    /// has their name (a node whose `drain` field is set is drained, by its annotation).
     pub fn update(&self, mut desired: Vec<Node>) -> Result<UpdateSummary, ConfigError> {
         validate(&desired)?;
+        // Held for the whole change: a `drain` or `reconnect` of a node happens wholly before
+        // or wholly after it, so a drain can never land on a connection this retires.
+        let mut drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
         let dropped = vet::vet(&mut desired, &self.cfg.service_cidrs, |name| {
             self.slot(name).map(|s| s.node())
         });
         self.note_left_out(dropped);
         log_refusals(&desired, |name| self.slot(name).map(|s| s.node()));
+        apply_annotations(&mut drained, &desired);
         let slots: HashMap<String, Arc<NodeSlot>> = self
             .slots
             .iter()
@@ -91,8 +100,11 @@ impl Pool {
             .iter()
             .map(|(name, slot)| (name.clone(), slot.node()))
             .collect();
-        let mut drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
-        let changes = diff::diff(&current, &drained, &desired);
+        let entries: HashMap<String, Node> = drained
+            .iter()
+            .map(|(k, r)| (k.clone(), r.node.clone()))
+            .collect();
+        let changes = diff::diff(&current, &entries, &desired);
         let names = |nodes: &[Node]| nodes.iter().map(|n| n.name.clone()).collect();
         // Logged before the changes take effect, so the line precedes what it causes.
         let mut summary = UpdateSummary {
@@ -110,10 +122,20 @@ impl Pool {
         for name in &changes.forget_drained {
             // Gone from the source while drained: its series go too.
             drained.remove(name);
+            tracing::info!(node = %name, "drained node left the node source: drain forgotten");
             self.metrics.forget_node(name);
         }
-        for name in &changes.undrain {
-            drained.remove(name);
+        for node in &changes.drained_entry {
+            if let Some(r) = drained.get_mut(&node.name) {
+                r.node = node.clone();
+            }
+        }
+        for name in &changes.drain {
+            if let Some(slot) = slots.get(name) {
+                let why = drained.get(name).map(DrainRecord::describe);
+                tracing::info!(node = %name, "node drained by its annotation");
+                self.retire(slot.clone(), why.as_deref().unwrap_or(DRAINED));
+            }
         }
         for name in &changes.remove {
             if let Some(slot) = slots.get(name) {
@@ -166,7 +188,7 @@ impl Pool {
         v
     }
 
-    /// True when an operator drained node `name` and it has not come back.
+    /// True when node `name` is drained (by an operator or its annotation).
     pub fn is_drained(&self, name: &str) -> bool {
         self.drained
             .lock()
@@ -174,22 +196,62 @@ impl Pool {
             .contains_key(name)
     }
 
-    /// Drops node `name`'s connection (its streams drain) and reconnects now; a node an
-    /// operator drained comes back.
-    pub fn reconnect(&self, name: &str) -> bool {
-        if let Some(s) = self.slot(name) {
-            s.reconnect_now();
-            return true;
-        }
-        let back = self
-            .drained
+    /// The drain of the node a dial to `host` names (its name, address or an alias), if
+    /// that node is drained: the CONNECT front answers 503 naming it.
+    pub fn drain_of(&self, host: &str) -> Option<DrainRecord> {
+        self.drained
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
-        match back {
-            Some(node) => {
-                tracing::info!(node = %name, "drained node back by reconnect");
-                self.add(node);
+            .values()
+            .find(|r| r.claims(host))
+            .cloned()
+    }
+
+    /// The drained nodes, by name.
+    pub fn drains(&self) -> HashMap<String, DrainRecord> {
+        self.drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Drops node `name`'s connection (its streams drain) and reconnects now; a drained node
+    /// comes back (until its annotation, if it has one, drains it again on the next update).
+    pub fn reconnect(&self, name: &str) -> bool {
+        let mut drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(record) = drained.remove(name) {
+            tracing::info!(node = %name, drained_by = %record.by, "drained node back by reconnect");
+            if let Some(s) = self.slot(name) {
+                s.reconnect_now();
+            } else {
+                self.add(record.node);
+            }
+            self.refresh_routes();
+            return true;
+        }
+        match self.slot(name) {
+            Some(s) => {
+                s.reconnect_now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drains node `name` now (no new dials; open streams finish), recording `by` (who asked).
+    /// It stays drained until `reconnect` or until it leaves the node source. False if there
+    /// is no such node; true (and nothing changes) if it is drained already.
+    pub fn drain_node_by(&self, name: &str, by: &str) -> bool {
+        let mut drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
+        if drained.contains_key(name) {
+            return true;
+        }
+        match self.slot(name) {
+            Some(s) => {
+                let record = DrainRecord::new(Node::clone(&s.node()), by, None);
+                let why = record.describe();
+                drained.insert(name.to_string(), record);
+                self.retire(s, &why);
                 self.refresh_routes();
                 true
             }
@@ -197,21 +259,9 @@ impl Pool {
         }
     }
 
-    /// Drains node `name` now (no new dials; open streams finish). It stays out until its
-    /// entry in the node source changes, or `reconnect`. False if there is no such node.
+    /// `drain_node_by` for a library caller (`drained_by` is `library`).
     pub fn drain_node(&self, name: &str) -> bool {
-        match self.slot(name) {
-            Some(s) => {
-                self.drained
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.to_string(), Node::clone(&s.node()));
-                self.retire(s, "drained by an operator");
-                self.refresh_routes();
-                true
-            }
-            None => false,
-        }
+        self.drain_node_by(name, "library")
     }
 
     /// Stops every supervisor, drains every node (bounded by the drain timeout) and closes
@@ -242,6 +292,27 @@ pub(super) fn log_refusals(nodes: &[Node], current: impl Fn(&str) -> Option<Arc<
                 continue;
             }
             tracing::warn!(node = %n.name, refused = %r, "a claim of this node was refused; it does not route");
+        }
+    }
+}
+
+/// A node whose `drain` annotation is set is drained (a new record by `annotation`, unless it
+/// is drained already); a drain by annotation whose node no longer carries it ends.
+fn apply_annotations(drained: &mut HashMap<String, DrainRecord>, desired: &[Node]) {
+    for n in desired {
+        match (&n.drain, drained.get(&n.name)) {
+            (Some(reason), None) => {
+                let reason = (!reason.is_empty()).then(|| reason.clone());
+                drained.insert(
+                    n.name.clone(),
+                    DrainRecord::new(n.clone(), BY_ANNOTATION, reason),
+                );
+            }
+            (None, Some(r)) if r.by_annotation() => {
+                tracing::info!(node = %n.name, "drain annotation removed: node back");
+                drained.remove(&n.name);
+            }
+            _ => {}
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 mod dial;
 pub mod diff;
 mod drain;
+pub mod drained;
 mod failure_log;
 pub mod health;
 mod index;
@@ -63,11 +64,12 @@ pub struct Pool {
     handshakes: Arc<Semaphore>,
     /// Owns the supervisors and draining connections.
     tasks: Tasks,
-    /// Nodes an operator drained, as their source last gave them: they stay out of the pool
-    /// while the source keeps giving the same entry (whichever source: a node file's reload
-    /// or an unrelated Kubernetes event does not bring them back); a changed entry, or
-    /// `reconnect`, does.
-    drained: std::sync::Mutex<HashMap<String, Node>>,
+    /// Drained nodes by name (a drain belongs to the name, not to a connection), each with
+    /// its entry as the source last gave it and who drained it when: they stay out of the
+    /// pool while the source has their name, whatever other nodes or their own entry do;
+    /// `reconnect`, or leaving the source, ends a drain. `update`, `drain_node_by` and
+    /// `reconnect` hold this lock for their whole change, so they never interleave.
+    drained: std::sync::Mutex<HashMap<String, drained::DrainRecord>>,
     /// Nodes left out because their address was refused, with why (logged once each).
     left_out: std::sync::Mutex<HashMap<String, String>>,
     /// The nodes and an index of their claims, rebuilt whenever the node set changes: what
@@ -125,6 +127,17 @@ impl Pool {
         };
         pool.note_left_out(dropped);
         for n in nodes {
+            // A node whose Node carries the drain annotation starts drained (a restart keeps
+            // a drain that the cluster holds).
+            if let Some(reason) = &n.drain {
+                let reason = (!reason.is_empty()).then(|| reason.clone());
+                let record = drained::DrainRecord::new(n.clone(), drained::BY_ANNOTATION, reason);
+                pool.drained
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(n.name.clone(), record);
+                continue;
+            }
             pool.add(n);
         }
         pool.refresh_routes();
@@ -160,8 +173,11 @@ impl Pool {
         v
     }
 
-    /// Every node's status, draining ones included, sorted by name.
+    /// Every node's status, draining and drained ones included, sorted by name. A drained
+    /// node shows `draining` while a connection of it still drains, then `drained`; both
+    /// with who drained it and when.
     pub fn statuses(&self) -> Vec<(Node, NodeStatus)> {
+        let drains = self.drains();
         let mut v: Vec<(Node, NodeStatus)> = self
             .slots
             .iter()
@@ -172,6 +188,29 @@ impl Pool {
                     .map(|e| (Node::clone(&e.value().node()), e.value().status())),
             )
             .collect();
+        for (node, st) in v.iter_mut() {
+            if let Some(r) = drains.get(&node.name)
+                && st.state == TunnelState::Draining
+            {
+                st.drained_by = Some(r.by.clone());
+                st.drained_at = Some(r.at);
+            }
+        }
+        for (name, r) in &drains {
+            if v.iter().any(|(n, _)| &n.name == name) {
+                continue;
+            }
+            let mut st = NodeStatus::new();
+            st.state = TunnelState::Drained;
+            st.reason = r.describe();
+            st.since = r.at;
+            st.since_instant = r.at_instant;
+            st.not_ready_since = None;
+            st.first_attempt_done = true;
+            st.drained_by = Some(r.by.clone());
+            st.drained_at = Some(r.at);
+            v.push((r.node.clone(), st));
+        }
         v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         v
     }

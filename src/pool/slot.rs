@@ -258,7 +258,7 @@ impl NodeSlot {
                 return Ok(t);
             }
             let give_up = match st.state {
-                TunnelState::Draining => true,
+                TunnelState::Draining | TunnelState::Drained => true,
                 TunnelState::Failed => st.first_attempt_done,
                 _ => st.first_attempt_done && tokio::time::Instant::now() >= deadline,
             };

@@ -54,6 +54,10 @@ pub struct NodeStatus {
     pub not_ready_since: Option<(SystemTime, Instant)>,
     /// When the node left `ready`, within the last hour (at most `FLAPS_KEPT`).
     pub flaps: std::collections::VecDeque<Instant>,
+    /// Who drained the node (`admin socket (uid 0)`, `annotation`, …), while it is drained.
+    pub drained_by: Option<String>,
+    /// When it was drained, while it is drained.
+    pub drained_at: Option<SystemTime>,
 }
 
 /// How many recent flaps a status keeps.
@@ -111,6 +115,8 @@ impl NodeStatus {
             not_ready_since: Some((SystemTime::now(), Instant::now())),
             flaps: std::collections::VecDeque::new(),
             last_connect_error: None,
+            drained_by: None,
+            drained_at: None,
         }
     }
 }

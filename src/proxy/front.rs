@@ -21,6 +21,7 @@ use crate::destination::Destination;
 use crate::error::{DialError, OpenError};
 use crate::policy::{Denied, Policy};
 use crate::pool::Pool;
+use crate::pool::drained::DrainRecord;
 
 /// Bytes a client may send after its CONNECT head before the 200 (kept and forwarded).
 const MAX_EARLY_BYTES: usize = 64 * 1024;
@@ -259,6 +260,17 @@ impl ConnectFront {
                 .await;
             }
         };
+        // A drained node's name, address or alias: say so, and how to undo it (before the
+        // policy, which would only see an address no node claims now).
+        if let Some(d) = self.pool.drain_of(&dest.host) {
+            let name = d.node.name.clone();
+            return respond(
+                &self.pool,
+                &mut io,
+                &Failure::new(503, Some(&name), &dest.to_string(), drained_reason(&d)),
+            )
+            .await;
+        }
         if let Err(Denied(why)) = self.policy.check_routes(&dest, &self.pool.routes()) {
             return respond(
                 &self.pool,
@@ -397,4 +409,24 @@ async fn accept_error(e: std::io::Error) {
     // EMFILE and friends: do not spin; the limit frees up as connections end.
     tracing::warn!(error = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// The 503 body for a CONNECT to a drained node: who drained it, when, and the way back.
+fn drained_reason(d: &DrainRecord) -> String {
+    let why = d
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    format!(
+        "node drained by {}{why} at {}; no new connections until `kube-ssh-tunnel reconnect {}`{}",
+        d.by,
+        crate::admin::document::rfc3339(d.at),
+        d.node.name,
+        if d.by_annotation() {
+            " or until the Node's ssh.kube-ssh-tunnel.io/drain annotation is removed"
+        } else {
+            ""
+        }
+    )
 }
