@@ -91,7 +91,7 @@ async fn get(admin: &Path, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-const NODE_KEYS: [&str; 28] = [
+const NODE_KEYS: [&str; 30] = [
     "name",
     "address",
     "ssh_port",
@@ -114,6 +114,8 @@ const NODE_KEYS: [&str; 28] = [
     "last_error",
     "next_retry_s",
     "host_key",
+    "host_key_trust",
+    "client_key",
     "keepalive_rtt_ms",
     "pod_cidrs",
     "refused",
