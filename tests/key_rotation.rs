@@ -222,6 +222,33 @@ fn a_rolling_reconnect_moves_every_node_to_the_replaced_key_and_status_shows_it(
         "{}",
         roll.stdout
     );
+
+    // A drained node is left alone: a reconnect would bring it back.
+    let drain = cli(&["drain", "node-2", "--admin-uds", admin_s]);
+    assert_eq!(drain.code, 0, "{} {}", drain.stdout, drain.stderr);
+    node_2.set_authorized_keys(&node_2.authorize(&cluster.public_keys));
+    let roll = cli(&[
+        "reconnect",
+        "--all",
+        "--rolling",
+        "--pause",
+        "0s",
+        "--admin-uds",
+        admin_s,
+    ]);
+    assert_eq!(roll.code, 0, "{} {}", roll.stdout, roll.stderr);
+    assert!(
+        roll.stdout
+            .lines()
+            .filter(|l| l.starts_with("node-2:"))
+            .all(|l| l.contains("left alone")),
+        "{}",
+        roll.stdout
+    );
+    let node_2_back = keys_by_node(&admin)
+        .iter()
+        .any(|(name, state, _, _)| name == "node-2" && state == "ready");
+    assert!(!node_2_back, "node-2 stays drained: {}", roll.stdout);
 }
 
 #[test]

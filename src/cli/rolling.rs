@@ -90,12 +90,16 @@ pub async fn reconnect(args: ReconnectArgs) -> Result<i32, CliError> {
     let ep = endpoint(&args.admin);
     let token = args.admin.token()?;
     let (doc, _) = fetch(&ep, token.as_deref()).await?;
-    let names: Vec<String> = doc
+    // A reconnect brings a drained node back: an operator's drain is left alone
+    // (`draining`, and `drained` where the daemon shows that state).
+    let (drained, names): (Vec<_>, Vec<_>) = doc
         .nodes
         .iter()
-        .filter(|n| n.state != TunnelState::Draining)
-        .map(|n| n.name.clone())
-        .collect();
+        .partition(|n| n.state.to_string().starts_with("drain"));
+    for n in drained {
+        out!("{}: left alone ({})\n", n.name, n.state);
+    }
+    let names: Vec<String> = names.into_iter().map(|n| n.name.clone()).collect();
     if names.is_empty() {
         out!("no nodes to reconnect\n");
         return Ok(0);
