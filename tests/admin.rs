@@ -116,6 +116,8 @@ const NODE_KEYS: [&str; 30] = [
     "last_error",
     "next_retry_s",
     "host_key",
+    "host_key_trust",
+    "client_key",
     "keepalive_rtt_ms",
     "pod_cidrs",
     "refused",

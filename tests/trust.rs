@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube_ssh_tunnel::pool::{PoolConfig, Probe, TunnelState};
-use kube_ssh_tunnel::ssh::{HostKeyPolicy, KnownHosts};
+use kube_ssh_tunnel::ssh::{HostKeyPolicy, HostKeyTrust, KnownHosts};
 use kube_ssh_tunnel::{ConnectError, NodeTunnel, OpenError, Pool, SshSettings};
 use support::{Cluster, ECHO_PORT, HTTP_PORT, keygen, run_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,6 +92,7 @@ async fn host_certificates_are_verified_ca_principal_validity_and_type() {
         .await
         .expect("a valid host certificate is trusted");
     assert!(t.host_key().contains("node-host-cert"), "{}", t.host_key());
+    assert_eq!(t.host_key_trust(), HostKeyTrust::HostCertificate);
     assert!(healthz(&t, &node.addr.to_string()).await.ends_with("ok"));
     t.disconnect().await;
 
@@ -298,6 +299,7 @@ async fn accept_new_learns_the_first_key_and_refuses_a_changed_one() {
     let t = NodeTunnel::connect(&node.node(), settings())
         .await
         .expect("first use is trusted");
+    assert_eq!(t.host_key_trust(), HostKeyTrust::Learned);
     t.disconnect().await;
     let text = std::fs::read_to_string(&learned).unwrap();
     assert!(
@@ -305,11 +307,11 @@ async fn accept_new_learns_the_first_key_and_refuses_a_changed_one() {
         "{text}"
     );
     // Known now (a fresh settings object reads the file).
-    NodeTunnel::connect(&node.node(), settings())
+    let t = NodeTunnel::connect(&node.node(), settings())
         .await
-        .expect("the learned key is trusted")
-        .disconnect()
-        .await;
+        .expect("the learned key is trusted");
+    assert_eq!(t.host_key_trust(), HostKeyTrust::Learned);
+    t.disconnect().await;
 
     node.regenerate_host_key();
     node.restart_sshd();
@@ -394,6 +396,12 @@ async fn user_certificate_agent_and_encrypted_key_authenticate() {
     let t = NodeTunnel::connect(&node.node(), s)
         .await
         .expect("KEY-cert.pub is picked up and accepted");
+    assert!(
+        t.client_key().contains("(certificate 'kube-ssh-tunnel"),
+        "{}",
+        t.client_key()
+    );
+    assert_eq!(t.host_key_trust(), HostKeyTrust::KnownHostsLine);
     assert!(healthz(&t, &node.addr.to_string()).await.ends_with("ok"));
     t.disconnect().await;
     assert!(
@@ -424,6 +432,13 @@ async fn user_certificate_agent_and_encrypted_key_authenticate() {
     let t = NodeTunnel::connect(&node.node(), s)
         .await
         .expect("the agent's key authenticates");
+    let ecdsa_pub = std::fs::read_to_string(cluster.keys.ecdsa.with_extension("pub")).unwrap();
+    assert!(
+        t.client_key().contains(&support::fingerprint(&ecdsa_pub))
+            && t.client_key().ends_with("(agent)"),
+        "{}",
+        t.client_key()
+    );
     assert!(healthz(&t, &node.addr.to_string()).await.ends_with("ok"));
     t.disconnect().await;
 
@@ -556,4 +571,39 @@ async fn a_key_replaced_on_disk_is_used_by_the_next_reconnect() {
         node.sshd_log().contains("ECDSA"),
         "sshd saw the new key type"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_host_key_is_shown_as_insecure_and_a_listed_one_as_a_known_hosts_line() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let empty = cluster.path().join("kh_empty");
+    std::fs::write(&empty, "").unwrap();
+    let settings = |kh: &Path| {
+        Arc::new(
+            builder(&cluster)
+                .key_file(&cluster.keys.ed25519, None)
+                .unwrap()
+                .known_hosts_file(kh)
+                .unwrap()
+                .host_key_policy(HostKeyPolicy::InsecureSkip)
+                .build(),
+        )
+    };
+    let t = NodeTunnel::connect(&node.node(), settings(&empty))
+        .await
+        .expect("not verified, but accepted");
+    assert_eq!(t.host_key_trust(), HostKeyTrust::Insecure);
+    let ed_pub = std::fs::read_to_string(cluster.keys.ed25519.with_extension("pub")).unwrap();
+    assert_eq!(
+        t.client_key(),
+        format!("ssh-ed25519 {}", support::fingerprint(&ed_pub))
+    );
+    t.disconnect().await;
+    // Listed in known_hosts: the line trusts it, also under the insecure policy.
+    let t = NodeTunnel::connect(&node.node(), settings(&cluster.known_hosts))
+        .await
+        .expect("listed");
+    assert_eq!(t.host_key_trust(), HostKeyTrust::KnownHostsLine);
+    t.disconnect().await;
 }

@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::pool::{NodeStatus, Pool, TunnelState};
+use crate::ssh::HostKeyTrust;
 
 /// A node's state as the document carries it: one of ours, or (in a client reading a newer
 /// daemon) a name this build does not know, kept as it came so `status` can show it.
@@ -108,6 +109,14 @@ pub struct NodeDocument {
     pub next_retry_s: Option<f64>,
     /// Verified host key of the current or last connection (`ALG SHA256:…`).
     pub host_key: Option<String>,
+    /// How that host key was trusted: known-hosts-line | host-certificate | learned |
+    /// insecure (null before the first connection).
+    #[serde(default)]
+    pub host_key_trust: Option<HostKeyTrust>,
+    /// The client key the current or last connection authenticated with
+    /// (`ALG SHA256:…`, then `(certificate 'ID')` or `(agent)` when it was one of those).
+    #[serde(default)]
+    pub client_key: Option<String>,
     pub keepalive_rtt_ms: Option<f64>,
     pub pod_cidrs: Vec<String>,
     /// Aliases and pod CIDRs the node claimed that were refused, each with why (`pool::vet`).
@@ -233,6 +242,8 @@ fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant)
             .next_retry
             .map(|t| t.saturating_duration_since(now).as_secs_f64()),
         host_key: st.host_key.clone(),
+        host_key_trust: st.host_key_trust,
+        client_key: st.client_key.clone(),
         keepalive_rtt_ms: st.keepalive_rtt.map(|d| d.as_secs_f64() * 1000.0),
         pod_cidrs: node.pod_cidrs.iter().map(|c| c.to_string()).collect(),
         refused: node.refused.clone(),

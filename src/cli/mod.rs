@@ -16,6 +16,7 @@ mod limits;
 mod logging;
 mod nft;
 mod output;
+mod rolling;
 mod run;
 mod settings;
 mod size;
@@ -80,8 +81,9 @@ enum Command {
     Dial(Box<dial::DialArgs>),
     /// Show every node of a running daemon (exit 0 all ready, 1 some not, 2 unreachable).
     Status(status::StatusArgs),
-    /// Make a running daemon drop a node's connection and reconnect now.
-    Reconnect(status::NodeActionArgs),
+    /// Make a running daemon drop a node's connection and reconnect now (--all --rolling:
+    /// every node, one at a time).
+    Reconnect(rolling::ReconnectArgs),
     /// Make a running daemon drain a node: no new dials; open streams finish.
     Drain(status::NodeActionArgs),
     /// Write an ed25519 key pair and print the restricted authorized_keys line for the nodes.
@@ -130,7 +132,7 @@ pub fn main() -> i32 {
             Command::Run(a) => run::run(*a).await.map(|()| 0),
             Command::Dial(a) => dial::dial(*a).await.map(|()| 0),
             Command::Status(a) => status::status(a).await,
-            Command::Reconnect(a) => status::node_action(a, status::NodeAction::Reconnect).await,
+            Command::Reconnect(a) => rolling::reconnect(a).await,
             Command::Drain(a) => status::node_action(a, status::NodeAction::Drain).await,
             Command::Keygen(a) => keygen::keygen(a).map(|()| 0),
             Command::Check(a) => check::check(*a).await,

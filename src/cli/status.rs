@@ -1,7 +1,7 @@
-//! `status`, `reconnect NODE` and `drain NODE`: clients of a running daemon's admin API.
-//! Exit codes for `status`: 0 every desired node ready (drained nodes are not desired: a drain
-//! is intended), 1 some not, 2 daemon unreachable. A state name this build does not know (a
-//! newer daemon) is shown as it came (`StateName::Unknown`).
+//! `status`, `reconnect NODE` (the rolling form is `rolling`) and `drain NODE`: clients of a
+//! running daemon's admin API. Exit codes for `status`: 0 every desired node ready (drained
+//! nodes are not desired: a drain is intended), 1 some not, 2 daemon unreachable. A state name
+//! this build does not know (a newer daemon) is shown as it came (`StateName::Unknown`).
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -22,7 +22,8 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
 
-    /// Output: table, wide (adds host key, pod CIDRs, bytes, reconnects) or json (the raw document).
+    /// Output: table, wide (adds host key and how it was trusted, client key, pod CIDRs, bytes,
+    /// reconnects) or json (the raw document).
     #[arg(short = 'o', long = "output", default_value = "table", value_parser = ["table", "wide", "json"])]
     pub output: String,
 
@@ -40,21 +41,24 @@ pub struct NodeActionArgs {
     pub node: String,
 }
 
-fn endpoint(a: &AdminArgs) -> Endpoint {
+pub(super) fn endpoint(a: &AdminArgs) -> Endpoint {
     match a.admin_listen {
         Some(addr) => Endpoint::Tcp(addr),
         None => Endpoint::Unix(a.admin_uds.clone()),
     }
 }
 
-fn unreachable(ep: &Endpoint, e: impl std::fmt::Display) -> CliError {
+pub(super) fn unreachable(ep: &Endpoint, e: impl std::fmt::Display) -> CliError {
     CliError::usage(format!(
         "cannot reach the kube-ssh-tunnel daemon at {ep}: {e}; is `kube-ssh-tunnel run` running? \
          Point to it with --admin-uds PATH or --admin-listen ADDR"
     ))
 }
 
-async fn fetch(ep: &Endpoint, token: Option<&str>) -> Result<(StatusDocument, String), CliError> {
+pub(super) async fn fetch(
+    ep: &Endpoint,
+    token: Option<&str>,
+) -> Result<(StatusDocument, String), CliError> {
     let (code, body) = request_with_token(ep, "GET", "/status", REQUEST_TIMEOUT, token)
         .await
         .map_err(|e| unreachable(ep, e))?;

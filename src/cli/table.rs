@@ -123,6 +123,8 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
     if format == Format::Wide {
         head.extend([
             "HOST KEY",
+            "HOST KEY TRUST",
+            "CLIENT KEY",
             "POD CIDRS",
             "IN",
             "OUT",
@@ -170,6 +172,10 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
             if format == Format::Wide {
                 r.extend([
                     n.host_key.clone().unwrap_or_else(|| "-".into()),
+                    n.host_key_trust
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    n.client_key.clone().unwrap_or_else(|| "-".into()),
                     if n.pod_cidrs.is_empty() {
                         "-".into()
                     } else {

@@ -43,6 +43,10 @@ pub struct NodeStatus {
     pub last_health: Option<HealthResult>,
     /// The verified host key of the current (or last) connection.
     pub host_key: Option<String>,
+    /// How that host key was trusted.
+    pub host_key_trust: Option<crate::ssh::HostKeyTrust>,
+    /// The client key the current (or last) connection authenticated with.
+    pub client_key: Option<String>,
     /// When the current connection came up (None while not connected).
     pub connected_at: Option<Instant>,
     /// Latest SSH ping round trip on the current connection.
@@ -110,6 +114,8 @@ impl NodeStatus {
             first_attempt_done: false,
             last_health: None,
             host_key: None,
+            host_key_trust: None,
+            client_key: None,
             connected_at: None,
             keepalive_rtt: None,
             not_ready_since: Some((SystemTime::now(), Instant::now())),

@@ -67,11 +67,15 @@ pub(crate) async fn supervise(
             Ok(tunnel) => {
                 let tunnel = Arc::new(tunnel);
                 let host_key = tunnel.host_key().to_string();
+                let host_key_trust = tunnel.host_key_trust();
+                let client_key = tunnel.client_key().to_string();
                 slot.publish(Some(tunnel.clone()));
                 let reconnect = connected_once;
                 slot.set_state_with(TunnelState::Ready, "connected", |s| {
                     s.first_attempt_done = true;
                     s.host_key = Some(host_key);
+                    s.host_key_trust = Some(host_key_trust);
+                    s.client_key = Some(client_key);
                     s.connected_at = Some(Instant::now());
                     s.keepalive_rtt = None;
                     if reconnect {

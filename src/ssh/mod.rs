@@ -4,6 +4,7 @@
 pub mod authorized;
 pub mod budget;
 pub mod congestion;
+pub mod host_key_trust;
 pub mod keys;
 pub mod known_hosts;
 pub mod learned;
@@ -16,6 +17,7 @@ pub mod verifier;
 
 pub use budget::BufferBudget;
 pub use congestion::Congestion;
+pub use host_key_trust::HostKeyTrust;
 pub use keys::{Identity, IdentitySource};
 pub use known_hosts::KnownHosts;
 pub use learned::LearnedHosts;

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::congestion::Congestion;
+use super::host_key_trust::HostKeyTrust;
 use super::known_hosts::Verdict;
 use super::settings::SshSettings;
 use super::socket::QuickAckStream;
@@ -31,6 +32,8 @@ pub struct NodeTunnel {
     handle: Arc<Handle<NodeHandler>>,
     closed: CancellationToken,
     host_key: String,
+    host_key_trust: HostKeyTrust,
+    client_key: String,
     open_channels: Arc<AtomicUsize>,
     link: LinkStats,
     congestion: Arc<Congestion>,
@@ -44,6 +47,8 @@ impl std::fmt::Debug for NodeTunnel {
             .field("node", &self.node.name)
             .field("address", &self.node.address)
             .field("host_key", &self.host_key)
+            .field("host_key_trust", &self.host_key_trust)
+            .field("client_key", &self.client_key)
             .finish_non_exhaustive()
     }
 }
@@ -161,7 +166,7 @@ impl NodeTunnel {
         };
 
         set_stage("authentication");
-        authenticate(&mut handle, node, &settings).await?;
+        let client_key = authenticate(&mut handle, node, &settings).await?;
         if let (Some(key), Some(learned)) = (&host_report.learn, &settings.learned) {
             match learned.record(&node.address, node.ssh_port, key) {
                 Ok(()) => tracing::warn!(
@@ -192,6 +197,9 @@ impl NodeTunnel {
             }
         }
         let host_key = host_report.offered.unwrap_or_default();
+        // The handler accepted the key, so it said how; "insecure" is the safe thing to show
+        // should it ever not have.
+        let host_key_trust = host_report.trust.unwrap_or(HostKeyTrust::Insecure);
         tracing::debug!(node = %node.name, %addr, %host_key, "SSH connection ready");
         let name: Arc<str> = Arc::from(node.name.as_str());
         Ok(NodeTunnel {
@@ -201,6 +209,8 @@ impl NodeTunnel {
             handle: Arc::new(handle),
             closed,
             host_key,
+            host_key_trust,
+            client_key,
             open_channels: Arc::new(AtomicUsize::new(0)),
             link,
             disconnect_reason,
@@ -216,6 +226,19 @@ impl NodeTunnel {
     /// `ALG SHA256:…` of the node's verified host key.
     pub fn host_key(&self) -> &str {
         &self.host_key
+    }
+
+    /// How the node's host key was trusted on this connection.
+    pub fn host_key_trust(&self) -> HostKeyTrust {
+        self.host_key_trust
+    }
+
+    /// The client key this connection authenticated with: `ALG SHA256:…`, followed by
+    /// `(certificate 'ID')` or `(agent)` when it was one of those. The key file is read
+    /// again for every connection, so after a key rotation this shows which connections
+    /// already use the new key.
+    pub fn client_key(&self) -> &str {
+        &self.client_key
     }
 
     /// Channels open or being opened on this connection.
@@ -358,12 +381,13 @@ impl NodeTunnel {
 }
 
 /// Authenticates: with the ssh-agent's identities first (if configured), then with the key
-/// file (with its user certificate, when there is one).
+/// file (with its user certificate, when there is one). Returns the key that was accepted
+/// (see `NodeTunnel::client_key`).
 async fn authenticate(
     handle: &mut Handle<NodeHandler>,
     node: &Node,
     settings: &SshSettings,
-) -> Result<(), ConnectError> {
+) -> Result<String, ConnectError> {
     let hs = |e: russh::Error| ConnectError::Handshake {
         node: node.name.clone(),
         reason: format!("during authentication: {e}"),
@@ -388,6 +412,19 @@ async fn authenticate(
             )));
         }
         for id in ids {
+            let used = match &id {
+                russh::keys::agent::AgentIdentity::PublicKey { key, .. } => format!(
+                    "{} {} (agent)",
+                    key.algorithm(),
+                    key.fingerprint(HashAlg::Sha256)
+                ),
+                russh::keys::agent::AgentIdentity::Certificate { certificate, .. } => format!(
+                    "{} {} (agent certificate '{}')",
+                    certificate.algorithm(),
+                    certificate.public_key().fingerprint(HashAlg::Sha256),
+                    certificate.key_id()
+                ),
+            };
             let r = match &id {
                 russh::keys::agent::AgentIdentity::PublicKey { key, .. } => {
                     tried.push(format!(
@@ -419,7 +456,7 @@ async fn authenticate(
                 }
             };
             match r {
-                Ok(a) if a.success() => return Ok(()),
+                Ok(a) if a.success() => return Ok(used),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(node = %node.name, error = %e, "agent signature failed"),
             }
@@ -427,6 +464,15 @@ async fn authenticate(
     }
     if let Some(source) = &settings.identity {
         let identity = source.current();
+        let used = match &identity.certificate {
+            Some(cert) => format!(
+                "{} {} (certificate '{}')",
+                identity.algorithm,
+                identity.fingerprint,
+                cert.key_id()
+            ),
+            None => format!("{} {}", identity.algorithm, identity.fingerprint),
+        };
         let auth = match &identity.certificate {
             Some(cert) => {
                 tried.push(format!(
@@ -457,7 +503,7 @@ async fn authenticate(
             }
         };
         if auth.success() {
-            return Ok(());
+            return Ok(used);
         }
     }
     Err(ConnectError::AuthRejected {

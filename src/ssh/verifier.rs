@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use russh::keys::PublicKeyOrCertificate;
 use tokio_util::sync::CancellationToken;
 
+use super::host_key_trust::HostKeyTrust;
 use super::known_hosts::{KnownHosts, Verdict, describe_key};
 use super::learned::LearnedHosts;
 use super::settings::HostKeyPolicy;
@@ -25,6 +26,8 @@ pub struct HostKeyReport {
     pub certificate_error: Option<String>,
     /// `accept-new`: the key to record once the connection is authenticated.
     pub learn: Option<russh::keys::PublicKey>,
+    /// How the key was accepted (`None` when it was refused).
+    pub trust: Option<HostKeyTrust>,
 }
 
 /// Host key check and disconnect notice for one node connection.
@@ -74,11 +77,13 @@ impl russh::client::Handler for NodeHandler {
                         "an @cert-authority line covers this host, but it offered a plain key; not learning it".into(),
                     );
                 }
+                let mut trust = HostKeyTrust::KnownHostsLine;
                 if self.policy == HostKeyPolicy::AcceptNew
                     && verdict == Verdict::Unknown
                     && !certified_host
                     && let Some(learned) = &self.learned
                 {
+                    trust = HostKeyTrust::Learned;
                     verdict = learned.check(&self.address, self.port, key);
                     if verdict == Verdict::Unknown {
                         // Trust on first use; recorded after authentication succeeds.
@@ -89,9 +94,17 @@ impl russh::client::Handler for NodeHandler {
                         };
                     }
                 }
-                let ok = matches!(verdict, Verdict::Trusted { .. })
+                let trusted = matches!(verdict, Verdict::Trusted { .. });
+                let ok = trusted
                     || (self.policy == HostKeyPolicy::InsecureSkip
                         && !matches!(verdict, Verdict::Revoked { .. }));
+                if ok {
+                    report.trust = Some(if trusted {
+                        trust
+                    } else {
+                        HostKeyTrust::Insecure
+                    });
+                }
                 report.verdict = Some(verdict);
                 ok
             }
@@ -115,10 +128,17 @@ impl russh::client::Handler for NodeHandler {
                     cert,
                     now,
                 ) {
-                    Ok(_) => true,
+                    Ok(_) => {
+                        report.trust = Some(HostKeyTrust::HostCertificate);
+                        true
+                    }
                     Err(reason) => {
                         report.certificate_error = Some(reason);
-                        self.policy == HostKeyPolicy::InsecureSkip
+                        let insecure = self.policy == HostKeyPolicy::InsecureSkip;
+                        if insecure {
+                            report.trust = Some(HostKeyTrust::Insecure);
+                        }
+                        insecure
                     }
                 }
             }
