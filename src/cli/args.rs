@@ -275,7 +275,8 @@ pub struct SuperviseArgs {
     #[arg(long, env = "KUBE_SSH_TUNNEL_MAX_HANDSHAKES", default_value_t = 32)]
     pub max_handshakes: usize,
 
-    /// How often the --nodes file is checked for changes (SIGHUP reloads at once).
+    /// How often the --nodes file and the --ssh-known-hosts files are checked for changes (SIGHUP
+    /// reloads at once).
     #[arg(long, env = "KUBE_SSH_TUNNEL_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub reload_interval: Duration,
 }

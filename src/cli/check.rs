@@ -80,8 +80,8 @@ pub async fn check(a: CheckArgs) -> Result<i32, CliError> {
     }
     outln!(
         "known_hosts: {} entries from {}; host key policy: {}",
-        settings.known_hosts.len(),
-        settings.known_hosts.files_display(),
+        settings.known_hosts.current().len(),
+        settings.known_hosts.current().files_display(),
         match settings.host_key_policy {
             HostKeyPolicy::Strict => "strict",
             HostKeyPolicy::AcceptNew => "accept-new",
@@ -92,6 +92,7 @@ pub async fn check(a: CheckArgs) -> Result<i32, CliError> {
         for n in &nodes {
             if !settings
                 .known_hosts
+                .current()
                 .has_entry_for(&n.address, n.ssh_port, &[n.name.as_str()])
             {
                 problems.push(format!(

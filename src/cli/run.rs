@@ -106,7 +106,7 @@ pub async fn run_until(
     Ok(())
 }
 
-/// Runs `daemon` until `stop`, re-reading the node file on SIGHUP; then shuts it down
+/// Runs `daemon` until `stop`, re-reading the node file and the trust files on SIGHUP; then shuts it down
 /// (draining up to the pool's drain timeout).
 pub(crate) async fn serve_until(
     daemon: DaemonHandle,
@@ -121,6 +121,8 @@ pub(crate) async fn serve_until(
                 if daemon.reload_nodes() {
                     tracing::info!("SIGHUP: reloading the node file");
                 }
+                tracing::info!("SIGHUP: reloading the trust files");
+                daemon.reload_trust_files();
             }
         }
     }
@@ -232,6 +234,7 @@ fn daemon_config(args: &RunArgs) -> Result<DaemonConfig, CliError> {
         },
         nodes,
         ready_share: args.ready_share,
+        trust_reload_interval: args.supervise.reload_interval,
     })
 }
 

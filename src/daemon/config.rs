@@ -27,6 +27,9 @@ pub struct DaemonConfig {
     pub nodes: NodeSource,
     /// `/readyz` wants at least this share (0..1) of the desired nodes ready, and at least one.
     pub ready_share: f64,
+    /// How often the trust files (known_hosts) are checked for changes; SIGHUP
+    /// (`DaemonHandle::reload_trust_files`) re-reads them at once.
+    pub trust_reload_interval: std::time::Duration,
 }
 
 /// The CONNECT listeners: a Unix socket, mutual TLS on TCP, or both.
@@ -87,6 +90,7 @@ impl DaemonConfig {
             },
             nodes,
             ready_share: 0.0,
+            trust_reload_interval: std::time::Duration::from_secs(5),
         }
     }
 
