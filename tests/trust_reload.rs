@@ -22,12 +22,29 @@ struct Running {
 /// Starts `run` for the cluster's nodes, trusting `known_hosts` only, checking it every
 /// `reload` (human backoff long: a node retried soon was retried because of the reload).
 fn start(c: &Cluster, known_hosts: &Path, reload: &str) -> Running {
+    start_with(c, known_hosts, reload, &[], &[])
+}
+
+/// `start` with flag values replaced (`--ssh-keyfile`, say) and flags added.
+fn start_with(
+    c: &Cluster,
+    known_hosts: &Path,
+    reload: &str,
+    replace: &[(&str, &str)],
+    extra: &[&str],
+) -> Running {
     let mut args = c.daemon_args();
-    let at = args
-        .iter()
-        .position(|a| a == "--ssh-known-hosts")
-        .expect("the harness passes --ssh-known-hosts");
-    args[at + 1] = known_hosts.display().to_string();
+    let kh = known_hosts.display().to_string();
+    for (flag, value) in
+        std::iter::once(("--ssh-known-hosts", kh.as_str())).chain(replace.iter().copied())
+    {
+        let at = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("the harness passes {flag}"));
+        args[at + 1] = value.to_string();
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
     for n in &c.nodes {
         args.push("--node".into());
         args.push(n.spec());
@@ -227,7 +244,15 @@ fn host_cert(node: &support::TestNode, ca: &Path, principals: &str) {
         Command::new("ssh-keygen")
             .args(["-q", "-s"])
             .arg(ca)
-            .args(["-h", "-I", "node-host-cert", "-n", principals, "-V", "-5m:+1h"])
+            .args([
+                "-h",
+                "-I",
+                "node-host-cert",
+                "-n",
+                principals,
+                "-V",
+                "-5m:+1h",
+            ])
             .arg(&key_pub),
     );
     let cert = node.dir.join("ssh_host_ed25519_key-cert.pub");
@@ -295,7 +320,10 @@ fn an_unparsable_known_hosts_keeps_its_last_good_contents_and_says_so_until_fixe
     assert_eq!(tf["path"], file.as_str(), "{doc}");
     assert_eq!(tf["ok"], false, "{doc}");
     assert!(
-        tf["error"].as_str().unwrap_or("").contains(":2 is malformed"),
+        tf["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains(":2 is malformed"),
         "{doc}"
     );
     let table = r.table();
@@ -332,5 +360,74 @@ fn an_unparsable_known_hosts_keeps_its_last_good_contents_and_says_so_until_fixe
     assert!(
         r.metrics().contains(&format!("{metric} 1")),
         "a counter: it stays at 1"
+    );
+}
+
+/// An ed25519 key at `path` encrypted with `passphrase` (mode 0600, as the daemon wants).
+fn encrypted_key(path: &Path, passphrase: &str) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("pub"));
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+            .arg(path),
+    );
+}
+
+#[test]
+fn a_key_rotated_with_a_new_passphrase_is_used_once_the_passphrase_file_changes() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let dir = cluster.path().join("rotate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("id_enc");
+    let pass = dir.join("passphrase");
+    encrypted_key(&key, "first passphrase");
+    std::fs::write(&pass, "first passphrase\n").unwrap();
+    let public = |k: &Path| std::fs::read_to_string(k.with_extension("pub")).unwrap();
+    node.set_authorized_keys(&node.authorize(&public(&key)));
+    let (k, p) = (key.display().to_string(), pass.display().to_string());
+    let r = start_with(
+        &cluster,
+        &cluster.known_hosts,
+        "1s",
+        &[("--ssh-keyfile", &k)],
+        &["--ssh-key-passphrase-file", &p],
+    );
+    assert!(
+        r.wait_state("node-1", "ready", Duration::from_secs(20)),
+        "{}",
+        r.d.log()
+    );
+
+    // The key is replaced (a new passphrase) and only the new key is authorized; the
+    // passphrase file is not updated yet: the new key does not load, the old one is kept and
+    // refused.
+    let staged = dir.join("id_new");
+    encrypted_key(&staged, "second passphrase");
+    std::fs::copy(&staged, &key).unwrap();
+    node.set_authorized_keys(&node.authorize(&public(&staged)));
+    r.cli(&["reconnect", "node-1"]);
+    assert!(
+        r.wait_state("node-1", "failed", Duration::from_secs(20)),
+        "{:?}\n{}",
+        r.status(),
+        r.d.log()
+    );
+    assert!(
+        r.d.log()
+            .contains("does not load; keeping the previous key"),
+        "{}",
+        r.d.log()
+    );
+
+    // The passphrase file is written: the next connection uses the new key.
+    std::fs::write(&pass, "second passphrase\n").unwrap();
+    r.cli(&["reconnect", "node-1"]);
+    assert!(
+        r.wait_state("node-1", "ready", Duration::from_secs(20)),
+        "the new key, decrypted with the new passphrase: {:?}\n{}",
+        r.status(),
+        r.d.log()
     );
 }

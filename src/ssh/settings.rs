@@ -13,8 +13,8 @@ use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
 use super::budget::BufferBudget;
 use super::keys::IdentitySource;
 use super::known_hosts::KnownHosts;
-use super::trust_files::LiveKnownHosts;
 use super::learned::LearnedHosts;
+use super::trust_files::LiveKnownHosts;
 use crate::error::ConfigError;
 
 /// What to do with a host key that known_hosts does not vouch for.

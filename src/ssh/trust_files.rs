@@ -191,7 +191,10 @@ mod tests {
         let live = LiveKnownHosts::load(std::slice::from_ref(&p)).unwrap();
         let before = live.current();
         assert_eq!(before.len(), 1);
-        assert!(!live.reload(false).changed, "an unchanged file is not re-read");
+        assert!(
+            !live.reload(false).changed,
+            "an unchanged file is not re-read"
+        );
 
         std::fs::write(&p, format!("a.example {KEY_A}\nb.example {KEY_B}\n")).unwrap();
         let out = live.reload(true);
@@ -206,7 +209,13 @@ mod tests {
         assert_eq!(live.current().len(), 2, "the last good contents stay");
         let st = live.file_status();
         assert!(!st[0].ok);
-        assert!(st[0].error.as_deref().unwrap_or("").contains(":1 is malformed"));
+        assert!(
+            st[0]
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains(":1 is malformed")
+        );
 
         std::fs::write(&p, format!("b.example {KEY_B}\n")).unwrap();
         let out = live.reload(true);
