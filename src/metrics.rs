@@ -289,7 +289,7 @@ impl Metrics {
         );
         registry.register(
             "trust_file_reload_errors",
-            "Re-reads of a trust file (--ssh-known-hosts) that failed; its last good contents stay in use",
+            "Re-reads of a trust file (--ssh-known-hosts, --admin-token-file) that failed; its last good contents stay in use",
             m.trust_file_reload_errors.clone(),
         );
 

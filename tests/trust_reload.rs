@@ -431,3 +431,93 @@ fn a_key_rotated_with_a_new_passphrase_is_used_once_the_passphrase_file_changes(
         r.d.log()
     );
 }
+
+/// One raw HTTP/1.1 GET of `path` on `addr` with a bearer `token`: the status code.
+fn get_with_token(addr: &str, path: &str, token: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_rotated_admin_token_file_applies_without_a_restart_and_a_bad_one_keeps_the_last_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::start(1);
+    let tf = cluster.path().join("admin-token");
+    let (old, new) = ("old-token-0123456789abcdef", "new-token-0123456789abcdef");
+    std::fs::write(&tf, format!("{old}\n")).unwrap();
+    std::fs::set_permissions(&tf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let t = tf.display().to_string();
+    let r = start_with(
+        &cluster,
+        &cluster.known_hosts,
+        "1s",
+        &[],
+        &[
+            "--admin-listen",
+            &addr,
+            "--admin-token-file",
+            &t,
+            "--admin-token-for-reads",
+        ],
+    );
+    assert!(
+        wait(Duration::from_secs(20), || get_with_token(
+            &addr, "/status", old
+        ) == 200),
+        "{}",
+        r.d.log()
+    );
+
+    std::fs::write(&tf, format!("{new}\n")).unwrap();
+    assert!(
+        wait(Duration::from_secs(2 + 5), || get_with_token(
+            &addr, "/status", new
+        ) == 200),
+        "the new token is taken without a restart: {}",
+        r.d.log()
+    );
+    assert_eq!(
+        get_with_token(&addr, "/status", old),
+        401,
+        "the old token is refused"
+    );
+
+    // A token too short to be used: the last good token stays, and the log says why.
+    std::fs::write(&tf, "short\n").unwrap();
+    assert!(
+        r.d.wait_log(
+            "admin token file did not reload",
+            1,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        r.d.log()
+    );
+    assert!(
+        r.d.log().contains("at least 16 characters"),
+        "{}",
+        r.d.log()
+    );
+    assert_eq!(get_with_token(&addr, "/status", new), 200);
+    assert_eq!(get_with_token(&addr, "/status", "short"), 401);
+}

@@ -4,3 +4,4 @@
 pub mod client;
 pub mod document;
 pub mod server;
+pub mod token;

@@ -201,7 +201,15 @@ fn daemon_config(args: &RunArgs) -> Result<DaemonConfig, CliError> {
             })
         }
     };
-    let token = args.admin.token()?;
+    // Read again by the daemon when the file changes (a rotated token applies without a
+    // restart).
+    let token = match &args.admin.admin_token_file {
+        Some(path) => Some(Arc::new(
+            kube_ssh_tunnel::admin::token::AdminToken::from_file(path)
+                .map_err(|e| CliError::usage(e.to_string()))?,
+        )),
+        None => None,
+    };
     if args.admin_token_for_reads && token.is_none() {
         return Err(CliError::usage(
             "--admin-token-for-reads needs --admin-token-file",
@@ -229,7 +237,7 @@ fn daemon_config(args: &RunArgs) -> Result<DaemonConfig, CliError> {
         admin: AdminConfig {
             socket: Some(args.admin.admin_uds.clone()),
             tcp: args.admin.admin_listen,
-            token: token.map(|t| Arc::from(t.as_str())),
+            token,
             token_for_reads: args.admin_token_for_reads,
         },
         nodes,

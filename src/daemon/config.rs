@@ -59,8 +59,9 @@ pub struct AdminConfig {
     /// A TCP listener; loopback unless the caller allowed otherwise. Its requests pass the
     /// Host check and need `token` for actions (and for reads with `token_for_reads`).
     pub tcp: Option<SocketAddr>,
-    /// On TCP: the bearer token actions need (None: actions are refused over TCP).
-    pub token: Option<Arc<str>>,
+    /// On TCP: the bearer token actions need (None: actions are refused over TCP). One read
+    /// from a file (`AdminToken::from_file`) is re-read when the file changes.
+    pub token: Option<Arc<crate::admin::token::AdminToken>>,
     /// On TCP: reads need the token too.
     pub token_for_reads: bool,
 }

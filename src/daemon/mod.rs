@@ -188,6 +188,7 @@ impl Daemon {
             "trust file reloads",
             follow_trust_files(
                 pool.clone(),
+                cfg.admin.token.clone(),
                 cfg.trust_reload_interval,
                 trust_reload.clone(),
                 tasks.token().clone(),
@@ -343,12 +344,13 @@ async fn apply_node_sets(
     }
 }
 
-/// Re-reads the trust files (known_hosts) when they change, every `interval`, and at once on
-/// `now` (SIGHUP), until `stop`. A file that fails keeps its last good contents: logged (file
+/// Re-reads the trust files (known_hosts, and the admin token file) when they change, every
+/// `interval`, and at once on `now` (SIGHUP), until `stop`. A file that fails keeps its last good contents: logged (file
 /// and line), counted in `trust_file_reload_errors_total` and shown in `/status`. After a
 /// reload that could help, nodes refused for their host key retry at once.
 async fn follow_trust_files(
     pool: Arc<Pool>,
+    admin_token: Option<Arc<crate::admin::token::AdminToken>>,
     interval: Duration,
     now: Arc<Notify>,
     stop: CancellationToken,
@@ -363,10 +365,33 @@ async fn follow_trust_files(
             _ = tick.tick() => false,
         };
         // Reading a few small files: quick, but file I/O all the same, so off the runtime.
-        let t = trust.clone();
-        let Ok(out) = tokio::task::spawn_blocking(move || t.reload(forced)).await else {
+        let (t, token) = (trust.clone(), admin_token.clone());
+        let Ok((out, token_reload)) = tokio::task::spawn_blocking(move || {
+            let token = token.map(|tk| (tk.reload(forced), tk));
+            (t.reload(forced), token)
+        })
+        .await
+        else {
             continue;
         };
+        match &token_reload {
+            Some((Ok(true), tk)) => tracing::info!(
+                file = %tk.file().map(|p| p.display().to_string()).unwrap_or_default(),
+                "admin token file changed; using the new token"
+            ),
+            Some((Err(error), tk)) => {
+                let file = tk
+                    .file()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                tracing::error!(file = %file, error = %error, "admin token file did not reload; keeping the last good token");
+                pool.metrics()
+                    .trust_file_reload_errors
+                    .get_or_create(&crate::metrics::FileLabel { file })
+                    .inc();
+            }
+            _ => {}
+        }
         for (path, error) in &out.errors {
             tracing::error!(file = %path.display(), error = %error, "trust file did not reload; keeping its last good contents");
             pool.metrics()
