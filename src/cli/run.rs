@@ -1,6 +1,7 @@
 //! `run`: flags → a `DaemonConfig`, then the library's `Daemon` until SIGTERM/SIGINT, which
 //! drain open streams (up to the drain timeout) and exit 0. SIGHUP re-reads the node file (a
-//! file that fails to load keeps the last good set).
+//! file that fails to load keeps the last good set) and the trust files (known_hosts, the key's
+//! passphrase file through the key, the admin token file).
 
 use std::path::PathBuf;
 use std::sync::Arc;
