@@ -256,7 +256,10 @@ fn host_cert(node: &support::TestNode, ca: &Path, principals: &str) {
             .arg(&key_pub),
     );
     let cert = node.dir.join("ssh_host_ed25519_key-cert.pub");
-    node.add_sshd_config(&format!("HostCertificate {}", cert.display()));
+    let cfg = std::fs::read_to_string(node.dir.join("sshd_config")).unwrap();
+    if !cfg.contains("HostCertificate") {
+        node.add_sshd_config(&format!("HostCertificate {}", cert.display()));
+    }
     node.restart_sshd();
 }
 
@@ -338,10 +341,12 @@ fn an_unparsable_known_hosts_keeps_its_last_good_contents_and_says_so_until_fixe
     );
 
     // The last good contents stay in use: a new connection to node-1 is still trusted.
-    r.cli(&["reconnect", "node-1"]);
-    std::thread::sleep(Duration::from_millis(500));
+    let (out, err) = r.cli(&["reconnect", "node-1"]);
+    assert!(out.contains("reconnecting"), "{out} {err}");
     assert!(
-        r.wait_state("node-1", "ready", Duration::from_secs(15)),
+        wait(Duration::from_secs(15), || r.status().is_some_and(|d| {
+            d["nodes"][0]["state"] == "ready" && d["nodes"][0]["reconnects"].as_u64() >= Some(1)
+        })),
         "node-1 reconnects with the last good contents: {:?}\n{}",
         r.status(),
         r.d.log()
@@ -407,7 +412,9 @@ fn a_key_rotated_with_a_new_passphrase_is_used_once_the_passphrase_file_changes(
     encrypted_key(&staged, "second passphrase");
     std::fs::copy(&staged, &key).unwrap();
     node.set_authorized_keys(&node.authorize(&public(&staged)));
-    r.cli(&["reconnect", "node-1"]);
+    let first_reconnect = Instant::now();
+    let (out, err) = r.cli(&["reconnect", "node-1"]);
+    assert!(out.contains("reconnecting"), "{out} {err}");
     assert!(
         r.wait_state("node-1", "failed", Duration::from_secs(20)),
         "{:?}\n{}",
@@ -423,7 +430,10 @@ fn a_key_rotated_with_a_new_passphrase_is_used_once_the_passphrase_file_changes(
 
     // The passphrase file is written: the next connection uses the new key.
     std::fs::write(&pass, "second passphrase\n").unwrap();
-    r.cli(&["reconnect", "node-1"]);
+    // The admin API reconnects a node at most every 10 s.
+    std::thread::sleep(Duration::from_millis(10_500).saturating_sub(first_reconnect.elapsed()));
+    let (out, err) = r.cli(&["reconnect", "node-1"]);
+    assert!(out.contains("reconnecting"), "{out} {err}");
     assert!(
         r.wait_state("node-1", "ready", Duration::from_secs(20)),
         "the new key, decrypted with the new passphrase: {:?}\n{}",
@@ -520,4 +530,70 @@ fn a_rotated_admin_token_file_applies_without_a_restart_and_a_bad_one_keeps_the_
     );
     assert_eq!(get_with_token(&addr, "/status", new), 200);
     assert_eq!(get_with_token(&addr, "/status", "short"), 401);
+}
+
+#[test]
+fn a_host_ca_rotates_with_two_lines_and_one_host_is_revoked_without_a_restart() {
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let principals = format!("{},{}", node.addr, node.name);
+    let (old_ca, new_ca) = (cluster.path().join("old_ca"), cluster.path().join("new_ca"));
+    keygen(&old_ca, "ed25519", None);
+    keygen(&new_ca, "ed25519", None);
+    let line = |ca: &Path| {
+        let public = std::fs::read_to_string(ca.with_extension("pub")).unwrap();
+        format!("@cert-authority * {}", public.trim_end())
+    };
+    host_cert(node, &old_ca, &principals);
+    let kh = cluster.path().join("client/known_hosts_ca");
+    std::fs::write(&kh, format!("{}\n", line(&old_ca))).unwrap();
+    let r = start_with(&cluster, &kh, "1s", &[], &["--backoff-max", "1s"]);
+    assert!(
+        r.wait_state("node-1", "ready", Duration::from_secs(20)),
+        "{}",
+        r.d.log()
+    );
+
+    // Each step below ends the connection by restarting the node's sshd (the admin API
+    // reconnects a node at most every 10 s); the daemon's next connection shows the step.
+    let reconnected = |n: u64| {
+        wait(Duration::from_secs(20), || {
+            r.status().is_some_and(|d| {
+                d["nodes"][0]["state"] == "ready" && d["nodes"][0]["reconnects"].as_u64() >= Some(n)
+            })
+        })
+    };
+
+    // Both CAs trusted; the node moves to a certificate from the new one.
+    std::fs::write(&kh, format!("{}\n{}\n", line(&old_ca), line(&new_ca))).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    host_cert(node, &new_ca, &principals);
+    assert!(
+        reconnected(1),
+        "a certificate from the new CA is trusted beside the old line: {:?}\n{}",
+        r.status(),
+        r.d.log()
+    );
+
+    // The old line goes: the new certificate is still trusted.
+    std::fs::write(&kh, format!("{}\n", line(&new_ca))).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    node.restart_sshd();
+    assert!(reconnected(2), "{:?}\n{}", r.status(), r.d.log());
+
+    // One host revoked: its next handshake is refused.
+    let host_pub = node.host_key_pub();
+    let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+    append(&kh, &format!("@revoked * {}\n", key.join(" ")));
+    std::thread::sleep(Duration::from_secs(2));
+    node.restart_sshd();
+    let refused = wait(Duration::from_secs(20), || {
+        r.status().is_some_and(|d| {
+            d["nodes"][0]["state"] == "failed"
+                && d["nodes"][0]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("@revoked"))
+        })
+    });
+    assert!(refused, "{:?}\n{}", r.status(), r.d.log());
 }

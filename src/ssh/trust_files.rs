@@ -223,4 +223,21 @@ mod tests {
         assert_eq!(live.current().len(), 1);
         assert!(live.file_status()[0].ok);
     }
+
+    #[test]
+    fn the_cert_authority_line_of_the_security_guide_covers_port_22_and_other_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("known_hosts");
+        std::fs::write(
+            &p,
+            format!("@cert-authority 10.0.0.*,[10.0.0.*]:* {KEY_A}\n"),
+        )
+        .unwrap();
+        let kh = LiveKnownHosts::load(std::slice::from_ref(&p))
+            .unwrap()
+            .current();
+        assert!(kh.has_cert_authority_for("10.0.0.5", 22, &[]));
+        assert!(kh.has_cert_authority_for("10.0.0.5", 2222, &[]));
+        assert!(!kh.has_cert_authority_for("10.0.1.5", 22, &[]));
+    }
 }
