@@ -139,6 +139,18 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// True when the node's host key or host certificate was refused (a change to known_hosts
+    /// could let it in).
+    pub fn is_host_key_refusal(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::HostKeyMismatch { .. }
+                | ConnectError::HostCertificateRejected { .. }
+                | ConnectError::HostKeyUnknown { .. }
+                | ConnectError::HostKeyRevoked { .. }
+        )
+    }
+
     /// True for failures that retrying soon will not fix (a human must act).
     pub fn needs_human(&self) -> bool {
         matches!(

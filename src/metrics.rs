@@ -86,6 +86,11 @@ pub struct CheckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabel {
+    pub file: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
 }
@@ -138,6 +143,8 @@ pub struct Metrics {
     pub deprecated_mode: Gauge,
     /// Failures of the node source (a Node watch error, a node file that does not load).
     pub node_source_errors: Counter,
+    /// Reloads of a trust file (known_hosts) that failed; its last good contents stayed.
+    pub trust_file_reload_errors: Family<FileLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -174,6 +181,7 @@ impl Metrics {
             connect_requests: Family::default(),
             deprecated_mode: Gauge::default(),
             node_source_errors: Counter::default(),
+            trust_file_reload_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register("tunnels", "Tunnels by state", m.tunnels.clone());
@@ -278,6 +286,11 @@ impl Metrics {
             "node_source_errors",
             "Failures of the node source: a Node watch error, or a node file that did not load",
             m.node_source_errors.clone(),
+        );
+        registry.register(
+            "trust_file_reload_errors",
+            "Re-reads of a trust file (--ssh-known-hosts, --admin-token-file) that failed; its last good contents stay in use",
+            m.trust_file_reload_errors.clone(),
         );
 
         Metrics { registry, ..m }

@@ -143,6 +143,22 @@ pub struct StatusDocument {
     /// Nodes of the source left out because their address was refused ("NAME: why").
     #[serde(default)]
     pub left_out: Vec<String>,
+    /// The trust files (--ssh-known-hosts), re-read while running: whether the latest read
+    /// worked (when not, the last good contents stay in use).
+    #[serde(default)]
+    pub trust_files: Vec<TrustFileDocument>,
+}
+
+/// One trust file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustFileDocument {
+    pub path: String,
+    /// False when the latest read failed; the last good contents stay in use.
+    pub ok: bool,
+    /// Why the latest read failed (file and line).
+    pub error: Option<String>,
+    /// RFC 3339 time the contents in use were read.
+    pub loaded_at: String,
 }
 
 /// RFC 3339 (UTC, seconds) for a wall-clock time.
@@ -179,6 +195,19 @@ impl StatusDocument {
                 .left_out()
                 .into_iter()
                 .map(|(n, why)| format!("{n}: {why}"))
+                .collect(),
+            trust_files: pool
+                .config()
+                .ssh
+                .known_hosts
+                .file_status()
+                .into_iter()
+                .map(|f| TrustFileDocument {
+                    path: f.path.display().to_string(),
+                    ok: f.ok,
+                    error: f.error,
+                    loaded_at: rfc3339(f.loaded_at),
+                })
                 .collect(),
         }
     }

@@ -5,3 +5,4 @@ pub mod caller;
 pub mod client;
 pub mod document;
 pub mod server;
+pub mod token;

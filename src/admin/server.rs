@@ -48,8 +48,9 @@ pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(10);
 pub struct AdminAuth {
     /// Served on TCP: the Host check and the token apply.
     pub tcp: bool,
-    /// The bearer token actions need (None on TCP: actions are refused).
-    pub token: Option<Arc<str>>,
+    /// The bearer token actions need (None on TCP: actions are refused); read per request,
+    /// so a rotated token file applies at once after its reload.
+    pub token: Option<Arc<super::token::AdminToken>>,
     /// Reads need the token too.
     pub token_for_reads: bool,
 }
@@ -108,7 +109,7 @@ async fn guard(State(s): State<AdminState>, req: Request, next: Next) -> Respons
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !same_secret(offered.trim().as_bytes(), token.as_bytes()) {
+    if !same_secret(offered.trim().as_bytes(), token.get().as_bytes()) {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],

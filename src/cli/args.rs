@@ -136,27 +136,9 @@ impl AdminArgs {
         let Some(path) = &self.admin_token_file else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            super::CliError::usage(format!("--admin-token-file {}: {e}", path.display()))
-        })?;
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map(|m| m.permissions().mode() & 0o777)
-            .unwrap_or(0);
-        if mode & 0o077 != 0 {
-            return Err(super::CliError::usage(format!(
-                "--admin-token-file {}: mode {mode:o} lets other users read the token; chmod 600 it",
-                path.display()
-            )));
-        }
-        let token = text.lines().next().unwrap_or("").trim().to_string();
-        if token.len() < 16 {
-            return Err(super::CliError::usage(format!(
-                "--admin-token-file {}: the token must be at least 16 characters on its first line (e.g. `head -c 32 /dev/urandom | base64 > FILE`)",
-                path.display()
-            )));
-        }
-        Ok(Some(token))
+        kube_ssh_tunnel::admin::token::read_token_file(path)
+            .map(Some)
+            .map_err(|e| super::CliError::usage(e.to_string()))
     }
 }
 
@@ -277,7 +259,8 @@ pub struct SuperviseArgs {
     #[arg(long, env = "KUBE_SSH_TUNNEL_MAX_HANDSHAKES", default_value_t = 32)]
     pub max_handshakes: usize,
 
-    /// How often the --nodes file is checked for changes (SIGHUP reloads at once).
+    /// How often the --nodes file and the --ssh-known-hosts files are checked for changes (SIGHUP
+    /// reloads at once).
     #[arg(long, env = "KUBE_SSH_TUNNEL_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub reload_interval: Duration,
 }

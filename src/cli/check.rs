@@ -80,8 +80,8 @@ pub async fn check(a: CheckArgs) -> Result<i32, CliError> {
     }
     outln!(
         "known_hosts: {} entries from {}; host key policy: {}",
-        settings.known_hosts.len(),
-        settings.known_hosts.files_display(),
+        settings.known_hosts.current().len(),
+        settings.known_hosts.current().files_display(),
         match settings.host_key_policy {
             HostKeyPolicy::Strict => "strict",
             HostKeyPolicy::AcceptNew => "accept-new",
@@ -90,10 +90,11 @@ pub async fn check(a: CheckArgs) -> Result<i32, CliError> {
     );
     if settings.host_key_policy == HostKeyPolicy::Strict {
         for n in &nodes {
-            if !settings
-                .known_hosts
-                .has_entry_for(&n.address, n.ssh_port, &[n.name.as_str()])
-            {
+            if !settings.known_hosts.current().has_entry_for(
+                &n.address,
+                n.ssh_port,
+                &[n.name.as_str()],
+            ) {
                 problems.push(format!(
                     "node {} ({}): no known_hosts entry, so it would be refused; add its key after checking it out of band, e.g. `ssh-keyscan -p {} {} >> <known_hosts>`",
                     n.name, n.address, n.ssh_port, n.address

@@ -1,6 +1,7 @@
 //! `run`: flags → a `DaemonConfig`, then the library's `Daemon` until SIGTERM/SIGINT, which
 //! drain open streams (up to the drain timeout) and exit 0. SIGHUP re-reads the node file (a
-//! file that fails to load keeps the last good set).
+//! file that fails to load keeps the last good set) and the trust files (known_hosts, the key's
+//! passphrase file through the key, the admin token file).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,7 +107,7 @@ pub async fn run_until(
     Ok(())
 }
 
-/// Runs `daemon` until `stop`, re-reading the node file on SIGHUP; then shuts it down
+/// Runs `daemon` until `stop`, re-reading the node file and the trust files on SIGHUP; then shuts it down
 /// (draining up to the pool's drain timeout).
 pub(crate) async fn serve_until(
     daemon: DaemonHandle,
@@ -121,6 +122,8 @@ pub(crate) async fn serve_until(
                 if daemon.reload_nodes() {
                     tracing::info!("SIGHUP: reloading the node file");
                 }
+                tracing::info!("SIGHUP: reloading the trust files");
+                daemon.reload_trust_files();
             }
         }
     }
@@ -199,7 +202,15 @@ fn daemon_config(args: &RunArgs) -> Result<DaemonConfig, CliError> {
             })
         }
     };
-    let token = args.admin.token()?;
+    // Read again by the daemon when the file changes (a rotated token applies without a
+    // restart).
+    let token = match &args.admin.admin_token_file {
+        Some(path) => Some(Arc::new(
+            kube_ssh_tunnel::admin::token::AdminToken::from_file(path)
+                .map_err(|e| CliError::usage(e.to_string()))?,
+        )),
+        None => None,
+    };
     if args.admin_token_for_reads && token.is_none() {
         return Err(CliError::usage(
             "--admin-token-for-reads needs --admin-token-file",
@@ -227,11 +238,12 @@ fn daemon_config(args: &RunArgs) -> Result<DaemonConfig, CliError> {
         admin: AdminConfig {
             socket: Some(args.admin.admin_uds.clone()),
             tcp: args.admin.admin_listen,
-            token: token.map(|t| Arc::from(t.as_str())),
+            token,
             token_for_reads: args.admin_token_for_reads,
         },
         nodes,
         ready_share: args.ready_share,
+        trust_reload_interval: args.supervise.reload_interval,
     })
 }
 

@@ -103,6 +103,15 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
         out.push_str(" — HOST KEYS NOT VERIFIED");
     }
     out.push('\n');
+    // A trust file line only when something is wrong with it.
+    for f in doc.trust_files.iter().filter(|f| !f.ok) {
+        out.push_str(&format!(
+            "TRUST FILE {} did not reload (its contents from {} stay in use): {}\n",
+            f.path,
+            f.loaded_at,
+            f.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
     let mut head = vec![
         "NODE",
         "ADDRESS",

@@ -27,6 +27,9 @@ pub struct DaemonConfig {
     pub nodes: NodeSource,
     /// `/readyz` wants at least this share (0..1) of the desired nodes ready, and at least one.
     pub ready_share: f64,
+    /// How often the trust files (known_hosts) are checked for changes; SIGHUP
+    /// (`DaemonHandle::reload_trust_files`) re-reads them at once.
+    pub trust_reload_interval: std::time::Duration,
 }
 
 /// The CONNECT listeners: a Unix socket, mutual TLS on TCP, or both.
@@ -56,8 +59,9 @@ pub struct AdminConfig {
     /// A TCP listener; loopback unless the caller allowed otherwise. Its requests pass the
     /// Host check and need `token` for actions (and for reads with `token_for_reads`).
     pub tcp: Option<SocketAddr>,
-    /// On TCP: the bearer token actions need (None: actions are refused over TCP).
-    pub token: Option<Arc<str>>,
+    /// On TCP: the bearer token actions need (None: actions are refused over TCP). One read
+    /// from a file (`AdminToken::from_file`) is re-read when the file changes.
+    pub token: Option<Arc<crate::admin::token::AdminToken>>,
     /// On TCP: reads need the token too.
     pub token_for_reads: bool,
 }
@@ -87,6 +91,7 @@ impl DaemonConfig {
             },
             nodes,
             ready_share: 0.0,
+            trust_reload_interval: std::time::Duration::from_secs(5),
         }
     }
 

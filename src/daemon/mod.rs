@@ -78,6 +78,8 @@ pub struct DaemonHandle {
     front: Arc<ConnectFront>,
     tasks: Tasks,
     reload: Arc<Notify>,
+    /// Makes the trust-file task re-read every trust file now (SIGHUP).
+    trust_reload: Arc<Notify>,
     /// Stops the node source and the loop that applies it (first thing at shutdown).
     source_stop: CancellationToken,
     /// What the node source is (`NodeSource::kind`); a file source reloads on request.
@@ -182,6 +184,18 @@ impl Daemon {
             );
         }
 
+        let trust_reload = Arc::new(Notify::new());
+        tasks.spawn_critical(
+            "trust file reloads",
+            follow_trust_files(
+                pool.clone(),
+                cfg.admin.token.clone(),
+                cfg.trust_reload_interval,
+                trust_reload.clone(),
+                tasks.token().clone(),
+            ),
+        );
+
         let front = ConnectFront::with_stop(
             pool.clone(),
             cfg.policy,
@@ -252,6 +266,7 @@ impl Daemon {
             front,
             tasks,
             reload,
+            trust_reload,
             source_stop,
             source_kind,
             sockets: sockets.keep(),
@@ -332,6 +347,75 @@ async fn apply_node_sets(
     }
 }
 
+/// Re-reads the trust files (known_hosts, and the admin token file) when they change, every
+/// `interval`, and at once on `now` (SIGHUP), until `stop`. A file that fails keeps its last good contents: logged (file
+/// and line), counted in `trust_file_reload_errors_total` and shown in `/status`. After a
+/// reload that could help, nodes refused for their host key retry at once.
+async fn follow_trust_files(
+    pool: Arc<Pool>,
+    admin_token: Option<Arc<crate::admin::token::AdminToken>>,
+    interval: Duration,
+    now: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let trust = pool.config().ssh.known_hosts.clone();
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = now.notified() => true,
+            _ = tick.tick() => false,
+        };
+        // Reading a few small files: quick, but file I/O all the same, so off the runtime.
+        let (t, token) = (trust.clone(), admin_token.clone());
+        let Ok((out, token_reload)) = tokio::task::spawn_blocking(move || {
+            let token = token.map(|tk| (tk.reload(forced), tk));
+            (t.reload(forced), token)
+        })
+        .await
+        else {
+            continue;
+        };
+        match &token_reload {
+            Some((Ok(true), tk)) => tracing::info!(
+                file = %tk.file().map(|p| p.display().to_string()).unwrap_or_default(),
+                "admin token file changed; using the new token"
+            ),
+            Some((Err(error), tk)) => {
+                let file = tk
+                    .file()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                tracing::error!(file = %file, error = %error, "admin token file did not reload; keeping the last good token");
+                pool.metrics()
+                    .trust_file_reload_errors
+                    .get_or_create(&crate::metrics::FileLabel { file })
+                    .inc();
+            }
+            _ => {}
+        }
+        for (path, error) in &out.errors {
+            tracing::error!(file = %path.display(), error = %error, "trust file did not reload; keeping its last good contents");
+            pool.metrics()
+                .trust_file_reload_errors
+                .get_or_create(&crate::metrics::FileLabel {
+                    file: path.display().to_string(),
+                })
+                .inc();
+        }
+        if out.changed {
+            tracing::info!(entries = trust.current().len(), "trust files reloaded");
+        }
+        if out.changed || (forced && out.errors.is_empty()) {
+            let woken = pool.retry_host_key_failures();
+            if !woken.is_empty() {
+                tracing::info!(nodes = ?woken, "retrying nodes refused for their host key");
+            }
+        }
+    }
+}
+
 impl DaemonHandle {
     /// The daemon's pool.
     pub fn pool(&self) -> &Arc<Pool> {
@@ -357,6 +441,12 @@ impl DaemonHandle {
         }
         self.reload.notify_one();
         true
+    }
+
+    /// Makes the daemon re-read its trust files (known_hosts) now, whatever the node source
+    /// (what SIGHUP does).
+    pub fn reload_trust_files(&self) {
+        self.trust_reload.notify_one();
     }
 
     /// The admin API's TCP address, when it listens on TCP.

@@ -259,6 +259,32 @@ impl Pool {
         }
     }
 
+    /// After a trust file changed: every node that is `failed` or in backoff because its host
+    /// key (or host certificate) was refused tries again at once. Other nodes keep their
+    /// backoff, and connections that are up are not touched. Returns the nodes woken.
+    pub fn retry_host_key_failures(&self) -> Vec<String> {
+        let mut woken = Vec::new();
+        for slot in self.all_slots() {
+            let st = slot.status();
+            // `connecting` too: an attempt under way may have read the old files; the backoff
+            // after it is then cut short.
+            let waiting = matches!(
+                st.state,
+                TunnelState::Failed | TunnelState::Backoff | TunnelState::Connecting
+            );
+            let host_key = st
+                .last_connect_error
+                .as_deref()
+                .is_some_and(|e| e.is_host_key_refusal());
+            if waiting && host_key {
+                slot.retry_now();
+                woken.push(slot.name());
+            }
+        }
+        woken.sort();
+        woken
+    }
+
     /// `drain_node_by` for a library caller (`drained_by` is `library`).
     pub fn drain_node(&self, name: &str) -> bool {
         self.drain_node_by(name, "library")

@@ -32,6 +32,9 @@ pub struct NodeSlot {
     stop: CancellationToken,
     /// Cancelled to make the supervisor drop the connection and reconnect now.
     kick: std::sync::Mutex<CancellationToken>,
+    /// Wakes a supervisor waiting out a backoff (never touches a connection that is up): a
+    /// trust file changed in a way that could help a node refused for its host key.
+    retry: tokio::sync::Notify,
     /// The node's byte and stall counters (its metrics), kept across reconnects.
     link: LinkStats,
     dials_total: AtomicU64,
@@ -62,6 +65,7 @@ impl NodeSlot {
             status: watch::Sender::new(NodeStatus::new()),
             stop,
             kick: std::sync::Mutex::new(CancellationToken::new()),
+            retry: tokio::sync::Notify::new(),
             overflow: Overflow::default(),
         }
     }
@@ -228,6 +232,17 @@ impl NodeSlot {
         if let Ok(k) = self.kick.lock() {
             k.cancel();
         }
+    }
+
+    /// Cuts a backoff wait short (only a supervisor that waits, or whose attempt is under way,
+    /// hears it; nothing is stored for later).
+    pub(crate) fn retry_now(&self) {
+        self.retry.notify_waiters();
+    }
+
+    /// What `retry_now` wakes.
+    pub(crate) fn retry_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.retry.notified()
     }
 
     pub(crate) fn kick_token(&self) -> CancellationToken {

@@ -47,6 +47,11 @@ pub(crate) async fn supervise(
         }
         slot.set_state(TunnelState::Connecting, "connecting");
         let kick = slot.kick_token();
+        // Registered before the attempt: a trust file that changes while this attempt fails
+        // still cuts the backoff after it short.
+        let retry = slot.retry_notified();
+        tokio::pin!(retry);
+        retry.as_mut().enable();
         let permit = tokio::select! {
             p = handshakes.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = slot.stopped() => return,
@@ -139,6 +144,9 @@ pub(crate) async fn supervise(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = kick.cancelled() => {}
+            _ = &mut retry => {
+                tracing::info!(node = %slot.name(), "trust files changed: retrying now");
+            }
             _ = slot.stopped() => return,
         }
     }

@@ -130,8 +130,8 @@ fn read_passphrase(key: &Path, file: &Path) -> Result<String, KeyError> {
     Ok(text.lines().next().unwrap_or("").to_string())
 }
 
-/// Where the client key comes from; reloaded when the file changes, so a rotated key is used
-/// by the next connection without a restart. A replacement that does not load is logged and
+/// Where the client key comes from; reloaded when the file (or its certificate, or its
+/// passphrase file) changes, so a rotated key is used by the next connection without a restart. A replacement that does not load is logged and
 /// the previous key kept.
 #[derive(Debug)]
 pub struct IdentitySource {
@@ -142,14 +142,24 @@ pub struct IdentitySource {
     state: std::sync::Mutex<(Option<Stamp>, Identity)>,
 }
 
-type Stamp = (std::time::SystemTime, u64, Option<std::time::SystemTime>);
+/// The key file's modification time and size, the certificate's modification time, and the
+/// passphrase file's modification time and size: a change to any of them reloads the key.
+type Stamp = (
+    std::time::SystemTime,
+    u64,
+    Option<std::time::SystemTime>,
+    Option<(std::time::SystemTime, u64)>,
+);
 
-fn stamp_of(key: &Path, cert: &Path) -> Option<Stamp> {
+fn stamp_of(key: &Path, cert: &Path, passphrase: Option<&Path>) -> Option<Stamp> {
     let m = std::fs::metadata(key).ok()?;
     Some((
         m.modified().ok()?,
         m.len(),
         std::fs::metadata(cert).and_then(|c| c.modified()).ok(),
+        passphrase
+            .and_then(|p| std::fs::metadata(p).ok())
+            .and_then(|m| Some((m.modified().ok()?, m.len()))),
     ))
 }
 
@@ -167,11 +177,19 @@ impl IdentitySource {
             state: std::sync::Mutex::new((None, Identity::load(path, passphrase_file)?)),
         };
         let id = src.load()?;
-        let stamp = stamp_of(&src.path, &src.cert_path());
+        let stamp = src.stamp();
         if let Ok(mut st) = src.state.lock() {
             *st = (stamp, id);
         }
         Ok(src)
+    }
+
+    fn stamp(&self) -> Option<Stamp> {
+        stamp_of(
+            &self.path,
+            &self.cert_path(),
+            self.passphrase_file.as_deref(),
+        )
     }
 
     fn cert_path(&self) -> PathBuf {
@@ -191,9 +209,11 @@ impl IdentitySource {
         Ok(id)
     }
 
-    /// The key to use now (reloaded first if its file changed).
+    /// The key to use now (reloaded first if its file, its certificate or its passphrase
+    /// file changed: a key rotated together with its passphrase loads once both are written,
+    /// in either order).
     pub fn current(&self) -> Identity {
-        let stamp = stamp_of(&self.path, &self.cert_path());
+        let stamp = self.stamp();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if stamp.is_some() && stamp != st.0 {
             match self.load() {

@@ -12,6 +12,7 @@ pub mod settings;
 pub mod socket;
 mod spill;
 pub mod stream;
+pub mod trust_files;
 pub mod tunnel;
 pub mod verifier;
 
@@ -23,4 +24,5 @@ pub use known_hosts::KnownHosts;
 pub use learned::LearnedHosts;
 pub use settings::{ChannelLimits, HostKeyPolicy, SshSettings};
 pub use stream::TunnelStream;
+pub use trust_files::LiveKnownHosts;
 pub use tunnel::NodeTunnel;

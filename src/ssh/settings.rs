@@ -14,6 +14,7 @@ use super::budget::BufferBudget;
 use super::keys::IdentitySource;
 use super::known_hosts::KnownHosts;
 use super::learned::LearnedHosts;
+use super::trust_files::LiveKnownHosts;
 use crate::error::ConfigError;
 
 /// What to do with a host key that known_hosts does not vouch for.
@@ -72,8 +73,9 @@ pub struct SshSettings {
     pub agent: Option<PathBuf>,
     /// Where `accept-new` records learned host keys.
     pub learned: Option<Arc<LearnedHosts>>,
-    /// Trusted host keys.
-    pub known_hosts: Arc<KnownHosts>,
+    /// Trusted host keys: the known_hosts files, re-read while running (`reload`); each
+    /// handshake reads the set in use once.
+    pub known_hosts: Arc<LiveKnownHosts>,
     /// Host key policy.
     pub host_key_policy: HostKeyPolicy,
     /// TCP connect + SSH handshake + authentication, all together.
@@ -98,7 +100,7 @@ impl SshSettings {
                 identity: None,
                 agent: None,
                 learned: None,
-                known_hosts: Arc::new(KnownHosts::default()),
+                known_hosts: Arc::new(LiveKnownHosts::default()),
                 host_key_policy: HostKeyPolicy::Strict,
                 connect_timeout: Duration::from_secs(15),
                 open_timeout: Duration::from_secs(10),
@@ -109,8 +111,9 @@ impl SshSettings {
         }
     }
 
-    /// The russh client configuration these settings call for.
-    pub(crate) fn russh_config(&self) -> russh::client::Config {
+    /// The russh client configuration for a handshake that trusts `trusted` (one snapshot of
+    /// the known_hosts in use, read once per handshake).
+    pub(crate) fn russh_config_for(&self, trusted: &KnownHosts) -> russh::client::Config {
         russh::client::Config {
             // Measured: 2 MiB is best on LAN/loopback; larger windows hurt.
             window_size: 2 << 20,
@@ -129,7 +132,7 @@ impl SshSettings {
             },
             preferred: Preferred {
                 // Ask for host certificates only when some CA is trusted for them.
-                host_key_certificates: if self.known_hosts.has_cert_authorities() {
+                host_key_certificates: if trusted.has_cert_authorities() {
                     Cow::Owned(vec![
                         Algorithm::Ed25519,
                         Algorithm::Ecdsa {
@@ -226,8 +229,14 @@ impl SshSettingsBuilder {
 
     /// Loads several known_hosts files.
     pub fn known_hosts_files(mut self, paths: &[PathBuf]) -> Result<Self, ConfigError> {
-        self.settings.known_hosts = Arc::new(KnownHosts::load(paths)?);
+        self.settings.known_hosts = Arc::new(LiveKnownHosts::load(paths)?);
         Ok(self)
+    }
+
+    /// Trusts these lines (no file behind them; never reloaded).
+    pub fn known_hosts(mut self, kh: KnownHosts) -> Self {
+        self.settings.known_hosts = Arc::new(LiveKnownHosts::fixed(kh));
+        self
     }
 
     /// Sets the host key policy.

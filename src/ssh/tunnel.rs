@@ -137,18 +137,21 @@ impl NodeTunnel {
         let closed = CancellationToken::new();
         let report = Arc::new(Mutex::new(HostKeyReport::default()));
         let disconnect_reason = Arc::new(Mutex::new(None));
+        // One snapshot of the trusted keys for this handshake: a reload swaps the set for
+        // the next one, never under this one.
+        let trusted = settings.known_hosts.current();
         let handler = NodeHandler {
             address: node.address.clone(),
             port: node.ssh_port,
             aliases: vec![node.name.clone()],
-            known_hosts: settings.known_hosts.clone(),
+            known_hosts: trusted.clone(),
             learned: settings.learned.clone(),
             policy: settings.host_key_policy,
             report: report.clone(),
             closed: closed.clone(),
             disconnect_reason: disconnect_reason.clone(),
         };
-        let config = Arc::new(settings.russh_config());
+        let config = Arc::new(settings.russh_config_for(&trusted));
         let connected = russh::client::connect_stream(config, stream, handler).await;
         let host_report = report.lock().map(|r| r.clone()).unwrap_or_default();
         let mut handle = match connected {
@@ -575,7 +578,7 @@ fn host_key_error(node: &Node, settings: &SshSettings, r: &HostKeyReport) -> Opt
         Verdict::Unknown => Some(ConnectError::HostKeyUnknown {
             node: node.name.clone(),
             offered,
-            files: settings.known_hosts.files_display(),
+            files: settings.known_hosts.current().files_display(),
             address: node.address.clone(),
             port: node.ssh_port,
         }),
