@@ -44,6 +44,7 @@ pub fn vet(
     // 1. The shape of each pod CIDR.
     for node in nodes.iter_mut() {
         node.refused.clear();
+        node.name_refused = false;
         let own_ip = node.ip();
         let mut kept = Vec::new();
         for cidr in std::mem::take(&mut node.pod_cidrs) {
@@ -98,24 +99,42 @@ pub fn vet(
         }
         node.pod_cidrs = kept;
     }
-    // 4. Aliases, against every node and every pod CIDR of a sane shape (also those lost to
+    // 4. Names, against every other node's address, every pod CIDR of a sane shape, and (for
+    //    a name that is an IP) every other node's alias. Decided before the aliases: an alias
+    //    that is a refused name stays with the node that has it as an address.
+    let name_refusals: Vec<Option<String>> = nodes
+        .iter()
+        .map(|node| {
+            let me = sane_claims.position(&node.name);
+            name_refusal(&node.name, me, &sane, &sane_claims, service_cidrs)
+        })
+        .collect();
+    let refused_names: std::collections::HashSet<String> = nodes
+        .iter()
+        .zip(&name_refusals)
+        .filter(|(_, why)| why.is_some())
+        .map(|(n, _)| n.name.clone())
+        .collect();
+    // 5. Aliases, against every node and every pod CIDR of a sane shape (also those lost to
     //    an overlap: a node must not take over a range by disputing it first).
-    for node in nodes.iter_mut() {
+    for (node, name_why) in nodes.iter_mut().zip(name_refusals) {
         let me = sane_claims.position(&node.name);
         let mut kept = Vec::new();
         for alias in std::mem::take(&mut node.aliases) {
-            match alias_refusal(&alias, me, &sane, &sane_claims, service_cidrs) {
+            match alias_refusal(
+                &alias,
+                me,
+                &sane,
+                &sane_claims,
+                service_cidrs,
+                &refused_names,
+            ) {
                 Some(why) => node.refused.push(format!("alias {alias}: {why}")),
                 None => kept.push(alias),
             }
         }
         node.aliases = kept;
-    }
-    // 5. Names, against every node's address and every pod CIDR of a sane shape.
-    for node in nodes.iter_mut() {
-        let me = sane_claims.position(&node.name);
-        node.name_refused = false;
-        if let Some(why) = name_refusal(&node.name, me, &sane, &sane_claims, service_cidrs) {
+        if let Some(why) = name_why {
             node.refused
                 .push(format!("name {}: {why}; it does not route", node.name));
             node.name_refused = true;
@@ -136,6 +155,11 @@ fn name_refusal(
         return Some(format!("it is node {}'s address", all[o].name));
     }
     let ip: IpAddr = name.parse().ok()?;
+    // An IP is an address claim first: a name that is another node's alias (its ExternalIP,
+    // say) leaves the IP to that node. (A host name the other way round: the alias loses.)
+    if let Some(&o) = claims.with_alias(name).iter().find(|&&o| Some(o) != me) {
+        return Some(format!("it is node {}'s alias", all[o].name));
+    }
     if is_loopback(ip) || ip.is_unspecified() || is_link_local(ip) {
         return Some("it is a loopback, unspecified or link-local address".into());
     }
@@ -195,8 +219,13 @@ fn alias_refusal(
     all: &[Node],
     claims: &NodeIndex,
     service_cidrs: &[IpNet],
+    refused_names: &std::collections::HashSet<String>,
 ) -> Option<String> {
-    if let Some(&o) = claims.named(alias).iter().find(|&&o| Some(o) != me) {
+    if let Some(&o) = claims
+        .named(alias)
+        .iter()
+        .find(|&&o| Some(o) != me && !refused_names.contains(&all[o].name))
+    {
         return Some(format!("it is node {}'s name", all[o].name));
     }
     if let Some(&o) = claims.with_address(alias).iter().find(|&&o| Some(o) != me) {
@@ -264,6 +293,7 @@ mod tests {
             // 1. The shape of each pod CIDR.
             for node in nodes.iter_mut() {
                 node.refused.clear();
+                node.name_refused = false;
                 let own_ip = node.ip();
                 let mut kept = Vec::new();
                 for cidr in std::mem::take(&mut node.pod_cidrs) {
@@ -317,41 +347,64 @@ mod tests {
                 }
                 node.pod_cidrs = kept;
             }
-            // 4. Aliases, against every node and every pod CIDR of a sane shape (also those lost to
-            //    an overlap: a node must not take over a range by disputing it first).
-            for node in nodes.iter_mut() {
-                let others: Vec<&Node> = sane.iter().filter(|o| o.name != node.name).collect();
+            // 4. Names, against every other node's address and alias and every pod CIDR.
+            let name_refusals: Vec<Option<String>> = nodes
+                .iter()
+                .map(|node| {
+                    let others: Vec<&Node> = sane.iter().filter(|o| o.name != node.name).collect();
+                    if let Some(o) = others.iter().find(|o| same_host(&o.address, &node.name)) {
+                        return Some(format!("it is node {}'s address", o.name));
+                    }
+                    let ip = node.name.parse::<IpAddr>().ok()?;
+                    if let Some(o) = others
+                        .iter()
+                        .find(|o| o.aliases.iter().any(|a| same_host(a, &node.name)))
+                    {
+                        return Some(format!("it is node {}'s alias", o.name));
+                    }
+                    if is_loopback(ip) || ip.is_unspecified() || is_link_local(ip) {
+                        return Some(
+                            "it is a loopback, unspecified or link-local address".to_string(),
+                        );
+                    }
+                    if let Some(c) = service_cidrs.iter().find(|c| c.contains(&ip)) {
+                        return Some(format!("it lies in the service CIDR {c}"));
+                    }
+                    others
+                        .iter()
+                        .find(|o| o.owns_pod_ip(ip))
+                        .map(|o| format!("it lies in node {}'s pod CIDR", o.name))
+                })
+                .collect();
+            let refused_names: Vec<String> = nodes
+                .iter()
+                .zip(&name_refusals)
+                .filter(|(_, why)| why.is_some())
+                .map(|(n, _)| n.name.clone())
+                .collect();
+            // 5. Aliases, against every node and every pod CIDR of a sane shape (also those
+            //    lost to an overlap: a node must not take over a range by disputing it first).
+            for (node, name_why) in nodes.iter_mut().zip(name_refusals) {
+                let others: Vec<&Node> = sane
+                    .iter()
+                    .filter(|o| o.name != node.name && !refused_names.contains(&o.name))
+                    .collect();
+                let unnamed: Vec<&Node> = sane.iter().filter(|o| o.name != node.name).collect();
                 let mut kept = Vec::new();
                 for alias in std::mem::take(&mut node.aliases) {
-                    match alias_refusal_reference(&alias, &others, &sane, service_cidrs) {
+                    let why = match others.iter().find(|o| o.is_named(&alias)) {
+                        Some(o) => Some(format!("it is node {}'s name", o.name)),
+                        None => {
+                            alias_refusal_reference(&alias, &[], &unnamed, &sane, service_cidrs)
+                        }
+                    };
+                    match why {
                         Some(why) => node.refused.push(format!("alias {alias}: {why}")),
                         None => kept.push(alias),
                     }
                 }
                 node.aliases = kept;
-            }
-            // 5. Names, against every other node's address and every pod CIDR of a sane shape.
-            for node in nodes.iter_mut() {
-                node.name_refused = false;
-                let others: Vec<&Node> = sane.iter().filter(|o| o.name != node.name).collect();
-                let why = if let Some(o) = others.iter().find(|o| same_host(&o.address, &node.name))
-                {
-                    Some(format!("it is node {}'s address", o.name))
-                } else if let Ok(ip) = node.name.parse::<IpAddr>() {
-                    if is_loopback(ip) || ip.is_unspecified() || is_link_local(ip) {
-                        Some("it is a loopback, unspecified or link-local address".to_string())
-                    } else if let Some(c) = service_cidrs.iter().find(|c| c.contains(&ip)) {
-                        Some(format!("it lies in the service CIDR {c}"))
-                    } else {
-                        others
-                            .iter()
-                            .find(|o| o.owns_pod_ip(ip))
-                            .map(|o| format!("it lies in node {}'s pod CIDR", o.name))
-                    }
-                } else {
-                    None
-                };
-                if let Some(why) = why {
+                if let Some(why) = name_why {
                     node.refused
                         .push(format!("name {}: {why}; it does not route", node.name));
                     node.name_refused = true;
@@ -399,13 +452,16 @@ mod tests {
             None
         }
 
+        /// Why `alias` is refused: `named` are the nodes whose names count (refused names do
+        /// not), `others` every other node.
         fn alias_refusal_reference(
             alias: &str,
+            named: &[&Node],
             others: &[&Node],
             all: &[Node],
             service_cidrs: &[IpNet],
         ) -> Option<String> {
-            if let Some(o) = others.iter().find(|o| o.is_named(alias)) {
+            if let Some(o) = named.iter().find(|o| o.is_named(alias)) {
                 return Some(format!("it is node {}'s name", o.name));
             }
             if let Some(o) = others.iter().find(|o| same_host(alias, &o.address)) {
@@ -446,14 +502,20 @@ mod tests {
             // Named like its own address, and like an IP nobody claims: both route.
             node("10.0.0.6", "10.0.0.6", &[], &[]),
             node("10.0.0.99", "10.0.0.7", &[], &[]),
+            // Named like another node's alias (its ExternalIP): the alias holder keeps the IP.
+            node("203.0.113.9", "10.0.0.8", &[], &[]),
+            node("ext", "10.0.0.9", &["203.0.113.9"], &[]),
         ];
         vet(&mut nodes, &["10.96.0.0/12".parse().unwrap()], |_| None);
         let refused: Vec<(&str, bool, &[String])> = nodes
             .iter()
             .map(|n| (n.name.as_str(), n.name_refused, n.refused.as_slice()))
             .collect();
-        assert_eq!(nodes.len(), 7, "every node stays: {refused:?}");
+        assert_eq!(nodes.len(), 9, "every node stays: {refused:?}");
+
         let why = |i: usize| nodes[i].refused.join("; ");
+        assert!(nodes[7].name_refused && why(7).contains("it is node ext's alias"));
+        assert_eq!(nodes[8].aliases, ["203.0.113.9"]);
         assert!(nodes[0].name_refused && why(0).contains("it is node n2's address"));
         assert!(!nodes[1].name_refused && nodes[1].refused.is_empty());
         assert!(nodes[2].name_refused && why(2).contains("it lies in node n2's pod CIDR"));
@@ -472,6 +534,7 @@ mod tests {
         assert_eq!(route("10.96.0.1:443"), Route::AnyReady);
         assert_eq!(route("10.0.0.1:10250"), Route::Node("10.0.0.2".into()));
         assert_eq!(route("10.0.0.99:10250"), Route::Node("10.0.0.99".into()));
+        assert_eq!(route("203.0.113.9:10250"), Route::Node("ext".into()));
     }
 
     #[test]
