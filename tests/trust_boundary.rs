@@ -192,3 +192,45 @@ fn a_node_named_like_another_nodes_address_never_takes_its_traffic() {
     assert_eq!(named["state"], "ready", "{named}");
     assert_eq!(d.stop(libc::SIGTERM), Some(0), "{}", d.log());
 }
+
+/// A drained node comes back by `reconnect` with the claims the current node set allows: a
+/// node named like an IP that another node took (as its alias) while it was drained does not
+/// get its name back as a route. (203.0.113.9 is only classified, never dialled.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_drained_node_does_not_bring_back_a_name_another_node_now_holds() {
+    use kube_ssh_tunnel::pool::route::Route;
+    use kube_ssh_tunnel::pool::{PoolConfig, Probe, TunnelState};
+    use kube_ssh_tunnel::{Node, Pool};
+    let cluster = Cluster::start(2);
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    const IP_NAME: &str = "203.0.113.9";
+    let named = Node {
+        name: IP_NAME.into(),
+        ..n1.node()
+    };
+    let mut cfg = PoolConfig::new(cluster.settings());
+    cfg.health.probe = Probe::None;
+    let pool = Pool::with_config(cfg, vec![named.clone()]).unwrap();
+    let target: kube_ssh_tunnel::Destination = format!("{IP_NAME}:{HTTP_PORT}").parse().unwrap();
+    assert_eq!(pool.routes().classify(&target), Route::Node(IP_NAME.into()));
+    assert!(pool.drain_node(IP_NAME));
+    // node-2 joins with that IP as its alias (its ExternalIP, say).
+    let mut other = n2.node();
+    other.aliases = vec![IP_NAME.into()];
+    pool.update(vec![named, other]).unwrap();
+    assert!(pool.reconnect(IP_NAME));
+    let mut rx = pool.subscribe(IP_NAME).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        rx.wait_for(|s| s.state == TunnelState::Ready),
+    )
+    .await
+    .expect("the IP-named node is back")
+    .unwrap();
+    assert_eq!(
+        pool.routes().classify(&target),
+        Route::Node(n2.name.clone()),
+        "the IP stays with the node that holds it"
+    );
+    pool.shutdown().await;
+}

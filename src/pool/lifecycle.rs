@@ -125,7 +125,10 @@ impl Pool {
             tracing::info!(node = %name, "drained node left the node source: drain forgotten");
             self.metrics.forget_node(name);
         }
-        for node in &changes.drained_entry {
+        // Every drained node keeps its latest vetted entry for `reconnect`, also when only the
+        // vetting changed (another node joined, so its name or an alias may no longer route):
+        // a reconnect must never bring back a claim the current set refuses.
+        for node in &desired {
             if let Some(r) = drained.get_mut(&node.name) {
                 r.node = node.clone();
             }
