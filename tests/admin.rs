@@ -91,7 +91,7 @@ async fn get(admin: &Path, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-const NODE_KEYS: [&str; 30] = [
+const NODE_KEYS: [&str; 32] = [
     "name",
     "address",
     "ssh_port",
