@@ -563,13 +563,16 @@ impl PrometheusServer {
     fn start(config: &Path, dir: &Path) -> PrometheusServer {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = dir.join("prometheus.log");
+        // One file for both streams (two creates would overwrite each other's bytes).
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -745,7 +748,14 @@ fn a_real_prometheus_scrapes_the_daemon_with_the_example_and_evaluates_the_rules
         prom.alerts(),
         prom.log()
     );
-    assert_eq!(prom.alerts(), [deprecated.clone()].into());
+    // Only firing alerts count: a scrape that took too long on a loaded machine may make
+    // `KubeSshTunnelDown` pending for a moment, which says nothing about the rules.
+    let firing: BTreeSet<_> = prom
+        .alerts()
+        .into_iter()
+        .filter(|a| a.2 == "firing")
+        .collect();
+    assert_eq!(firing, [deprecated.clone()].into());
 
     // The node's sshd dies: its tunnel goes down and the node-down alert is pending (it
     // fires after its 5 minutes).
