@@ -26,6 +26,37 @@ fn require_tool(tool: &str, version_arg: &str, package: &str) {
     );
 }
 
+/// The `nft` binary: `nft` when it is on PATH, else /usr/sbin/nft (a PATH without sbin).
+/// Fails the test, naming the tool, when neither runs.
+fn nft() -> &'static str {
+    for cand in ["nft", "/usr/sbin/nft"] {
+        let ran = run_bounded(Command::new(cand).arg("--version"), b"", TOOL_LIMIT);
+        if ran.is_ok_and(|r| r.status.success()) {
+            return cand;
+        }
+    }
+    panic!(
+        "this test needs `nft` (on PATH or /usr/sbin/nft; apt-get install -y --no-install-recommends nftables; scripts/test installs it)"
+    )
+}
+
+/// Fails the test, naming what is missing, unless we are root: `nft -c` needs
+/// CAP_NET_ADMIN even to check a file, and would otherwise fail with a puzzling error.
+fn require_root(why: &str) {
+    assert!(
+        support::is_root(),
+        "this test needs root ({why}); run it as root, as .ci/run does"
+    );
+}
+
+/// The sshd_config lines both profiles' snippets must carry: `port-forwarding` in the key
+/// line enables Unix-socket forwarding (direct-streamlocal) too, which neither permitopen nor
+/// the nftables rules limit, and tun forwarding must stay off whatever the main file says.
+const SNIPPET_MUST_HAVE: [&str; 2] = [
+    "    AllowStreamLocalForwarding no\n",
+    "    PermitTunnel no\n",
+];
+
 /// Runs `keygen ARGS` (exit 0 expected) and returns its stdout.
 fn keygen(args: &[&str]) -> String {
     let o = run_bounded(
@@ -72,7 +103,8 @@ fn rules_for(stdout: &str, node: &str) -> String {
 
 #[test]
 fn nft_accepts_the_rules_keygen_prints_for_ipv4_and_ipv6_nodes() {
-    require_tool("nft", "--version", "nftables");
+    require_root("nft -c needs CAP_NET_ADMIN");
+    let nft = nft();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("id_ed25519");
     let stdout = keygen(&[
@@ -100,9 +132,18 @@ fn nft_accepts_the_rules_keygen_prints_for_ipv4_and_ipv6_nodes() {
     assert!(!line.contains("permitopen"), "{line}");
     assert!(line.contains("port forwarding only"), "{line}");
     assert!(!stdout.contains("PermitOpen "), "{stdout}");
+    for want in SNIPPET_MUST_HAVE {
+        assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
+    }
     for (node, want) in [
-        ("node-1", "ip daddr 10.0.0.5 tcp dport { 10250 } accept"),
-        ("node-6", "ip6 daddr fd00::6 tcp dport { 10250 } accept"),
+        (
+            "node-1",
+            "ct original ip daddr 10.0.0.5 tcp dport { 10250 } accept",
+        ),
+        (
+            "node-6",
+            "ct original ip6 daddr fd00::6 tcp dport { 10250 } accept",
+        ),
     ] {
         let rules = rules_for(&stdout, node);
         assert!(rules.contains(want), "{want} missing from\n{rules}");
@@ -110,7 +151,7 @@ fn nft_accepts_the_rules_keygen_prints_for_ipv4_and_ipv6_nodes() {
         let file = dir.path().join(format!("{node}.nft"));
         std::fs::write(&file, &rules).unwrap();
         let o = run_bounded(
-            Command::new("nft").arg("-c").arg("-f").arg(&file),
+            Command::new(nft).arg("-c").arg("-f").arg(&file),
             b"",
             TOOL_LIMIT,
         )
@@ -177,6 +218,52 @@ fn keygen_names_bad_profile_and_cidr_input_and_exits_2() {
             ]
             .concat(),
             "names no node",
+        ),
+        (
+            [&base[..], &["--service-cidr", "10.0.0.0/7"]].concat(),
+            "--service-cidr 10.0.0.0/7 is wider than /8",
+        ),
+        (
+            [&base[..], &["--service-cidr", "fd00::/31"]].concat(),
+            "--service-cidr fd00::/31 is wider than /32",
+        ),
+        (
+            [&base[..], &["--service-cidr", "127.0.0.0/24"]].concat(),
+            "contains the loopback address 127.0.0.1",
+        ),
+        (
+            [
+                &base[..],
+                &[
+                    "--service-cidr",
+                    "10.96.0.0/12",
+                    "--pod-cidr",
+                    "node-1=::/64",
+                ],
+            ]
+            .concat(),
+            "contains the loopback address ::1",
+        ),
+        (
+            // The node's own address inside the service CIDR: sshd, etcd … would open.
+            [&base[..], &["--service-cidr", "10.0.0.0/24"]].concat(),
+            "--service-cidr 10.0.0.0/24 contains the node address 10.0.0.5",
+        ),
+        (
+            // Another node's address inside node-1's pod CIDR.
+            [
+                &base[..],
+                &[
+                    "--node",
+                    "node-2=10.244.1.7",
+                    "--service-cidr",
+                    "10.96.0.0/12",
+                    "--pod-cidr",
+                    "node-1=10.244.1.0/24",
+                ],
+            ]
+            .concat(),
+            "pod CIDR of node-1 10.244.1.0/24 contains the node address 10.244.1.7",
         ),
         (
             vec!["--out", out, "--service-cidr", "10.96.0.0/12"],
@@ -268,6 +355,9 @@ async fn the_cluster_line_carries_pod_and_service_dials_and_the_kubelet_line_ref
 
     // The kubelet line (the default profile) for the same key: the kubelet only.
     let stdout = keygen(&["--out", key_s, "--force", "--node", &node.spec()]);
+    for want in SNIPPET_MUST_HAVE {
+        assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
+    }
     let line = key_line(&stdout);
     node.set_authorized_keys(&format!("{line}\n"));
     let t = NodeTunnel::connect(&node.node(), settings)
@@ -368,16 +458,20 @@ fn connects(ns: &str, as_nobody: bool, addr: Ipv4Addr, port: u16) -> bool {
 
 #[test]
 fn in_a_namespace_the_rules_keep_the_tunnel_user_to_the_allowed_addresses_and_not_root() {
+    require_root("network namespaces and nft");
     assert!(
         support::can_use_netns(),
-        "this test needs root and iproute2's `ip` (apt-get install -y iproute2; run as root, as .ci/run does)"
+        "this test needs iproute2's `ip` (apt-get install -y iproute2)"
     );
-    require_tool("nft", "--version", "nftables");
+    let nft = nft();
     require_tool("setpriv", "--version", "util-linux");
     let ns = support::Netns::create();
     let node_addr = ns.node_addr;
     let pod = Ipv4Addr::new(10, 244, 7, 10);
     let svc = Ipv4Addr::new(10, 96, 0, 10);
+    // A service IP kube-proxy rewrites (below) to `outside`, as it does to a backend pod on
+    // another node.
+    let svc_dnat = Ipv4Addr::new(10, 96, 0, 20);
     let outside = Ipv4Addr::new(192, 0, 2, 10);
     for a in [pod, svc, outside] {
         support::ip(&[
@@ -413,13 +507,43 @@ fn in_a_namespace_the_rules_keep_the_tunnel_user_to_the_allowed_addresses_and_no
     for _ in 0..2 {
         run_ok(
             Command::new("ip")
-                .args(["netns", "exec", &ns.name, "nft", "-f"])
+                .args(["netns", "exec", &ns.name, nft, "-f"])
                 .arg(&file),
         );
     }
+    // kube-proxy's DNAT: a nat output chain at priority -100 (before the rules' filter chain
+    // at 0) sends svc_dnat:8080 to outside:8080. The rules must judge the address dialled.
+    // A route, so the dial gets as far as the nat hook (a service IP has one via the
+    // node's default route); DNAT then re-routes it to the local `outside`.
+    support::ip(&[
+        "-n",
+        &ns.name,
+        "route",
+        "add",
+        &format!("{svc_dnat}/32"),
+        "dev",
+        "lo",
+    ]);
+    let kube_proxy = dir.path().join("kube-proxy.nft");
+    std::fs::write(
+        &kube_proxy,
+        format!(
+            "table ip kube_proxy_test {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\t\tip daddr {svc_dnat} tcp dport 8080 dnat to {outside}:8080\n\t}}\n}}\n"
+        ),
+    )
+    .unwrap();
+    run_ok(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, nft, "-f"])
+            .arg(&kube_proxy),
+    );
     let listed =
-        run_ok(Command::new("ip").args(["netns", "exec", &ns.name, "nft", "list", "tables"]));
-    assert_eq!(listed.trim(), "table inet kube_ssh_tunnel", "{listed}");
+        run_ok(Command::new("ip").args(["netns", "exec", &ns.name, nft, "list", "tables"]));
+    assert_eq!(
+        listed.trim(),
+        "table inet kube_ssh_tunnel\ntable ip kube_proxy_test",
+        "{listed}"
+    );
     // Dropped before `ns`, so the namespace is deleted with nothing left in it.
     let _listener = Listener::start(&ns.name, &[10250, 10248, 8080, 10999]);
     let lo = Ipv4Addr::LOCALHOST;
@@ -428,6 +552,8 @@ fn in_a_namespace_the_rules_keep_the_tunnel_user_to_the_allowed_addresses_and_no
         (lo, 10248, true),
         (pod, 8080, true),
         (svc, 8080, true),
+        // Allowed: the service IP dialled, though the packet leaves for `outside`.
+        (svc_dnat, 8080, true),
         (node_addr, 10999, false),
         (lo, 10999, false),
         (outside, 8080, false),

@@ -166,6 +166,22 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
                 })?;
                 addresses.push(ip);
             }
+            // A pod or service CIDR holding a node's address would open all of that node's
+            // ports, not just --node-port.
+            for n in &nodes {
+                for cidr in &n.pod_cidrs {
+                    nft::check_cidr_excludes_nodes(
+                        &format!("pod CIDR of {}", n.name),
+                        cidr,
+                        &addresses,
+                    )
+                    .map_err(CliError::usage)?;
+                }
+            }
+            for cidr in &a.service_cidr {
+                nft::check_cidr_excludes_nodes("--service-cidr", cidr, &addresses)
+                    .map_err(CliError::usage)?;
+            }
         }
     }
     let user = a.ssh_user.as_deref().unwrap_or("USER");
@@ -244,6 +260,8 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
             .collect();
         outln!("    PermitOpen {}", permit.join(" "));
     }
+    outln!("    AllowStreamLocalForwarding no");
+    outln!("    PermitTunnel no");
     outln!("    AllowAgentForwarding no");
     outln!("    X11Forwarding no");
     outln!("    PermitTTY no");
