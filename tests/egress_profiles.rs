@@ -1,13 +1,14 @@
 //! keygen's egress profiles against the real thing: `--allow cluster`'s nftables rules pass
 //! `nft -c`, its key line lets a real sshd carry pod and service dials that the `kubelet`
 //! line refuses, and, loaded in a network namespace of our own, the rules keep the tunnel's
-//! user (here `nobody`) to the allowed addresses while root is not affected. And the
+//! user (here `nobody`) to the allowed addresses (judged before a kube-proxy-like DNAT; IPv4
+//! and ::1) while root is not affected. And the
 //! examples' health probe (the kubelet's `http://127.0.0.1:10248/healthz`) passes through
 //! the line `keygen --loopback-port 10248` prints, and fails without it.
 
 mod support;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -377,7 +378,7 @@ async fn the_cluster_line_carries_pod_and_service_dials_and_the_kubelet_line_ref
     assert!(reply.contains("node-1"), "{reply}");
 }
 
-/// A server (python3, as root) inside a namespace; killed by PID when dropped (it also exits
+/// A server (python3, as root) inside a namespace, on IPv4 and IPv6; killed by PID when dropped (it also exits
 /// by itself after 5 minutes).
 struct Listener(Child);
 
@@ -387,9 +388,10 @@ impl Listener {
 import socket, select, sys, time
 socks = []
 for p in sys.argv[1:]:
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(p)))
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", int(p)))
     s.listen(64)
     socks.append(s)
 print("ready", flush=True)
@@ -433,7 +435,7 @@ impl Drop for Listener {
 
 /// Whether a TCP connect to `addr:port` inside `ns` succeeds, as `nobody` or as root (bash's
 /// /dev/tcp, so nothing under root's home needs to be readable by nobody).
-fn connects(ns: &str, as_nobody: bool, addr: Ipv4Addr, port: u16) -> bool {
+fn connects(ns: &str, as_nobody: bool, addr: IpAddr, port: u16) -> bool {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns]);
     if as_nobody {
@@ -547,29 +549,38 @@ fn in_a_namespace_the_rules_keep_the_tunnel_user_to_the_allowed_addresses_and_no
     // Dropped before `ns`, so the namespace is deleted with nothing left in it.
     let _listener = Listener::start(&ns.name, &[10250, 10248, 8080, 10999]);
     let lo = Ipv4Addr::LOCALHOST;
+    let lo6 = IpAddr::from(Ipv6Addr::LOCALHOST);
+    let v4 = IpAddr::from;
     for (addr, port, allowed) in [
-        (node_addr, 10250, true),
-        (lo, 10248, true),
-        (pod, 8080, true),
-        (svc, 8080, true),
+        (v4(node_addr), 10250, true),
+        (v4(lo), 10248, true),
+        (lo6, 10248, true),
+        (v4(pod), 8080, true),
+        (v4(svc), 8080, true),
         // Allowed: the service IP dialled, though the packet leaves for `outside`.
-        (svc_dnat, 8080, true),
-        (node_addr, 10999, false),
-        (lo, 10999, false),
-        (outside, 8080, false),
-        (outside, 10250, false),
+        (v4(svc_dnat), 8080, true),
+        (v4(node_addr), 10999, false),
+        (v4(lo), 10999, false),
+        (lo6, 10999, false),
+        (v4(outside), 8080, false),
+        (v4(outside), 10250, false),
     ] {
         assert_eq!(
             connects(&ns.name, true, addr, port),
             allowed,
-            "nobody connecting to {addr}:{port} (allowed: {allowed})"
+            "nobody connecting to {addr} port {port} (allowed: {allowed})"
         );
     }
     // Root is not the tunnel's user: the rules leave it alone.
-    for (addr, port) in [(outside, 8080), (node_addr, 10999), (lo, 10999)] {
+    for (addr, port) in [
+        (v4(outside), 8080),
+        (v4(node_addr), 10999),
+        (v4(lo), 10999),
+        (lo6, 10999),
+    ] {
         assert!(
             connects(&ns.name, false, addr, port),
-            "root connecting to {addr}:{port}"
+            "root connecting to {addr} port {port}"
         );
     }
 }
