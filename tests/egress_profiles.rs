@@ -4,7 +4,9 @@
 //! user (here `nobody`) to the allowed addresses (judged before a kube-proxy-like DNAT; IPv4
 //! and ::1) while root is not affected. And the
 //! examples' health probe (the kubelet's `http://127.0.0.1:10248/healthz`) passes through
-//! the line `keygen --loopback-port 10248` prints, and fails without it.
+//! the line `keygen --loopback-port 10248` prints, and fails without it. The cluster line
+//! reaches a Unix socket unless keygen's sshd_config snippet (AllowStreamLocalForwarding no)
+//! is applied.
 
 mod support;
 
@@ -693,4 +695,144 @@ async fn the_examples_health_probe_passes_with_keygens_loopback_port_10248() {
     let (health, state) = probe_through(&cluster, &key, &key_line(&without)).await;
     assert!(!health.ok, "the probe passed without --loopback-port");
     assert_eq!(state, TunnelState::Degraded, "{:?}", health.error);
+}
+
+/// What `ssh -L 127.0.0.1:PORT:SOCKET` (a `direct-streamlocal` channel, as any SSH client can
+/// ask for) brings back from a Unix socket that answers `unix-socket-reached`: the text, or
+/// an empty string when sshd refused the channel.
+fn through_unix_socket(node: &support::TestNode, user: &str, key: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    let sock = node.dir.join("streamlocal.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    // Answers every connection until told to stop (at most 60 s).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            for _ in 0..1200 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok((mut c, _)) = listener.accept() {
+                    let _ = c.write_all(b"unix-socket-reached\n");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut ssh = Command::new("ssh")
+        .args(["-N", "-F", "/dev/null", "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-p",
+            &node.ssh_port.to_string(),
+            "-L",
+        ])
+        .arg(format!("127.0.0.1:{port}:{}", sock.display()))
+        .arg(format!("{user}@{}", node.addr))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ssh (openssh-client)");
+    let up = support::wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut got = String::new();
+    if up {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.read_to_string(&mut got);
+    }
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().unwrap();
+    assert!(up, "ssh -L did not listen on 127.0.0.1:{port}");
+    let _ = std::fs::remove_file(&sock);
+    got
+}
+
+#[test]
+fn the_cluster_line_reaches_unix_sockets_unless_the_snippet_turns_streamlocal_off() {
+    require_tool("ssh", "-V", "openssh-client");
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let key = cluster.path().join("kg/id_ed25519");
+    let stdout = keygen(&[
+        "--out",
+        key.to_str().unwrap(),
+        "--allow",
+        "cluster",
+        "--ssh-user",
+        &cluster.user,
+        "--service-cidr",
+        &format!("{}/32", cluster.service_addr),
+        "--node",
+        &node.spec(),
+    ]);
+    node.set_authorized_keys(&format!("{}\n", key_line(&stdout)));
+    // A node as sshd ships: Unix-socket forwarding on, no PermitOpen (the cluster profile's).
+    let config = node.dir.join("sshd_config");
+    let template = std::fs::read_to_string(&config).unwrap();
+    let stock: String = template
+        .lines()
+        .map(|l| match l {
+            "AllowStreamLocalForwarding no" => "AllowStreamLocalForwarding yes".to_string(),
+            l if l.starts_with("PermitOpen ") => "PermitOpen any".to_string(),
+            l => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    assert!(
+        stock.contains("AllowStreamLocalForwarding yes\n"),
+        "{stock}"
+    );
+    // keygen's sshd_config snippet: `Match User …` and its indented lines.
+    let snippet: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Match User "))
+        .take_while(|l| l.starts_with("Match User ") || l.starts_with("    "))
+        .collect();
+    assert!(
+        snippet.contains(&"    AllowStreamLocalForwarding no"),
+        "{snippet:?}"
+    );
+    // `restrict` alone would refuse it, but `port-forwarding` turns it back on.
+    std::fs::write(&config, &stock).unwrap();
+    node.restart_sshd();
+    let got = through_unix_socket(node, &cluster.user, &key);
+    assert_eq!(
+        got.trim(),
+        "unix-socket-reached",
+        "the cluster line without the snippet; sshd log:\n{}",
+        node.sshd_log()
+    );
+    // With keygen's snippet, sshd refuses the channel.
+    std::fs::write(&config, format!("{stock}{}\n", snippet.join("\n"))).unwrap();
+    node.restart_sshd();
+    let got = through_unix_socket(node, &cluster.user, &key);
+    assert_eq!(got, "", "the snippet let a Unix socket through");
+    assert!(
+        node.sshd_log().contains("refused streamlocal port forward"),
+        "sshd log:\n{}",
+        node.sshd_log()
+    );
 }
