@@ -1,13 +1,16 @@
 //! keygen's egress profiles against the real thing: `--allow cluster`'s nftables rules pass
 //! `nft -c`, its key line lets a real sshd carry pod and service dials that the `kubelet`
 //! line refuses, and, loaded in a network namespace of our own, the rules keep the tunnel's
-//! user (here `nobody`) to the allowed addresses while root is not affected. And the
+//! user (here `nobody`) to the allowed addresses (judged before a kube-proxy-like DNAT; IPv4
+//! and ::1) while root is not affected. And the
 //! examples' health probe (the kubelet's `http://127.0.0.1:10248/healthz`) passes through
-//! the line `keygen --loopback-port 10248` prints, and fails without it.
+//! the line `keygen --loopback-port 10248` prints, and fails without it. The cluster line
+//! reaches a Unix socket unless keygen's sshd_config snippet (AllowStreamLocalForwarding no)
+//! is applied.
 
 mod support;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +28,37 @@ fn require_tool(tool: &str, version_arg: &str, package: &str) {
         "this test needs `{tool}` (apt-get install -y --no-install-recommends {package}; scripts/test installs it)"
     );
 }
+
+/// The `nft` binary: `nft` when it is on PATH, else /usr/sbin/nft (a PATH without sbin).
+/// Fails the test, naming the tool, when neither runs.
+fn nft() -> &'static str {
+    for cand in ["nft", "/usr/sbin/nft"] {
+        let ran = run_bounded(Command::new(cand).arg("--version"), b"", TOOL_LIMIT);
+        if ran.is_ok_and(|r| r.status.success()) {
+            return cand;
+        }
+    }
+    panic!(
+        "this test needs `nft` (on PATH or /usr/sbin/nft; apt-get install -y --no-install-recommends nftables; scripts/test installs it)"
+    )
+}
+
+/// Fails the test, naming what is missing, unless we are root: `nft -c` needs
+/// CAP_NET_ADMIN even to check a file, and would otherwise fail with a puzzling error.
+fn require_root(why: &str) {
+    assert!(
+        support::is_root(),
+        "this test needs root ({why}); run it as root, as .ci/run does"
+    );
+}
+
+/// The sshd_config lines both profiles' snippets must carry: `port-forwarding` in the key
+/// line enables Unix-socket forwarding (direct-streamlocal) too, which neither permitopen nor
+/// the nftables rules limit, and tun forwarding must stay off whatever the main file says.
+const SNIPPET_MUST_HAVE: [&str; 2] = [
+    "    AllowStreamLocalForwarding no\n",
+    "    PermitTunnel no\n",
+];
 
 /// Runs `keygen ARGS` (exit 0 expected) and returns its stdout.
 fn keygen(args: &[&str]) -> String {
@@ -72,7 +106,8 @@ fn rules_for(stdout: &str, node: &str) -> String {
 
 #[test]
 fn nft_accepts_the_rules_keygen_prints_for_ipv4_and_ipv6_nodes() {
-    require_tool("nft", "--version", "nftables");
+    require_root("nft -c needs CAP_NET_ADMIN");
+    let nft = nft();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("id_ed25519");
     let stdout = keygen(&[
@@ -100,9 +135,18 @@ fn nft_accepts_the_rules_keygen_prints_for_ipv4_and_ipv6_nodes() {
     assert!(!line.contains("permitopen"), "{line}");
     assert!(line.contains("port forwarding only"), "{line}");
     assert!(!stdout.contains("PermitOpen "), "{stdout}");
+    for want in SNIPPET_MUST_HAVE {
+        assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
+    }
     for (node, want) in [
-        ("node-1", "ip daddr 10.0.0.5 tcp dport { 10250 } accept"),
-        ("node-6", "ip6 daddr fd00::6 tcp dport { 10250 } accept"),
+        (
+            "node-1",
+            "ct original ip daddr 10.0.0.5 tcp dport { 10250 } accept",
+        ),
+        (
+            "node-6",
+            "ct original ip6 daddr fd00::6 tcp dport { 10250 } accept",
+        ),
     ] {
         let rules = rules_for(&stdout, node);
         assert!(rules.contains(want), "{want} missing from\n{rules}");
@@ -110,7 +154,7 @@ fn nft_accepts_the_rules_keygen_prints_for_ipv4_and_ipv6_nodes() {
         let file = dir.path().join(format!("{node}.nft"));
         std::fs::write(&file, &rules).unwrap();
         let o = run_bounded(
-            Command::new("nft").arg("-c").arg("-f").arg(&file),
+            Command::new(nft).arg("-c").arg("-f").arg(&file),
             b"",
             TOOL_LIMIT,
         )
@@ -177,6 +221,52 @@ fn keygen_names_bad_profile_and_cidr_input_and_exits_2() {
             ]
             .concat(),
             "names no node",
+        ),
+        (
+            [&base[..], &["--service-cidr", "10.0.0.0/7"]].concat(),
+            "--service-cidr 10.0.0.0/7 is wider than /8",
+        ),
+        (
+            [&base[..], &["--service-cidr", "fd00::/31"]].concat(),
+            "--service-cidr fd00::/31 is wider than /32",
+        ),
+        (
+            [&base[..], &["--service-cidr", "127.0.0.0/24"]].concat(),
+            "contains the loopback address 127.0.0.1",
+        ),
+        (
+            [
+                &base[..],
+                &[
+                    "--service-cidr",
+                    "10.96.0.0/12",
+                    "--pod-cidr",
+                    "node-1=::/64",
+                ],
+            ]
+            .concat(),
+            "contains the loopback address ::1",
+        ),
+        (
+            // The node's own address inside the service CIDR: sshd, etcd … would open.
+            [&base[..], &["--service-cidr", "10.0.0.0/24"]].concat(),
+            "--service-cidr 10.0.0.0/24 contains the node address 10.0.0.5",
+        ),
+        (
+            // Another node's address inside node-1's pod CIDR.
+            [
+                &base[..],
+                &[
+                    "--node",
+                    "node-2=10.244.1.7",
+                    "--service-cidr",
+                    "10.96.0.0/12",
+                    "--pod-cidr",
+                    "node-1=10.244.1.0/24",
+                ],
+            ]
+            .concat(),
+            "pod CIDR of node-1 10.244.1.0/24 contains the node address 10.244.1.7",
         ),
         (
             vec!["--out", out, "--service-cidr", "10.96.0.0/12"],
@@ -268,6 +358,9 @@ async fn the_cluster_line_carries_pod_and_service_dials_and_the_kubelet_line_ref
 
     // The kubelet line (the default profile) for the same key: the kubelet only.
     let stdout = keygen(&["--out", key_s, "--force", "--node", &node.spec()]);
+    for want in SNIPPET_MUST_HAVE {
+        assert!(stdout.contains(want), "{want:?} missing from\n{stdout}");
+    }
     let line = key_line(&stdout);
     node.set_authorized_keys(&format!("{line}\n"));
     let t = NodeTunnel::connect(&node.node(), settings)
@@ -287,7 +380,7 @@ async fn the_cluster_line_carries_pod_and_service_dials_and_the_kubelet_line_ref
     assert!(reply.contains("node-1"), "{reply}");
 }
 
-/// A server (python3, as root) inside a namespace; killed by PID when dropped (it also exits
+/// A server (python3, as root) inside a namespace, on IPv4 and IPv6; killed by PID when dropped (it also exits
 /// by itself after 5 minutes).
 struct Listener(Child);
 
@@ -297,9 +390,10 @@ impl Listener {
 import socket, select, sys, time
 socks = []
 for p in sys.argv[1:]:
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(p)))
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", int(p)))
     s.listen(64)
     socks.append(s)
 print("ready", flush=True)
@@ -343,7 +437,7 @@ impl Drop for Listener {
 
 /// Whether a TCP connect to `addr:port` inside `ns` succeeds, as `nobody` or as root (bash's
 /// /dev/tcp, so nothing under root's home needs to be readable by nobody).
-fn connects(ns: &str, as_nobody: bool, addr: Ipv4Addr, port: u16) -> bool {
+fn connects(ns: &str, as_nobody: bool, addr: IpAddr, port: u16) -> bool {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns]);
     if as_nobody {
@@ -368,16 +462,20 @@ fn connects(ns: &str, as_nobody: bool, addr: Ipv4Addr, port: u16) -> bool {
 
 #[test]
 fn in_a_namespace_the_rules_keep_the_tunnel_user_to_the_allowed_addresses_and_not_root() {
+    require_root("network namespaces and nft");
     assert!(
         support::can_use_netns(),
-        "this test needs root and iproute2's `ip` (apt-get install -y iproute2; run as root, as .ci/run does)"
+        "this test needs iproute2's `ip` (apt-get install -y iproute2)"
     );
-    require_tool("nft", "--version", "nftables");
+    let nft = nft();
     require_tool("setpriv", "--version", "util-linux");
     let ns = support::Netns::create();
     let node_addr = ns.node_addr;
     let pod = Ipv4Addr::new(10, 244, 7, 10);
     let svc = Ipv4Addr::new(10, 96, 0, 10);
+    // A service IP kube-proxy rewrites (below) to `outside`, as it does to a backend pod on
+    // another node.
+    let svc_dnat = Ipv4Addr::new(10, 96, 0, 20);
     let outside = Ipv4Addr::new(192, 0, 2, 10);
     for a in [pod, svc, outside] {
         support::ip(&[
@@ -413,37 +511,78 @@ fn in_a_namespace_the_rules_keep_the_tunnel_user_to_the_allowed_addresses_and_no
     for _ in 0..2 {
         run_ok(
             Command::new("ip")
-                .args(["netns", "exec", &ns.name, "nft", "-f"])
+                .args(["netns", "exec", &ns.name, nft, "-f"])
                 .arg(&file),
         );
     }
+    // kube-proxy's DNAT: a nat output chain at priority -100 (before the rules' filter chain
+    // at 0) sends svc_dnat:8080 to outside:8080. The rules must judge the address dialled.
+    // A route, so the dial gets as far as the nat hook (a service IP has one via the
+    // node's default route); DNAT then re-routes it to the local `outside`.
+    support::ip(&[
+        "-n",
+        &ns.name,
+        "route",
+        "add",
+        &format!("{svc_dnat}/32"),
+        "dev",
+        "lo",
+    ]);
+    let kube_proxy = dir.path().join("kube-proxy.nft");
+    std::fs::write(
+        &kube_proxy,
+        format!(
+            "table ip kube_proxy_test {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n\t\tip daddr {svc_dnat} tcp dport 8080 dnat to {outside}:8080\n\t}}\n}}\n"
+        ),
+    )
+    .unwrap();
+    run_ok(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, nft, "-f"])
+            .arg(&kube_proxy),
+    );
     let listed =
-        run_ok(Command::new("ip").args(["netns", "exec", &ns.name, "nft", "list", "tables"]));
-    assert_eq!(listed.trim(), "table inet kube_ssh_tunnel", "{listed}");
+        run_ok(Command::new("ip").args(["netns", "exec", &ns.name, nft, "list", "tables"]));
+    assert_eq!(
+        listed.trim(),
+        "table inet kube_ssh_tunnel\ntable ip kube_proxy_test",
+        "{listed}"
+    );
     // Dropped before `ns`, so the namespace is deleted with nothing left in it.
     let _listener = Listener::start(&ns.name, &[10250, 10248, 8080, 10999]);
     let lo = Ipv4Addr::LOCALHOST;
+    let lo6 = IpAddr::from(Ipv6Addr::LOCALHOST);
+    let v4 = IpAddr::from;
     for (addr, port, allowed) in [
-        (node_addr, 10250, true),
-        (lo, 10248, true),
-        (pod, 8080, true),
-        (svc, 8080, true),
-        (node_addr, 10999, false),
-        (lo, 10999, false),
-        (outside, 8080, false),
-        (outside, 10250, false),
+        (v4(node_addr), 10250, true),
+        (v4(lo), 10248, true),
+        (lo6, 10248, true),
+        (v4(pod), 8080, true),
+        (v4(svc), 8080, true),
+        // Allowed: the service IP dialled, though the packet leaves for `outside`.
+        (v4(svc_dnat), 8080, true),
+        (v4(node_addr), 10999, false),
+        (v4(lo), 10999, false),
+        (lo6, 10999, false),
+        (v4(outside), 8080, false),
+        (v4(outside), 10250, false),
     ] {
         assert_eq!(
             connects(&ns.name, true, addr, port),
             allowed,
-            "nobody connecting to {addr}:{port} (allowed: {allowed})"
+            "nobody connecting to {addr} port {port} (allowed: {allowed})"
         );
     }
     // Root is not the tunnel's user: the rules leave it alone.
-    for (addr, port) in [(outside, 8080), (node_addr, 10999), (lo, 10999)] {
+    for (addr, port) in [
+        (v4(outside), 8080),
+        (v4(node_addr), 10999),
+        (v4(lo), 10999),
+        (lo6, 10999),
+    ] {
         assert!(
             connects(&ns.name, false, addr, port),
-            "root connecting to {addr}:{port}"
+            "root connecting to {addr} port {port}"
         );
     }
 }
@@ -556,4 +695,144 @@ async fn the_examples_health_probe_passes_with_keygens_loopback_port_10248() {
     let (health, state) = probe_through(&cluster, &key, &key_line(&without)).await;
     assert!(!health.ok, "the probe passed without --loopback-port");
     assert_eq!(state, TunnelState::Degraded, "{:?}", health.error);
+}
+
+/// What `ssh -L 127.0.0.1:PORT:SOCKET` (a `direct-streamlocal` channel, as any SSH client can
+/// ask for) brings back from a Unix socket that answers `unix-socket-reached`: the text, or
+/// an empty string when sshd refused the channel.
+fn through_unix_socket(node: &support::TestNode, user: &str, key: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+    let sock = node.dir.join("streamlocal.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    // Answers every connection until told to stop (at most 60 s).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            for _ in 0..1200 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok((mut c, _)) = listener.accept() {
+                    let _ = c.write_all(b"unix-socket-reached\n");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut ssh = Command::new("ssh")
+        .args(["-N", "-F", "/dev/null", "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-p",
+            &node.ssh_port.to_string(),
+            "-L",
+        ])
+        .arg(format!("127.0.0.1:{port}:{}", sock.display()))
+        .arg(format!("{user}@{}", node.addr))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ssh (openssh-client)");
+    let up = support::wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut got = String::new();
+    if up {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.read_to_string(&mut got);
+    }
+    let _ = ssh.kill();
+    let _ = ssh.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().unwrap();
+    assert!(up, "ssh -L did not listen on 127.0.0.1:{port}");
+    let _ = std::fs::remove_file(&sock);
+    got
+}
+
+#[test]
+fn the_cluster_line_reaches_unix_sockets_unless_the_snippet_turns_streamlocal_off() {
+    require_tool("ssh", "-V", "openssh-client");
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let key = cluster.path().join("kg/id_ed25519");
+    let stdout = keygen(&[
+        "--out",
+        key.to_str().unwrap(),
+        "--allow",
+        "cluster",
+        "--ssh-user",
+        &cluster.user,
+        "--service-cidr",
+        &format!("{}/32", cluster.service_addr),
+        "--node",
+        &node.spec(),
+    ]);
+    node.set_authorized_keys(&format!("{}\n", key_line(&stdout)));
+    // A node as sshd ships: Unix-socket forwarding on, no PermitOpen (the cluster profile's).
+    let config = node.dir.join("sshd_config");
+    let template = std::fs::read_to_string(&config).unwrap();
+    let stock: String = template
+        .lines()
+        .map(|l| match l {
+            "AllowStreamLocalForwarding no" => "AllowStreamLocalForwarding yes".to_string(),
+            l if l.starts_with("PermitOpen ") => "PermitOpen any".to_string(),
+            l => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    assert!(
+        stock.contains("AllowStreamLocalForwarding yes\n"),
+        "{stock}"
+    );
+    // keygen's sshd_config snippet: `Match User …` and its indented lines.
+    let snippet: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Match User "))
+        .take_while(|l| l.starts_with("Match User ") || l.starts_with("    "))
+        .collect();
+    assert!(
+        snippet.contains(&"    AllowStreamLocalForwarding no"),
+        "{snippet:?}"
+    );
+    // `restrict` alone would refuse it, but `port-forwarding` turns it back on.
+    std::fs::write(&config, &stock).unwrap();
+    node.restart_sshd();
+    let got = through_unix_socket(node, &cluster.user, &key);
+    assert_eq!(
+        got.trim(),
+        "unix-socket-reached",
+        "the cluster line without the snippet; sshd log:\n{}",
+        node.sshd_log()
+    );
+    // With keygen's snippet, sshd refuses the channel.
+    std::fs::write(&config, format!("{stock}{}\n", snippet.join("\n"))).unwrap();
+    node.restart_sshd();
+    let got = through_unix_socket(node, &cluster.user, &key);
+    assert_eq!(got, "", "the snippet let a Unix socket through");
+    assert!(
+        node.sshd_log().contains("refused streamlocal port forward"),
+        "sshd log:\n{}",
+        node.sshd_log()
+    );
 }

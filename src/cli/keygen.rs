@@ -166,6 +166,22 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
                 })?;
                 addresses.push(ip);
             }
+            // A pod or service CIDR holding a node's address would open all of that node's
+            // ports, not just --node-port.
+            for n in &nodes {
+                for cidr in &n.pod_cidrs {
+                    nft::check_cidr_excludes_nodes(
+                        &format!("pod CIDR of {}", n.name),
+                        cidr,
+                        &addresses,
+                    )
+                    .map_err(CliError::usage)?;
+                }
+            }
+            for cidr in &a.service_cidr {
+                nft::check_cidr_excludes_nodes("--service-cidr", cidr, &addresses)
+                    .map_err(CliError::usage)?;
+            }
         }
     }
     let user = a.ssh_user.as_deref().unwrap_or("USER");
@@ -244,6 +260,8 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
             .collect();
         outln!("    PermitOpen {}", permit.join(" "));
     }
+    outln!("    AllowStreamLocalForwarding no");
+    outln!("    PermitTunnel no");
     outln!("    AllowAgentForwarding no");
     outln!("    X11Forwarding no");
     outln!("    PermitTTY no");
@@ -266,9 +284,11 @@ pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
     for (n, address) in nodes.iter().zip(addresses) {
         outln!();
         outln!(
-            "# nftables on {}: save as /etc/nftables.d/kube-ssh-tunnel.nft, include it from /etc/nftables.conf,\n\
-             # load it with `nft -f /etc/nftables.d/kube-ssh-tunnel.nft`. {user} may open TCP connections only to\n\
-             # these; anything else is refused (TCP reset) or dropped. Other users are not affected.{}",
+            "# nftables on {}: save as /etc/kube-ssh-tunnel/egress.nft, load it with\n\
+             # `nft -f /etc/kube-ssh-tunnel/egress.nft`, and at boot with a oneshot unit (docs/security.md),\n\
+             # not from /etc/nftables.conf: its `flush ruleset` wipes kube-proxy's and the CNI's tables.\n\
+             # {user} may open TCP connections only to these (the address dialled, before kube-proxy's\n\
+             # DNAT); anything else is refused (TCP reset) or dropped. Other users are not affected.{}",
             n.name,
             if n.pod_cidrs.is_empty() {
                 "\n# This node has no pod CIDR here (--pod-cidr NAME=CIDR): its pods are not reachable."

@@ -4,8 +4,13 @@
 //! and the services carries no `permitopen`, so the node's kernel limits where the tunnel's
 //! SSH user may connect instead. sshd's session process runs as that user and makes the
 //! `direct-tcpip` connections, so `meta skuid USER` matches exactly the tunnel's dials.
+//!
+//! Every address is matched as `ct original ip daddr`: the destination the user dialled.
+//! kube-proxy's nat output chain (priority -100) rewrites a service IP to a backend pod's IP
+//! before this filter chain (priority 0) sees the packet, and Cilium rewrites it at
+//! `connect()`; conntrack already holds the original tuple for the first packet here.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -46,11 +51,23 @@ pub fn check_user(user: &str) -> Result<(), String> {
     }
 }
 
-/// Checks a CIDR given for the rules (`what` names the flag): no host bits, not /0.
+/// The shortest prefix a pod or service CIDR may have: /8 for IPv4, /32 for IPv6.
+fn min_prefix(cidr: &IpNet) -> u8 {
+    match cidr {
+        IpNet::V4(_) => 8,
+        IpNet::V6(_) => 32,
+    }
+}
+
+/// Checks a CIDR given for the rules (`what` names the flag): no host bits, at least /8
+/// (IPv4) or /32 (IPv6), and neither 127.0.0.1 nor ::1 in it (a lab's nodes may live on other
+/// 127.x addresses).
 pub fn check_cidr(what: &str, cidr: &IpNet) -> Result<(), String> {
-    if cidr.prefix_len() == 0 {
+    if cidr.prefix_len() < min_prefix(cidr) {
         return Err(format!(
-            "{what} {cidr} allows every address; give the cluster's range, e.g. 10.96.0.0/12"
+            "{what} {cidr} is wider than /{} and would let the tunnel's user reach far more than \
+             the cluster; give the cluster's range, e.g. 10.96.0.0/12 or fd00:96::/112",
+            min_prefix(cidr)
         ));
     }
     if cidr.trunc() != *cidr {
@@ -59,12 +76,43 @@ pub fn check_cidr(what: &str, cidr: &IpNet) -> Result<(), String> {
             cidr.trunc()
         ));
     }
+    let loopback = [
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(Ipv6Addr::LOCALHOST),
+    ];
+    if let Some(lo) = loopback.iter().find(|lo| cidr.contains(*lo)) {
+        return Err(format!(
+            "{what} {cidr} contains the loopback address {lo}: it would open every service on \
+             a node's loopback to the tunnel's user; give the cluster's range, and \
+             --loopback-port for the loopback ports the tunnel needs"
+        ));
+    }
     Ok(())
 }
 
-/// `ip daddr` or `ip6 daddr`.
+/// Checks that a pod or service CIDR holds none of the node addresses: it would open every
+/// port of those nodes (sshd, the apiserver, etcd) to the tunnel's user, not just
+/// `--node-port`.
+pub fn check_cidr_excludes_nodes(what: &str, cidr: &IpNet, nodes: &[IpAddr]) -> Result<(), String> {
+    match nodes.iter().find(|a| cidr.contains(*a)) {
+        Some(a) => Err(format!(
+            "{what} {cidr} contains the node address {a}: it would open every port of that node \
+             (sshd, the apiserver, etcd) to the tunnel's user; give the pod or service range \
+             only (kubectl get node NAME -o jsonpath='{{.spec.podCIDRs}}', the apiserver's \
+             --service-cluster-ip-range)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The destination the user dialled, before any DNAT: `ct original ip daddr` or
+/// `ct original ip6 daddr`.
 fn daddr(v6: bool) -> &'static str {
-    if v6 { "ip6 daddr" } else { "ip daddr" }
+    if v6 {
+        "ct original ip6 daddr"
+    } else {
+        "ct original ip daddr"
+    }
 }
 
 fn join<T: ToString>(items: &[T]) -> String {
@@ -152,14 +200,18 @@ mod tests {
         });
         for want in [
             "meta skuid \"kube-tunnel\" jump tunnel_user",
-            "ip daddr 10.0.0.5 tcp dport { 10250 } accept",
-            "ip daddr 127.0.0.1 tcp dport { 10248 } accept",
-            "ip6 daddr ::1 tcp dport { 10248 } accept",
-            "ip daddr { 10.244.1.0/24 } meta l4proto tcp accept comment \"pods\"",
-            "ip6 daddr { fd00:10::/64 } meta l4proto tcp accept comment \"pods\"",
-            "ip daddr { 10.96.0.0/12 } meta l4proto tcp accept comment \"services\"",
+            "ct original ip daddr 10.0.0.5 tcp dport { 10250 } accept",
+            "ct original ip daddr 127.0.0.1 tcp dport { 10248 } accept",
+            "ct original ip6 daddr ::1 tcp dport { 10248 } accept",
+            "ct original ip daddr { 10.244.1.0/24 } meta l4proto tcp accept comment \"pods\"",
+            "ct original ip6 daddr { fd00:10::/64 } meta l4proto tcp accept comment \"pods\"",
+            "ct original ip daddr { 10.96.0.0/12 } meta l4proto tcp accept comment \"services\"",
         ] {
             assert!(r.contains(want), "{want} missing from\n{r}");
+        }
+        // No address is matched after DNAT.
+        for line in r.lines().filter(|l| l.contains("daddr")) {
+            assert!(line.contains("ct original ip"), "{line}");
         }
         assert!(!r.contains("\n\n"), "a blank line inside:\n{r}");
         assert!(r.ends_with("}\n"));
@@ -176,5 +228,35 @@ mod tests {
         assert!(e.contains("10.244.1.0/24"), "{e}");
         assert!(check_cidr("--service-cidr", &"0.0.0.0/0".parse().unwrap()).is_err());
         assert!(check_cidr("--service-cidr", &"10.96.0.0/12".parse().unwrap()).is_ok());
+        assert!(check_cidr("--service-cidr", &"fd00:96::/112".parse().unwrap()).is_ok());
+        assert!(check_cidr("--pod-cidr", &"10.0.0.0/8".parse().unwrap()).is_ok());
+        assert!(check_cidr("--pod-cidr", &"fd00::/32".parse().unwrap()).is_ok());
+        for (wide, want) in [
+            ("10.0.0.0/7", "wider than /8"),
+            ("fd00::/31", "wider than /32"),
+        ] {
+            let e = check_cidr("--pod-cidr", &wide.parse().unwrap()).unwrap_err();
+            assert!(e.contains(want), "{wide}: {e}");
+        }
+        for lo in ["127.0.0.0/8", "127.0.0.0/24", "::1/128", "::/64"] {
+            let e = check_cidr("--service-cidr", &lo.parse().unwrap()).unwrap_err();
+            assert!(e.contains("loopback"), "{lo}: {e}");
+        }
+        // A lab's pods on other 127.x addresses (the test harness) are not 127.0.0.1.
+        assert!(check_cidr("--pod-cidr", &"127.208.36.0/24".parse().unwrap()).is_ok());
+        let nodes: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "fd00::6".parse().unwrap()];
+        for (cidr, ok) in [
+            ("10.0.0.0/24", false),
+            ("10.0.0.5/32", false),
+            ("fd00::/64", false),
+            ("10.96.0.0/12", true),
+            ("fd00:96::/112", true),
+        ] {
+            let r = check_cidr_excludes_nodes("--service-cidr", &cidr.parse().unwrap(), &nodes);
+            assert_eq!(r.is_ok(), ok, "{cidr}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.contains("contains the node address"), "{e}");
+            }
+        }
     }
 }
