@@ -110,7 +110,7 @@ async fn at_the_connection_cap_a_dial_takes_the_least_busy_connection_and_no_mor
     };
     ssh.open_timeout = Duration::from_secs(60);
     let pool = Arc::new(Pool::with_config(cfg, cluster.node_list()).unwrap());
-    wait_ready(&pool, "node-1", 10, "node-1").await;
+    wait_ready(&pool, "node-1", 30, "node-1").await;
     let d = dest(node.addr, ECHO_PORT);
     let primary = pool.tunnel("node-1").unwrap();
 
@@ -218,7 +218,7 @@ async fn retire_keeps_the_open_stream(
             .is_some_and(|t| !Arc::ptr_eq(&t, &old))),
         "node-1 gets a new connection"
     );
-    wait_ready(pool, "node-1", 10, "the new connection").await;
+    wait_ready(pool, "node-1", 30, "the new connection").await;
     let new = pool.tunnel("node-1").unwrap();
 
     // The open stream still carries its bytes, intact, on the old connection.
@@ -270,7 +270,7 @@ async fn an_address_change_keeps_the_open_stream_and_new_dials_go_to_the_new_con
     let cluster = Cluster::start(2);
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
     let pool = Pool::with_config(config(&cluster), vec![n1.node()]).unwrap();
-    wait_ready(&pool, "node-1", 10, "node-1").await;
+    wait_ready(&pool, "node-1", 30, "node-1").await;
     // node-1 moves to node-2's address (node-2's sshd, trusted by address in known_hosts).
     let moved = Node {
         address: n2.addr.to_string(),
@@ -297,7 +297,7 @@ async fn reconnect_keeps_the_open_stream_and_new_dials_go_to_the_new_connection(
     let cluster = Cluster::start(1);
     let n1 = &cluster.nodes[0];
     let pool = Pool::with_config(config(&cluster), cluster.node_list()).unwrap();
-    wait_ready(&pool, "node-1", 10, "node-1").await;
+    wait_ready(&pool, "node-1", 30, "node-1").await;
     retire_keeps_the_open_stream(
         &cluster,
         &pool,

@@ -136,7 +136,10 @@ async fn one_node(
 ) -> Result<Outcome, CliError> {
     let deadline = Instant::now() + timeout;
     let path = format!("/nodes/{name}/reconnect");
+    // Taken before each request: the new connection may be up before the answer arrives.
+    let mut asked;
     loop {
+        asked = Instant::now();
         let (code, body) = request_with_token(ep, "POST", &path, REQUEST_TIMEOUT, token)
             .await
             .map_err(|e| unreachable(ep, e))?;
@@ -150,7 +153,6 @@ async fn one_node(
             _ => return Ok(Outcome::Refused(format!("HTTP {code}: {}", body.trim()))),
         }
     }
-    let asked = Instant::now();
     loop {
         tokio::time::sleep(POLL).await;
         let (doc, _) = fetch(ep, token).await?;
