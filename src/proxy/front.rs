@@ -260,24 +260,21 @@ impl ConnectFront {
                 .await;
             }
         };
-        // A drained node's name, address or alias: say so, and how to undo it (before the
-        // policy, which would only see an address no node claims now).
-        if let Some(d) = self.pool.drain_of(&dest.host) {
-            let name = d.node.name.clone();
-            return respond(
-                &self.pool,
-                &mut io,
-                &Failure::new(503, Some(&name), &dest.to_string(), drained_reason(&d)),
-            )
-            .await;
-        }
         if let Err(Denied(why)) = self.policy.check_routes(&dest, &self.pool.routes()) {
-            return respond(
-                &self.pool,
-                &mut io,
-                &Failure::new(403, None, &dest.to_string(), why),
-            )
-            .await;
+            // A drained node is out of the routes, so the policy sees its name, address or
+            // alias as nobody's: say it is drained, and how to undo it. Checked only here, off
+            // the path of every dial (the drain list sits behind the lock a node-set update
+            // holds).
+            let failure = match self.pool.drain_of(&dest.host) {
+                Some(d) => Failure::new(
+                    503,
+                    Some(&d.node.name),
+                    &dest.to_string(),
+                    drained_reason(&d),
+                ),
+                None => Failure::new(403, None, &dest.to_string(), why),
+            };
+            return respond(&self.pool, &mut io, &failure).await;
         }
         let outcome = tokio::select! {
             r = self.pool.dial_any(&dest) => Some(r),
