@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::backoff::BackoffPolicy;
 use super::health::HealthConfig;
+use super::transport::{Connector, SshConnector};
 use crate::ssh::SshSettings;
 
 /// Pool-wide behaviour.
@@ -41,6 +42,8 @@ pub struct PoolConfig {
     /// While a node fails the same way, a summary line at most this often (see
     /// `pool::failure_log`).
     pub failure_log_interval: Duration,
+    /// Makes the connections to nodes (SSH by default; tests put a fake behind this seam).
+    pub connector: Arc<dyn Connector>,
 }
 
 impl PoolConfig {
@@ -60,6 +63,7 @@ impl PoolConfig {
             max_connections_per_node: 8,
             service_cidrs: Vec::new(),
             failure_log_interval: Duration::from_secs(300),
+            connector: Arc::new(SshConnector),
         }
     }
 

@@ -118,12 +118,15 @@ impl Pool {
             settings: &self.cfg.ssh,
             link: slot.link(),
             handshakes: &self.handshakes,
+            connector: &self.cfg.connector,
+            tasks: &self.tasks,
         };
         match slot.overflow().open(dial, host, port).await {
             Ok(s) => Ok(s),
             Err(overflow::OverflowError::Open(e)) => Err(e),
+            // Logged (warn) once by the growth that failed, not by every dial it turns away.
             Err(overflow::OverflowError::Connect(e)) => {
-                tracing::warn!(node = %node.name, error = %e, "channel limit reached and another connection to the node failed");
+                tracing::debug!(node = %node.name, error = %e, "channel limit reached and another connection to the node failed");
                 Err(OpenError::AtCapacity { limit })
             }
         }

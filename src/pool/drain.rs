@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::ssh::NodeTunnel;
+use super::transport::Link;
 
 /// How often a draining connection's open-channel count is checked.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -16,10 +16,12 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// exiting) for `tunnel`'s open channels to finish, then disconnects it. Returns the number
 /// of channels that were still open when it was closed.
 pub async fn drain_tunnel(
-    tunnel: Arc<NodeTunnel>,
+    tunnel: Arc<dyn Link>,
     timeout: Duration,
     stop: CancellationToken,
 ) -> usize {
+    // No dial lands on it from now on (one that holds it fails over with `ConnectionLost`).
+    tunnel.close_to_new();
     let deadline = tokio::time::Instant::now() + timeout;
     while !tunnel.is_closed()
         && tunnel.open_channels() > 0

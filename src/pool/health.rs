@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::state::HealthResult;
+use super::transport::Link;
 use crate::error::{ConfigError, ProbeError};
 use crate::node::Node;
-use crate::ssh::NodeTunnel;
 
 /// What a probe does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +97,7 @@ impl Default for HealthConfig {
 }
 
 /// Runs one probe through `tunnel` within the configured timeout.
-pub async fn probe(tunnel: &NodeTunnel, node: &Node, cfg: &HealthConfig) -> HealthResult {
+pub async fn probe(tunnel: &dyn Link, node: &Node, cfg: &HealthConfig) -> HealthResult {
     let start = Instant::now();
     let mut answered = false;
     let outcome =
@@ -117,7 +117,7 @@ pub async fn probe(tunnel: &NodeTunnel, node: &Node, cfg: &HealthConfig) -> Heal
 /// Opens the probe's channel; `answered` becomes true once sshd has answered the open
 /// (confirmed it, or refused it: that answer proves the link).
 async fn open_probe(
-    tunnel: &NodeTunnel,
+    tunnel: &dyn Link,
     host: &str,
     port: u16,
     answered: &mut bool,
@@ -128,7 +128,7 @@ async fn open_probe(
 }
 
 async fn run(
-    tunnel: &NodeTunnel,
+    tunnel: &dyn Link,
     node: &Node,
     cfg: &HealthConfig,
     answered: &mut bool,

@@ -37,7 +37,12 @@ impl Pool {
             self.metrics.clone(),
             self.tasks.clone(),
         ));
-        self.slots.insert(node.name, slot);
+        // Never a silent replacement: a slot that was there (a race between two changes of
+        // the same node) is stopped and drained, or its supervisor would live on unseen.
+        if let Some(old) = self.slots.insert(node.name.clone(), slot) {
+            tracing::warn!(node = %node.name, "a node was added twice: retiring the older connection");
+            self.retire(old, "replaced by a new connection");
+        }
     }
 
     /// Moves `slot` out of the dialable set and drains it in the background.

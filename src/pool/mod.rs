@@ -16,14 +16,19 @@ pub mod diff;
 mod drain;
 pub mod drained;
 mod failure_log;
+#[cfg(test)]
+mod fake;
 pub mod health;
 mod index;
 mod lifecycle;
 mod overflow;
+#[cfg(test)]
+mod races;
 pub mod route;
 mod slot;
 pub mod state;
 mod supervisor;
+pub mod transport;
 mod vet;
 
 use std::collections::HashMap;
@@ -38,12 +43,13 @@ use tokio::sync::Semaphore;
 
 use crate::error::ConfigError;
 use crate::node::Node;
-use crate::ssh::{NodeTunnel, SshSettings};
+use crate::ssh::SshSettings;
 pub use config::PoolConfig;
 pub use health::{HealthConfig, Probe};
 use lifecycle::{log_refusals, validate};
 use slot::NodeSlot;
 pub use state::{HealthResult, NodeStatus, TunnelState};
+use transport::Link;
 
 /// What `Pool::update` changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -226,7 +232,7 @@ impl Pool {
     }
 
     /// The current live tunnel of node `name`, if connected.
-    pub fn tunnel(&self, name: &str) -> Option<Arc<NodeTunnel>> {
+    pub fn tunnel(&self, name: &str) -> Option<Arc<dyn Link>> {
         self.slot(name)?.live()
     }
 

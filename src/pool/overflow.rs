@@ -7,37 +7,68 @@
 //!   its whole buffer, or bulk data; see `ssh::congestion`): it goes to an uncongested extra
 //!   connection of the node.
 //!
-//! Extras are opened here on demand (one at a time per node, bounded by the connect timeout,
-//! the pool's handshake limit and `max_connections_per_node`) and closed again once they have
-//! been idle for `idle_timeout`. At the per-node cap a dial takes the least busy connection
+//! Extras are opened here on demand, one at a time per node, bounded by the connect timeout,
+//! the pool's handshake limit and `max_connections_per_node`. No dial ever waits behind
+//! another dial: the connection being made (a "growth") runs in its own task, every dial that
+//! needs it waits for that one outcome (bounded), and a failed connect is remembered for
+//! `FAILED_CONNECT_MEMORY` so that the dials after it do not try again one by one. Channel
+//! opens never run under a lock. At the per-node cap a dial takes the least busy connection
 //! with room, congested or not: better a slow dial than a failed one.
+//!
+//! An extra is closed once it has had no channel for `idle_timeout`, measured from the end of
+//! its last channel (`ssh::channel_count`), and only if no dial took a place on it meanwhile:
+//! the gate and the count are one atomic word, so a dial never lands on a connection that is
+//! being retired.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
+use super::transport::{Connector, Link};
 use crate::error::{ConnectError, OpenError};
 use crate::node::Node;
 use crate::ssh::stream::LinkStats;
-use crate::ssh::{NodeTunnel, SshSettings, TunnelStream};
+use crate::ssh::{SshSettings, TunnelStream};
+use crate::tasks::Tasks;
 
 /// OpenSSH's per-connection channel ceiling; a limit must stay below it.
 pub const OPENSSH_CHANNEL_CEILING: usize = 16_384;
 
-struct Extra {
-    tunnel: Arc<NodeTunnel>,
-    /// When it last had no channel (None while busy).
-    idle_since: Option<Instant>,
+/// How long a failed connect to a node keeps the next dials from trying another one.
+pub const FAILED_CONNECT_MEMORY: Duration = Duration::from_secs(5);
+
+/// What a growth ended with (shared by every dial waiting for it).
+#[derive(Clone, Debug)]
+enum Grown {
+    Link(Arc<dyn Link>),
+    Failed(Arc<ConnectError>),
+    /// No handshake permit within the connect timeout (the pool is reconnecting many nodes),
+    /// or the daemon is stopping.
+    NoHandshake,
+}
+
+#[derive(Default)]
+struct Growth {
+    /// A connection being made: dials wait for its outcome instead of making their own.
+    pending: Option<watch::Receiver<Option<Grown>>>,
+    /// The last growth failed, when and why.
+    failed: Option<(Instant, Arc<ConnectError>)>,
+}
+
+#[derive(Default)]
+struct Extras {
+    links: Vec<Arc<dyn Link>>,
+    /// The node is retired: a growth that ends now disconnects its connection instead.
+    retired: bool,
 }
 
 /// A node's extra connections.
 #[derive(Default)]
 pub struct Overflow {
-    extras: Mutex<Vec<Extra>>,
-    /// Held while a new extra connection is being made, so that a burst of dials at the
-    /// ceiling makes one connection, not one each.
-    grow: tokio::sync::Mutex<()>,
+    extras: Arc<Mutex<Extras>>,
+    growth: Arc<Mutex<Growth>>,
 }
 
 /// Why a dial comes to the extras.
@@ -58,10 +89,13 @@ pub struct OverflowDial<'a> {
     /// Most connections to the node, the supervised one included.
     pub max_connections: usize,
     /// The supervised connection (the fallback at the cap), if live.
-    pub primary: Option<Arc<NodeTunnel>>,
+    pub primary: Option<Arc<dyn Link>>,
     pub settings: &'a Arc<SshSettings>,
     pub link: &'a LinkStats,
     pub handshakes: &'a Arc<Semaphore>,
+    pub connector: &'a Arc<dyn Connector>,
+    /// Owns the growth task (the pool's tasks).
+    pub tasks: &'a Tasks,
 }
 
 /// Why a dial found no room on any of a node's connections.
@@ -71,63 +105,65 @@ pub enum OverflowError {
     Connect(Arc<ConnectError>),
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Overflow {
     /// The live extra connections.
-    pub fn tunnels(&self) -> Vec<Arc<NodeTunnel>> {
-        let guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());
-        guard
+    pub fn tunnels(&self) -> Vec<Arc<dyn Link>> {
+        lock(&self.extras)
+            .links
             .iter()
-            .filter(|e| !e.tunnel.is_closed())
-            .map(|e| e.tunnel.clone())
+            .filter(|t| !t.is_closed())
+            .cloned()
             .collect()
     }
 
     /// How many extra connections are live, and the channels open on them (no allocation:
     /// routing asks this on every dial).
     pub fn load(&self) -> (usize, usize) {
-        let guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());
-        guard
+        lock(&self.extras)
+            .links
             .iter()
-            .filter(|e| !e.tunnel.is_closed())
-            .fold((0, 0), |(n, open), e| {
-                (n + 1, open + e.tunnel.open_channels())
-            })
+            .filter(|t| !t.is_closed())
+            .fold((0, 0), |(n, open), t| (n + 1, open + t.open_channels()))
     }
 
-    /// Takes every extra connection out (node removed or shutting down); the caller drains them.
-    pub fn take_all(&self) -> Vec<Arc<NodeTunnel>> {
-        let mut guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());
-        guard.drain(..).map(|e| e.tunnel).collect()
+    /// Takes every extra connection out (node removed or shutting down); the caller drains
+    /// them. A connection still being made is disconnected when it is ready.
+    pub fn take_all(&self) -> Vec<Arc<dyn Link>> {
+        let mut guard = lock(&self.extras);
+        guard.retired = true;
+        guard.links.drain(..).collect()
     }
 
-    /// Removes closed extras, and those idle for `idle_timeout`; returns the idle ones for the
-    /// caller to close (a dial that took a place on one meanwhile is drained, not cut).
-    pub fn reap(&self, idle_timeout: Duration) -> Vec<Arc<NodeTunnel>> {
-        let now = Instant::now();
-        let mut guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());
+    /// Forgets closed extras, and closes to new channels those idle for `idle_timeout`;
+    /// returns the latter for the caller to disconnect. One that a dial took a place on
+    /// meanwhile stays (the gate and the count are one atomic word).
+    pub fn reap(&self, idle_timeout: Duration) -> Vec<Arc<dyn Link>> {
+        let mut guard = lock(&self.extras);
         let mut out = Vec::new();
-        guard.retain_mut(|e| {
-            let verdict = reap_verdict(
-                e.tunnel.is_closed(),
-                e.tunnel.open_channels(),
-                &mut e.idle_since,
-                now,
-                idle_timeout,
-            );
-            if verdict == Reap::Close {
-                out.push(e.tunnel.clone());
-            }
-            verdict == Reap::Keep
-        });
+        guard.links.retain(
+            |t| match reap_verdict(t.is_closed(), t.idle_for(), idle_timeout) {
+                Reap::Forget => false,
+                Reap::Keep => true,
+                Reap::Close if t.close_if_idle() => {
+                    out.push(t.clone());
+                    false
+                }
+                Reap::Close => true,
+            },
+        );
         out
     }
 
     /// Live extra connections that are congested now.
     pub fn congested(&self) -> usize {
-        let guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());
-        guard
+        lock(&self.extras)
+            .links
             .iter()
-            .filter(|e| !e.tunnel.is_closed() && e.tunnel.is_congested())
+            .filter(|t| !t.is_closed() && t.is_congested())
             .count()
     }
 
@@ -144,73 +180,82 @@ impl Overflow {
         if let Some(r) = self.try_existing(host, port, d.limit, calm).await {
             return r;
         }
-        let growing = self.grow.lock().await;
-        // Someone else may have made room while we waited.
-        if let Some(r) = self.try_existing(host, port, d.limit, calm).await {
-            return r;
+        let waiting = match self.join_or_grow(&d) {
+            Join::Wait(rx) => rx,
+            Join::AtCap => return self.fallback(&d, host, port).await,
+            Join::Remembered(e) => return self.grow_failed(&d, e, host, port).await,
+        };
+        // A growth is bounded by the handshake wait and the connect, each at most the
+        // connect timeout; so is this wait (and the growth runs on if this dial leaves).
+        let limit = d.settings.connect_timeout * 2 + Duration::from_secs(1);
+        let mut rx = waiting;
+        let outcome = tokio::time::timeout(limit, rx.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|v| v.clone()));
+        match outcome {
+            Some(Grown::Link(t)) => match t.open_limited(host, port, d.limit).await {
+                Err(OpenError::AtCapacity { .. }) | Err(OpenError::ConnectionLost) => {
+                    self.fallback(&d, host, port).await
+                }
+                r => r.map_err(OverflowError::Open),
+            },
+            Some(Grown::Failed(e)) => self.grow_failed(&d, e, host, port).await,
+            Some(Grown::NoHandshake) | None => self.fallback(&d, host, port).await,
+        }
+    }
+
+    /// Joins the growth in progress, or starts one (under the node's cap, unless a connect
+    /// failed a moment ago). Never awaits.
+    fn join_or_grow(&self, d: &OverflowDial<'_>) -> Join {
+        let mut g = lock(&self.growth);
+        if let Some(rx) = &g.pending {
+            return Join::Wait(rx.clone());
+        }
+        if let Some((at, e)) = &g.failed {
+            if at.elapsed() < FAILED_CONNECT_MEMORY {
+                return Join::Remembered(e.clone());
+            }
+            g.failed = None;
         }
         if self.load().0 + 1 >= d.max_connections {
-            // Not under the lock: the fallback's opens may wait on congested connections.
-            drop(growing);
-            return self.fallback(&d, host, port).await;
+            return Join::AtCap;
         }
-        // The handshake limit is shared by the whole pool: wait for it no longer than a
-        // connect may take.
-        let permit = tokio::time::timeout(
-            d.settings.connect_timeout,
-            d.handshakes.clone().acquire_owned(),
-        )
-        .await;
-        let permit = match permit {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(OverflowError::Open(OpenError::ConnectionLost)),
-            Err(_) => {
-                drop(growing);
-                return self.fallback(&d, host, port).await;
-            }
+        let (tx, rx) = watch::channel(None);
+        g.pending = Some(rx.clone());
+        drop(g);
+        let job = GrowJob {
+            node: d.node.clone(),
+            reason: d.reason,
+            limit: d.limit,
+            settings: d.settings.clone(),
+            link: d.link.clone(),
+            handshakes: d.handshakes.clone(),
+            connector: d.connector.clone(),
+            extras: self.extras.clone(),
+            growth: self.growth.clone(),
+            stop: d.tasks.token().clone(),
         };
-        let tunnel = match NodeTunnel::connect_with(d.node, d.settings.clone(), d.link.clone())
-            .await
-        {
-            Ok(t) => Arc::new(t),
-            Err(e) if d.reason == Reason::Isolation => {
-                drop(permit);
-                drop(growing);
-                tracing::warn!(node = %d.node.name, error = %e, "could not open another connection to isolate a dial from a congested one; using the congested one");
-                return self.fallback(&d, host, port).await;
-            }
-            Err(e) => return Err(OverflowError::Connect(Arc::new(e))),
-        };
-        drop(permit);
-        let count = {
-            let mut guard = self.extras.lock().unwrap_or_else(|p| p.into_inner());
-            guard.push(Extra {
-                tunnel: tunnel.clone(),
-                idle_since: None,
-            });
-            guard.len()
-        };
-        drop(growing);
+        d.tasks.spawn(async move {
+            let outcome = job.run().await;
+            let _ = tx.send(Some(outcome));
+        });
+        Join::Wait(rx)
+    }
+
+    /// A connect failed (now or a moment ago): an isolation dial takes a congested
+    /// connection instead; a dial at the channel limit has nowhere to go.
+    async fn grow_failed(
+        &self,
+        d: &OverflowDial<'_>,
+        e: Arc<ConnectError>,
+        host: &str,
+        port: u16,
+    ) -> Result<TunnelStream, OverflowError> {
         match d.reason {
-            Reason::Capacity => tracing::info!(
-                node = %d.node.name,
-                connections = count + 1,
-                limit = d.limit,
-                "channel limit reached: opened another connection to the node"
-            ),
-            Reason::Isolation => {
-                d.link.isolation_connections.inc();
-                tracing::info!(
-                    node = %d.node.name,
-                    connections = count + 1,
-                    "the node's connections are congested: opened another one for new dials"
-                );
-            }
+            Reason::Isolation => self.fallback(d, host, port).await,
+            Reason::Capacity => Err(OverflowError::Connect(e)),
         }
-        tunnel
-            .open_limited(host, port, d.limit)
-            .await
-            .map_err(OverflowError::Open)
     }
 
     /// At the per-node cap: the connection with the fewest open channels that has room,
@@ -221,7 +266,7 @@ impl Overflow {
         host: &str,
         port: u16,
     ) -> Result<TunnelStream, OverflowError> {
-        let mut all: Vec<Arc<NodeTunnel>> = self.tunnels();
+        let mut all: Vec<Arc<dyn Link>> = self.tunnels();
         all.extend(d.primary.iter().filter(|t| !t.is_closed()).cloned());
         // Uncongested first, then the least loaded.
         all.sort_by_key(|t| (t.is_congested(), t.open_channels()));
@@ -256,38 +301,138 @@ impl Overflow {
     }
 }
 
+/// What a dial does about a new connection.
+enum Join {
+    /// Wait for this growth's outcome.
+    Wait(watch::Receiver<Option<Grown>>),
+    /// The node is at its connection cap.
+    AtCap,
+    /// A connect failed a moment ago.
+    Remembered(Arc<ConnectError>),
+}
+
+/// One growth: a new extra connection, made in its own task.
+struct GrowJob {
+    node: Node,
+    reason: Reason,
+    limit: usize,
+    settings: Arc<SshSettings>,
+    link: LinkStats,
+    handshakes: Arc<Semaphore>,
+    connector: Arc<dyn Connector>,
+    extras: Arc<Mutex<Extras>>,
+    growth: Arc<Mutex<Growth>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl GrowJob {
+    async fn run(self) -> Grown {
+        let outcome = tokio::select! {
+            o = self.connect() => o,
+            _ = self.stop.cancelled() => Grown::NoHandshake,
+        };
+        // Published and cleared under the growth lock, so a dial either joins this growth
+        // (and gets its outcome) or sees its connection in the list.
+        if let Some(orphan) = self.settle(&outcome) {
+            tracing::info!(node = %self.node.name, "node retired while another connection to it was made: closing it");
+            orphan.disconnect().await;
+            return Grown::NoHandshake;
+        }
+        outcome
+    }
+
+    /// Records the outcome (a new extra, or a failure to remember); returns a connection that
+    /// came too late (the node retired meanwhile) for the caller to disconnect.
+    fn settle(&self, outcome: &Grown) -> Option<Arc<dyn Link>> {
+        let mut g = lock(&self.growth);
+        g.pending = None;
+        match outcome {
+            Grown::Link(t) => {
+                let mut extras = lock(&self.extras);
+                if extras.retired {
+                    return Some(t.clone());
+                }
+                extras.links.push(t.clone());
+                let count = extras.links.len();
+                drop(extras);
+                drop(g);
+                self.log_opened(count);
+            }
+            Grown::Failed(e) => {
+                g.failed = Some((Instant::now(), e.clone()));
+                drop(g);
+                match self.reason {
+                    Reason::Isolation => {
+                        tracing::warn!(node = %self.node.name, error = %e, "could not open another connection to isolate a dial from a congested one; using the congested one")
+                    }
+                    Reason::Capacity => {
+                        tracing::warn!(node = %self.node.name, error = %e, "channel limit reached and another connection to the node failed")
+                    }
+                }
+            }
+            Grown::NoHandshake => {}
+        }
+        None
+    }
+
+    async fn connect(&self) -> Grown {
+        // The handshake limit is shared by the whole pool: wait for it no longer than a
+        // connect may take.
+        let permit = tokio::time::timeout(
+            self.settings.connect_timeout,
+            self.handshakes.clone().acquire_owned(),
+        )
+        .await;
+        let Ok(Ok(_permit)) = permit else {
+            return Grown::NoHandshake;
+        };
+        match self
+            .connector
+            .connect(&self.node, self.settings.clone(), self.link.clone())
+            .await
+        {
+            Ok(t) => Grown::Link(t),
+            Err(e) => Grown::Failed(Arc::new(e)),
+        }
+    }
+
+    fn log_opened(&self, extras: usize) {
+        match self.reason {
+            Reason::Capacity => tracing::info!(
+                node = %self.node.name,
+                connections = extras + 1,
+                limit = self.limit,
+                "channel limit reached: opened another connection to the node"
+            ),
+            Reason::Isolation => {
+                self.link.isolation_connections.inc();
+                tracing::info!(
+                    node = %self.node.name,
+                    connections = extras + 1,
+                    "the node's connections are congested: opened another one for new dials"
+                );
+            }
+        }
+    }
+}
+
 /// What `reap` does with one extra connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reap {
     Keep,
     /// Closed already: forget it.
     Forget,
-    /// Idle for the timeout: take it out and close it.
+    /// Idle for the timeout: close it to new channels (if still idle) and disconnect it.
     Close,
 }
 
-/// `reap`'s decision for one extra connection: closed ones are forgotten; a busy one is kept
-/// and its idle clock reset; an idle one starts its clock, and is closed once idle for
-/// `idle_timeout`.
-fn reap_verdict(
-    closed: bool,
-    open_channels: usize,
-    idle_since: &mut Option<Instant>,
-    now: Instant,
-    idle_timeout: Duration,
-) -> Reap {
-    if closed {
-        return Reap::Forget;
-    }
-    if open_channels > 0 {
-        *idle_since = None;
-        return Reap::Keep;
-    }
-    let since = *idle_since.get_or_insert(now);
-    if now.duration_since(since) >= idle_timeout {
-        Reap::Close
-    } else {
-        Reap::Keep
+/// `reap`'s decision for one extra connection: closed ones are forgotten; one without a
+/// channel for `idle_timeout` (since its last channel ended) is closed; others are kept.
+fn reap_verdict(closed: bool, idle_for: Option<Duration>, idle_timeout: Duration) -> Reap {
+    match (closed, idle_for) {
+        (true, _) => Reap::Forget,
+        (false, Some(d)) if d >= idle_timeout => Reap::Close,
+        _ => Reap::Keep,
     }
 }
 
@@ -295,87 +440,40 @@ fn reap_verdict(
 mod tests {
     use super::*;
 
-    /// (what, closed, open channels, idle since before, now, verdict, idle since after)
-    type Row = (
-        &'static str,
-        bool,
-        usize,
-        Option<Instant>,
-        Instant,
-        Reap,
-        Option<Instant>,
-    );
-
     #[test]
     fn reap_table() {
-        let t0 = Instant::now();
         let idle = Duration::from_secs(60);
-        let s = |secs| t0 + Duration::from_secs(secs);
-        let rows: [Row; 7] = [
+        let s = Duration::from_secs;
+        let rows: [(&str, bool, Option<Duration>, Reap); 6] = [
             (
                 "a closed connection is forgotten",
                 true,
-                0,
-                None,
-                s(0),
-                Reap::Forget,
-                None,
-            ),
-            (
-                "closed wins over busy",
-                true,
-                5,
-                None,
-                s(0),
-                Reap::Forget,
-                None,
-            ),
-            ("a busy one is kept", false, 1, None, s(0), Reap::Keep, None),
-            (
-                "a busy one resets its idle clock",
-                false,
-                1,
                 Some(s(0)),
-                s(59),
-                Reap::Keep,
-                None,
+                Reap::Forget,
             ),
+            ("closed wins over busy", true, None, Reap::Forget),
+            ("a busy one is kept", false, None, Reap::Keep),
             (
-                "a newly idle one starts its clock",
+                "a channel ended a moment ago",
                 false,
-                0,
-                None,
-                s(5),
+                Some(s(0)),
                 Reap::Keep,
-                Some(s(5)),
             ),
             (
                 "idle, not yet for the timeout",
                 false,
-                0,
-                Some(s(0)),
-                s(59),
+                Some(s(59)),
                 Reap::Keep,
-                Some(s(0)),
             ),
             (
                 "idle for the timeout: closed",
                 false,
-                0,
-                Some(s(0)),
-                s(60),
+                Some(s(60)),
                 Reap::Close,
-                Some(s(0)),
             ),
         ];
-        for (what, closed, open, before, now, verdict, after) in rows {
-            let mut since = before;
-            assert_eq!(
-                reap_verdict(closed, open, &mut since, now, idle),
-                verdict,
-                "{what}"
-            );
-            assert_eq!(since, after, "{what}");
+        for (what, closed, idle_for, verdict) in rows {
+            assert_eq!(reap_verdict(closed, idle_for, idle), verdict, "{what}");
         }
     }
 }

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::failure_log::{FailureLog, Verdict};
 use super::overflow::Overflow;
 use super::state::{NodeStatus, TunnelState};
+use super::transport::Link;
 use crate::node::Node;
-use crate::ssh::NodeTunnel;
 use crate::ssh::stream::LinkStats;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,7 +26,7 @@ pub struct NotUsable {
 /// One node's place in the pool.
 pub struct NodeSlot {
     node: RwLock<Arc<Node>>,
-    current: RwLock<Option<Arc<NodeTunnel>>>,
+    current: RwLock<Option<Arc<dyn Link>>>,
     status: watch::Sender<NodeStatus>,
     /// Cancelled to stop this node's supervisor (removal, shutdown).
     stop: CancellationToken,
@@ -136,7 +136,7 @@ impl NodeSlot {
     }
 
     /// The live tunnel, if connected and not closed.
-    pub fn live(&self) -> Option<Arc<NodeTunnel>> {
+    pub fn live(&self) -> Option<Arc<dyn Link>> {
         let guard = self.current.read().ok()?;
         guard.as_ref().filter(|t| !t.is_closed()).cloned()
     }
@@ -156,7 +156,7 @@ impl NodeSlot {
         self.overflow.congested() + self.live().map_or(0, |t| usize::from(t.is_congested()))
     }
 
-    pub(crate) fn publish(&self, t: Option<Arc<NodeTunnel>>) -> Option<Arc<NodeTunnel>> {
+    pub(crate) fn publish(&self, t: Option<Arc<dyn Link>>) -> Option<Arc<dyn Link>> {
         match self.current.write() {
             Ok(mut g) => std::mem::replace(&mut *g, t),
             Err(_) => None,
@@ -263,7 +263,7 @@ impl NodeSlot {
     pub async fn wait_usable(
         &self,
         deadline: tokio::time::Instant,
-    ) -> Result<Arc<NodeTunnel>, NotUsable> {
+    ) -> Result<Arc<dyn Link>, NotUsable> {
         let mut rx = self.subscribe();
         loop {
             let st = rx.borrow_and_update().clone();

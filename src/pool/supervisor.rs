@@ -16,9 +16,9 @@ use super::drain::drain_tunnel;
 use super::health;
 use super::slot::NodeSlot;
 use super::state::TunnelState;
+use super::transport::Link;
 use crate::error::ProbeError;
 use crate::metrics::{CheckLabels, Metrics, NodeLabel};
-use crate::ssh::NodeTunnel;
 use crate::tasks::Tasks;
 
 /// How often the supervisor reaps the node's idle extra connections (and checks
@@ -59,7 +59,7 @@ pub(crate) async fn supervise(
         slot.update_status(|s| s.attempts += 1);
         let node = slot.node();
         let attempt = tokio::select! {
-            r = NodeTunnel::connect_with(&node, ssh.clone(), slot.link().clone()) => r,
+            r = cfg.connector.connect(&node, ssh.clone(), slot.link().clone()) => r,
             _ = slot.stopped() => return,
         };
         drop(permit);
@@ -70,7 +70,6 @@ pub(crate) async fn supervise(
         slot.update_status(|s| s.last_connect_error = connect_error);
         match attempt {
             Ok(tunnel) => {
-                let tunnel = Arc::new(tunnel);
                 let host_key = tunnel.host_key().to_string();
                 let host_key_trust = tunnel.host_key_trust();
                 let client_key = tunnel.client_key().to_string();
@@ -97,7 +96,7 @@ pub(crate) async fn supervise(
                 }
                 connected_once = true;
                 let up_since = Instant::now();
-                let why = watch_connection(&slot, &tunnel, &cfg, &kick, &metrics, &tasks)
+                let why = watch_connection(&slot, tunnel.as_ref(), &cfg, &kick, &metrics, &tasks)
                     .await
                     .to_string();
                 if slot.is_stopped() {
@@ -187,7 +186,7 @@ enum ConnectionEnd {
 /// Watches a ready connection; returns why it must be replaced.
 async fn watch_connection(
     slot: &NodeSlot,
-    tunnel: &NodeTunnel,
+    tunnel: &dyn Link,
     cfg: &PoolConfig,
     kick: &tokio_util::sync::CancellationToken,
     metrics: &Metrics,

@@ -3,6 +3,7 @@
 
 pub mod authorized;
 pub mod budget;
+pub mod channel_count;
 pub mod congestion;
 pub mod host_key_trust;
 pub mod keys;

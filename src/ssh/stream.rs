@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -41,6 +41,7 @@ use tokio::time::Instant;
 pub use crate::metrics::LinkStats;
 
 use super::budget::BufferBudget;
+use super::channel_count::OpenGuard;
 use super::congestion::Congestion;
 use super::settings::ChannelLimits;
 use super::spill::SpillFile;
@@ -157,28 +158,6 @@ pub(crate) struct ChannelCounters {
     pub(crate) open: OpenGuard,
     pub(crate) link: LinkStats,
     pub(crate) congestion: Arc<Congestion>,
-}
-
-/// One place in a connection's channel count, taken before the channel is opened (so that
-/// concurrent opens cannot overshoot a limit) and given back when dropped.
-pub(crate) struct OpenGuard(Arc<AtomicUsize>);
-
-impl OpenGuard {
-    /// Takes a place when fewer than `limit` are taken.
-    pub(crate) fn reserve(count: &Arc<AtomicUsize>, limit: usize) -> Option<OpenGuard> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| OpenGuard(count.clone()))
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// A bidirectional byte stream through one SSH `direct-tcpip` channel (AsyncRead + AsyncWrite).
@@ -767,3 +746,6 @@ impl Drop for TunnelStream {
         self.shared.space.notify_one();
     }
 }
+
+#[cfg(test)]
+mod memory;

@@ -3,7 +3,6 @@
 //! public-key auth, all under one timeout) and opens `direct-tcpip` channels on it, many at a
 //! time. Reconnection and health belong to the pool's supervisor, not here.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,12 +11,13 @@ use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::channel_count::{ChannelCount, NoPlace, OpenGuard};
 use super::congestion::Congestion;
 use super::host_key_trust::HostKeyTrust;
 use super::known_hosts::Verdict;
 use super::settings::SshSettings;
 use super::socket::QuickAckStream;
-use super::stream::{ChannelCounters, LinkStats, OpenGuard, TunnelStream};
+use super::stream::{ChannelCounters, LinkStats, TunnelStream};
 use super::verifier::{HostKeyReport, NodeHandler};
 use crate::error::{ConnectError, OpenError};
 use crate::node::Node;
@@ -34,7 +34,7 @@ pub struct NodeTunnel {
     host_key: String,
     host_key_trust: HostKeyTrust,
     client_key: String,
-    open_channels: Arc<AtomicUsize>,
+    open_channels: Arc<ChannelCount>,
     link: LinkStats,
     congestion: Arc<Congestion>,
     disconnect_reason: Arc<Mutex<Option<String>>>,
@@ -214,7 +214,7 @@ impl NodeTunnel {
             host_key,
             host_key_trust,
             client_key,
-            open_channels: Arc::new(AtomicUsize::new(0)),
+            open_channels: Arc::new(ChannelCount::default()),
             link,
             disconnect_reason,
             settings,
@@ -246,7 +246,12 @@ impl NodeTunnel {
 
     /// Channels open or being opened on this connection.
     pub fn open_channels(&self) -> usize {
-        self.open_channels.load(Ordering::Acquire)
+        self.open_channels.open()
+    }
+
+    /// The connection's channel count and gate (see `ssh::channel_count`).
+    pub fn channel_count(&self) -> &ChannelCount {
+        &self.open_channels
     }
 
     /// True while a new channel here would wait behind a slow reader or bulk data (see
@@ -306,8 +311,11 @@ impl NodeTunnel {
         if self.is_closed() {
             return Err(OpenError::ConnectionLost);
         }
-        let place = OpenGuard::reserve(&self.open_channels, limit)
-            .ok_or(OpenError::AtCapacity { limit })?;
+        let place = OpenGuard::reserve(&self.open_channels, limit).map_err(|e| match e {
+            NoPlace::Full => OpenError::AtCapacity { limit },
+            // Retiring: the dial goes to another connection, or waits for the next one.
+            NoPlace::Closed => OpenError::ConnectionLost,
+        })?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let handle = self.handle.clone();
         let host_owned = host.to_string();
