@@ -33,13 +33,25 @@ impl Pool {
         if let Some(slot) = slot {
             slot.count_dial(outcome != DialResult::Ok);
         }
-        let node = slot.map(|s| s.name()).unwrap_or_else(|| "-".into());
+        // A dial that ends after its node left the pool (a hanging open outlives the drain)
+        // is counted without a node: its series are gone and must not come back.
+        let node = slot
+            .map(|s| s.name())
+            .filter(|n| self.knows(n))
+            .unwrap_or_else(|| "-".into());
         let labels = DialLabels {
             node,
             result: outcome.as_str(),
         };
         self.metrics.dials.get_or_create(&labels).inc();
         self.metrics.dial_duration.observe(took.as_secs_f64());
+    }
+
+    /// True while node `name` has series: in the pool, draining, or drained.
+    fn knows(&self, name: &str) -> bool {
+        self.slots.contains_key(name)
+            || self.draining.iter().any(|d| d.name() == name)
+            || self.is_drained(name)
     }
 
     /// Dials counted for node `name`: (total, failed).

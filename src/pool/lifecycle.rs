@@ -23,6 +23,7 @@ const DRAINED: &str = "drained";
 
 impl Pool {
     pub(super) fn add(&self, node: Node) {
+        lock(&self.gone).remove(&node.name);
         self.metrics.init_node(&node.name);
         let slot = Arc::new(NodeSlot::new(
             node.clone(),
@@ -36,6 +37,7 @@ impl Pool {
             self.handshakes.clone(),
             self.metrics.clone(),
             self.tasks.clone(),
+            self.supervisors.clone(),
         ));
         // Never a silent replacement: a slot that was there (a race between two changes of
         // the same node) is stopped and drained, or its supervisor would live on unseen.
@@ -56,15 +58,17 @@ impl Pool {
         why: &str,
         timeout: Duration,
     ) -> tokio::task::JoinHandle<()> {
-        let forget = why == REMOVED;
         let name = slot.name();
+        if why == REMOVED {
+            lock(&self.gone).insert(name.clone());
+        }
         self.slots.remove_if(&name, |_, v| Arc::ptr_eq(v, &slot));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.draining.insert(id, slot.clone());
         slot.stop();
         slot.set_state(TunnelState::Draining, why);
         let draining = self.draining.clone();
-        let (slots, metrics) = (self.slots.clone(), self.metrics.clone());
+        let (slots, metrics, gone) = (self.slots.clone(), self.metrics.clone(), self.gone.clone());
         let stop = self.tasks.token().clone();
         self.tasks.spawn(async move {
             let extras = slot.overflow().take_all();
@@ -74,8 +78,12 @@ impl Pool {
                 .map(|t| drain::drain_tunnel(t, timeout, stop.clone()));
             futures::future::join_all(drains).await;
             draining.remove(&id);
-            // Gone for good (not replaced, re-added or drained by an operator): its series go.
-            if forget && !slots.contains_key(&name) {
+            // Gone for good (removed, not re-added), and this was the last of its connections
+            // to drain (a replaced one may drain longer than the removed one): its series go.
+            // Not before: a dial ending on a draining connection would bring them back.
+            let last = !slots.contains_key(&name) && !draining.iter().any(|d| d.value().name() == name);
+            let mut gone = lock(&gone);
+            if last && gone.remove(&name) {
                 metrics.forget_node(&name);
             }
         })
@@ -128,7 +136,12 @@ impl Pool {
             // Gone from the source while drained: its series go too.
             drained.remove(name);
             tracing::info!(node = %name, "drained node left the node source: drain forgotten");
-            self.metrics.forget_node(name);
+            // Its series go now, or when its connection (still draining) ends.
+            lock(&self.gone).insert(name.clone());
+            let draining = self.draining.iter().any(|d| d.value().name() == *name);
+            if !draining && lock(&self.gone).remove(name) {
+                self.metrics.forget_node(name);
+            }
         }
         // Every drained node keeps its latest vetted entry for `reconnect`, also when only the
         // vetting changed (another node joined, so its name or an alias may no longer route):
@@ -349,6 +362,10 @@ fn apply_annotations(drained: &mut HashMap<String, DrainRecord>, desired: &[Node
             _ => {}
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(super) fn validate(nodes: &[Node]) -> Result<(), ConfigError> {

@@ -21,6 +21,8 @@ mod fake;
 pub mod health;
 mod index;
 mod lifecycle;
+#[cfg(test)]
+mod model;
 mod overflow;
 #[cfg(test)]
 mod races;
@@ -81,6 +83,11 @@ pub struct Pool {
     /// The nodes and an index of their claims, rebuilt whenever the node set changes: what
     /// dials and the policy route against.
     routes: std::sync::RwLock<Arc<route::RouteTable>>,
+    /// Nodes removed from the set whose connections still drain: their metric series go
+    /// when the last one ends (unless the node comes back first).
+    gone: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Running supervisors by node name (each counts itself while it lives).
+    supervisors: Arc<DashMap<String, usize>>,
 }
 
 impl Pool {
@@ -130,6 +137,8 @@ impl Pool {
             left_out: std::sync::Mutex::new(HashMap::new()),
             tasks,
             routes: Default::default(),
+            supervisors: Arc::new(DashMap::new()),
+            gone: Default::default(),
         };
         pool.note_left_out(dropped);
         for n in nodes {
@@ -148,6 +157,15 @@ impl Pool {
         }
         pool.refresh_routes();
         Ok(pool)
+    }
+
+    /// Running supervisors by node name: one per node in the pool, none for a node that
+    /// left or is drained (a check for tests and audits).
+    pub fn supervisors(&self) -> HashMap<String, usize> {
+        self.supervisors
+            .iter()
+            .map(|r| (r.key().clone(), *r.value()))
+            .collect()
     }
 
     /// The pool's configuration.

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
 use super::backoff::Backoff;
@@ -36,7 +37,9 @@ pub(crate) async fn supervise(
     handshakes: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     tasks: Tasks,
+    census: Arc<DashMap<String, usize>>,
 ) {
+    let _running = Running::new(census, slot.name());
     let ssh = cfg.ssh.clone();
     let mut transient = Backoff::new(cfg.backoff);
     let mut human = Backoff::new(cfg.backoff_needs_human);
@@ -147,6 +150,32 @@ pub(crate) async fn supervise(
                 tracing::info!(node = %slot.name(), "trust files changed: retrying now");
             }
             _ = slot.stopped() => return,
+        }
+    }
+}
+
+/// Counts a running supervisor under its node's name while it lives (`Pool::supervisors`):
+/// a supervisor that outlives its slot shows there.
+struct Running {
+    census: Arc<DashMap<String, usize>>,
+    name: String,
+}
+
+impl Running {
+    fn new(census: Arc<DashMap<String, usize>>, name: String) -> Running {
+        *census.entry(name.clone()).or_insert(0) += 1;
+        Running { census, name }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let left = self.census.get_mut(&self.name).map(|mut n| {
+            *n -= 1;
+            *n
+        });
+        if left == Some(0) {
+            self.census.remove_if(&self.name, |_, n| *n == 0);
         }
     }
 }
