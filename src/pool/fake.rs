@@ -34,7 +34,6 @@ pub(crate) enum ConnectMode {
     Ok,
     Fail,
     /// Until the connect timeout.
-    #[allow(dead_code)]
     Hang,
 }
 

@@ -81,7 +81,8 @@ impl Pool {
             // Gone for good (removed, not re-added), and this was the last of its connections
             // to drain (a replaced one may drain longer than the removed one): its series go.
             // Not before: a dial ending on a draining connection would bring them back.
-            let last = !slots.contains_key(&name) && !draining.iter().any(|d| d.value().name() == name);
+            let last =
+                !slots.contains_key(&name) && !draining.iter().any(|d| d.value().name() == name);
             let mut gone = lock(&gone);
             if last && gone.remove(&name) {
                 metrics.forget_node(&name);

@@ -215,10 +215,7 @@ fn apply(
                     Ok(_) => "ok".to_string(),
                     Err(e) => e.to_string(),
                 };
-                outcomes
-                    .lock()
-                    .unwrap()
-                    .push((kind, r.is_ok(), took, what));
+                outcomes.lock().unwrap().push((kind, r.is_ok(), took, what));
                 if let Ok(s) = r {
                     held.lock().unwrap().push(s);
                 }
@@ -329,7 +326,9 @@ fn check_end(pool: &Pool, net: &FakeNet, model: &Model) -> Result<(), TestCaseEr
                 !text.contains(&label),
                 "series of {} are left after it left the node set: {:?}",
                 name,
-                text.lines().filter(|l| l.contains(&label)).collect::<Vec<_>>()
+                text.lines()
+                    .filter(|l| l.contains(&label))
+                    .collect::<Vec<_>>()
             );
         }
     }
@@ -367,7 +366,15 @@ fn model_fixed_seed() {
 fn model_random_seed() {
     let seed: [u8; 32] = rand::random();
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
-    let mut runner = TestRunner::new_with_rng(config(std::env::var("MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)), rng);
+    let mut runner = TestRunner::new_with_rng(
+        config(
+            std::env::var("MODEL_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(24),
+        ),
+        rng,
+    );
     if let Err(e) = runner.run(&sequences(), run) {
         panic!("{e}\n(seed {seed:?}: put it in model_fixed_seed to replay)");
     }

@@ -235,3 +235,30 @@ async fn a_dial_never_lands_on_a_retiring_connection() {
     assert_eq!((old.open_channels(), new.open_channels()), (1, 1));
     drop((busy, s));
 }
+
+/// A growth whose connect hangs: every dial that needs it waits for that one attempt (one
+/// connect, not one per dial), bounded by the connect timeout, then takes the congested
+/// connection rather than failing.
+#[tokio::test(start_paused = true)]
+async fn dials_share_one_hanging_growth_and_then_fall_back() {
+    let net = Arc::new(FakeNet::default());
+    let pool = Arc::new(fake_pool(&net, &["n1"], |_| {}));
+    ready(&pool, "n1").await;
+    net.live("n1")[0].set_congested(true);
+    net.set_connect("n1", ConnectMode::Hang);
+    let start = Instant::now();
+    let dials: Vec<_> = (0..3)
+        .map(|_| spawn_dial(&pool, "n1", "10.0.0.1"))
+        .collect();
+    for d in dials {
+        let (r, at) = d.await.unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        let took = at - start;
+        let connect = pool.config().ssh.connect_timeout;
+        assert!(
+            took >= connect && took <= connect + Duration::from_millis(100),
+            "took {took:?}"
+        );
+    }
+    assert_eq!(net.connects(), 2, "one connect for the three dials");
+}
