@@ -177,32 +177,33 @@ impl Overflow {
         port: u16,
     ) -> Result<TunnelStream, OverflowError> {
         let calm = d.reason == Reason::Isolation;
-        if let Some(r) = self.try_existing(host, port, d.limit, calm).await {
-            return r;
+        // Each round either finds room, or waits for one new connection (made by this dial
+        // or another): at most one round per connection the node may have.
+        for _ in 0..d.max_connections {
+            if let Some(r) = self.try_existing(host, port, d.limit, calm).await {
+                return r;
+            }
+            let mut rx = match self.join_or_grow(&d) {
+                Join::Wait(rx) => rx,
+                Join::AtCap => break,
+                Join::Remembered(e) => return self.grow_failed(&d, e, host, port).await,
+            };
+            // A growth is bounded by the handshake wait and the connect, each at most the
+            // connect timeout; so is this wait (and the growth runs on if this dial leaves).
+            let limit = d.settings.connect_timeout * 2 + Duration::from_secs(1);
+            let outcome = tokio::time::timeout(limit, rx.wait_for(Option::is_some))
+                .await
+                .ok()
+                .and_then(|r| r.ok().and_then(|v| v.clone()));
+            match outcome {
+                // In the list now: the next round opens on it (or, if other dials filled it
+                // first, grows again).
+                Some(Grown::Link(_)) => continue,
+                Some(Grown::Failed(e)) => return self.grow_failed(&d, e, host, port).await,
+                Some(Grown::NoHandshake) | None => break,
+            }
         }
-        let waiting = match self.join_or_grow(&d) {
-            Join::Wait(rx) => rx,
-            Join::AtCap => return self.fallback(&d, host, port).await,
-            Join::Remembered(e) => return self.grow_failed(&d, e, host, port).await,
-        };
-        // A growth is bounded by the handshake wait and the connect, each at most the
-        // connect timeout; so is this wait (and the growth runs on if this dial leaves).
-        let limit = d.settings.connect_timeout * 2 + Duration::from_secs(1);
-        let mut rx = waiting;
-        let outcome = tokio::time::timeout(limit, rx.wait_for(Option::is_some))
-            .await
-            .ok()
-            .and_then(|r| r.ok().and_then(|v| v.clone()));
-        match outcome {
-            Some(Grown::Link(t)) => match t.open_limited(host, port, d.limit).await {
-                Err(OpenError::AtCapacity { .. }) | Err(OpenError::ConnectionLost) => {
-                    self.fallback(&d, host, port).await
-                }
-                r => r.map_err(OverflowError::Open),
-            },
-            Some(Grown::Failed(e)) => self.grow_failed(&d, e, host, port).await,
-            Some(Grown::NoHandshake) | None => self.fallback(&d, host, port).await,
-        }
+        self.fallback(&d, host, port).await
     }
 
     /// Joins the growth in progress, or starts one (under the node's cap, unless a connect
