@@ -92,6 +92,29 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state a stream and its pump share, empty: nothing buffered, nothing closed.
+    fn new(budget: Arc<BufferBudget>, buffered_gauge: Gauge) -> Arc<Shared> {
+        Arc::new(Shared {
+            recv: Mutex::new(RecvState {
+                chunks: VecDeque::new(),
+                buffered: 0,
+                charged: 0,
+                remote_eof: false,
+                error: None,
+                reader: None,
+                last_read: Instant::now(),
+            }),
+            space: Notify::new(),
+            event: Notify::new(),
+            writer: AtomicWaker::new(),
+            closed: AtomicBool::new(false),
+            local_eof: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
+            budget,
+            buffered_gauge,
+        })
+    }
+
     fn wake_reader(st: &mut RecvState) {
         if let Some(w) = st.reader.take() {
             w.wake();
@@ -216,25 +239,7 @@ impl TunnelStream {
     ) -> TunnelStream {
         let (read_half, write_half) = channel.split();
         let tx = Box::pin(write_half.make_writer());
-        let shared = Arc::new(Shared {
-            recv: Mutex::new(RecvState {
-                chunks: VecDeque::new(),
-                buffered: 0,
-                charged: 0,
-                remote_eof: false,
-                error: None,
-                reader: None,
-                last_read: Instant::now(),
-            }),
-            space: Notify::new(),
-            event: Notify::new(),
-            writer: AtomicWaker::new(),
-            closed: AtomicBool::new(false),
-            local_eof: AtomicBool::new(false),
-            dropped: AtomicBool::new(false),
-            budget: limits.budget.clone(),
-            buffered_gauge: counters.link.buffered.clone(),
-        });
+        let shared = Shared::new(limits.budget.clone(), counters.link.buffered.clone());
         let pump = Pump {
             shared: shared.clone(),
             limits,
