@@ -358,13 +358,14 @@ async fn a_reader_that_waited_on_a_quiet_channel_has_the_stall_timeout_to_read_a
     const STALL: Duration = Duration::from_secs(3);
     let go = Arc::new(Notify::new());
     let port = source(node.pod_addr, &pattern, BURST, false, Some(go.clone())).await;
+    let budget = Arc::new(BufferBudget::new(64 << 20, None, 0));
     let pool = pool_with(
         &cluster,
         ChannelLimits {
             recv_buffer_max: 1 << 20,
             spill_max: 0,
             stall_timeout: STALL,
-            budget: Arc::new(BufferBudget::new(64 << 20, None, 0)),
+            budget: budget.clone(),
         },
     )
     .await;
@@ -382,8 +383,10 @@ async fn a_reader_that_waited_on_a_quiet_channel_has_the_stall_timeout_to_read_a
     // The burst: more than the channel's memory, so the channel holds up its connection.
     go.notify_one();
     assert!(
-        support::wait_until(Duration::from_secs(10), || tunnel.is_congested()),
-        "the burst fills the channel's memory"
+        support::wait_until(Duration::from_secs(10), || budget.memory_used()
+            >= (1 << 20) - (32 << 10)),
+        "the burst fills the channel's memory: {}",
+        budget.memory_used()
     );
     // The reader comes back well within the stall timeout of the burst.
     tokio::time::sleep(Duration::from_secs(1)).await;
