@@ -52,7 +52,15 @@ pub struct BufferBudget {
     spill_used: AtomicU64,
     /// Every stream that may hold memory (dead ones are pruned as the list grows).
     holders: Mutex<Vec<Weak<dyn Holder>>>,
+    /// `press_oldest` found no stream to ask: it does not look again before this time
+    /// (milliseconds since `born`), so that a reader behind does not scan every stream for
+    /// every packet.
+    no_holder_until: AtomicU64,
+    born: Instant,
 }
+
+/// How long `press_oldest` rests after finding no stream to ask.
+const PRESS_REST: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Default for BufferBudget {
     /// 256 MiB of memory, 2 GiB of spill files in [`default_spill_dir`].
@@ -76,6 +84,8 @@ impl BufferBudget {
             spill_dir,
             spill_used: AtomicU64::new(0),
             holders: Mutex::new(Vec::new()),
+            no_holder_until: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
@@ -136,6 +146,10 @@ impl BufferBudget {
     /// if that is since before `than`, to give its memory up. Whether one was asked.
     /// The caller holds no stream's lock (this takes each holder's).
     pub(crate) fn press_oldest(&self, than: Instant) -> bool {
+        let now_ms = self.born.elapsed().as_millis() as u64;
+        if now_ms < self.no_holder_until.load(Ordering::Acquire) {
+            return false;
+        }
         let oldest = {
             let Ok(mut holders) = self.holders.lock() else {
                 return false;
@@ -157,7 +171,11 @@ impl BufferBudget {
                 h.press();
                 true
             }
-            None => false,
+            None => {
+                self.no_holder_until
+                    .store(now_ms + PRESS_REST.as_millis() as u64, Ordering::Release);
+                false
+            }
         }
     }
 }
@@ -243,6 +261,12 @@ mod tests {
             "a holder that read more recently than the asker is left alone, so is one holding nothing"
         );
         assert!(!pressed(&reading) && !pressed(&empty));
+        assert!(
+            !b.press_oldest(t0 + 9 * s),
+            "after finding none it rests a moment (`reading` would qualify now)"
+        );
+        assert!(!pressed(&reading));
+        b.no_holder_until.store(0, Ordering::Release);
         drop(reading);
         assert!(
             !b.press_oldest(t0 + 9 * s),
