@@ -7,9 +7,26 @@
 //! pool, separately for memory and for spill-file space on disk. A channel whose share is
 //! refused stops taking data, which holds up its connection: the connection then counts as
 //! congested and new dials go to another connection of the node (see `ssh::congestion`).
+//!
+//! Memory goes to readers that read: the budget knows every stream that may hold memory
+//! (`Holder`), and when a reader is refused memory it asks the stream that has gone longest
+//! without reading to give its memory up — into its spill file, or, without spilling, by
+//! letting its stall clock run so that it is cut unless it reads (see `ssh::stream`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::time::Instant;
+
+/// A stream that may hold memory of the budget for its reader (see `ssh::stream`).
+pub(crate) trait Holder: Send + Sync {
+    /// When its reader last read or got its first unread byte, if it holds memory charged
+    /// to the budget and has not been asked to give it up yet.
+    fn holding_since(&self) -> Option<Instant>;
+    /// Asks it to give its memory up.
+    fn press(&self);
+}
 
 /// Default memory budget for buffered channel data, pool-wide.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;
@@ -33,7 +50,17 @@ pub struct BufferBudget {
     spill_dir: Option<PathBuf>,
     spill_limit: u64,
     spill_used: AtomicU64,
+    /// Every stream that may hold memory (dead ones are pruned as the list grows).
+    holders: Mutex<Vec<Weak<dyn Holder>>>,
+    /// `press_oldest` found no stream to ask: it does not look again before this time
+    /// (milliseconds since `born`), so that a reader behind does not scan every stream for
+    /// every packet.
+    no_holder_until: AtomicU64,
+    born: Instant,
 }
+
+/// How long `press_oldest` rests after finding no stream to ask.
+const PRESS_REST: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Default for BufferBudget {
     /// 256 MiB of memory, 2 GiB of spill files in [`default_spill_dir`].
@@ -56,6 +83,9 @@ impl BufferBudget {
             spill_limit: if spill_dir.is_some() { spill } else { 0 },
             spill_dir,
             spill_used: AtomicU64::new(0),
+            holders: Mutex::new(Vec::new()),
+            no_holder_until: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
@@ -99,6 +129,55 @@ impl BufferBudget {
     pub(crate) fn give_spill(&self, n: u64) {
         self.spill_used.fetch_sub(n, Ordering::AcqRel);
     }
+
+    /// Lists a stream that may hold memory, for `press_oldest`.
+    pub(crate) fn register(&self, holder: Weak<dyn Holder>) {
+        let Ok(mut holders) = self.holders.lock() else {
+            return;
+        };
+        if holders.len() == holders.capacity() {
+            // Pruned before the list would grow: it stays within twice the live streams.
+            holders.retain(|h| h.strong_count() > 0);
+        }
+        holders.push(holder);
+    }
+
+    /// A reader was refused memory: asks the stream that has gone longest without reading,
+    /// if that is since before `than`, to give its memory up. Whether one was asked.
+    /// The caller holds no stream's lock (this takes each holder's).
+    pub(crate) fn press_oldest(&self, than: Instant) -> bool {
+        let now_ms = self.born.elapsed().as_millis() as u64;
+        if now_ms < self.no_holder_until.load(Ordering::Acquire) {
+            return false;
+        }
+        let oldest = {
+            let Ok(mut holders) = self.holders.lock() else {
+                return false;
+            };
+            holders.retain(|h| h.strong_count() > 0);
+            let mut oldest: Option<(Instant, Arc<dyn Holder>)> = None;
+            for h in holders.iter().filter_map(Weak::upgrade) {
+                if let Some(since) = h.holding_since()
+                    && since < than
+                    && oldest.as_ref().is_none_or(|(o, _)| since < *o)
+                {
+                    oldest = Some((since, h));
+                }
+            }
+            oldest
+        };
+        match oldest {
+            Some((_, h)) => {
+                h.press();
+                true
+            }
+            None => {
+                self.no_holder_until
+                    .store(now_ms + PRESS_REST.as_millis() as u64, Ordering::Release);
+                false
+            }
+        }
+    }
 }
 
 /// Adds `n` to `used` unless that would pass `limit` (a CAS, so concurrent takers cannot
@@ -136,5 +215,62 @@ mod tests {
         assert!(b.spill_dir().is_some());
         assert!(b.take_spill(10));
         assert!(!b.take_spill(1));
+    }
+
+    struct H {
+        since: Option<Instant>,
+        pressed: std::sync::atomic::AtomicBool,
+    }
+
+    impl Holder for H {
+        fn holding_since(&self) -> Option<Instant> {
+            self.since.filter(|_| !self.pressed.load(Ordering::Acquire))
+        }
+        fn press(&self) {
+            self.pressed.store(true, Ordering::Release);
+        }
+    }
+
+    #[test]
+    fn a_refused_reader_presses_the_holder_that_has_not_read_for_longest_first() {
+        let b = BufferBudget::new(100, None, 0);
+        let t0 = Instant::now();
+        let s = std::time::Duration::from_secs(1);
+        let h = |since: Option<Instant>| {
+            Arc::new(H {
+                since,
+                pressed: Default::default(),
+            })
+        };
+        let (old, older, reading, empty) =
+            (h(Some(t0 + s)), h(Some(t0)), h(Some(t0 + 5 * s)), h(None));
+        for x in [&old, &older, &reading, &empty] {
+            let w: Weak<dyn Holder> = Arc::downgrade(x) as Weak<H>;
+            b.register(w);
+        }
+        let pressed = |x: &Arc<H>| x.pressed.load(Ordering::Acquire);
+        assert!(b.press_oldest(t0 + 3 * s));
+        assert!(
+            pressed(&older) && !pressed(&old),
+            "the one idle longest first"
+        );
+        assert!(b.press_oldest(t0 + 3 * s));
+        assert!(pressed(&old));
+        assert!(
+            !b.press_oldest(t0 + 3 * s),
+            "a holder that read more recently than the asker is left alone, so is one holding nothing"
+        );
+        assert!(!pressed(&reading) && !pressed(&empty));
+        assert!(
+            !b.press_oldest(t0 + 9 * s),
+            "after finding none it rests a moment (`reading` would qualify now)"
+        );
+        assert!(!pressed(&reading));
+        b.no_holder_until.store(0, Ordering::Release);
+        drop(reading);
+        assert!(
+            !b.press_oldest(t0 + 9 * s),
+            "a dropped stream is forgotten (alive, it would be pressed now)"
+        );
     }
 }

@@ -65,7 +65,13 @@ impl SpillFile {
     /// Appends `data` if the ring has room and the budget allows the file to grow;
     /// `Ok(false)` when it does not (the caller then waits for the reader).
     pub(crate) fn append(&mut self, data: &[u8]) -> io::Result<bool> {
-        let n = data.len() as u64;
+        self.append_all(&[data])
+    }
+
+    /// Appends every part, in order, or none (`Ok(false)`: no room in the ring or the
+    /// budget). On an I/O error the file may hold some of them: the caller drops it.
+    pub(crate) fn append_all(&mut self, parts: &[&[u8]]) -> io::Result<bool> {
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if self.len() + n > self.capacity {
             return Ok(false);
         }
@@ -78,13 +84,15 @@ impl SpillFile {
             }
             self.charged += grow;
         }
-        let at = self.written % self.capacity;
-        let first = (self.capacity - at).min(n) as usize;
-        self.file.write_all_at(&data[..first], at)?;
-        if first < data.len() {
-            self.file.write_all_at(&data[first..], 0)?;
+        for data in parts {
+            let at = self.written % self.capacity;
+            let first = (self.capacity - at).min(data.len() as u64) as usize;
+            self.file.write_all_at(&data[..first], at)?;
+            if first < data.len() {
+                self.file.write_all_at(&data[first..], 0)?;
+            }
+            self.written += data.len() as u64;
         }
-        self.written += n;
         Ok(true)
     }
 
@@ -154,5 +162,18 @@ mod tests {
         assert!(!g.append(b"1234").unwrap(), "5 + 4 passes the budget of 8");
         assert!(g.append(b"123").unwrap());
         assert_eq!(b.spill_used(), 8);
+    }
+
+    #[test]
+    fn several_parts_go_in_together_in_order_or_not_at_all() {
+        let b = budget(1 << 20);
+        let mut f = SpillFile::create(&std::env::temp_dir(), 10, b.clone()).unwrap();
+        assert!(
+            !f.append_all(&[b"abcd", b"efgh", b"ijk"]).unwrap(),
+            "11 passes 10"
+        );
+        assert!(f.is_empty(), "none went in");
+        assert!(f.append_all(&[b"abcd", b"efgh"]).unwrap());
+        assert_eq!(&f.take(100).unwrap()[..], b"abcdefgh");
     }
 }

@@ -10,10 +10,19 @@
 //!   (`ssh::congestion`) and new dials go to another connection of the node while the node
 //!   is under its connection cap. If such a reader does not read at all
 //!   for `stall_timeout`, its channel is closed with an error. A reader that is slow but
-//!   reading is never cut.
+//!   reading is never cut. The stall clock starts at the reader's last read or at the first
+//!   byte it has not read, whichever is later (a reader that waited long on a quiet channel
+//!   still has the whole timeout for a burst).
+//! - Memory goes to readers that read: a channel refused memory by the budget asks the one
+//!   that has gone longest without reading (`BufferBudget::press_oldest`) to give its memory
+//!   up: it moves to that channel's spill file, or, without spilling, that channel takes no
+//!   more memory and its stall clock runs, so that a reader paused with a full buffer does
+//!   not keep the budget for good.
 //! - Writes after the node closed the channel would wait forever for window space; here they
 //!   fail with `BrokenPipe` as soon as the CLOSE arrives. A write waiting for window space
-//!   marks its connection as busy with bulk data (`ssh::congestion`).
+//!   marks its connection as busy with bulk data (`ssh::congestion`), only while the stream
+//!   writes fast: one still waiting after its fast spell (its destination stopped reading)
+//!   no longer counts.
 //! - EOF goes both ways (`shutdown()` sends CHANNEL_EOF; the node's EOF reads as end of
 //!   stream, after every byte held in memory or spilled) and the channel is closed once both
 //!   directions are done, or when the stream is dropped — a raw russh `Channel` never sends
@@ -22,10 +31,11 @@
 //!   as a clean (truncated) EOF.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -40,7 +50,7 @@ use tokio::time::Instant;
 
 pub use crate::metrics::LinkStats;
 
-use super::budget::BufferBudget;
+use super::budget::{BufferBudget, Holder};
 use super::channel_count::OpenGuard;
 use super::congestion::Congestion;
 use super::settings::ChannelLimits;
@@ -63,6 +73,9 @@ const BULK_WINDOW: Duration = Duration::from_millis(500);
 /// a reader that keeps up is never held up by others' buffers (the budget can be passed by
 /// at most this much per channel).
 const FREE_CHUNK: usize = 32 << 10;
+/// A reader that read this recently (or within its stall timeout, if shorter) counts as
+/// reading: another reader refused memory does not ask it to give its memory up.
+const PRESS_AFTER: Duration = Duration::from_secs(1);
 
 struct RecvState {
     chunks: VecDeque<Bytes>,
@@ -73,7 +86,9 @@ struct RecvState {
     remote_eof: bool,
     error: Option<(io::ErrorKind, &'static str)>,
     reader: Option<Waker>,
-    last_read: Instant,
+    /// Where the stall clock starts: the reader's last read, or the arrival of the first
+    /// byte it has not read (into an empty stream), whichever is later.
+    stall_from: Instant,
 }
 
 struct Shared {
@@ -87,12 +102,43 @@ struct Shared {
     closed: AtomicBool,
     local_eof: AtomicBool,
     dropped: AtomicBool,
+    /// Another reader needs the memory this one holds (`Holder::press`): until its reader
+    /// reads, it takes no memory of the budget, gives what it holds to its spill file, and
+    /// its stall clock runs.
+    pressed: AtomicBool,
     budget: Arc<BufferBudget>,
     /// The node's gauge of bytes held in memory.
     buffered_gauge: Gauge,
 }
 
 impl Shared {
+    /// The state a stream and its pump share, empty: nothing buffered, nothing closed.
+    fn new(budget: Arc<BufferBudget>, buffered_gauge: Gauge) -> Arc<Shared> {
+        let shared = Arc::new(Shared {
+            recv: Mutex::new(RecvState {
+                chunks: VecDeque::new(),
+                buffered: 0,
+                charged: 0,
+                remote_eof: false,
+                error: None,
+                reader: None,
+                stall_from: Instant::now(),
+            }),
+            space: Notify::new(),
+            event: Notify::new(),
+            writer: AtomicWaker::new(),
+            closed: AtomicBool::new(false),
+            local_eof: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
+            pressed: AtomicBool::new(false),
+            budget: budget.clone(),
+            buffered_gauge,
+        });
+        let holder: Weak<dyn Holder> = Arc::downgrade(&shared) as Weak<Shared>;
+        budget.register(holder);
+        shared
+    }
+
     fn wake_reader(st: &mut RecvState) {
         if let Some(w) = st.reader.take() {
             w.wake();
@@ -128,6 +174,13 @@ impl Shared {
         self.buffered_gauge.dec_by(freed as i64);
     }
 
+    /// Drops what memory holds for the reader (it was cut and will get the error instead).
+    fn discard(&self, st: &mut RecvState) {
+        let held = st.buffered;
+        st.chunks.clear();
+        self.release(st, held);
+    }
+
     /// Appends a chunk for the reader (`charged`: its bytes were taken from the budget).
     fn push(&self, st: &mut RecvState, data: Bytes, charged: bool) {
         let n = data.len();
@@ -138,6 +191,21 @@ impl Shared {
         st.chunks.push_back(data);
         self.buffered_gauge.inc_by(n as i64);
         Self::wake_reader(st);
+    }
+}
+
+impl Holder for Shared {
+    fn holding_since(&self) -> Option<Instant> {
+        if self.pressed.load(Ordering::Acquire) {
+            return None;
+        }
+        let st = self.recv.lock().ok()?;
+        (st.charged > 0).then_some(st.stall_from)
+    }
+
+    fn press(&self) {
+        self.pressed.store(true, Ordering::Release);
+        self.event.notify_one();
     }
 }
 
@@ -173,6 +241,9 @@ pub struct TunnelStream {
     /// Bytes written since `window_start` (see `BULK_BYTES`).
     written: u64,
     window_start: Instant,
+    /// Wakes a writer counted as bulk when its window ends, so that one still waiting then
+    /// (its destination stopped reading) no longer counts.
+    bulk_end: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl std::fmt::Debug for TunnelStream {
@@ -195,25 +266,7 @@ impl TunnelStream {
     ) -> TunnelStream {
         let (read_half, write_half) = channel.split();
         let tx = Box::pin(write_half.make_writer());
-        let shared = Arc::new(Shared {
-            recv: Mutex::new(RecvState {
-                chunks: VecDeque::new(),
-                buffered: 0,
-                charged: 0,
-                remote_eof: false,
-                error: None,
-                reader: None,
-                last_read: Instant::now(),
-            }),
-            space: Notify::new(),
-            event: Notify::new(),
-            writer: AtomicWaker::new(),
-            closed: AtomicBool::new(false),
-            local_eof: AtomicBool::new(false),
-            dropped: AtomicBool::new(false),
-            budget: limits.budget.clone(),
-            buffered_gauge: counters.link.buffered.clone(),
-        });
+        let shared = Shared::new(limits.budget.clone(), counters.link.buffered.clone());
         let pump = Pump {
             shared: shared.clone(),
             limits,
@@ -239,6 +292,7 @@ impl TunnelStream {
             write_blocked: false,
             written: 0,
             window_start: Instant::now(),
+            bulk_end: None,
         }
     }
 
@@ -356,6 +410,9 @@ impl Pump {
             if let Err(end) = self.refill() {
                 return end;
             }
+            if shared.pressed.load(Ordering::Acquire) {
+                self.give_up_memory();
+            }
             if let Some(data) = self.pending.take() {
                 if let Placed::No(data) = self.place(data) {
                     self.pending = Some(data);
@@ -384,27 +441,34 @@ impl Pump {
                 // The node closed the channel and everything was delivered.
                 return PumpEnd::Remote;
             }
-            // A reader that holds spilled bytes (disk and budget others need) and does not
-            // read at all for the stall timeout loses the channel, even once its source is done.
-            let stall_wait = if spilled {
-                let (idle, held) = shared
+            // A reader that holds spilled bytes (disk and budget others need), or memory another
+            // reader asked for, and does not read at all for the stall timeout loses the
+            // channel, even once its source is done.
+            let pressed = shared.pressed.load(Ordering::Acquire);
+            let (idle, held) = if spilled || pressed {
+                shared
                     .recv
                     .lock()
-                    .map(|st| (st.last_read.elapsed(), st.buffered))
-                    .unwrap_or_default();
+                    .map(|st| (st.stall_from.elapsed(), st.buffered))
+                    .unwrap_or_default()
+            } else {
+                (Duration::ZERO, 0)
+            };
+            let watched = spilled || (pressed && held > 0);
+            let stall_wait = if watched {
                 if idle >= self.limits.stall_timeout {
                     let on_disk = self.spill.as_ref().map_or(0, |s| s.len());
                     return self.cut_stalled(idle, held as u64, on_disk);
                 }
                 self.limits.stall_timeout - idle
             } else {
-                Duration::from_secs(3600) // unused: the branch is off without spilled bytes
+                Duration::from_secs(3600) // unused: the branch is off when nothing is watched
             };
             let msg = tokio::select! {
                 biased;
                 _ = shared.event.notified() => continue,
-                _ = shared.space.notified(), if spilled => continue,
-                _ = tokio::time::sleep(stall_wait), if spilled => continue,
+                _ = shared.space.notified(), if watched => continue,
+                _ = tokio::time::sleep(stall_wait), if watched => continue,
                 msg = rx.wait(), if rx_open && self.deferred_end.is_none() => msg,
             };
             match msg {
@@ -446,42 +510,42 @@ impl Pump {
 
     /// Puts `data` where the reader will find it, in order: memory while nothing is spilled
     /// and the channel's share and the budget allow, else the spill file.
-    fn place(&mut self, data: Bytes) -> Placed {
+    fn place(&mut self, mut data: Bytes) -> Placed {
         let n = data.len();
         if self.spill.as_ref().is_none_or(|s| s.is_empty()) {
             let Ok(mut st) = self.shared.recv.lock() else {
                 return Placed::Yes;
             };
-            if st.buffered + n <= self.limits.recv_buffer_max
-                && self.limits.budget.take_memory(n as u64)
-            {
-                self.shared.push(&mut st, data, true);
-                return Placed::Yes;
-            }
             if st.buffered == 0 {
+                // The first byte the reader has not read: its stall clock starts now.
+                st.stall_from = Instant::now();
+            }
+            let pressed = self.shared.pressed.load(Ordering::Acquire);
+            let mut refused = None;
+            if st.buffered + n <= self.limits.recv_buffer_max && !pressed {
+                if self.limits.budget.take_memory(n as u64) {
+                    self.shared.push(&mut st, data, true);
+                    return Placed::Yes;
+                }
+                refused = Some(st.stall_from);
+            }
+            let placed = if st.buffered == 0 {
                 self.shared.push(&mut st, data, false);
-                return Placed::Yes;
-            }
-        }
-        if self.spill_broken || self.limits.spill_max == 0 {
-            return Placed::No(data);
-        }
-        if self.spill.is_none() {
-            let Some(dir) = self.limits.budget.spill_dir() else {
-                return Placed::No(data);
+                None
+            } else {
+                Some(data)
             };
-            match SpillFile::create(dir, self.limits.spill_max, self.limits.budget.clone()) {
-                Ok(f) => {
-                    self.link.spilled_streams.inc();
-                    tracing::debug!(node = %self.node, destination = %self.destination, "reader behind: spilling to a file");
-                    self.spill = Some(f);
-                }
-                Err(e) => {
-                    tracing::warn!(node = %self.node, dir = %dir.display(), error = %e, "cannot make a spill file; this channel's reader will hold up its connection instead");
-                    self.spill_broken = true;
-                    return Placed::No(data);
-                }
+            drop(st);
+            if let Some(since) = refused {
+                self.press_others(since);
             }
+            match placed {
+                None => return Placed::Yes,
+                Some(d) => data = d,
+            }
+        }
+        if !self.open_spill() {
+            return Placed::No(data);
         }
         let Some(spill) = self.spill.as_mut() else {
             return Placed::No(data);
@@ -500,6 +564,76 @@ impl Pump {
         }
     }
 
+    /// Makes the spill file unless there is one; whether there is one now.
+    fn open_spill(&mut self) -> bool {
+        if self.spill.is_some() {
+            return true;
+        }
+        if self.spill_broken || self.limits.spill_max == 0 {
+            return false;
+        }
+        let Some(dir) = self.limits.budget.spill_dir() else {
+            return false;
+        };
+        match SpillFile::create(dir, self.limits.spill_max, self.limits.budget.clone()) {
+            Ok(f) => {
+                self.link.spilled_streams.inc();
+                tracing::debug!(node = %self.node, destination = %self.destination, "reader behind: spilling to a file");
+                self.spill = Some(f);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.node, dir = %dir.display(), error = %e, "cannot make a spill file; this channel's reader will hold up its connection instead");
+                self.spill_broken = true;
+                false
+            }
+        }
+    }
+
+    /// This reader was refused memory: the budget asks the stream that has gone longest
+    /// without reading (longer than this reader, whose stall clock started at `since`, and
+    /// than `PRESS_AFTER`) to give its memory up.
+    fn press_others(&self, since: Instant) {
+        let reading = Instant::now()
+            .checked_sub(PRESS_AFTER.min(self.limits.stall_timeout))
+            .unwrap_or(since);
+        self.limits.budget.press_oldest(since.min(reading));
+    }
+
+    /// Another reader needs the memory this channel holds: it moves to the spill file when
+    /// nothing is spilled yet (else order would break; a channel that spills is on its stall
+    /// clock anyway). Without a spill file the memory stays, and the stall clock runs.
+    fn give_up_memory(&mut self) {
+        if self.spill.as_ref().is_some_and(|s| !s.is_empty()) {
+            return;
+        }
+        let charged = self.shared.recv.lock().map_or(0, |st| st.charged);
+        if charged == 0 || !self.open_spill() {
+            return;
+        }
+        let (Some(spill), Ok(mut st)) = (self.spill.as_mut(), self.shared.recv.lock()) else {
+            return;
+        };
+        let parts: Vec<&[u8]> = st.chunks.iter().map(|c| &c[..]).collect();
+        match spill.append_all(&parts) {
+            Ok(true) => {
+                let moved = st.buffered;
+                st.chunks.clear();
+                self.shared.release(&mut st, moved);
+                self.link.spilled.inc_by(moved as i64);
+                tracing::debug!(node = %self.node, destination = %self.destination, bytes = moved, "reader not reading: its memory moved to its spill file for readers that read");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                drop(st);
+                tracing::warn!(node = %self.node, error = %e, "writing the spill file failed; this channel's reader will hold up its connection instead");
+                self.spill_broken = true;
+                // It held only the part written of what memory still holds.
+                self.spill = None;
+            }
+        }
+    }
+
     /// Moves spilled bytes into memory while the channel's share allows. A spill file that
     /// cannot be read ends the channel with an error (bytes must not go missing silently).
     fn refill(&mut self) -> Result<(), PumpEnd> {
@@ -512,9 +646,15 @@ impl Pump {
             };
             let room = self.limits.recv_buffer_max.saturating_sub(st.buffered);
             let mut want = room.min(REFILL_CHUNK).min(spill.len() as usize);
-            let charged = want > 0 && self.limits.budget.take_memory(want as u64);
+            let pressed = self.shared.pressed.load(Ordering::Acquire);
+            let charged = want > 0 && !pressed && self.limits.budget.take_memory(want as u64);
             if !charged {
+                let refused = (want > 0 && !pressed).then_some(st.stall_from);
                 if st.buffered > 0 {
+                    drop(st);
+                    if let Some(since) = refused {
+                        self.press_others(since);
+                    }
                     return Ok(());
                 }
                 want = FREE_CHUNK.min(spill.len() as usize);
@@ -546,7 +686,7 @@ impl Pump {
     async fn wait_for_reader(&mut self) -> Option<PumpEnd> {
         let (idle, held) = {
             let st = self.shared.recv.lock().ok()?;
-            (st.last_read.elapsed(), st.buffered)
+            (st.stall_from.elapsed(), st.buffered)
         };
         let spilled = self.spill.as_ref().map_or(0, |s| s.len());
         if !self.blocked {
@@ -578,6 +718,12 @@ impl Pump {
             stalled_for = ?idle,
             "closing a channel whose reader stopped reading"
         );
+        if self.shared.pressed.load(Ordering::Acquire)
+            && let Ok(mut st) = self.shared.recv.lock()
+        {
+            // Another reader needs this memory: the reader gets the error at once.
+            self.shared.discard(&mut st);
+        }
         self.shared.finish(Some((
             io::ErrorKind::TimedOut,
             "the reader of this channel stalled; channel closed to protect the others",
@@ -638,7 +784,8 @@ impl AsyncRead for TunnelStream {
                 }
             }
             shared.release(&mut st, freed);
-            st.last_read = Instant::now();
+            st.stall_from = Instant::now();
+            shared.pressed.store(false, Ordering::Release);
             drop(st);
             shared.space.notify_one();
             self.link.bytes_in.inc_by(freed as u64);
@@ -650,7 +797,6 @@ impl AsyncRead for TunnelStream {
         if st.remote_eof {
             return Poll::Ready(Ok(()));
         }
-        st.last_read = Instant::now();
         st.reader = Some(cx.waker().clone());
         Poll::Pending
     }
@@ -707,8 +853,19 @@ impl AsyncWrite for TunnelStream {
             }
             Poll::Ready(Err(_)) => self.set_write_blocked(false),
             Poll::Pending => {
-                let bulk = self.written >= BULK_BYTES && self.window_start.elapsed() <= BULK_WINDOW;
+                let window_end = self.window_start + BULK_WINDOW;
+                let bulk = self.written >= BULK_BYTES && Instant::now() <= window_end;
                 self.set_write_blocked(bulk);
+                if bulk {
+                    // Polled again when the window ends: still waiting then, it is not bulk.
+                    let timer = self
+                        .bulk_end
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(window_end)));
+                    timer.as_mut().reset(window_end);
+                    if timer.as_mut().poll(cx).is_ready() {
+                        self.set_write_blocked(false);
+                    }
+                }
             }
         }
         r

@@ -5,15 +5,13 @@
 //! the count given back when the stream ends, and an error (not EOF) when the connection dies.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use futures::task::AtomicWaker;
 use tokio::io::{AsyncReadExt, DuplexStream};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ChannelCounters, RecvState, Shared, TunnelStream};
+use super::{ChannelCounters, Shared, TunnelStream};
 use crate::ssh::BufferBudget;
 
 impl TunnelStream {
@@ -28,25 +26,10 @@ impl TunnelStream {
         lost: CancellationToken,
     ) -> TunnelStream {
         let (mut rd, wr) = tokio::io::split(io);
-        let shared = Arc::new(Shared {
-            recv: std::sync::Mutex::new(RecvState {
-                chunks: Default::default(),
-                buffered: 0,
-                charged: 0,
-                remote_eof: false,
-                error: None,
-                reader: None,
-                last_read: Instant::now(),
-            }),
-            space: Notify::new(),
-            event: Notify::new(),
-            writer: AtomicWaker::new(),
-            closed: AtomicBool::new(false),
-            local_eof: AtomicBool::new(false),
-            dropped: AtomicBool::new(false),
-            budget: Arc::new(BufferBudget::new(u64::MAX, None, 0)),
-            buffered_gauge: counters.link.buffered.clone(),
-        });
+        let shared = Shared::new(
+            Arc::new(BufferBudget::new(u64::MAX, None, 0)),
+            counters.link.buffered.clone(),
+        );
         let pump = shared.clone();
         let place = counters.open;
         tokio::spawn(async move {
@@ -93,6 +76,7 @@ impl TunnelStream {
             write_blocked: false,
             written: 0,
             window_start: Instant::now(),
+            bulk_end: None,
         }
     }
 }
