@@ -30,7 +30,7 @@ const NODE_USER_PREFIX: &str = "system:node:";
 pub struct PublishHostKeyArgs {
     /// The kubelet's kubeconfig (e.g. /etc/kubernetes/kubelet.conf): its credential names the
     /// node (system:node:NAME) and may patch that Node only.
-    #[arg(long, env = "KUBE_SSH_TUNNEL_KUBECONFIG")]
+    #[arg(long)]
     pub kubeconfig: PathBuf,
 
     /// The directory holding the node's ssh_host_*_key.pub files.
