@@ -99,6 +99,28 @@ pub enum ConnectError {
         file: String,
         line: usize,
     },
+    #[error(
+        "node {node}: HOST KEY CHANGED: the server offered {offered} but its Node's annotation \
+         {annotations} holds {expected}; refusing to connect (possible man-in-the-middle). If \
+         the node's host key really changed, run `kube-ssh-tunnel publish-host-key` on the node \
+         again (or add its key to known_hosts, which wins over the annotation)"
+    )]
+    HostKeyAnnotationMismatch {
+        node: String,
+        offered: String,
+        annotations: String,
+        expected: String,
+    },
+    #[error(
+        "node {node}: the host key annotation on its Node cannot be used ({reason}); refusing \
+         to connect. Run `kube-ssh-tunnel publish-host-key` on the node again, or remove the \
+         annotation (`kubectl annotate node {node} {annotation}-`)"
+    )]
+    HostKeyAnnotationMalformed {
+        node: String,
+        annotation: String,
+        reason: String,
+    },
     #[error("node {node}: host certificate {certificate} refused: {reason}")]
     HostCertificateRejected {
         node: String,
@@ -145,6 +167,8 @@ impl ConnectError {
         matches!(
             self,
             ConnectError::HostKeyMismatch { .. }
+                | ConnectError::HostKeyAnnotationMismatch { .. }
+                | ConnectError::HostKeyAnnotationMalformed { .. }
                 | ConnectError::HostCertificateRejected { .. }
                 | ConnectError::HostKeyUnknown { .. }
                 | ConnectError::HostKeyRevoked { .. }
@@ -156,6 +180,8 @@ impl ConnectError {
         matches!(
             self,
             ConnectError::HostKeyMismatch { .. }
+                | ConnectError::HostKeyAnnotationMismatch { .. }
+                | ConnectError::HostKeyAnnotationMalformed { .. }
                 | ConnectError::HostCertificateRejected { .. }
                 | ConnectError::Agent { .. }
                 | ConnectError::HostKeyUnknown { .. }

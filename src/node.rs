@@ -46,6 +46,11 @@ pub struct Node {
     /// annotation goes. Filled by the Node watch, never read from a file.
     #[serde(skip)]
     pub drain: Option<String>,
+    /// The host key annotations of the Node (`ssh.kube-ssh-tunnel.io/host-*`, name → value,
+    /// see `nodes::host_key_annotations`): checked for this node's own connection only, and
+    /// only with `--host-key-source nodes`. Filled by the Node watch, never read from a file.
+    #[serde(skip)]
+    pub host_keys: std::collections::BTreeMap<String, String>,
 }
 
 fn default_port() -> u16 {
@@ -79,6 +84,7 @@ impl Node {
             refused: Vec::new(),
             name_refused: false,
             drain: None,
+            host_keys: Default::default(),
         };
         node.validate()?;
         Ok(node)

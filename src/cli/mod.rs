@@ -16,6 +16,8 @@ mod limits;
 mod logging;
 mod nft;
 mod output;
+#[cfg(feature = "kube")]
+mod publish_host_key;
 mod rolling;
 mod run;
 mod settings;
@@ -90,6 +92,10 @@ enum Command {
     Keygen(keygen::KeygenArgs),
     /// Validate config, keys, known_hosts and nodes without connecting (--connect: try each node).
     Check(Box<check::CheckArgs>),
+    /// On a node: write its SSH host public keys onto its own Node object (annotations
+    /// ssh.kube-ssh-tunnel.io/host-TYPE), for `run --host-key-source nodes`.
+    #[cfg(feature = "kube")]
+    PublishHostKey(publish_host_key::PublishHostKeyArgs),
     /// Print shell completions (bash, zsh or fish) to stdout.
     Completions(docs::CompletionsArgs),
     /// Print the man page (roff) to stdout, e.g. `kube-ssh-tunnel man | man -l -`.
@@ -136,6 +142,8 @@ pub fn main() -> i32 {
             Command::Drain(a) => status::node_action(a, status::NodeAction::Drain).await,
             Command::Keygen(a) => keygen::keygen(a).map(|()| 0),
             Command::Check(a) => check::check(*a).await,
+            #[cfg(feature = "kube")]
+            Command::PublishHostKey(a) => publish_host_key::publish_host_key(a).await,
             Command::Completions(a) => docs::completions(Cli::command(), a),
             Command::Man => docs::man(Cli::command()),
             Command::Reference => {

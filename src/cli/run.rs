@@ -62,6 +62,22 @@ pub struct RunArgs {
     /// Watch only nodes with these labels (a label selector, e.g. ssh-tunnel=true).
     #[arg(long, env = "KUBE_SSH_TUNNEL_NODE_SELECTOR")]
     pub node_selector: Option<String>,
+
+    /// Where host keys come from: known-hosts (the --ssh-known-hosts files only), or nodes
+    /// (also each node's own Node annotations, written by `publish-host-key`, for a host no
+    /// known_hosts line names; needs the Node watch and the NodeRestriction admission plugin,
+    /// see docs/security.md).
+    #[arg(long, env = "KUBE_SSH_TUNNEL_HOST_KEY_SOURCE", value_enum, default_value_t = HostKeySource::KnownHosts)]
+    pub host_key_source: HostKeySource,
+}
+
+/// `--host-key-source`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKeySource {
+    /// The known_hosts files only.
+    KnownHosts,
+    /// known_hosts first, then the node's own Node annotations.
+    Nodes,
 }
 
 /// Where the CONNECT socket goes when no listener is named.
@@ -259,6 +275,11 @@ fn node_source(args: &RunArgs) -> Result<NodeSource, CliError> {
             "--kubeconfig/--in-cluster take the nodes from the cluster; drop --node and --nodes (one source of nodes)",
         ));
     }
+    if args.host_key_source == HostKeySource::Nodes && !watching {
+        return Err(CliError::usage(
+            "--host-key-source nodes reads host keys from the Node objects; it needs the Node watch (--kubeconfig or --in-cluster)",
+        ));
+    }
     if args.node_selector.is_some() && !watching {
         return Err(CliError::usage(
             "--node-selector applies to watched nodes; it needs --kubeconfig or --in-cluster",
@@ -367,6 +388,7 @@ fn pool_config(args: &RunArgs) -> Result<PoolConfig, CliError> {
         )));
     }
     let mut ssh = ssh_settings(&args.ssh)?;
+    ssh.host_keys_from_nodes = args.host_key_source == HostKeySource::Nodes;
     ssh.channel = ChannelLimits {
         stall_timeout: s.stall_timeout,
         recv_buffer_max: usize::try_from(s.channel_buffer).unwrap_or(usize::MAX),

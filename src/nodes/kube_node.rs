@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::AddressTypes;
+use super::host_key_annotations::is_host_key_annotation;
 use crate::node::{DEFAULT_SSH_PORT, Node};
 
 /// The annotation that overrides a node's SSH port (default 22).
@@ -157,6 +158,13 @@ impl KubeNode {
                 .annotations
                 .get(DRAIN_ANNOTATION)
                 .map(|r| r.trim().to_string()),
+            host_keys: self
+                .metadata
+                .annotations
+                .iter()
+                .filter(|(k, _)| is_host_key_annotation(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         };
         node.validate().map_err(|e| invalid(e.to_string()))?;
         Ok(node)

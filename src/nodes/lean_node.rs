@@ -1,5 +1,5 @@
 //! `LeanNode`: a Kubernetes Node object as the watch reads it — only its name, resource
-//! version, the SSH port annotation, its pod CIDRs and its addresses. A real Node is about
+//! version, our annotations (SSH port, drain, host keys), its pod CIDRs and its addresses. A real Node is about
 //! 10 KB of JSON (images, managedFields, conditions, nodeInfo); deserializing it into
 //! k8s-openapi's `Node` allocates all of that for every event and keeps it in memory. Here
 //! the rest is skipped while parsing, and nothing but the tunnel node derived from it is kept
@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Deserializer};
 
 use super::AddressTypes;
+use super::host_key_annotations::is_host_key_annotation;
 use super::kube_node::{
     DRAIN_ANNOTATION, KubeNode, Metadata, SSH_PORT_ANNOTATION, SkipReason, Spec, Status,
 };
@@ -28,7 +29,8 @@ pub struct LeanNode {
     pub status: Status,
 }
 
-/// Reads `metadata` keeping the name, uid, resource version and our annotations only.
+/// Reads `metadata` keeping the name, uid, resource version and our annotations only (SSH
+/// port, drain, host keys).
 fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -46,7 +48,9 @@ fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     let ours: BTreeMap<String, String> = l
         .annotations
         .into_iter()
-        .filter(|(k, _)| k == SSH_PORT_ANNOTATION || k == DRAIN_ANNOTATION)
+        .filter(|(k, _)| {
+            k == SSH_PORT_ANNOTATION || k == DRAIN_ANNOTATION || is_host_key_annotation(k)
+        })
         .collect();
     Ok(ObjectMeta {
         name: l.name,

@@ -5,6 +5,7 @@
 
 pub mod address_types;
 pub mod file;
+pub mod host_key_annotations;
 pub mod kube_node;
 #[cfg(feature = "kube")]
 pub mod lean_node;

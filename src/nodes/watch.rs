@@ -49,15 +49,13 @@ pub enum WatchError {
     Client(String),
 }
 
-/// Builds the client now (so a bad kubeconfig is a start-up error), then returns the task
-/// that sends the cluster's node set on `tx` whenever it changes, until `cancel`.
-pub async fn start(
-    cfg: WatchConfig,
-    tx: watch::Sender<Vec<Node>>,
-    health: watch::Sender<SourceHealth>,
-    cancel: CancellationToken,
-) -> Result<impl std::future::Future<Output = ()> + Send, WatchError> {
-    let config = match &cfg.source {
+/// A Kubernetes client for `source` (the watch's, and `publish-host-key`'s); `adjust` may
+/// change the configuration first (e.g. its timeouts).
+pub async fn client(
+    source: &ApiSource,
+    adjust: impl FnOnce(&mut kube::Config),
+) -> Result<kube::Client, WatchError> {
+    let mut config = match source {
         ApiSource::Kubeconfig(path) => {
             let err = |reason: String| WatchError::Kubeconfig {
                 path: path.clone(),
@@ -72,7 +70,19 @@ pub async fn start(
             kube::Config::incluster().map_err(|e| WatchError::InCluster(e.to_string()))?
         }
     };
-    let client = kube::Client::try_from(config).map_err(|e| WatchError::Client(e.to_string()))?;
+    adjust(&mut config);
+    kube::Client::try_from(config).map_err(|e| WatchError::Client(e.to_string()))
+}
+
+/// Builds the client now (so a bad kubeconfig is a start-up error), then returns the task
+/// that sends the cluster's node set on `tx` whenever it changes, until `cancel`.
+pub async fn start(
+    cfg: WatchConfig,
+    tx: watch::Sender<Vec<Node>>,
+    health: watch::Sender<SourceHealth>,
+    cancel: CancellationToken,
+) -> Result<impl std::future::Future<Output = ()> + Send, WatchError> {
+    let client = client(&cfg.source, |_| {}).await?;
     let api: kube::Api<LeanNode> = kube::Api::all(client);
     let mut wc = watcher::Config::default();
     if let Some(sel) = &cfg.label_selector {

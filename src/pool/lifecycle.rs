@@ -178,7 +178,13 @@ impl Pool {
         }
         for node in &changes.refresh {
             if let Some(slot) = slots.get(&node.name) {
+                let keys_changed = slot.node().host_keys != node.host_keys;
                 slot.set_node(node.clone());
+                if keys_changed && self.cfg.ssh.host_keys_from_nodes {
+                    // Never cuts a connection that is up: the next one checks the new keys.
+                    tracing::info!(node = %node.name, annotations = ?node.host_keys.keys().collect::<Vec<_>>(), "the node's host key annotations changed; they apply to its next connection");
+                    retry_if_host_key_refused(slot);
+                }
             }
         }
         self.refresh_routes();
@@ -287,19 +293,7 @@ impl Pool {
     pub fn retry_host_key_failures(&self) -> Vec<String> {
         let mut woken = Vec::new();
         for slot in self.all_slots() {
-            let st = slot.status();
-            // `connecting` too: an attempt under way may have read the old files; the backoff
-            // after it is then cut short.
-            let waiting = matches!(
-                st.state,
-                TunnelState::Failed | TunnelState::Backoff | TunnelState::Connecting
-            );
-            let host_key = st
-                .last_connect_error
-                .as_deref()
-                .is_some_and(|e| e.is_host_key_refusal());
-            if waiting && host_key {
-                slot.retry_now();
+            if retry_if_host_key_refused(&slot) {
                 woken.push(slot.name());
             }
         }
@@ -374,4 +368,23 @@ pub(super) fn validate(nodes: &[Node]) -> Result<(), ConfigError> {
         n.validate()?;
     }
     check_unique(nodes)
+}
+
+/// Retries `slot` at once when it is `failed` or in backoff because its host key (or host
+/// certificate) was refused; true if it was woken. `connecting` too: an attempt under way may
+/// have read the old trust; the backoff after it is then cut short.
+fn retry_if_host_key_refused(slot: &NodeSlot) -> bool {
+    let st = slot.status();
+    let waiting = matches!(
+        st.state,
+        TunnelState::Failed | TunnelState::Backoff | TunnelState::Connecting
+    );
+    let host_key = st
+        .last_connect_error
+        .as_deref()
+        .is_some_and(|e| e.is_host_key_refusal());
+    if waiting && host_key {
+        slot.retry_now();
+    }
+    waiting && host_key
 }

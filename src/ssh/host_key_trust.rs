@@ -14,6 +14,9 @@ pub enum HostKeyTrust {
     HostCertificate,
     /// `--host-key-policy accept-new`: learned on first use (or on an earlier connection).
     Learned,
+    /// A host key annotation on the node's own Node object (`--host-key-source nodes`; no
+    /// known_hosts line named the host).
+    Annotation,
     /// Not verified (`--insecure-skip-host-key-verification`).
     Insecure,
     /// A name this build does not know (a newer daemon); shown, never a parse failure.
@@ -28,6 +31,7 @@ impl HostKeyTrust {
             HostKeyTrust::KnownHostsLine => "known_hosts line",
             HostKeyTrust::HostCertificate => "host certificate (CA)",
             HostKeyTrust::Learned => "learned (accept-new)",
+            HostKeyTrust::Annotation => "Node annotation",
             HostKeyTrust::Insecure => "insecure (not verified)",
             HostKeyTrust::Unknown => "unknown",
         }
@@ -50,6 +54,8 @@ mod tests {
         assert_eq!(s, "\"known-hosts-line\"");
         let s = serde_json::to_string(&HostKeyTrust::HostCertificate).unwrap();
         assert_eq!(s, "\"host-certificate\"");
+        let s = serde_json::to_string(&HostKeyTrust::Annotation).unwrap();
+        assert_eq!(s, "\"annotation\"");
         let t: HostKeyTrust = serde_json::from_str("\"from-the-future\"").unwrap();
         assert_eq!(t, HostKeyTrust::Unknown);
     }

@@ -78,6 +78,9 @@ pub struct SshSettings {
     pub known_hosts: Arc<LiveKnownHosts>,
     /// Host key policy.
     pub host_key_policy: HostKeyPolicy,
+    /// `--host-key-source nodes`: a host no known_hosts line names is checked against the
+    /// host key annotations of its own Node object (`Node::host_keys`).
+    pub host_keys_from_nodes: bool,
     /// TCP connect + SSH handshake + authentication, all together.
     pub connect_timeout: Duration,
     /// Opening one channel (until sshd confirms or refuses it).
@@ -102,6 +105,7 @@ impl SshSettings {
                 learned: None,
                 known_hosts: Arc::new(LiveKnownHosts::default()),
                 host_key_policy: HostKeyPolicy::Strict,
+                host_keys_from_nodes: false,
                 connect_timeout: Duration::from_secs(15),
                 open_timeout: Duration::from_secs(10),
                 keepalive_interval: Some(Duration::from_secs(15)),
@@ -242,6 +246,13 @@ impl SshSettingsBuilder {
     /// Sets the host key policy.
     pub fn host_key_policy(mut self, p: HostKeyPolicy) -> Self {
         self.settings.host_key_policy = p;
+        self
+    }
+
+    /// Also trusts host keys from the node's own Node annotations when no known_hosts line
+    /// names the host (see `SshSettings::host_keys_from_nodes`).
+    pub fn host_keys_from_nodes(mut self, on: bool) -> Self {
+        self.settings.host_keys_from_nodes = on;
         self
     }
 

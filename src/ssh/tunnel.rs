@@ -18,9 +18,10 @@ use super::known_hosts::Verdict;
 use super::settings::SshSettings;
 use super::socket::QuickAckStream;
 use super::stream::{ChannelCounters, LinkStats, TunnelStream};
-use super::verifier::{HostKeyReport, NodeHandler};
+use super::verifier::{AnnotationRefusal, HostKeyReport, NodeHandler};
 use crate::error::{ConnectError, OpenError};
 use crate::node::Node;
+use crate::nodes::host_key_annotations;
 
 /// How long a channel open that its caller gave up on may still finish (to be closed).
 const ABANDONED_OPEN_GRACE: Duration = Duration::from_secs(60);
@@ -147,6 +148,8 @@ impl NodeTunnel {
             known_hosts: trusted.clone(),
             learned: settings.learned.clone(),
             policy: settings.host_key_policy,
+            annotated: (settings.host_keys_from_nodes && !node.host_keys.is_empty())
+                .then(|| host_key_annotations::parse(&node.host_keys)),
             report: report.clone(),
             closed: closed.clone(),
             disconnect_reason: disconnect_reason.clone(),
@@ -563,6 +566,31 @@ fn host_key_error(node: &Node, settings: &SshSettings, r: &HostKeyReport) -> Opt
                 .clone()
                 .unwrap_or_else(|| "not trusted".into()),
         });
+    }
+    match (&r.annotation_refusal, &r.verdict) {
+        (_, Some(Verdict::Trusted { .. })) => return None,
+        (
+            Some(AnnotationRefusal::Mismatch {
+                annotations,
+                expected,
+            }),
+            _,
+        ) => {
+            return Some(ConnectError::HostKeyAnnotationMismatch {
+                node: node.name.clone(),
+                offered,
+                annotations: annotations.clone(),
+                expected: expected.clone(),
+            });
+        }
+        (Some(AnnotationRefusal::Malformed(e)), _) => {
+            return Some(ConnectError::HostKeyAnnotationMalformed {
+                node: node.name.clone(),
+                annotation: e.annotation.clone(),
+                reason: e.to_string(),
+            });
+        }
+        (None, _) => {}
     }
     match r.verdict.clone()? {
         Verdict::Trusted { .. } => None,

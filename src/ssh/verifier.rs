@@ -12,6 +12,7 @@ use super::host_key_trust::HostKeyTrust;
 use super::known_hosts::{KnownHosts, Verdict, describe_key};
 use super::learned::LearnedHosts;
 use super::settings::HostKeyPolicy;
+use crate::nodes::host_key_annotations::{AnnotatedKey, MalformedAnnotation};
 
 /// What the handler saw of the server's key.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +29,22 @@ pub struct HostKeyReport {
     pub learn: Option<russh::keys::PublicKey>,
     /// How the key was accepted (`None` when it was refused).
     pub trust: Option<HostKeyTrust>,
+    /// Why the node's own host key annotations refused the key (no known_hosts line named
+    /// the host, and `--host-key-source nodes`).
+    pub annotation_refusal: Option<AnnotationRefusal>,
+}
+
+/// How a node's host key annotations refused its key.
+#[derive(Debug, Clone)]
+pub enum AnnotationRefusal {
+    /// The annotations hold other keys: `annotations` names them, `expected` is the first
+    /// one's `ALG SHA256:…`.
+    Mismatch {
+        annotations: String,
+        expected: String,
+    },
+    /// An annotation cannot be parsed: the node is refused until it is fixed.
+    Malformed(MalformedAnnotation),
 }
 
 /// Host key check and disconnect notice for one node connection.
@@ -38,6 +55,10 @@ pub struct NodeHandler {
     pub(crate) known_hosts: Arc<KnownHosts>,
     pub(crate) learned: Option<Arc<LearnedHosts>>,
     pub(crate) policy: HostKeyPolicy,
+    /// The node's own host key annotations (`--host-key-source nodes`); None when that source
+    /// is off or the node has none. Only this node's: a node's annotation can never vouch for
+    /// another node's connection.
+    pub(crate) annotated: Option<Result<Vec<AnnotatedKey>, MalformedAnnotation>>,
     pub(crate) report: Arc<Mutex<HostKeyReport>>,
     pub(crate) closed: CancellationToken,
     pub(crate) disconnect_reason: Arc<Mutex<Option<String>>>,
@@ -78,7 +99,26 @@ impl russh::client::Handler for NodeHandler {
                     );
                 }
                 let mut trust = HostKeyTrust::KnownHostsLine;
+                // Any known_hosts line for the host (a key, another key, a CA, a revocation)
+                // decides alone; only a host it does not know is checked against the node's
+                // own annotations.
+                if verdict == Verdict::Unknown
+                    && !certified_host
+                    && let Some(annotated) = &self.annotated
+                {
+                    match check_annotated(annotated, key) {
+                        Ok(annotation) => {
+                            trust = HostKeyTrust::Annotation;
+                            verdict = Verdict::Trusted {
+                                file: format!("Node annotation {annotation}"),
+                                line: 0,
+                            };
+                        }
+                        Err(refusal) => report.annotation_refusal = Some(refusal),
+                    }
+                }
                 if self.policy == HostKeyPolicy::AcceptNew
+                    && report.annotation_refusal.is_none()
                     && verdict == Verdict::Unknown
                     && !certified_host
                     && let Some(learned) = &self.learned
@@ -171,4 +211,28 @@ impl russh::client::Handler for NodeHandler {
             russh::client::DisconnectReason::Error(e) => Err(e),
         }
     }
+}
+
+/// The annotation that holds `key`, or why the annotations refuse it.
+fn check_annotated(
+    annotated: &Result<Vec<AnnotatedKey>, MalformedAnnotation>,
+    key: &russh::keys::PublicKey,
+) -> Result<String, AnnotationRefusal> {
+    let keys = annotated
+        .as_ref()
+        .map_err(|e| AnnotationRefusal::Malformed(e.clone()))?;
+    if let Some(k) = keys.iter().find(|k| k.key.key_data() == key.key_data()) {
+        return Ok(k.annotation.clone());
+    }
+    Err(AnnotationRefusal::Mismatch {
+        annotations: keys
+            .iter()
+            .map(|k| k.annotation.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        expected: keys
+            .first()
+            .map(|k| describe_key(&k.key))
+            .unwrap_or_default(),
+    })
 }

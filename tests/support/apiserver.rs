@@ -2,6 +2,11 @@
 //! `GET /api/v1/nodes` with a NodeList (the queued lists in turn; the last one repeats) and
 //! `?watch=true` with a chunked stream of events that the test sends (one JSON object per
 //! line, as the real API server streams them). Plus a kubeconfig that points at it.
+//!
+//! For `publish-host-key`: `POST .../selfsubjectreviews` answers who the bearer token is
+//! (`users`), and `PATCH /api/v1/nodes/NAME` applies a JSON merge patch to that Node in the
+//! current list and sends it as a MODIFIED event on the open watches. Like NodeRestriction, a
+//! `system:node:X` user may patch Node X only (403 otherwise).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,12 @@ pub struct Api {
     pub watch_calls: usize,
     /// While set, every request gets a 500 (an API server that is down or failing).
     pub failing: bool,
+    /// Who each bearer token is (the SelfSubjectReview's user name).
+    pub users: std::collections::HashMap<String, String>,
+    /// The PATCH requests: (node, content type, body).
+    pub patches: Vec<(String, String, Value)>,
+    /// The last resource version handed out (a PATCH takes the next one).
+    pub resource_version: u64,
 }
 
 pub type Shared = Arc<Mutex<Api>>;
@@ -48,6 +59,11 @@ impl ApiServer {
         api.lock().unwrap().lists.extend(lists);
         let app = axum::Router::new()
             .route("/api/v1/nodes", axum::routing::get(nodes))
+            .route("/api/v1/nodes/{name}", axum::routing::patch(patch_node))
+            .route(
+                "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                axum::routing::post(self_subject_review),
+            )
             .with_state(api.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -55,20 +71,25 @@ impl ApiServer {
             let _ = axum::serve(listener, app).await;
         });
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-                 contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n    token: test-token\n"
-            ),
-        )
-        .unwrap();
+        write_kubeconfig(&kubeconfig, port, "test-token");
         ApiServer {
             api,
             port,
             kubeconfig,
             task,
         }
+    }
+
+    /// Writes a kubeconfig for this server at `path` whose credential is `token`, and makes
+    /// `token` the user `user` (e.g. `system:node:node-1`, a kubelet's).
+    pub fn kubeconfig_for(&self, path: &Path, token: &str, user: &str) -> PathBuf {
+        self.api
+            .lock()
+            .unwrap()
+            .users
+            .insert(token.to_string(), user.to_string());
+        write_kubeconfig(path, self.port, token);
+        path.to_path_buf()
     }
 
     /// Waits (bounded) until a watch is open.
@@ -107,6 +128,135 @@ impl ApiServer {
             let _ = tx.send(line.clone());
         }
     }
+}
+
+fn write_kubeconfig(path: &Path, port: u16, token: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n    token: {token}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// The user of the request's bearer token ("" when unknown).
+fn user_of(api: &Shared, headers: &axum::http::HeaderMap) -> String {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    api.lock()
+        .unwrap()
+        .users
+        .get(token)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn status(code: u16, message: &str) -> axum::response::Response {
+    (
+        axum::http::StatusCode::from_u16(code).unwrap(),
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code})
+            .to_string(),
+    )
+        .into_response()
+}
+
+async fn self_subject_review(
+    State(api): State<Shared>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let user = user_of(&api, &headers);
+    let review = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "SelfSubjectReview",
+        "metadata": {"creationTimestamp": null},
+        "status": {"userInfo": {"username": user, "groups": ["system:authenticated"]}},
+    });
+    (
+        axum::http::StatusCode::CREATED,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        review.to_string(),
+    )
+        .into_response()
+}
+
+/// RFC 7386: `patch` merged into `target` (null removes a key).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().unwrap();
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+async fn patch_node(
+    State(api): State<Shared>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    let user = user_of(&api, &headers);
+    if let Some(node) = user.strip_prefix("system:node:")
+        && node != name
+    {
+        return status(
+            403,
+            &format!(
+                "nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to modify node \"{name}\""
+            ),
+        );
+    }
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let Ok(patch) = serde_json::from_str::<Value>(&body) else {
+        return status(400, "the patch is not JSON");
+    };
+    let mut a = api.lock().unwrap();
+    a.patches.push((name.clone(), content_type, patch.clone()));
+    a.resource_version = a.resource_version.max(1000) + 1;
+    let rv = a.resource_version;
+    let Some(list) = a.lists.front_mut() else {
+        return status(404, "no nodes");
+    };
+    let Some(obj) = list["items"].as_array_mut().and_then(|items| {
+        items
+            .iter_mut()
+            .find(|o| o["metadata"]["name"] == name.as_str())
+    }) else {
+        return status(404, &format!("nodes \"{name}\" not found"));
+    };
+    merge_patch(obj, &patch);
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let obj = obj.clone();
+    list["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let line = event("MODIFIED", obj.clone());
+    a.watches.retain(|tx| !tx.is_closed());
+    for tx in &a.watches {
+        let _ = tx.send(line.clone());
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        obj.to_string(),
+    )
+        .into_response()
 }
 
 async fn nodes(State(api): State<Shared>, uri: axum::http::Uri) -> axum::response::Response {
