@@ -202,7 +202,8 @@ pub struct SuperviseArgs {
     pub drain_timeout: Duration,
 
     /// A channel whose reader is behind by its whole memory and spill share (or holds spilled
-    /// bytes) and does not read at all for this long is closed.
+    /// bytes, or memory a reader that reads needs) and does not read at all for this long is
+    /// closed; counted from its last read or its first unread byte, whichever is later.
     #[arg(long, env = "KUBE_SSH_TUNNEL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub stall_timeout: Duration,
 
