@@ -867,7 +867,7 @@ fn every_message_the_troubleshooting_tables_quote_is_in_the_code() {
 }
 
 /// The subcommands whose flags may have environment variables.
-const FLAG_SUBCOMMANDS: [&str; 8] = [
+const FLAG_SUBCOMMANDS: [&str; 9] = [
     "run",
     "dial",
     "check",
@@ -876,6 +876,7 @@ const FLAG_SUBCOMMANDS: [&str; 8] = [
     "drain",
     "keygen",
     "demo",
+    "publish-host-key",
 ];
 
 /// A subcommand's long flags from its `--help`, each with its environment variable if it has
