@@ -4,7 +4,8 @@
 //! each node's pod address: short and long echoes, slow readers, bulk uploads, downloads and
 //! both ways at once, every byte checked by SHA-256 against a seeded pattern. Meanwhile, every
 //! few seconds, a node is drained (and reconnected later), reconnected, removed from the node
-//! set (and put back) or given an alias; every minute one sshd is killed and restarted.
+//! file (and put back) or given an alias there (the pool follows the file as the daemon does);
+//! every minute one sshd is killed and restarted.
 //!
 //! It reports dials, failures by reason, bytes verified, RSS, fds, live heap and tokio tasks
 //! at the start and the end, and panics (after printing) when bytes were lost or corrupted
@@ -20,11 +21,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kube_ssh_tunnel::nodes::{AddressTypes, NodeSource};
 use kube_ssh_tunnel::pool::{PoolConfig, TunnelState};
 use kube_ssh_tunnel::{Node, Pool, SshSettings};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::{alloc, check, support};
 
@@ -498,11 +501,13 @@ async fn client(sock: PathBuf, i: usize, target: SocketAddr, stats: Arc<Stats>, 
 
 // ---- the faults ----------------------------------------------------------------------------
 
-/// The node set the soak feeds to `update` (as a node file would).
+/// The node set the soak writes to its node file, which a `NodeSource::File` follows and
+/// applies to the pool (as the daemon does).
 struct NodeSet {
     base: Vec<Node>,
     present: [bool; 3],
     alias: [bool; 3],
+    file: PathBuf,
 }
 
 impl NodeSet {
@@ -518,6 +523,58 @@ impl NodeSet {
             })
             .collect()
     }
+
+    /// Writes the node file (a new file renamed over the old: never read half-written).
+    fn write(&self) {
+        let mut toml = String::new();
+        for n in self.nodes() {
+            let list = |v: Vec<String>| {
+                v.iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nssh_port = {}\npod_cidrs = [{}]\naliases = [{}]\n\n",
+                n.name,
+                n.address,
+                n.ssh_port,
+                list(n.pod_cidrs.iter().map(|c| c.to_string()).collect()),
+                list(n.aliases.clone()),
+            ));
+        }
+        let tmp = self.file.with_extension("new");
+        std::fs::write(&tmp, toml).expect("write the soak's node file");
+        std::fs::rename(&tmp, &self.file).expect("replace the soak's node file");
+    }
+}
+
+/// Follows the node file as the daemon does: its sets go to `Pool::update`.
+async fn follow_node_file(pool: Arc<Pool>, file: PathBuf, stop: CancellationToken) {
+    let source = NodeSource::File {
+        path: file,
+        extra: Vec::new(),
+        address_types: AddressTypes::default(),
+        interval: Duration::from_millis(500),
+    };
+    let started = source
+        .start(Arc::new(tokio::sync::Notify::new()), stop)
+        .await
+        .expect("the soak's node file loads");
+    if let Some(task) = started.task {
+        tokio::spawn(task);
+    }
+    let mut sets = started.nodes;
+    tokio::spawn(async move {
+        while sets.changed().await.is_ok() {
+            let set = sets.borrow_and_update().clone();
+            if let Err(e) = pool.update(set) {
+                check::expect(false, || {
+                    format!("soak: the pool refused the node file's set: {e}")
+                });
+            }
+        }
+    });
 }
 
 /// Something to undo later: put a node back, undrain it, or start its sshd.
@@ -572,9 +629,7 @@ impl Faults<'_> {
     }
 
     fn update(&self) {
-        if let Err(e) = self.pool.update(self.set.nodes()) {
-            check::expect(false, || format!("soak: update refused the node set: {e}"));
-        }
+        self.set.write();
     }
 
     /// Undoes what is due (everything with `all`).
@@ -616,14 +671,14 @@ impl Faults<'_> {
             }
             2 => {
                 self.stats
-                    .fault("node-set change: remove, put back 4-10 s later");
+                    .fault("node file: node removed, put back 4-10 s later");
                 bump_drain(&self.epochs, i);
                 self.set.present[i] = false;
                 self.update();
                 self.later(i, back, Undo::Readd(i));
             }
             _ => {
-                self.stats.fault("node-set change: alias added or removed");
+                self.stats.fault("node file: alias added or removed");
                 self.set.alias[i] = !self.set.alias[i];
                 self.update();
             }
@@ -707,13 +762,22 @@ pub async fn run(secs: u64) {
     cfg.max_channels_per_connection = 8;
     cfg.overflow_idle_timeout = Duration::from_secs(10);
     let base = cluster.node_list();
-    let pool = Arc::new(Pool::with_config(cfg, base.clone()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let set = NodeSet {
+        base,
+        present: [true; 3],
+        alias: [false; 3],
+        file: dir.path().join("nodes.toml"),
+    };
+    set.write();
+    let pool = Arc::new(Pool::with_config(cfg, set.nodes()).unwrap());
+    let stop_source = CancellationToken::new();
+    follow_node_file(pool.clone(), set.file.clone(), stop_source.clone()).await;
     assert!(
         wait_until(Duration::from_secs(60), || all_ready(&pool)).await,
         "soak: the 3 nodes were not ready within 60 s: {:?}",
         pool.statuses()
     );
-    let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("front.sock");
     let front = kube_ssh_tunnel::proxy::ConnectFront::new(
         pool.clone(),
@@ -735,11 +799,7 @@ pub async fn run(secs: u64) {
     let mut faults = Faults {
         cluster: &cluster,
         pool: &pool,
-        set: NodeSet {
-            base,
-            present: [true; 3],
-            alias: [false; 3],
-        },
+        set,
         epochs: epochs.clone(),
         stats: stats.clone(),
         pending: Vec::new(),
@@ -946,6 +1006,7 @@ pub async fn run(secs: u64) {
         end.heap_mib
     );
     let problems = check::problems();
+    stop_source.cancel();
     pool.shutdown_within(Duration::from_secs(2)).await;
     if problems.is_empty() {
         println!("soak: ok: nothing lost, nothing leaked");
