@@ -6,6 +6,7 @@
 //!   cargo bench --bench tunnel -- --smoke      # tiny sizes, for CI
 //!   cargo bench --bench tunnel -- --nodes 1000 # idle-connection memory with 1,000 nodes
 //!   cargo bench --bench tunnel -- --only scale --scale-nodes 5000 # a daemon and 5,000 nodes
+//!   cargo bench --bench tunnel -- --soak 1200  # faults together for 20 min (soak/mod.rs)
 //!
 //! Measured: upload and download throughput and client CPU per GB (1 and 8 streams,
 //! aes128-gcm and chacha20, uploads also through the CONNECT front), new-channel latency
@@ -25,6 +26,9 @@ mod alloc;
 
 #[path = "check/mod.rs"]
 mod check;
+
+#[path = "soak/mod.rs"]
+mod soak;
 
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;
@@ -52,6 +56,8 @@ struct Opts {
     /// bulk, rss, slowreader, streams, scale, watch); all when empty. BENCHMARKS.md is written only by a
     /// full run.
     only: Vec<String>,
+    /// `--soak [SECS]`: only the soak, for SECS seconds (default 1200).
+    soak: Option<u64>,
 }
 
 impl Opts {
@@ -79,6 +85,10 @@ fn opts() -> Opts {
         only: get("--only")
             .map(|v| v.split(',').map(str::to_string).collect())
             .unwrap_or_default(),
+        soak: args
+            .iter()
+            .any(|a| a == "--soak")
+            .then(|| get("--soak").and_then(|v| v.parse().ok()).unwrap_or(1200)),
     }
 }
 
@@ -745,6 +755,10 @@ async fn main() {
     // Helper mode: only the Node watch, against a stand-in API server's kubeconfig.
     if let Some((kubeconfig, n)) = &o.watch_only {
         scale::watch_only(kubeconfig, *n, alloc::live).await;
+        return;
+    }
+    if let Some(secs) = o.soak {
+        soak::run(secs).await;
         return;
     }
     if o.smoke {

@@ -489,6 +489,52 @@ async fn routing_by_node_address_pod_cidr_and_service_never_a_draining_node() {
     assert_eq!(status, 400);
 }
 
+/// The front judges a CONNECT by one route snapshot and dials by the same one
+/// (`Pool::dial_any_in`): a node that leaves between the check and the dial is no route. Routed
+/// by a newer snapshot instead, its address (allowed as the node's) would have no owner and go
+/// through any ready node: a loopback address the policy now refuses, dialled anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_and_routing_of_a_connect_see_one_route_snapshot() {
+    let cluster = Cluster::start(2);
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let policy = Policy::default();
+    let f = front(
+        &cluster,
+        cluster.node_list(),
+        policy.clone(),
+        FrontLimits::default(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let dest: kube_ssh_tunnel::Destination = format!("{}:{HTTP_PORT}", n2.addr).parse().unwrap();
+    let judged = f.pool.routes();
+    let verdict = policy.check_routes(&dest, &judged);
+    assert!(
+        verdict.is_ok(),
+        "node-2's address is allowed while node-2 is in the set: {verdict:?}"
+    );
+    // node-2 leaves after the check, before the dial.
+    f.pool.update(vec![n1.node()]).unwrap();
+    assert!(
+        policy.check_routes(&dest, &f.pool.routes()).is_err(),
+        "the newer snapshot refuses node-2's (loopback) address: nobody owns it"
+    );
+    let mut ready = f.pool.subscribe("node-1").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        ready.wait_for(|s| s.state == TunnelState::Ready),
+    )
+    .await
+    .expect("node-1 ready within 10 s")
+    .unwrap();
+    let r = f.pool.dial_any_in(&judged, &dest).await;
+    assert!(
+        matches!(r, Err(kube_ssh_tunnel::DialError::NoRoute { .. })),
+        "a dial routed by the judged snapshot finds node-2 gone; got {:?}",
+        r.map(|s| format!("a stream through {}", s.node()))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_status_comes_from_a_real_case() {
     let cluster = Cluster::start(1);

@@ -487,3 +487,72 @@ async fn past_the_channel_limit_a_node_gets_more_connections_then_sheds_them() {
     let mut s = pool.dial(&dest(node.addr, HTTP_PORT)).await.unwrap();
     assert!(http_get(&mut s, "/healthz").await.ends_with("ok"));
 }
+
+/// Every process below `pid` (children first found, then theirs).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = support::children_of(pid);
+    let mut i = 0;
+    while i < all.len() && all.len() < 64 {
+        let more = support::children_of(all[i]);
+        all.extend(more);
+        i += 1;
+    }
+    all
+}
+
+/// A health probe whose channel open is pending when its connection is torn down — by the
+/// node (its sshd connection process killed) or by us (`disconnect`) — is not an answer from
+/// the link: `link_answered` stays false and the error is `ConnectionLost`, never `Refused`
+/// (ssh::open_outcome). An answered probe would show the node `degraded` instead of down
+/// and reset its failure count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_cut_by_a_teardown_is_not_an_answer() {
+    use kube_ssh_tunnel::pool::health::{HealthConfig, Probe, probe};
+    let cluster = Cluster::start(1);
+    let n = &cluster.nodes[0];
+    let cfg = HealthConfig {
+        probe: Probe::Tcp { port: HTTP_PORT },
+        timeout: Duration::from_secs(20),
+        ..HealthConfig::default()
+    };
+    for teardown in ["the node's sshd process killed", "our disconnect"] {
+        let tunnel = Arc::new(
+            NodeTunnel::connect(&n.node(), Arc::new(cluster.settings()))
+                .await
+                .unwrap(),
+        );
+        // Frozen: the probe's open gets no answer until the teardown.
+        n.stop_sshd();
+        let (t, node, c) = (tunnel.clone(), n.node(), cfg.clone());
+        let probing = tokio::spawn(async move { probe(&t, &node, &c).await });
+        assert!(
+            wait_until(Duration::from_secs(10), || tunnel.open_channels() == 1),
+            "{teardown}: the probe's open is pending"
+        );
+        if teardown == "our disconnect" {
+            tokio::time::timeout(Duration::from_secs(5), tunnel.disconnect())
+                .await
+                .expect("disconnect is bounded");
+        } else {
+            let listener = n.sshd_pid().expect("sshd runs");
+            for pid in descendants(listener) {
+                support::signal(pid, libc::SIGKILL);
+            }
+        }
+        let r = tokio::time::timeout(Duration::from_secs(30), probing)
+            .await
+            .expect("the probe ends within its timeout")
+            .unwrap();
+        n.cont_sshd();
+        assert!(!r.ok, "{teardown}: {r:?}");
+        assert!(
+            !r.link_answered,
+            "{teardown}: a torn-down link did not answer the probe: {r:?}"
+        );
+        let shown = format!("{:?}", r.error);
+        assert!(
+            shown.contains("ConnectionLost"),
+            "{teardown}: the probe failed with ConnectionLost, not {shown}"
+        );
+    }
+}

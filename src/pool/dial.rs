@@ -16,8 +16,13 @@ use crate::ssh::TunnelStream;
 impl Pool {
     /// The slot a dial to `dest` goes through now, or why there is none. With `any_ready`, a
     /// destination no node owns goes to the least-loaded ready node; without, it has no route.
-    fn route(&self, dest: &Destination, any_ready: bool) -> Result<Arc<NodeSlot>, DialError> {
-        let name = match self.routes().classify(dest) {
+    fn route(
+        &self,
+        routes: &route::RouteTable,
+        dest: &Destination,
+        any_ready: bool,
+    ) -> Result<Arc<NodeSlot>, DialError> {
+        let name = match routes.classify(dest) {
             route::Route::Node(n) | route::Route::PodOf(n) => n,
             route::Route::Ambiguous(nodes) => {
                 return Err(DialError::Ambiguous {
@@ -56,22 +61,35 @@ impl Pool {
     /// Opens a channel to `dest` through the node that owns it (by name or address, then by
     /// pod CIDR); `NoRoute` if no node does.
     pub async fn dial(&self, dest: &Destination) -> Result<TunnelStream, DialError> {
-        self.dial_routed(dest, false).await
+        self.dial_routed(&self.routes(), dest, false).await
     }
 
     /// Like `dial`, but a destination no node owns (a service ClusterIP, say) goes through the
     /// least-loaded ready node. Check such destinations against a `Policy` first.
     pub async fn dial_any(&self, dest: &Destination) -> Result<TunnelStream, DialError> {
-        self.dial_routed(dest, true).await
+        self.dial_routed(&self.routes(), dest, true).await
+    }
+
+    /// Like `dial_any`, routed by `routes`, a snapshot taken earlier with `routes()`: the one
+    /// the caller's policy check judged `dest` by, so that both see the same nodes. A node of
+    /// the snapshot that has left the pool since is `NoRoute` (its address is not handed to
+    /// another node as if nobody owned it).
+    pub async fn dial_any_in(
+        &self,
+        routes: &route::RouteTable,
+        dest: &Destination,
+    ) -> Result<TunnelStream, DialError> {
+        self.dial_routed(routes, dest, true).await
     }
 
     async fn dial_routed(
         &self,
+        routes: &route::RouteTable,
         dest: &Destination,
         any_ready: bool,
     ) -> Result<TunnelStream, DialError> {
         let start = std::time::Instant::now();
-        let slot = match self.route(dest, any_ready) {
+        let slot = match self.route(routes, dest, any_ready) {
             Ok(slot) => slot,
             Err(e) => {
                 self.account(None, Some(&e), start.elapsed());

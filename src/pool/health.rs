@@ -115,7 +115,9 @@ pub async fn probe(tunnel: &dyn Link, node: &Node, cfg: &HealthConfig) -> Health
 }
 
 /// Opens the probe's channel; `answered` becomes true once sshd has answered the open
-/// (confirmed it, or refused it: that answer proves the link).
+/// (confirmed it, or refused it: that answer proves the link). `Refused` is only ever sshd's
+/// own SSH_MSG_CHANNEL_OPEN_FAILURE (`ssh::open_outcome`): an open cut by a disconnect is
+/// `ConnectionLost`, no answer.
 async fn open_probe(
     tunnel: &dyn Link,
     host: &str,

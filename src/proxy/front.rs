@@ -260,7 +260,11 @@ impl ConnectFront {
                 .await;
             }
         };
-        if let Err(Denied(why)) = self.policy.check_routes(&dest, &self.pool.routes()) {
+        // One snapshot of the routes for the policy check and the dial: a node-set change in
+        // between must not let the check judge `dest` by one set of nodes and the dial route it
+        // by another (a node's address, allowed as the node's, then sent through any node).
+        let routes = self.pool.routes();
+        if let Err(Denied(why)) = self.policy.check_routes(&dest, &routes) {
             // A drained node is out of the routes, so the policy sees its name, address or
             // alias as nobody's: say it is drained, and how to undo it. Checked only here, off
             // the path of every dial (the drain list sits behind the lock a node-set update
@@ -277,9 +281,10 @@ impl ConnectFront {
             return respond(&self.pool, &mut io, &failure).await;
         }
         let outcome = tokio::select! {
-            r = self.pool.dial_any(&dest) => Some(r),
+            r = self.pool.dial_any_in(&routes, &dest) => Some(r),
             _ = watch_client(&mut io, &mut early) => None,
         };
+        drop(routes);
         let mut tunnel = match outcome {
             None => {
                 tracing::debug!(destination = %dest, "client left while its dial was pending; dial cancelled");

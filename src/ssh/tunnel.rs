@@ -363,14 +363,11 @@ impl NodeTunnel {
                 Err(_) => Err(OpenError::Timeout { after: limit }),
                 Ok(Err(_)) => Err(OpenError::ConnectionLost),
                 Ok(Ok(Ok(stream))) => Ok(stream),
-                Ok(Ok(Err(russh::Error::ChannelOpenFailure(reason)))) => Err(OpenError::Refused {
-                    reason: open_failure_text(&reason),
-                }),
-                Ok(Ok(Err(e))) if self.is_closed() => {
-                    tracing::debug!(node = %self.name, error = %e, "channel open failed on a closing connection");
-                    Err(OpenError::ConnectionLost)
+                // By what russh returned, not by whether the connection reads as closed yet.
+                Ok(Ok(Err(e))) => {
+                    tracing::debug!(node = %self.name, error = %e, "channel open failed");
+                    Err(super::open_outcome::classify(e))
                 }
-                Ok(Ok(Err(e))) => Err(OpenError::Refused { reason: e.to_string() }),
             },
             _ = self.closed.cancelled() => Err(OpenError::ConnectionLost),
         }
@@ -537,20 +534,6 @@ async fn rsa_hash(
         return Ok(None);
     }
     Ok(handle.best_supported_rsa_hash().await?.flatten())
-}
-
-fn open_failure_text(reason: &russh::ChannelOpenFailure) -> String {
-    match reason {
-        russh::ChannelOpenFailure::AdministrativelyProhibited => {
-            "administratively prohibited (the node's sshd forbids forwarding to it: check \
-             AllowTcpForwarding/PermitOpen or the key's permitopen=)"
-                .into()
-        }
-        russh::ChannelOpenFailure::ConnectFailed => {
-            "connect failed (nothing reachable at that address and port from the node)".into()
-        }
-        other => format!("{other:?}"),
-    }
 }
 
 fn host_key_error(node: &Node, settings: &SshSettings, r: &HostKeyReport) -> Option<ConnectError> {
