@@ -524,7 +524,7 @@ async fn a_probe_cut_by_a_teardown_is_not_an_answer() {
         // Frozen: the probe's open gets no answer until the teardown.
         n.stop_sshd();
         let (t, node, c) = (tunnel.clone(), n.node(), cfg.clone());
-        let probing = tokio::spawn(async move { probe(&t, &node, &c).await });
+        let probing = tokio::spawn(async move { probe(t.as_ref(), &node, &c).await });
         assert!(
             wait_until(Duration::from_secs(10), || tunnel.open_channels() == 1),
             "{teardown}: the probe's open is pending"

@@ -33,25 +33,28 @@ impl Pool {
         if let Some(slot) = slot {
             slot.count_dial(outcome != DialResult::Ok);
         }
-        // A dial that ends after its node left the pool (a hanging open outlives the drain)
-        // is counted without a node: its series are gone and must not come back.
+        // A dial that ends after its node's connections are all gone (a hanging open
+        // outlives the drain) is counted without a node: the series of a node that left must
+        // not come back.
+        // Checked under the lock that forgetting a node's series holds, so the two never
+        // interleave.
+        let gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
         let node = slot
             .map(|s| s.name())
-            .filter(|n| self.knows(n))
+            .filter(|n| self.has_connections(n))
             .unwrap_or_else(|| "-".into());
         let labels = DialLabels {
             node,
             result: outcome.as_str(),
         };
         self.metrics.dials.get_or_create(&labels).inc();
+        drop(gone);
         self.metrics.dial_duration.observe(took.as_secs_f64());
     }
 
-    /// True while node `name` has series: in the pool, draining, or drained.
-    fn knows(&self, name: &str) -> bool {
-        self.slots.contains_key(name)
-            || self.draining.iter().any(|d| d.name() == name)
-            || self.is_drained(name)
+    /// True while node `name` is in the pool or one of its connections drains.
+    fn has_connections(&self, name: &str) -> bool {
+        self.slots.contains_key(name) || self.draining.iter().any(|d| d.name() == name)
     }
 
     /// Dials counted for node `name`: (total, failed).

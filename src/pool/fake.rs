@@ -35,6 +35,8 @@ pub(crate) enum ConnectMode {
     Fail,
     /// Until the connect timeout.
     Hang,
+    /// The connect panics (a bug in a connector must not wedge the pool).
+    Panic,
 }
 
 /// The fake network: how connects behave per node, and every connection made.
@@ -119,6 +121,7 @@ impl Connector for FakeConnector {
                         reason: "the fake node refused the handshake".into(),
                     })
                 }
+                ConnectMode::Panic => panic!("the fake connector panics on purpose"),
                 ConnectMode::Hang => {
                     tokio::time::sleep(settings.connect_timeout).await;
                     Err(ConnectError::Timeout {

@@ -66,6 +66,11 @@ impl Pool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.draining.insert(id, slot.clone());
         slot.stop();
+        // Closed to new channels now, not when the drain task first runs: a dial that holds
+        // one of these connections fails over instead of opening a stream the drain would cut.
+        for t in slot.live().into_iter().chain(slot.overflow().tunnels()) {
+            t.close_to_new();
+        }
         slot.set_state(TunnelState::Draining, why);
         let draining = self.draining.clone();
         let (slots, metrics, gone) = (self.slots.clone(), self.metrics.clone(), self.gone.clone());

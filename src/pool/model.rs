@@ -376,6 +376,6 @@ fn model_random_seed() {
         rng,
     );
     if let Err(e) = runner.run(&sequences(), run) {
-        panic!("{e}\n(seed {seed:?}: put it in model_fixed_seed to replay)");
+        panic!("{e}\n(seed {seed:?}; the shrunk sequence above replays it in a test of its own)");
     }
 }

@@ -53,6 +53,8 @@ enum Grown {
 struct Growth {
     /// A connection being made: dials wait for its outcome instead of making their own.
     pending: Option<watch::Receiver<Option<Grown>>>,
+    /// Which growth `pending` is (each gets the next number).
+    pending_id: u64,
     /// The last growth failed, when and why.
     failed: Option<(Instant, Arc<ConnectError>)>,
 }
@@ -60,6 +62,9 @@ struct Growth {
 #[derive(Default)]
 struct Extras {
     links: Vec<Arc<dyn Link>>,
+    /// Counts connections added: a dial that saw none with room and finds the count moved
+    /// looks again instead of making another.
+    generation: u64,
     /// The node is retired: a growth that ends now disconnects its connection instead.
     retired: bool,
 }
@@ -177,21 +182,25 @@ impl Overflow {
         port: u16,
     ) -> Result<TunnelStream, OverflowError> {
         let calm = d.reason == Reason::Isolation;
+        // The whole wait for new connections is bounded: a growth takes at most the handshake
+        // wait and the connect, each at most the connect timeout.
+        let deadline = Instant::now() + d.settings.connect_timeout * 2 + Duration::from_secs(1);
         // Each round either finds room, or waits for one new connection (made by this dial
-        // or another): at most one round per connection the node may have.
-        for _ in 0..d.max_connections {
+        // or another): at most one round per connection the node may have, plus retries when
+        // a connection was added while this dial looked.
+        for _ in 0..d.max_connections * 2 {
+            let seen = lock(&self.extras).generation;
             if let Some(r) = self.try_existing(host, port, d.limit, calm).await {
                 return r;
             }
-            let mut rx = match self.join_or_grow(&d) {
+            let mut rx = match self.join_or_grow(&d, seen) {
                 Join::Wait(rx) => rx,
+                Join::Retry => continue,
                 Join::AtCap => break,
+                Join::Retired => return Err(OverflowError::Open(OpenError::ConnectionLost)),
                 Join::Remembered(e) => return self.grow_failed(&d, e, host, port).await,
             };
-            // A growth is bounded by the handshake wait and the connect, each at most the
-            // connect timeout; so is this wait (and the growth runs on if this dial leaves).
-            let limit = d.settings.connect_timeout * 2 + Duration::from_secs(1);
-            let outcome = tokio::time::timeout(limit, rx.wait_for(Option::is_some))
+            let outcome = tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some))
                 .await
                 .ok()
                 .and_then(|r| r.ok().and_then(|v| v.clone()));
@@ -207,11 +216,23 @@ impl Overflow {
     }
 
     /// Joins the growth in progress, or starts one (under the node's cap, unless a connect
-    /// failed a moment ago). Never awaits.
-    fn join_or_grow(&self, d: &OverflowDial<'_>) -> Join {
+    /// failed a moment ago, or a connection was added since the dial looked (`seen`), or the
+    /// node is retired). Never awaits.
+    fn join_or_grow(&self, d: &OverflowDial<'_>, seen: u64) -> Join {
         let mut g = lock(&self.growth);
+        let (retired, generation, live) = {
+            let e = lock(&self.extras);
+            let live = e.links.iter().filter(|t| !t.is_closed()).count();
+            (e.retired, e.generation, live)
+        };
+        if retired {
+            return Join::Retired;
+        }
         if let Some(rx) = &g.pending {
             return Join::Wait(rx.clone());
+        }
+        if generation != seen {
+            return Join::Retry;
         }
         if let Some((at, e)) = &g.failed {
             if at.elapsed() < FAILED_CONNECT_MEMORY {
@@ -219,13 +240,18 @@ impl Overflow {
             }
             g.failed = None;
         }
-        if self.load().0 + 1 >= d.max_connections {
+        if live + 1 >= d.max_connections {
             return Join::AtCap;
         }
         let (tx, rx) = watch::channel(None);
         g.pending = Some(rx.clone());
+        g.pending_id += 1;
+        let id = g.pending_id;
         drop(g);
-        let job = GrowJob {
+        let mut job = GrowJob {
+            id,
+            settled: false,
+            tx,
             node: d.node.clone(),
             reason: d.reason,
             limit: d.limit,
@@ -239,7 +265,7 @@ impl Overflow {
         };
         d.tasks.spawn(async move {
             let outcome = job.run().await;
-            let _ = tx.send(Some(outcome));
+            let _ = job.tx.send(Some(outcome));
         });
         Join::Wait(rx)
     }
@@ -289,7 +315,11 @@ impl Overflow {
         limit: usize,
         calm_only: bool,
     ) -> Option<Result<TunnelStream, OverflowError>> {
-        for t in self.tunnels() {
+        let mut all = self.tunnels();
+        // Uncongested first: a dial at the channel limit would otherwise wait behind a slow
+        // reader on an earlier extra while a later one has room.
+        all.sort_by_key(|t| t.is_congested());
+        for t in all {
             if calm_only && t.is_congested() {
                 continue;
             }
@@ -310,10 +340,19 @@ enum Join {
     AtCap,
     /// A connect failed a moment ago.
     Remembered(Arc<ConnectError>),
+    /// A connection was added while the dial looked: look again.
+    Retry,
+    /// The node is retired: no new connection for it.
+    Retired,
 }
 
-/// One growth: a new extra connection, made in its own task.
+/// One growth: a new extra connection, made in its own task. If the task ends without
+/// settling (a panic, or the runtime dropping it), `Drop` clears the growth so that the node
+/// can grow again, and wakes the dials waiting for it.
 struct GrowJob {
+    id: u64,
+    settled: bool,
+    tx: watch::Sender<Option<Grown>>,
     node: Node,
     reason: Reason,
     limit: usize,
@@ -327,7 +366,7 @@ struct GrowJob {
 }
 
 impl GrowJob {
-    async fn run(self) -> Grown {
+    async fn run(&mut self) -> Grown {
         let outcome = tokio::select! {
             o = self.connect() => o,
             _ = self.stop.cancelled() => Grown::NoHandshake,
@@ -344,7 +383,8 @@ impl GrowJob {
 
     /// Records the outcome (a new extra, or a failure to remember); returns a connection that
     /// came too late (the node retired meanwhile) for the caller to disconnect.
-    fn settle(&self, outcome: &Grown) -> Option<Arc<dyn Link>> {
+    fn settle(&mut self, outcome: &Grown) -> Option<Arc<dyn Link>> {
+        self.settled = true;
         let mut g = lock(&self.growth);
         g.pending = None;
         match outcome {
@@ -354,6 +394,7 @@ impl GrowJob {
                     return Some(t.clone());
                 }
                 extras.links.push(t.clone());
+                extras.generation += 1;
                 let count = extras.links.len();
                 drop(extras);
                 drop(g);
@@ -414,6 +455,20 @@ impl GrowJob {
                 );
             }
         }
+    }
+}
+
+impl Drop for GrowJob {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let mut g = lock(&self.growth);
+        if g.pending_id == self.id {
+            g.pending = None;
+        }
+        drop(g);
+        let _ = self.tx.send(Some(Grown::NoHandshake));
     }
 }
 

@@ -262,3 +262,22 @@ async fn dials_share_one_hanging_growth_and_then_fall_back() {
     }
     assert_eq!(net.connects(), 2, "one connect for the three dials");
 }
+
+/// A growth whose task dies (here the connector panics) does not leave the node unable to
+/// grow: the dials waiting for it go on, and the next dial makes a new connection.
+#[tokio::test(start_paused = true)]
+async fn a_growth_that_dies_does_not_block_the_next_one() {
+    let net = Arc::new(FakeNet::default());
+    let pool = Arc::new(fake_pool(&net, &["n1"], |_| {}));
+    ready(&pool, "n1").await;
+    net.live("n1")[0].set_congested(true);
+    net.set_connect("n1", ConnectMode::Panic);
+    let (r, _) = spawn_dial(&pool, "n1", "10.0.0.1").await.unwrap();
+    assert!(r.is_ok(), "falls back to the congested connection: {r:?}");
+    net.set_connect("n1", ConnectMode::Ok);
+    let before = net.connects();
+    let (r, _) = spawn_dial(&pool, "n1", "10.0.0.1").await.unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(net.connects(), before + 1, "a new connection was made");
+    assert_eq!(net.live("n1").len(), 2);
+}

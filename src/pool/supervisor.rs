@@ -66,6 +66,13 @@ pub(crate) async fn supervise(
             _ = slot.stopped() => return,
         };
         drop(permit);
+        if slot.is_stopped() {
+            // Stopped while the connect finished: nobody would drain this connection.
+            if let Ok(t) = &attempt {
+                t.disconnect().await;
+            }
+            return;
+        }
         let delay;
         // Shared with the status (and dials that report it), not copied.
         let attempt = attempt.map_err(Arc::new);
@@ -103,8 +110,14 @@ pub(crate) async fn supervise(
                     .await
                     .to_string();
                 if slot.is_stopped() {
+                    // The retire drained what it found in the slot; if this connection was
+                    // published after that, it is drained here.
+                    if let Some(t) = slot.publish(None) {
+                        tasks.spawn(drain_tunnel(t, cfg.drain_timeout, tasks.token().clone()));
+                    }
                     return;
                 }
+                tunnel.close_to_new();
                 slot.publish(None);
                 slot.update_status(|s| s.connected_at = None);
                 // Open streams keep running on the old connection until they end.

@@ -40,6 +40,13 @@ impl TunnelStream {
                     return;
                 }
                 tokio::select! {
+                    // A lost connection wins over the EOF its far ends' drop causes.
+                    biased;
+                    _ = lost.cancelled() => {
+                        pump.finish(Some((std::io::ErrorKind::ConnectionReset, "the connection to the node was lost")));
+                        pump.mark_closed();
+                        return;
+                    }
                     r = rd.read(&mut buf) => match r {
                         Ok(0) | Err(_) => {
                             pump.finish(None);
@@ -58,11 +65,6 @@ impl TunnelStream {
                         }
                     },
                     _ = pump.event.notified() => {}
-                    _ = lost.cancelled() => {
-                        pump.finish(Some((std::io::ErrorKind::ConnectionReset, "the connection to the node was lost")));
-                        pump.mark_closed();
-                        return;
-                    }
                 }
             }
         });
