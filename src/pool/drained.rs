@@ -63,5 +63,27 @@ impl DrainRecord {
         (!n.name_refused && n.name.eq_ignore_ascii_case(host))
             || n.address.eq_ignore_ascii_case(host)
             || n.aliases.iter().any(|a| a.eq_ignore_ascii_case(host))
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| n.owns_pod_ip(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_claims_the_nodes_name_address_aliases_and_pod_ips() {
+        let mut n = Node::parse_spec("n1=10.0.0.5").unwrap();
+        n.aliases = vec!["192.0.2.5".into()];
+        n.pod_cidrs = vec!["10.244.1.0/24".parse().unwrap()];
+        let d = DrainRecord::new(n, "test", None);
+        for host in ["n1", "N1", "10.0.0.5", "192.0.2.5", "10.244.1.17"] {
+            assert!(d.claims(host), "{host}");
+        }
+        for host in ["n2", "10.0.0.6", "10.244.2.17", "not-an-ip"] {
+            assert!(!d.claims(host), "{host}");
+        }
     }
 }
