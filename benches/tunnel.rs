@@ -30,6 +30,9 @@ mod check;
 #[path = "soak/mod.rs"]
 mod soak;
 
+/// In BENCHMARKS.md, what follows this line is not written by a full run and is kept by it.
+const KEPT_MARKER: &str = "<!-- kept: sections below come from other runs -->";
+
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;
 
@@ -1409,7 +1412,16 @@ async fn main() {
             md.push_str(l);
             md.push('\n');
         }
-        std::fs::write(support::repo().join("BENCHMARKS.md"), md).unwrap();
+        // The sections below the marker come from other runs (the soak, the shared side-by-side
+        // tool): kept as they are.
+        let path = support::repo().join("BENCHMARKS.md");
+        if let Ok(old) = std::fs::read_to_string(&path)
+            && let Some(at) = old.find(KEPT_MARKER)
+        {
+            md.push('\n');
+            md.push_str(&old[at..]);
+        }
+        std::fs::write(path, md).unwrap();
         println!("wrote BENCHMARKS.md");
     }
 }
