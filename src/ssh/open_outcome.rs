@@ -2,8 +2,9 @@
 //! else. The class matters twice: a refusal is sshd's answer (the health probe counts it as
 //! proof the link works, a dial answers 502), while a lost connection is no answer at all (the
 //! probe failed, a dial waits for the supervisor's reconnect). Asking "is the connection closed
-//! yet?" instead misclassifies teardown: russh reports `Disconnect` on a pending open before
-//! the handle reads as closed.
+//! yet?" instead, as before, depends on the order in which russh marks the handle closed and
+//! fails the pending opens; in 0.65.1 the handle happens to read as closed first, so that rule
+//! worked by the luck of an order russh does not promise.
 
 use crate::error::OpenError;
 
