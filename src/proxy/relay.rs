@@ -107,20 +107,24 @@ fn poll_down<S: AsyncWrite + Unpin>(
                 st.flow = Flow::Done;
             }
             Flow::Running => {
-                // Take what the channel holds, up to `buffer` bytes; its end (EOF or error)
+                // Once all that was taken is written, take what the channel holds, up to
+                // `buffer` bytes (one read, for the stall clock: a client that leaves part
+                // of it unread does not count as reading); the channel's end (EOF or error)
                 // comes after every byte taken before it.
                 let mut source_pending = false;
-                while st.held < buffer && st.end.is_none() {
-                    match tunnel.poll_chunk(cx, buffer - st.held) {
-                        Poll::Ready(Ok(Some(c))) => {
-                            st.held += c.len();
-                            st.chunks.push_back(c);
-                        }
-                        Poll::Ready(Ok(None)) => st.end = Some(None),
-                        Poll::Ready(Err(e)) => st.end = Some(Some(e)),
-                        Poll::Pending => {
-                            source_pending = true;
-                            break;
+                if st.chunks.is_empty() {
+                    while st.held < buffer && st.end.is_none() {
+                        match tunnel.poll_chunk(cx, buffer - st.held) {
+                            Poll::Ready(Ok(Some(c))) => {
+                                st.held += c.len();
+                                st.chunks.push_back(c);
+                            }
+                            Poll::Ready(Ok(None)) => st.end = Some(None),
+                            Poll::Ready(Err(e)) => st.end = Some(Some(e)),
+                            Poll::Pending => {
+                                source_pending = true;
+                                break;
+                            }
                         }
                     }
                 }
