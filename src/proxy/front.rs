@@ -302,7 +302,7 @@ impl ConnectFront {
             return;
         }
         let n = self.limits.relay_buffer;
-        match tokio::io::copy_bidirectional_with_sizes(&mut io, &mut tunnel, n, n).await {
+        match super::relay::relay(&mut io, &mut tunnel, n).await {
             Ok((up, down)) => {
                 tracing::debug!(%node, destination = %dest, up, down, "CONNECT finished")
             }

@@ -4,6 +4,7 @@
 pub mod front;
 pub mod handshakes;
 pub mod listen;
+pub mod relay;
 pub mod request;
 pub mod response;
 

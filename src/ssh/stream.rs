@@ -783,12 +783,7 @@ impl AsyncRead for TunnelStream {
                     let _ = front.split_to(n);
                 }
             }
-            shared.release(&mut st, freed);
-            st.stall_from = Instant::now();
-            shared.pressed.store(false, Ordering::Release);
-            drop(st);
-            shared.space.notify_one();
-            self.link.bytes_in.inc_by(freed as u64);
+            self.consumed(st, freed);
             return Poll::Ready(Ok(()));
         }
         if let Some((kind, msg)) = st.error {
@@ -799,6 +794,45 @@ impl AsyncRead for TunnelStream {
         }
         st.reader = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+impl TunnelStream {
+    /// Reads the next received bytes as they were delivered, at most `max` of them, without
+    /// copying them into a caller's buffer: `None` at the end of the stream. For the reader's
+    /// budget and stall clock this is a read like `poll_read`.
+    pub fn poll_chunk(&self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+        let Ok(mut st) = self.shared.recv.lock() else {
+            return Poll::Ready(Err(io::Error::other("channel state poisoned")));
+        };
+        if let Some(front) = st.chunks.front_mut() {
+            let chunk = if front.len() <= max.max(1) {
+                st.chunks.pop_front().unwrap_or_default()
+            } else {
+                front.split_to(max.max(1))
+            };
+            self.consumed(st, chunk.len());
+            return Poll::Ready(Ok(Some(chunk)));
+        }
+        if let Some((kind, msg)) = st.error {
+            return Poll::Ready(Err(io::Error::new(kind, msg)));
+        }
+        if st.remote_eof {
+            return Poll::Ready(Ok(None));
+        }
+        st.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// The reader took `freed` bytes out of memory: their budget goes back, the stall clock
+    /// restarts, a press is answered, and the pump may place more.
+    fn consumed(&self, mut st: std::sync::MutexGuard<'_, RecvState>, freed: usize) {
+        self.shared.release(&mut st, freed);
+        st.stall_from = Instant::now();
+        self.shared.pressed.store(false, Ordering::Release);
+        drop(st);
+        self.shared.space.notify_one();
+        self.link.bytes_in.inc_by(freed as u64);
     }
 }
 
