@@ -158,8 +158,13 @@ impl Keys {
 
 /// The node's state in the daemon's /status (admin socket), or "" when it is not listed.
 fn node_state(admin: &Path, node: &str) -> String {
+    node_status(admin, node).0
+}
+
+/// The node's (state, reason) in the daemon's /status (admin socket); empty when not listed.
+fn node_status(admin: &Path, node: &str) -> (String, String) {
     let Ok(mut s) = std::os::unix::net::UnixStream::connect(admin) else {
-        return String::new();
+        return Default::default();
     };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -167,19 +172,21 @@ fn node_state(admin: &Path, node: &str) -> String {
     let _ = s.read_to_end(&mut r);
     let text = String::from_utf8_lossy(&r);
     let Some((_, body)) = text.split_once("\r\n\r\n") else {
-        return String::new();
+        return Default::default();
     };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
-        return String::new();
+        return Default::default();
     };
-    v["nodes"]
+    let Some(n) = v["nodes"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|n| n["name"] == node)
-        .and_then(|n| n["state"].as_str())
-        .unwrap_or("")
-        .to_string()
+    else {
+        return Default::default();
+    };
+    let field = |k: &str| n[k].as_str().unwrap_or("").to_string();
+    (field("state"), field("reason"))
 }
 
 /// Removes the unreachable route (root namespace) when dropped.
@@ -377,12 +384,20 @@ fn a_node_behind_nat_dials_in_carries_connects_intact_and_comes_back_after_its_s
     assert_eq!(sent, got, "SHA-256 of the bytes sent and echoed back");
 
     // The node's ssh dies: the node is no longer ready, and a CONNECT is not answered 200.
+    // Seen as the session ending (not, later, as failed health probes).
     drop(ssh);
+    let mut left = (String::new(), String::new());
     assert!(
-        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
-            != "ready"),
+        wait_until(Duration::from_secs(30), || {
+            left = node_status(&admin, "rev-1");
+            left.0 != "ready"
+        }),
         "the node stayed ready after its ssh was killed; daemon log:\n{}",
         d.log()
+    );
+    assert!(
+        left.0 != "degraded" && !left.1.contains("health probe"),
+        "the node's ssh went away, yet the daemon noticed only by probing: {left:?}"
     );
     let (_s, head) = support::connect_uds(&proxy, &target);
     assert!(
