@@ -544,3 +544,49 @@ fn a_node_session_cannot_exec_or_open_direct_tcpip() {
         d.log()
     );
 }
+
+#[test]
+fn reverse_flags_without_their_files_or_with_a_bad_authorized_line_are_usage_errors() {
+    let keys = Keys::new(&["rev-a"]);
+    let run = |extra: &[String]| {
+        let mut a: Vec<String> = vec![
+            "run".into(),
+            "--ssh-tunnel".into(),
+            "--ssh-user".into(),
+            "kube-tunnel".into(),
+            "--ssh-keyfile".into(),
+            keys.path("client").display().to_string(),
+            "--ssh-known-hosts".into(),
+            keys.path("known_hosts").display().to_string(),
+            "--admin-uds".into(),
+            keys.path("admin.sock").display().to_string(),
+            "--proxy-uds".into(),
+            keys.path("proxy.sock").display().to_string(),
+            "--node".into(),
+            "rev-a=192.0.2.10".into(),
+        ];
+        a.extend_from_slice(extra);
+        let o = run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args(&a),
+            b"",
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        (o.code(), o.stderr_text())
+    };
+    let (code, err) = run(&["--reverse-listen".into(), "127.0.0.1:0".into()]);
+    assert_eq!(code, 2, "--reverse-listen alone: {err}");
+    assert!(err.contains("--reverse-host-key"), "{err}");
+
+    std::fs::write(keys.path("bad"), "rev-a ssh-ed25519 not-base64\n").unwrap();
+    let (code, err) = run(&[
+        "--reverse-listen".into(),
+        "127.0.0.1:0".into(),
+        "--reverse-host-key".into(),
+        keys.path("host_key").display().to_string(),
+        "--reverse-authorized".into(),
+        keys.path("bad").display().to_string(),
+    ]);
+    assert_eq!(code, 2, "a bad authorized line: {err}");
+    assert!(err.contains(":1: not an OpenSSH public key"), "{err}");
+}
