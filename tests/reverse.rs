@@ -81,6 +81,11 @@ impl Keys {
 
     /// `run` with the reverse listener on `listen` and `nodes` (NAME=ADDR) in the node set.
     fn daemon(&self, listen: SocketAddr, nodes: &[String]) -> Daemon {
+        self.daemon_with(listen, nodes, &[])
+    }
+
+    /// `daemon` with more flags.
+    fn daemon_with(&self, listen: SocketAddr, nodes: &[String], extra: &[&str]) -> Daemon {
         let mut a: Vec<String> = vec![
             "run".into(),
             "--ssh-tunnel".into(),
@@ -113,6 +118,7 @@ impl Keys {
             a.push("--node".into());
             a.push(n.clone());
         }
+        a.extend(extra.iter().map(|s| s.to_string()));
         let d = Daemon::start(&a);
         assert!(
             wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(
@@ -589,4 +595,55 @@ fn reverse_flags_without_their_files_or_with_a_bad_authorized_line_are_usage_err
     ]);
     assert_eq!(code, 2, "a bad authorized line: {err}");
     assert!(err.contains(":1: not an OpenSSH public key"), "{err}");
+}
+
+#[test]
+fn a_key_added_to_the_authorized_file_lets_its_node_dial_in_without_a_restart() {
+    require_tool("ssh", "-V");
+    let keys = Keys::new(&["rev-a", "rev-b"]);
+    let lines = std::fs::read_to_string(keys.path("authorized")).unwrap();
+    let (a_line, b_line) = lines.split_once('\n').unwrap();
+    std::fs::write(keys.path("authorized"), format!("{a_line}\n")).unwrap();
+    let listen = SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ));
+    // rev-b starts as a dialled node, at a loopback address where nothing listens.
+    let b_addr = support::refused_address(22);
+    let d = keys.daemon_with(
+        listen,
+        &["rev-a=192.0.2.10".to_string(), format!("rev-b={b_addr}")],
+        &["--health-probe", "none"],
+    );
+    let admin = keys.path("admin.sock");
+    let (code, err) = ssh_once(&keys, listen, "rev-b", "rev-b", &["-N", "-R", "0"], &[]);
+    assert_eq!(code, 255, "rev-b's key before it is in the file: {err}");
+    assert!(err.contains("Permission denied"), "{err}");
+
+    std::fs::write(keys.path("authorized"), format!("{a_line}\n{b_line}")).unwrap();
+    let log = std::fs::File::create(keys.path("rev-b-ssh.log")).unwrap();
+    let _ssh = Proc(
+        Command::new("ssh")
+            .args(["-N", "-R", "0"])
+            .args(keys.ssh_args(listen, "rev-b", "rev-b"))
+            .arg(listen.ip().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ssh"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-b")
+            == "ready"),
+        "rev-b did not come up through its own session after its key was added (state {:?}); daemon log:\n{}\nssh log:\n{}",
+        node_status(&admin, "rev-b"),
+        d.log(),
+        std::fs::read_to_string(keys.path("rev-b-ssh.log")).unwrap_or_default()
+    );
+    assert!(
+        d.log().contains("--reverse-authorized changed: reloaded"),
+        "{}",
+        d.log()
+    );
 }

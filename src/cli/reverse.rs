@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Args;
 use kube_ssh_tunnel::pool::PoolConfig;
 use kube_ssh_tunnel::reverse::{
-    AuthorizedNodes, Registry, ReverseConnector, ReverseError, ReverseServer, ServerSettings,
+    LiveAuthorized, Registry, ReverseConnector, ReverseError, ReverseServer, ServerSettings,
 };
 
 use super::CliError;
@@ -33,7 +33,7 @@ pub struct ReverseArgs {
     pub reverse_host_key: Option<PathBuf>,
 
     /// Which key is which reverse node: lines `NODE_NAME KEYTYPE BASE64 [comment]`. A node
-    /// logs in as its name with its key; read at start.
+    /// logs in as its name with its key; re-read when the file changes.
     #[arg(
         long,
         env = "KUBE_SSH_TUNNEL_REVERSE_AUTHORIZED",
@@ -59,7 +59,7 @@ pub async fn prepare(
     ) else {
         return Ok(None);
     };
-    let authorized = Arc::new(AuthorizedNodes::load(authorized).map_err(usage)?);
+    let authorized = Arc::new(LiveAuthorized::load(authorized).map_err(usage)?);
     let registry = Registry::new();
     let settings = ServerSettings {
         listen,

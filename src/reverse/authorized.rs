@@ -1,7 +1,7 @@
 //! `--reverse-authorized FILE`: which public key belongs to which reverse node. One line per
 //! key, `NODE_NAME KEYTYPE BASE64 [comment]` (an OpenSSH public key line behind the node's
 //! name); `#` comments and blank lines are skipped. A node named here is a reverse node: the
-//! pool waits for its connection instead of dialling it. Read once at start.
+//! pool waits for its connection instead of dialling it. Re-read on change by `live`.
 
 use std::path::Path;
 

@@ -1,5 +1,5 @@
-//! The pool's `Connector` with reverse mode on: a node named in `--reverse-authorized` is a
-//! reverse node, whose connection is the next session it opens to our listener (waited for
+//! The pool's `Connector` with reverse mode on: a node named in `--reverse-authorized` (as
+//! the file reads at this attempt) is a reverse node, whose connection is the next session it opens to our listener (waited for
 //! up to the connect timeout, then a `Timeout` like a dial that got no answer, so the
 //! supervisor's backoff, states, status and metrics work unchanged). Every other node is
 //! dialled as before.
@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::authorized::AuthorizedNodes;
 use super::link::ReverseLink;
+use super::live::LiveAuthorized;
 use super::registry::Registry;
 use crate::error::ConnectError;
 use crate::metrics::LinkStats;
@@ -21,13 +21,13 @@ use crate::ssh::SshSettings;
 #[derive(Debug)]
 pub struct ReverseConnector {
     registry: Arc<Registry>,
-    authorized: Arc<AuthorizedNodes>,
+    authorized: Arc<LiveAuthorized>,
     forward: Arc<dyn Connector>,
 }
 
 impl ReverseConnector {
     /// Forward nodes are dialled over SSH (`SshConnector`).
-    pub fn new(registry: Arc<Registry>, authorized: Arc<AuthorizedNodes>) -> ReverseConnector {
+    pub fn new(registry: Arc<Registry>, authorized: Arc<LiveAuthorized>) -> ReverseConnector {
         ReverseConnector {
             registry,
             authorized,
@@ -43,7 +43,7 @@ impl Connector for ReverseConnector {
         settings: Arc<SshSettings>,
         link: LinkStats,
     ) -> BoxFuture<'a, Result<Arc<dyn Link>, ConnectError>> {
-        if !self.authorized.is_reverse(&node.name) {
+        if !self.authorized.current().is_reverse(&node.name) {
             return self.forward.connect(node, settings, link);
         }
         Box::pin(async move {

@@ -2,7 +2,7 @@
 //! a dynamic reverse forward) and their connections join the same pool as dialled ones.
 //!
 //! - `authorized`: which public key names which node (`--reverse-authorized`); a node named
-//!   there is a reverse node.
+//!   there is a reverse node. `live`: that file, re-read when it changes.
 //! - `server`: the SSH listener (`--reverse-listen`): authenticates a node by its key, accepts
 //!   only `tcpip-forward` (and its cancel), refuses everything else, and hands the session to
 //!   the registry.
@@ -14,11 +14,13 @@
 pub mod authorized;
 pub mod connector;
 pub mod link;
+pub mod live;
 pub mod registry;
 pub mod server;
 pub mod socks;
 
 pub use authorized::AuthorizedNodes;
 pub use connector::ReverseConnector;
+pub use live::LiveAuthorized;
 pub use registry::Registry;
 pub use server::{ReverseError, ReverseServer, ServerSettings};

@@ -21,8 +21,8 @@ use russh::{Channel, ChannelOpenFailure};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::authorized::AuthorizedNodes;
 use super::link::Session;
+use super::live::LiveAuthorized;
 use super::registry::Registry;
 
 /// A client that has not finished the SSH version exchange by then is dropped.
@@ -54,7 +54,7 @@ pub enum ReverseError {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub host_key: PathBuf,
-    pub authorized: Arc<AuthorizedNodes>,
+    pub authorized: Arc<LiveAuthorized>,
     /// Keepalives we send to each node (None: off) and how many may go unanswered.
     pub keepalive_interval: Option<Duration>,
     pub keepalive_max: usize,
@@ -67,7 +67,7 @@ pub type Membership = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub struct ReverseServer {
     listener: TcpListener,
     config: Arc<russh::server::Config>,
-    authorized: Arc<AuthorizedNodes>,
+    authorized: Arc<LiveAuthorized>,
     registry: Arc<Registry>,
 }
 
@@ -171,7 +171,7 @@ impl ReverseServer {
 
 /// One node's session (russh's server handler).
 struct NodeSession {
-    authorized: Arc<AuthorizedNodes>,
+    authorized: Arc<LiveAuthorized>,
     registry: Arc<Registry>,
     membership: Membership,
     peer: SocketAddr,
@@ -202,7 +202,8 @@ impl russh::server::Handler for NodeSession {
             key.public_key.algorithm(),
             key.public_key.fingerprint(HashAlg::Sha256)
         );
-        let Some(node) = self.authorized.node_of(key.public_key) else {
+        let authorized = self.authorized.current();
+        let Some(node) = authorized.node_of(key.public_key) else {
             tracing::warn!(peer = %self.peer, user, key = %fp, "reverse session refused: the key is not in --reverse-authorized");
             return Ok(Auth::reject());
         };
