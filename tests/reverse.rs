@@ -647,3 +647,110 @@ fn a_key_added_to_the_authorized_file_lets_its_node_dial_in_without_a_restart() 
         d.log()
     );
 }
+
+/// Signs `key`'s public half with the CA at `ca`: `ssh-keygen -s CA -I ID -n PRINCIPAL -V VALIDITY`.
+fn sign(ca: &Path, key: &Path, id: &str, principal: &str, validity: &str) {
+    support::run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(ca)
+            .args(["-I", id, "-n", principal, "-V", validity])
+            .arg(key.with_extension("pub")),
+    );
+}
+
+#[test]
+fn user_certificates_name_their_node_and_expired_or_misnamed_ones_are_refused() {
+    require_tool("ssh", "-V");
+    let keys = Keys::new(&[]);
+    // rev-a is listed without a key: it can come in only with a certificate.
+    std::fs::write(keys.path("authorized"), "rev-a\n").unwrap();
+    keygen(&keys.path("ca"), "ed25519", None);
+    keygen(&keys.path("rev-a"), "ed25519", None);
+    let listen = SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ));
+    let ca_pub = keys.path("ca").with_extension("pub").display().to_string();
+    let d = keys.daemon_with(
+        listen,
+        &["rev-a=192.0.2.10".to_string()],
+        &["--reverse-user-ca", &ca_pub, "--health-probe", "none"],
+    );
+    let admin = keys.path("admin.sock");
+    let cert = keys.path("rev-a-cert.pub");
+    let with_cert = [
+        "-o".to_string(),
+        format!("CertificateFile={}", cert.display()),
+    ];
+    let with_cert: Vec<&str> = with_cert.iter().map(String::as_str).collect();
+    let forward = [&with_cert[..], &["-N", "-R", "0"]].concat();
+
+    sign(
+        &keys.path("ca"),
+        &keys.path("rev-a"),
+        "old",
+        "rev-a",
+        "20200101:20200102",
+    );
+    let (code, err) = ssh_once(&keys, listen, "rev-a", "rev-a", &forward, &[]);
+    assert_eq!(code, 255, "an expired certificate: {err}");
+    // russh checks the validity window before asking us; our check (`validate`) repeats it.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let l = d.log();
+            l.contains("Certificate is expired or not yet valid")
+                || l.contains("outside its validity")
+        }),
+        "{}",
+        d.log()
+    );
+
+    sign(
+        &keys.path("ca"),
+        &keys.path("rev-a"),
+        "other",
+        "rev-b",
+        "-5m:+1h",
+    );
+    let (code, err) = ssh_once(&keys, listen, "rev-a", "rev-a", &forward, &[]);
+    assert_eq!(code, 255, "a certificate for another node: {err}");
+    assert!(
+        d.wait_log(
+            "does not name 'rev-a' as a principal",
+            1,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        d.log()
+    );
+    assert_ne!(node_state(&admin, "rev-a"), "ready");
+
+    sign(
+        &keys.path("ca"),
+        &keys.path("rev-a"),
+        "good",
+        "rev-a",
+        "-5m:+1h",
+    );
+    let log = std::fs::File::create(keys.path("rev-a-ssh.log")).unwrap();
+    let _ssh = Proc(
+        Command::new("ssh")
+            .args(&forward)
+            .args(keys.ssh_args(listen, "rev-a", "rev-a"))
+            .arg(listen.ip().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ssh"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-a")
+            == "ready"),
+        "a valid certificate for rev-a did not bring it up (state {:?}); daemon log:\n{}\nssh log:\n{}",
+        node_status(&admin, "rev-a"),
+        d.log(),
+        std::fs::read_to_string(keys.path("rev-a-ssh.log")).unwrap_or_default()
+    );
+}

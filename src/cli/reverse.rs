@@ -41,6 +41,17 @@ pub struct ReverseArgs {
         requires = "reverse_listen"
     )]
     pub reverse_authorized: Option<PathBuf>,
+
+    /// CA public keys (OpenSSH lines) whose user certificates name reverse nodes: principal =
+    /// node name = login name; validity checked; no critical options. The node must still be
+    /// listed in --reverse-authorized (a bare NODE_NAME line is enough).
+    #[arg(
+        long,
+        env = "KUBE_SSH_TUNNEL_REVERSE_USER_CA",
+        value_name = "FILE",
+        requires = "reverse_listen"
+    )]
+    pub reverse_user_ca: Option<PathBuf>,
 }
 
 fn usage(e: ReverseError) -> CliError {
@@ -60,6 +71,25 @@ pub async fn prepare(
         return Ok(None);
     };
     let authorized = Arc::new(LiveAuthorized::load(authorized).map_err(usage)?);
+    let mut user_cas = Vec::new();
+    if let Some(f) = &args.reverse_user_ca {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| CliError::usage(format!("--reverse-user-ca {}: {e}", f.display())))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = russh::keys::ssh_key::PublicKey::from_openssh(line).map_err(|e| {
+                CliError::usage(format!(
+                    "--reverse-user-ca {}:{}: not an OpenSSH public key: {e}",
+                    f.display(),
+                    i + 1
+                ))
+            })?;
+            user_cas.push(key);
+        }
+    }
     let registry = Registry::new();
     let settings = ServerSettings {
         listen,
@@ -67,6 +97,7 @@ pub async fn prepare(
         authorized: authorized.clone(),
         keepalive_interval: pool.ssh.keepalive_interval,
         keepalive_max: pool.ssh.keepalive_max,
+        user_cas,
     };
     let server = ReverseServer::bind(settings, registry.clone())
         .await

@@ -1,6 +1,7 @@
 //! `--reverse-authorized FILE`: which public key belongs to which reverse node. One line per
 //! key, `NODE_NAME KEYTYPE BASE64 [comment]` (an OpenSSH public key line behind the node's
-//! name); `#` comments and blank lines are skipped. A node named here is a reverse node: the
+//! name), or a bare `NODE_NAME`: a reverse node that authenticates with a user certificate of
+//! `--reverse-user-ca` only. `#` comments and blank lines are skipped. A node named here is a reverse node: the
 //! pool waits for its connection instead of dialling it. Re-read on change by `live`.
 
 use std::path::Path;
@@ -12,7 +13,7 @@ use super::server::ReverseError;
 /// The keys that may dial in, each naming its node.
 #[derive(Debug, Clone, Default)]
 pub struct AuthorizedNodes {
-    entries: Vec<(String, PublicKey)>,
+    entries: Vec<(String, Option<PublicKey>)>,
 }
 
 impl AuthorizedNodes {
@@ -39,11 +40,12 @@ impl AuthorizedNodes {
                 continue;
             }
             let Some((name, key)) = line.split_once(char::is_whitespace) else {
-                return Err((i + 1, "want `NODE_NAME KEYTYPE BASE64 [comment]`".into()));
+                entries.push((line.to_string(), None));
+                continue;
             };
             let key = PublicKey::from_openssh(key.trim())
                 .map_err(|e| (i + 1, format!("not an OpenSSH public key: {e}")))?;
-            entries.push((name.to_string(), key));
+            entries.push((name.to_string(), Some(key)));
         }
         Ok(AuthorizedNodes { entries })
     }
@@ -52,7 +54,7 @@ impl AuthorizedNodes {
     pub fn node_of(&self, key: &PublicKey) -> Option<&str> {
         self.entries
             .iter()
-            .find(|(_, k)| k.key_data() == key.key_data())
+            .find(|(_, k)| k.as_ref().is_some_and(|k| k.key_data() == key.key_data()))
             .map(|(n, _)| n.as_str())
     }
 
@@ -78,6 +80,8 @@ mod tests {
         let e = AuthorizedNodes::parse(&format!("node-a {KEY}\nnode-b ssh-ed25519 AAAA\n"))
             .unwrap_err();
         assert_eq!(e.0, 2, "{e:?}");
-        assert!(AuthorizedNodes::parse("lonely\n").is_err());
+        let bare = AuthorizedNodes::parse("by-certificate\n").unwrap();
+        assert!(bare.is_reverse("by-certificate"));
+        assert_eq!(bare.node_of(&k), None);
     }
 }

@@ -58,6 +58,8 @@ pub struct ServerSettings {
     /// Keepalives we send to each node (None: off) and how many may go unanswered.
     pub keepalive_interval: Option<Duration>,
     pub keepalive_max: usize,
+    /// `--reverse-user-ca`: CAs whose user certificates name nodes (principal = node name).
+    pub user_cas: Vec<russh::keys::ssh_key::PublicKey>,
 }
 
 /// Whether a node name is in the daemon's node set now.
@@ -69,6 +71,7 @@ pub struct ReverseServer {
     config: Arc<russh::server::Config>,
     authorized: Arc<LiveAuthorized>,
     registry: Arc<Registry>,
+    user_cas: Arc<Vec<russh::keys::ssh_key::Fingerprint>>,
 }
 
 impl ReverseServer {
@@ -103,6 +106,13 @@ impl ReverseServer {
             config: Arc::new(config),
             authorized: settings.authorized,
             registry,
+            user_cas: Arc::new(
+                settings
+                    .user_cas
+                    .iter()
+                    .map(|k| k.fingerprint(HashAlg::Sha256))
+                    .collect(),
+            ),
         })
     }
 
@@ -129,6 +139,7 @@ impl ReverseServer {
             let handler = NodeSession {
                 authorized: self.authorized.clone(),
                 registry: self.registry.clone(),
+                user_cas: self.user_cas.clone(),
                 membership: membership.clone(),
                 peer,
                 node: None,
@@ -173,6 +184,7 @@ impl ReverseServer {
 struct NodeSession {
     authorized: Arc<LiveAuthorized>,
     registry: Arc<Registry>,
+    user_cas: Arc<Vec<russh::keys::ssh_key::Fingerprint>>,
     membership: Membership,
     peer: SocketAddr,
     /// The node this session serves, once authenticated.
@@ -183,6 +195,21 @@ struct NodeSession {
     forwarded: bool,
     closed: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
+}
+
+impl NodeSession {
+    /// An authenticated node: served if it is in the node set, else told why at
+    /// `auth_succeeded`.
+    fn admit(&mut self, node: &str, client_key: String) {
+        if !(self.membership)(node) {
+            tracing::warn!(peer = %self.peer, key = %client_key, node, "reverse session refused: node {node} is not in this daemon's node set");
+            self.refused = Some(format!(
+                "node {node} is not in this daemon's node set (kube-ssh-tunnel)"
+            ));
+        }
+        self.node = Some(node.to_string());
+        self.client_key = client_key;
+    }
 }
 
 fn prohibited(what: &str, node: &Option<String>, peer: SocketAddr) {
@@ -211,14 +238,48 @@ impl russh::server::Handler for NodeSession {
             tracing::warn!(peer = %self.peer, user, key = %fp, node, "reverse session refused: this key belongs to node {node}, not to '{user}' (log in as the node's name)");
             return Ok(Auth::reject());
         }
-        if !(self.membership)(node) {
-            tracing::warn!(peer = %self.peer, key = %fp, node, "reverse session refused: node {node} is not in this daemon's node set");
-            self.refused = Some(format!(
-                "node {node} is not in this daemon's node set (kube-ssh-tunnel)"
+        self.admit(node, format!("{fp} (node dialled in)"));
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let id = cert.key_id().to_string();
+        let refuse = |why: &str| {
+            tracing::warn!(peer = %self.peer, user, certificate = %id, "reverse session refused: certificate {why}");
+            Ok(Auth::reject())
+        };
+        if self.user_cas.is_empty() {
+            return refuse("offered, but no --reverse-user-ca is set");
+        }
+        if cert.validate(self.user_cas.iter()).is_err() {
+            return refuse("not signed by --reverse-user-ca, or outside its validity");
+        }
+        if cert.cert_type() != russh::keys::ssh_key::certificate::CertType::User {
+            return refuse("is not a user certificate");
+        }
+        if !cert.critical_options().is_empty() {
+            return refuse("carries critical options (not supported here)");
+        }
+        if !cert.valid_principals().iter().any(|p| p == user) {
+            return refuse(&format!(
+                "does not name '{user}' as a principal (principal = node name)"
             ));
         }
-        self.node = Some(node.to_string());
-        self.client_key = format!("{fp} (node dialled in)");
+        if !self.authorized.current().is_reverse(user) {
+            return refuse(&format!(
+                "names '{user}', which --reverse-authorized does not list as a reverse node"
+            ));
+        }
+        let fp = format!(
+            "{} {} (certificate '{id}', node dialled in)",
+            cert.algorithm(),
+            cert.public_key().fingerprint(HashAlg::Sha256)
+        );
+        self.admit(user, fp);
         Ok(Auth::Accept)
     }
 
