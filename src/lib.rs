@@ -42,6 +42,7 @@ pub mod nodes;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
+pub mod reverse;
 pub mod special;
 pub mod ssh;
 pub mod tasks;

@@ -18,6 +18,7 @@ mod nft;
 mod output;
 #[cfg(feature = "kube")]
 mod publish_host_key;
+mod reverse;
 mod rolling;
 mod run;
 mod settings;

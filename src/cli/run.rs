@@ -31,6 +31,8 @@ pub struct RunArgs {
     pub front: FrontArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
+    #[command(flatten)]
+    pub reverse: super::reverse::ReverseArgs,
 
     /// Allow --admin-listen on a non-loopback address (actions there need --admin-token-file;
     /// reads need it too only with --admin-token-for-reads).
@@ -102,13 +104,24 @@ pub async fn run_until(
     let signal = shutdown_signal()?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| CliError::failure(format!("cannot listen for SIGHUP: {e}")))?;
-    let cfg = daemon_config(&args)?;
+    let mut cfg = daemon_config(&args)?;
+    let reverse = super::reverse::prepare(&args.reverse, &mut cfg.pool).await?;
     if let Some((before, after)) = super::limits::raise_open_files()
         && after > before
     {
         tracing::debug!(before, after, "raised the soft open-files limit");
     }
     let daemon = Daemon::start(cfg).await.map_err(start_error)?;
+    let stop_reverse = tokio_util::sync::CancellationToken::new();
+    if let Some(server) = reverse {
+        // A node may dial in only while it is in the node set (file, flags or Node watch).
+        let pool = daemon.pool().clone();
+        tokio::spawn(server.serve(
+            Arc::new(move |node: &str| pool.status(node).is_some()),
+            stop_reverse.clone(),
+        ));
+    }
+    let _stop_reverse = stop_reverse.drop_guard();
     serve_until(
         daemon,
         async move {

@@ -1,9 +1,9 @@
 //! The seam between the pool and a node connection. The pool (supervisor, dials, extra
 //! connections, drain, health probes) talks to a connection only through [`Link`], and makes
-//! one only through [`Connector`]. `NodeTunnel` (SSH, dialled by us) is the one kind of link
-//! in production; tests put an in-memory link behind the same seam (`pool::fake`), so that
-//! races in the pool can be driven under tokio's paused clock. A second kind of node
-//! connection (one the node dials in) would implement the same two traits.
+//! one only through [`Connector`]. In production a link is a `NodeTunnel` (SSH, dialled by
+//! us) or, in reverse mode, a `reverse::ReverseLink` (a session the node opened to us, taken
+//! by `reverse::ReverseConnector`); tests put an in-memory link behind the same seam
+//! (`pool::fake`), so that races in the pool can be driven under tokio's paused clock.
 //!
 //! The futures are boxed so that the traits stay object-safe: a box per channel open or
 //! connect is nothing beside the SSH round trip it waits for.

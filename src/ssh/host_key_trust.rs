@@ -19,6 +19,9 @@ pub enum HostKeyTrust {
     Annotation,
     /// Not verified (`--insecure-skip-host-key-verification`).
     Insecure,
+    /// No host key of the node's: the node dialled in (reverse mode) and authenticated with
+    /// its own key, which names it (see `reverse`).
+    NodeDialledIn,
     /// A name this build does not know (a newer daemon); shown, never a parse failure.
     #[serde(other)]
     Unknown,
@@ -33,6 +36,7 @@ impl HostKeyTrust {
             HostKeyTrust::Learned => "learned (accept-new)",
             HostKeyTrust::Annotation => "Node annotation",
             HostKeyTrust::Insecure => "insecure (not verified)",
+            HostKeyTrust::NodeDialledIn => "none: the node dialled in (reverse)",
             HostKeyTrust::Unknown => "unknown",
         }
     }

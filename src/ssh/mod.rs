@@ -9,7 +9,7 @@ pub mod host_key_trust;
 pub mod keys;
 pub mod known_hosts;
 pub mod learned;
-mod open_outcome;
+pub(crate) mod open_outcome;
 pub mod settings;
 pub mod socket;
 mod spill;

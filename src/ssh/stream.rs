@@ -42,8 +42,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 use prometheus_client::metrics::gauge::Gauge;
-use russh::ChannelMsg;
-use russh::client::Msg;
+use russh::{ChannelId, ChannelMsg};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -257,13 +256,19 @@ impl std::fmt::Debug for TunnelStream {
 
 impl TunnelStream {
     /// Takes over an opened channel to `destination`: spawns its pump and returns the stream.
-    pub(crate) fn start(
-        channel: russh::Channel<Msg>,
+    /// Generic over the channel's message type: a channel we opened as the client
+    /// (`direct-tcpip`) or as the server of a node that dialled in (`forwarded-tcpip`, see
+    /// `reverse`) behave the same.
+    pub(crate) fn start<M>(
+        channel: russh::Channel<M>,
         node: Arc<str>,
         destination: Arc<str>,
         limits: ChannelLimits,
         counters: ChannelCounters,
-    ) -> TunnelStream {
+    ) -> TunnelStream
+    where
+        M: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+    {
         let (read_half, write_half) = channel.split();
         let tx = Box::pin(write_half.make_writer());
         let shared = Shared::new(limits.budget.clone(), counters.link.buffered.clone());
@@ -345,7 +350,10 @@ enum Placed {
 }
 
 impl Pump {
-    async fn run(mut self, mut rx: russh::ChannelReadHalf, wh: russh::ChannelWriteHalf<Msg>) {
+    async fn run<M>(mut self, mut rx: russh::ChannelReadHalf, wh: russh::ChannelWriteHalf<M>)
+    where
+        M: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+    {
         let end = self.receive(&mut rx).await;
         self.unblock();
         // After both EOFs sshd closes the channel itself. Let it: in russh 0.65 a channel the

@@ -1,0 +1,71 @@
+//! Sessions that nodes opened and that wait for the pool to take them. A node's session is
+//! registered once its forward is accepted; the pool's connector takes the oldest live one
+//! for that node (a second session of a node is another connection of it, taken by the next
+//! connect: an extra connection, or the reconnect after the first one ends).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::link::Session;
+
+/// Arrived sessions by node name.
+#[derive(Debug, Default)]
+pub struct Registry {
+    waiting: Mutex<HashMap<String, VecDeque<Session>>>,
+    arrived: Notify,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    /// A node's session is ready to be used.
+    pub(crate) fn register(&self, session: Session) {
+        if let Ok(mut w) = self.waiting.lock() {
+            w.entry(session.node.clone())
+                .or_default()
+                .push_back(session);
+        }
+        self.arrived.notify_waiters();
+    }
+
+    /// The oldest live session of `node` (ended ones are dropped on the way).
+    fn take_now(&self, node: &str) -> Option<Session> {
+        let mut w = self.waiting.lock().ok()?;
+        let q = w.get_mut(node)?;
+        while let Some(s) = q.pop_front() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Waits up to `limit` for a session of `node`.
+    pub(crate) async fn take(&self, node: &str, limit: Duration) -> Option<Session> {
+        let wait = async {
+            loop {
+                let arrived = self.arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                if let Some(s) = self.take_now(node) {
+                    return s;
+                }
+                arrived.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.ok()
+    }
+
+    /// Sessions waiting to be taken, all nodes together.
+    pub fn waiting(&self) -> usize {
+        self.waiting
+            .lock()
+            .map(|w| w.values().map(VecDeque::len).sum())
+            .unwrap_or(0)
+    }
+}
