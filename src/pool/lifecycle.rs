@@ -65,21 +65,28 @@ impl Pool {
         self.slots.remove_if(&name, |_, v| Arc::ptr_eq(v, &slot));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.draining.insert(id, slot.clone());
-        slot.stop();
-        // Closed to new channels now, not when the drain task first runs: a dial that holds
-        // one of these connections fails over instead of opening a stream the drain would cut.
-        for t in slot.live().into_iter().chain(slot.overflow().tunnels()) {
+        // Its connections are taken out of the slot here, before the stop, and closed to new
+        // channels at once: the drain below owns them, so `shutdown` waits for their streams
+        // (a supervisor that sees the stop finds nothing left to drain but a connection it
+        // published after this), and a dial that holds one fails over instead of opening a
+        // stream the drain would cut.
+        let taken: Vec<_> = slot
+            .overflow()
+            .take_all()
+            .into_iter()
+            .chain(slot.publish(None))
+            .collect();
+        for t in &taken {
             t.close_to_new();
         }
+        slot.stop();
         slot.set_state(TunnelState::Draining, why);
         let draining = self.draining.clone();
         let (slots, metrics, gone) = (self.slots.clone(), self.metrics.clone(), self.gone.clone());
         let stop = self.tasks.token().clone();
         self.tasks.spawn(async move {
-            let extras = slot.overflow().take_all();
-            let drains = extras
+            let drains = taken
                 .into_iter()
-                .chain(slot.publish(None))
                 .map(|t| drain::drain_tunnel(t, timeout, stop.clone()));
             futures::future::join_all(drains).await;
             draining.remove(&id);
