@@ -27,6 +27,7 @@ pub mod extra_h1;
 pub mod netns;
 pub mod node;
 pub mod process;
+pub mod reverse;
 pub mod scale;
 
 /// Port of the kubelet stub's HTTP side (the real kubelet port).

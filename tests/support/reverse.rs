@@ -1,0 +1,301 @@
+//! Reverse mode helpers shared by tests/reverse*.rs: a reverse daemon's keys and flags, a
+//! node's `ssh -N -R 0` in a namespace (stopped by PID), the daemon's view of a node through
+//! its admin socket, and SHA-256-checked echoes through the CONNECT front.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::daemon::Daemon;
+use super::{ECHO_PORT, HTTP_PORT, keygen, run_bounded, wait_until};
+
+pub fn require_root(why: &str) {
+    assert!(
+        super::is_root(),
+        "this test needs root ({why}); run it as root, as .ci/run does"
+    );
+}
+
+pub fn require_tool(tool: &str, arg: &str) {
+    let ran = run_bounded(Command::new(tool).arg(arg), b"", super::TOOL_LIMIT);
+    assert!(
+        ran.is_ok(),
+        "this test needs `{tool}` (OpenSSH client, iproute2)"
+    );
+}
+
+/// A free TCP port on `ip` (bound and released: the daemon binds it next).
+pub fn free_port(ip: IpAddr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The keys and files of one reverse daemon: its listener's host key, the node keys, the
+/// authorized file, and a dummy client key for the (unused) forward side.
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+}
+
+impl Keys {
+    pub fn new(nodes: &[&str]) -> Keys {
+        let dir = tempfile::Builder::new()
+            .prefix("kst-reverse-")
+            .tempdir()
+            .unwrap();
+        let k = Keys { dir };
+        keygen(&k.path("host_key"), "ed25519", None);
+        keygen(&k.path("client"), "ed25519", None);
+        keygen(&k.path("stranger"), "ed25519", None);
+        std::fs::write(k.path("known_hosts"), "").unwrap();
+        let mut authorized = String::new();
+        for n in nodes {
+            keygen(&k.path(n), "ed25519", None);
+            let public = std::fs::read_to_string(k.path(n).with_extension("pub")).unwrap();
+            authorized.push_str(&format!("{n} {public}"));
+        }
+        std::fs::write(k.path("authorized"), authorized).unwrap();
+        k
+    }
+
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+
+    /// The known_hosts the nodes' ssh uses: the listener's host key at `addr`.
+    pub fn node_known_hosts(&self, addr: SocketAddr) -> PathBuf {
+        let public = std::fs::read_to_string(self.path("host_key").with_extension("pub")).unwrap();
+        let f = self.path("node_known_hosts");
+        std::fs::write(&f, format!("[{}]:{} {public}", addr.ip(), addr.port())).unwrap();
+        f
+    }
+
+    /// `run` with the reverse listener on `listen` and `nodes` (NAME=ADDR) in the node set.
+    pub fn daemon(&self, listen: SocketAddr, nodes: &[String]) -> Daemon {
+        self.daemon_with(listen, nodes, &[])
+    }
+
+    /// `daemon` with more flags.
+    pub fn daemon_with(&self, listen: SocketAddr, nodes: &[String], extra: &[&str]) -> Daemon {
+        let mut a: Vec<String> = vec![
+            "run".into(),
+            "--ssh-tunnel".into(),
+            "--ssh-user".into(),
+            "kube-tunnel".into(),
+            "--ssh-keyfile".into(),
+            self.path("client").display().to_string(),
+            "--ssh-known-hosts".into(),
+            self.path("known_hosts").display().to_string(),
+            "--proxy-uds".into(),
+            self.path("proxy.sock").display().to_string(),
+            "--admin-uds".into(),
+            self.path("admin.sock").display().to_string(),
+            "--reverse-listen".into(),
+            listen.to_string(),
+            "--reverse-host-key".into(),
+            self.path("host_key").display().to_string(),
+            "--reverse-authorized".into(),
+            self.path("authorized").display().to_string(),
+            "--connect-timeout".into(),
+            "3s".into(),
+            "--node-port".into(),
+            format!("{HTTP_PORT},{ECHO_PORT}"),
+            "--backoff-min".into(),
+            "100ms".into(),
+            "--backoff-max".into(),
+            "1s".into(),
+        ];
+        for n in nodes {
+            a.push("--node".into());
+            a.push(n.clone());
+        }
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let d = Daemon::start(&a);
+        assert!(
+            wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(
+                listen
+            )
+            .is_ok()),
+            "the reverse listener did not come up on {listen}: {}",
+            d.log()
+        );
+        d
+    }
+
+    /// OpenSSH client arguments to reach the listener at `addr` as `user` with key `key`.
+    pub fn ssh_args(&self, addr: SocketAddr, user: &str, key: &str) -> Vec<String> {
+        let kh = self.node_known_hosts(addr);
+        [
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            &format!("UserKnownHostsFile={}", kh.display()),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            &format!("IdentityFile={}", self.path(key).display()),
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "ServerAliveInterval=15",
+            "-p",
+            &addr.port().to_string(),
+            "-l",
+            user,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+/// The node's state in the daemon's /status (admin socket), or "" when it is not listed.
+pub fn node_state(admin: &Path, node: &str) -> String {
+    node_status(admin, node).0
+}
+
+/// The node's (state, reason) in the daemon's /status (admin socket); empty when not listed.
+pub fn node_status(admin: &Path, node: &str) -> (String, String) {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(admin) else {
+        return Default::default();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut r = Vec::new();
+    let _ = s.read_to_end(&mut r);
+    let text = String::from_utf8_lossy(&r);
+    let Some((_, body)) = text.split_once("\r\n\r\n") else {
+        return Default::default();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return Default::default();
+    };
+    let Some(n) = v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == node)
+    else {
+        return Default::default();
+    };
+    let field = |k: &str| n[k].as_str().unwrap_or("").to_string();
+    (field("state"), field("reason"))
+}
+
+/// Removes the unreachable route (root namespace) when dropped.
+pub struct Unreachable(pub Ipv4Addr);
+
+impl Unreachable {
+    pub fn add(a: Ipv4Addr) -> Unreachable {
+        super::ip(&["route", "add", "unreachable", &format!("{a}/32")]);
+        Unreachable(a)
+    }
+}
+
+impl Drop for Unreachable {
+    fn drop(&mut self) {
+        let _ = run_bounded(
+            Command::new("ip").args(["route", "del", "unreachable", &format!("{}/32", self.0)]),
+            b"",
+            super::TOOL_LIMIT,
+        );
+    }
+}
+
+/// A child process stopped by PID when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether a TCP connect to `addr:port` inside `ns` succeeds.
+pub fn connects_in(ns: &str, addr: Ipv4Addr, port: u16) -> bool {
+    let o = run_bounded(
+        Command::new("ip").args([
+            "netns",
+            "exec",
+            ns,
+            "/bin/bash",
+            "-c",
+            r#"exec 3<>"/dev/tcp/$0/$1" && echo connected"#,
+            &addr.to_string(),
+            &port.to_string(),
+        ]),
+        b"",
+        Duration::from_secs(10),
+    );
+    o.is_ok_and(|o| o.status.success() && o.stdout_text().contains("connected"))
+}
+
+/// Sends `len` random bytes through the echo behind `target` (CONNECT on the daemon's
+/// front) and returns (SHA-256 sent, SHA-256 received, the response head).
+pub fn echo_through(proxy: &Path, target: &str, len: usize) -> (String, String, String) {
+    let (s, head) = super::connect_uds(proxy, target);
+    if !head.starts_with("HTTP/1.1 200") {
+        return (String::new(), String::new(), head);
+    }
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        use rand::RngCore;
+        let mut rng = rand::rng();
+        let mut h = Sha256::new();
+        let mut left = len;
+        let mut buf = vec![0u8; 64 << 10];
+        while left > 0 {
+            let n = left.min(buf.len());
+            rng.fill_bytes(&mut buf[..n]);
+            h.update(&buf[..n]);
+            w.write_all(&buf[..n]).unwrap();
+            left -= n;
+        }
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+        format!("{:x}", h.finalize())
+    });
+    let mut r = s;
+    r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut h = Sha256::new();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    while got < len + 1 {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                got += n;
+            }
+            Err(e) => panic!("reading the echo after {got} bytes: {e}"),
+        }
+    }
+    let sent = writer.join().unwrap();
+    assert_eq!(got, len, "bytes echoed");
+    (sent, format!("{:x}", h.finalize()), head)
+}
+
+/// The node's `ssh -N -R 0` inside `ns` to the listener at `addr`.
+pub fn node_ssh(keys: &Keys, ns: &str, addr: SocketAddr, node: &str) -> Proc {
+    let log = std::fs::File::create(keys.path(&format!("{node}-ssh.log"))).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "ssh", "-N", "-R", "0"])
+        .args(keys.ssh_args(addr, node, node))
+        .arg(addr.ip().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ssh (openssh-client) in the namespace");
+    Proc(child)
+}
