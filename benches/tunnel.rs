@@ -7,6 +7,7 @@
 //!   cargo bench --bench tunnel -- --nodes 1000 # idle-connection memory with 1,000 nodes
 //!   cargo bench --bench tunnel -- --only scale --scale-nodes 5000 # a daemon and 5,000 nodes
 //!   cargo bench --bench tunnel -- --soak 1200  # faults together for 20 min (soak/mod.rs)
+//!   cargo bench --bench tunnel -- --only reverse # reverse vs forward, 1,000 reverse nodes (reverse/mod.rs)
 //!
 //! Measured: upload and download throughput and client CPU per GB (1 and 8 streams,
 //! aes128-gcm and chacha20, uploads also through the CONNECT front), new-channel latency
@@ -29,6 +30,9 @@ mod check;
 
 #[path = "soak/mod.rs"]
 mod soak;
+
+#[path = "reverse/mod.rs"]
+mod reverse;
 
 /// In BENCHMARKS.md, what follows this line is not written by a full run and is kept by it.
 const KEPT_MARKER: &str = "<!-- kept: sections below come from other runs -->";
@@ -1365,6 +1369,15 @@ async fn main() {
         println!(
             "bench: smoke run ok: every byte checked by SHA-256, every expected dial and node ready"
         );
+    }
+
+    if o.runs("reverse") {
+        println!(
+            "\n| reverse mode (same node, same daemon binary) | forward: the daemon dials sshd | reverse: the node's `ssh -N -R 0` | reverse ÷ forward |\n|---|---|---|---|"
+        );
+        for l in reverse::run(o.smoke).await {
+            println!("{l}");
+        }
     }
 
     if !o.smoke && o.only.is_empty() {
