@@ -128,7 +128,7 @@ fn reverse_ssh(keys: &Keys, listen: SocketAddr, node: &str) -> Child {
     Command::new("ssh")
         .args(["-N", "-R", "0"])
         .args(keys.ssh_args(listen, node, node))
-        // .args(["-o", "Ciphers=aes128-gcm@openssh.com"])
+        .args(["-o", "Ciphers=aes128-gcm@openssh.com"])
         .arg(listen.ip().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

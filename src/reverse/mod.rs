@@ -9,9 +9,11 @@
 //! - `registry`: sessions that arrived and wait to be taken by the pool.
 //! - `link`: a node's session as a pool `Link`: dials open `forwarded-tcpip` channels and ask
 //!   the node's ssh for the destination with SOCKS5 (`socks`).
+//! - `config`: the listener's russh settings (ciphers, window, rekeys left to the node).
 //! - `connector`: the pool's `Connector`: waits for a reverse node's session, dials others.
 
 pub mod authorized;
+pub mod config;
 pub mod connector;
 pub mod link;
 pub mod live;

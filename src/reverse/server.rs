@@ -86,14 +86,8 @@ impl ReverseServer {
                 reason: e.to_string(),
             }
         })?;
-        let config = russh::server::Config {
-            keys: vec![key],
-            keepalive_interval: settings.keepalive_interval,
-            keepalive_max: settings.keepalive_max,
-            nodelay: true,
-            methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]),
-            ..Default::default()
-        };
+        let config =
+            super::config::server_config(key, settings.keepalive_interval, settings.keepalive_max);
         let listener =
             TcpListener::bind(settings.listen)
                 .await
