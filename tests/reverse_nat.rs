@@ -166,3 +166,101 @@ fn nodes_behind_one_nat_carry_64_mib_to_kubelet_pod_and_service_each_by_its_own_
         "the service answers through one of the nodes: {svc}"
     );
 }
+
+#[test]
+fn a_link_lost_behind_the_nat_makes_its_node_not_ready_within_the_keepalive_bound_and_a_restarted_ssh_brings_it_back()
+ {
+    require_nat_tools();
+    let nat = Nat::create(1);
+    let keys = Keys::new(&["rev-1"]);
+    let n = &nat.nodes[0];
+    let _stub = stub_in_ns(&keys, &n.ns, "rev-1", &[n.addr]);
+    // Keepalives every second, three unanswered ones end the session; no health probes, so
+    // only the keepalives can notice.
+    let (interval, count) = (Duration::from_secs(1), 3u32);
+    let (d, listen) = nat_daemon(
+        &keys,
+        &nat,
+        &["rev-1"],
+        &[
+            "--keepalive-interval",
+            "1s",
+            "--keepalive-count",
+            "3",
+            "--health-probe",
+            "none",
+        ],
+    );
+    let admin = keys.path("admin.sock");
+    let proxy = keys.path("proxy.sock");
+    let ssh = node_ssh(&keys, &n.ns, listen, "rev-1");
+    wait_ready(&keys, &d, "rev-1");
+
+    // A stream that is open across the loss.
+    let target = format!("{}:{ECHO_PORT}", n.addr);
+    let (mut open, head) = support::connect_uds(&proxy, &target);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{}", d.log());
+    open.write_all(b"before").unwrap();
+    let mut b = [0u8; 6];
+    open.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"before");
+
+    nat.cut_node(0, true);
+    let cut = Instant::now();
+    // The session is declared dead after `count` unanswered keepalives, one per interval
+    // once the link is quiet: about interval × (count + 1). A liveness bound, asserted at
+    // three times that.
+    let bound = interval * (count + 1);
+    let mut state = (String::new(), String::new());
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            state = node_status(&admin, "rev-1");
+            state.0 != "ready"
+        }),
+        "the node stayed ready for 60 s after its link was lost; daemon log:\n{}",
+        d.log()
+    );
+    let took = cut.elapsed();
+    eprintln!("not ready {took:?} after the link was lost (bound {bound:?}): {state:?}");
+    assert!(
+        took <= bound * 3,
+        "the node went not ready only after {took:?}, beyond 3 × the keepalive bound {bound:?}; daemon log:\n{}",
+        d.log()
+    );
+
+    // The open stream ends for its client (EOF or an error), it does not hang.
+    open.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let ended = open.read_to_end(&mut rest);
+    assert!(
+        !matches!(&ended, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the stream open across the loss neither ended nor failed within 30 s of the node going not ready; daemon log:\n{}",
+        d.log()
+    );
+    eprintln!(
+        "the open stream ended {:?} after the cut: {ended:?}, {} more bytes",
+        cut.elapsed(),
+        rest.len()
+    );
+    assert!(
+        state.1.contains("Keepalive timeout")
+            && d.log()
+                .contains("node=rev-1 from=ready reason=Keepalive timeout"),
+        "the daemon says (status, log) that the keepalives found the loss: {state:?}\n{}",
+        d.log()
+    );
+
+    // systemd's restart: the old ssh is killed (by PID), the link comes back, a new ssh
+    // dials in and a new CONNECT works.
+    drop(ssh);
+    nat.cut_node(0, false);
+    let _ssh = node_ssh(&keys, &n.ns, listen, "rev-1");
+    wait_ready(&keys, &d, "rev-1");
+    let (sent, got, head) = echo_through(&proxy, &target, 1 << 20);
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "after the restart: {head}"
+    );
+    assert_eq!(sent, got, "SHA-256 after the restart");
+}
