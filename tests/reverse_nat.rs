@@ -264,3 +264,146 @@ fn a_link_lost_behind_the_nat_makes_its_node_not_ready_within_the_keepalive_boun
     );
     assert_eq!(sent, got, "SHA-256 after the restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_on_a_reverse_node_holds_up_none_of_its_other_streams_and_loses_no_bytes() {
+    require_tool("ssh", "-V");
+    // The node's ssh runs here, on loopback: its "pods" are in-process sources on a
+    // loopback pod address (tests/support/streams.rs, shared with tests/isolation.rs).
+    let keys = Keys::new(&["rev-1"]);
+    let addr = support::node::try_pick_address(&[HTTP_PORT]).expect("a free loopback address");
+    let pod = support::node::try_pick_address(&[HTTP_PORT]).expect("a free loopback address");
+    let pod = Ipv4Addr::new(127, pod.octets()[1], pod.octets()[2], 10);
+    let pod_cidr = format!("127.{}.{}.0/24", pod.octets()[1], pod.octets()[2]);
+    std::fs::write(
+        keys.path("nodes.toml"),
+        format!(
+            "[[nodes]]\nname = \"rev-1\"\naddress = \"{addr}\"\nssh_port = 22\npod_cidrs = [\"{pod_cidr}\"]\n"
+        ),
+    )
+    .unwrap();
+    let pattern = streams::Pattern::new();
+    const LEN: u64 = 64 << 20;
+    let src = streams::source(pod, &pattern, LEN).await;
+    let ech = streams::echo(pod).await;
+    let spill = keys.path("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let listen = SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ));
+    let (nodes, spill) = (
+        keys.path("nodes.toml").display().to_string(),
+        spill.display().to_string(),
+    );
+    let d = keys.daemon_with(
+        listen,
+        &[],
+        &[
+            "--nodes",
+            &nodes,
+            "--health-probe",
+            "none",
+            "--spill-dir",
+            &spill,
+            "--channel-buffer",
+            "4MiB",
+        ],
+    );
+    let admin = keys.path("admin.sock");
+    let proxy = keys.path("proxy.sock");
+    let log = std::fs::File::create(keys.path("rev-1-ssh.log")).unwrap();
+    let _ssh = Proc(
+        Command::new("ssh")
+            .args(["-N", "-R", "0"])
+            .args(keys.ssh_args(listen, "rev-1", "rev-1"))
+            .arg(listen.ip().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ssh"),
+    );
+    wait_ready(&keys, &d, "rev-1");
+    let rss_before = support::rss_bytes_of(&d.child.id().to_string());
+
+    let slow = streams::connect(&proxy, &src)
+        .await
+        .expect("the slow stream opens");
+    let fast = Arc::new(AtomicBool::new(false));
+    let reader = streams::slow_reader(slow, fast.clone(), Duration::from_secs(240));
+    // The reader falls behind by most of its memory share (4 MiB).
+    let mut node = serde_json::Value::Null;
+    let held = |n: &serde_json::Value| {
+        n["buffered_bytes"].as_u64().unwrap_or(0) + n["spilled_bytes"].as_u64().unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            node = node_json(&admin, "rev-1");
+            held(&node) >= 3 << 20
+        }),
+        "the slow reader falls behind by 3 MiB: {node}\n{}",
+        d.log()
+    );
+    // Other streams on the same node (the same session: a reverse node has one) keep
+    // working meanwhile. Each must answer, within a generous liveness bound.
+    let mut worst = Duration::ZERO;
+    for i in 0..50 {
+        match streams::echo_within(&proxy, &ech, Duration::from_secs(10)).await {
+            Ok(took) => worst = worst.max(took),
+            Err(e) => panic!(
+                "CONNECT {i} beside the slow reader failed: {e}\n{}\n{}",
+                node_json(&admin, "rev-1"),
+                d.log()
+            ),
+        }
+    }
+    // What its memory share cannot hold goes to its spill file.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            node = node_json(&admin, "rev-1");
+            held(&node) >= 8 << 20
+        }),
+        "the slow reader falls behind by 8 MiB: {node}"
+    );
+    assert!(
+        node["buffered_bytes"].as_u64().unwrap_or(u64::MAX) <= 4 << 20
+            && node["spilled_bytes"].as_u64().unwrap_or(0) > 0,
+        "a reader behind holds at most its channel buffer (4 MiB) in memory, the rest spills: {node}"
+    );
+    let during = node_json(&admin, "rev-1");
+    let rss_during = support::rss_bytes_of(&d.child.id().to_string());
+    eprintln!(
+        "50 CONNECTs beside a slow reader on a reverse node, slowest {worst:?}; rss {} -> {} KiB; node: {during}",
+        rss_before >> 10,
+        rss_during >> 10
+    );
+    assert_eq!(during["state"], "ready", "{during}");
+    assert!(
+        during["buffered_bytes"].as_u64().unwrap_or(u64::MAX) <= 4 << 20,
+        "the behind reader holds at most its channel buffer in memory: {during}"
+    );
+    assert!(
+        rss_during < rss_before + (LEN / 2),
+        "the daemon does not hold the slow stream in memory: rss {} -> {} KiB",
+        rss_before >> 10,
+        rss_during >> 10
+    );
+
+    fast.store(true, Ordering::Release);
+    let (got, hash) = tokio::time::timeout(Duration::from_secs(240), reader)
+        .await
+        .expect("the slow reader finishes")
+        .unwrap();
+    assert_eq!(got, LEN, "every byte of the slow stream arrives");
+    assert!(hash == pattern.hash(LEN), "the slow stream is intact");
+    let mut after = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            after = node_json(&admin, "rev-1");
+            after["buffered_bytes"] == 0 && after["spilled_bytes"] == 0
+        }),
+        "buffers given back: {after}"
+    );
+    assert_eq!(after["reconnects"], 0, "the session was never replaced");
+}
