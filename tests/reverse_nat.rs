@@ -407,3 +407,90 @@ async fn a_slow_reader_on_a_reverse_node_holds_up_none_of_its_other_streams_and_
     );
     assert_eq!(after["reconnects"], 0, "the session was never replaced");
 }
+
+#[test]
+fn two_daemons_are_each_served_by_the_same_nodes_and_one_lost_ssh_affects_only_its_daemon() {
+    require_nat_tools();
+    let names = ["rev-1", "rev-2"];
+    let nat = Nat::create(2);
+    let a = Keys::new(&names);
+    let b = Keys::new(&[]);
+    b.share_node_keys(&a, &names);
+    let _stubs: Vec<Proc> = nat
+        .nodes
+        .iter()
+        .zip(names)
+        .map(|(n, name)| stub_in_ns(&a, &n.ns, name, &[n.addr]))
+        .collect();
+    // No health probes: a daemon must see the loss of its own ssh as its session ending.
+    let quiet = ["--health-probe", "none"];
+    let (da, listen_a) = nat_daemon(&a, &nat, &names, &quiet);
+    let (db, listen_b) = nat_daemon(&b, &nat, &names, &quiet);
+    // Each node runs one ssh per daemon (one systemd unit per apiserver).
+    let mut ssh_a: Vec<Option<Proc>> = nat
+        .nodes
+        .iter()
+        .zip(names)
+        .map(|(n, name)| Some(node_ssh(&a, &n.ns, listen_a, name)))
+        .collect();
+    let _ssh_b: Vec<Proc> = nat
+        .nodes
+        .iter()
+        .zip(names)
+        .map(|(n, name)| node_ssh(&b, &n.ns, listen_b, name))
+        .collect();
+    for (keys, d) in [(&a, &da), (&b, &db)] {
+        for (n, name) in nat.nodes.iter().zip(names) {
+            wait_ready(keys, d, name);
+            let target = format!("{}:{HTTP_PORT}", n.addr);
+            assert_eq!(
+                whoami_through(&keys.path("proxy.sock"), &target),
+                format!("{name} {target}"),
+                "{}",
+                d.log()
+            );
+        }
+    }
+
+    // rev-1's ssh to daemon A dies: A loses rev-1, B keeps it, rev-2 stays on both.
+    ssh_a[0] = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(
+            &a.path("admin.sock"),
+            "rev-1"
+        ) != "ready"),
+        "daemon A still shows rev-1 ready after its ssh to A was killed; A's log:\n{}",
+        da.log()
+    );
+    let n1 = &nat.nodes[0];
+    let target = format!("{}:{ECHO_PORT}", n1.addr);
+    let (_s, head) = support::connect_uds(&a.path("proxy.sock"), &target);
+    assert!(
+        !head.starts_with("HTTP/1.1 200"),
+        "A carried a CONNECT to rev-1 with no session: {head}"
+    );
+    assert_eq!(
+        node_state(&b.path("admin.sock"), "rev-1"),
+        "ready",
+        "daemon B lost rev-1 too; B's log:\n{}",
+        db.log()
+    );
+    let (sent, got, head) = echo_through(&b.path("proxy.sock"), &target, 1 << 20);
+    assert!(head.starts_with("HTTP/1.1 200"), "B to rev-1: {head}");
+    assert_eq!(sent, got, "SHA-256 through B");
+    for (keys, d) in [(&a, &da), (&b, &db)] {
+        assert_eq!(
+            node_state(&keys.path("admin.sock"), "rev-2"),
+            "ready",
+            "{}",
+            d.log()
+        );
+    }
+
+    // Its unit restarts it: A has rev-1 back.
+    ssh_a[0] = Some(node_ssh(&a, &n1.ns, listen_a, "rev-1"));
+    wait_ready(&a, &da, "rev-1");
+    let (sent, got, head) = echo_through(&a.path("proxy.sock"), &target, 1 << 20);
+    assert!(head.starts_with("HTTP/1.1 200"), "A to rev-1 again: {head}");
+    assert_eq!(sent, got, "SHA-256 through A after the restart");
+}
