@@ -167,9 +167,29 @@ fn nodes_behind_one_nat_carry_64_mib_to_kubelet_pod_and_service_each_by_its_own_
     );
 }
 
+/// How a node's link is lost in `lost_link_case`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Loss {
+    /// The router drops everything to and from the node (nft).
+    Dropped,
+    /// The node's ssh is frozen (SIGSTOP by PID): its TCP connection stays up, silent.
+    Frozen,
+}
+
 #[test]
 fn a_link_lost_behind_the_nat_makes_its_node_not_ready_within_the_keepalive_bound_and_a_restarted_ssh_brings_it_back()
  {
+    lost_link_case(Loss::Dropped);
+}
+
+#[test]
+fn a_frozen_node_ssh_makes_its_node_not_ready_within_the_keepalive_bound_and_a_restarted_ssh_brings_it_back()
+ {
+    lost_link_case(Loss::Frozen);
+}
+
+/// Keepalives find the loss, the open stream ends, a restarted ssh brings the node back.
+fn lost_link_case(loss: Loss) {
     require_nat_tools();
     let nat = Nat::create(1);
     let keys = Keys::new(&["rev-1"]);
@@ -205,7 +225,10 @@ fn a_link_lost_behind_the_nat_makes_its_node_not_ready_within_the_keepalive_boun
     open.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"before");
 
-    nat.cut_node(0, true);
+    match loss {
+        Loss::Dropped => nat.cut_node(0, true),
+        Loss::Frozen => support::signal(ssh.0.id(), libc::SIGSTOP),
+    }
     let cut = Instant::now();
     // The session is declared dead after `count` unanswered keepalives, one per interval
     // once the link is quiet: about interval × (count + 1). A liveness bound, asserted at
@@ -217,11 +240,11 @@ fn a_link_lost_behind_the_nat_makes_its_node_not_ready_within_the_keepalive_boun
             state = node_status(&admin, "rev-1");
             state.0 != "ready"
         }),
-        "the node stayed ready for 60 s after its link was lost; daemon log:\n{}",
+        "the node stayed ready for 60 s after its link was lost ({loss:?}); daemon log:\n{}",
         d.log()
     );
     let took = cut.elapsed();
-    eprintln!("not ready {took:?} after the link was lost (bound {bound:?}): {state:?}");
+    eprintln!("{loss:?}: not ready {took:?} after the loss (bound {bound:?}): {state:?}");
     assert!(
         took <= bound * 3,
         "the node went not ready only after {took:?}, beyond 3 × the keepalive bound {bound:?}; daemon log:\n{}",
@@ -254,7 +277,9 @@ fn a_link_lost_behind_the_nat_makes_its_node_not_ready_within_the_keepalive_boun
     // systemd's restart: the old ssh is killed (by PID), the link comes back, a new ssh
     // dials in and a new CONNECT works.
     drop(ssh);
-    nat.cut_node(0, false);
+    if loss == Loss::Dropped {
+        nat.cut_node(0, false);
+    }
     let _ssh = node_ssh(&keys, &n.ns, listen, "rev-1");
     wait_ready(&keys, &d, "rev-1");
     let (sent, got, head) = echo_through(&proxy, &target, 1 << 20);
