@@ -28,6 +28,25 @@ fn nft_in(ns: &str, rules: &str) {
     );
 }
 
+/// The third octets of the 198.19.B.0/24 blocks this process's NATs hold (tests of one binary
+/// run in parallel; two NATs on one block would clash on the root's route).
+static BLOCKS: std::sync::Mutex<std::collections::BTreeSet<u8>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A block no NAT of this process holds and the root namespace has no route into.
+fn claim_block() -> u8 {
+    use rand::Rng;
+    let mut blocks = BLOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..64 {
+        let b: u8 = rand::rng().random_range(0..=255);
+        if !blocks.contains(&b) && ip(&["route", "show", &format!("198.19.{b}.0/24")]).is_empty() {
+            blocks.insert(b);
+            return b;
+        }
+    }
+    panic!("no free 198.19.B.0/24 block for a NAT after 64 tries");
+}
+
 /// One node behind the NAT: its own namespace, joined to the router by a veth pair.
 pub struct NatNode {
     pub ns: String,
@@ -64,7 +83,7 @@ impl Nat {
         reap_stale_netns();
         let mut rng = rand::rng();
         let tag: u32 = rng.random_range(0..0xff_ffff);
-        let b: u8 = rng.random_range(0..=255);
+        let b = claim_block();
         let pid = std::process::id();
         let router = format!("kst-{pid}-{tag:06x}r");
         let outer_if = format!("kro{tag:06x}");
@@ -264,5 +283,7 @@ impl Drop for Nat {
             b"",
             TOOL_LIMIT,
         );
+        let b = self.outer_host.octets()[2];
+        BLOCKS.lock().unwrap_or_else(|e| e.into_inner()).remove(&b);
     }
 }
