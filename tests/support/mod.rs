@@ -9,11 +9,13 @@
 //! By concept:
 //! - `process`: running commands with a time limit (`run_bounded`), `/proc`, keys, `repo()`;
 //! - `netns`: network namespaces for nodes (root only);
+//! - `nat`: a router namespace with nft masquerade in front of node namespaces (root only);
 //! - `node`: one `TestNode` (sshd + kubelet stub) and `dest()`;
 //! - `cluster`: a `Cluster` of nodes with the client's keys, known_hosts and arguments;
 //! - `agent`: an ssh-agent of our own;
 //! - `apiserver`: a stand-in Kubernetes API server for the Node watch;
 //! - `daemon`: a `kube-ssh-tunnel run` process under test and `connect_uds()` to its front;
+//! - `streams`: byte patterns, sources, sinks and echoes, CONNECT and slow readers (tokio);
 //! - `scale`: thousands of in-process SSH nodes (the demo's), for the scale test and bench.
 //!
 //! Every name is re-exported here, so tests say `support::run_bounded`, `support::Cluster`.
@@ -24,11 +26,13 @@ pub mod apiserver;
 pub mod cluster;
 pub mod daemon;
 pub mod extra_h1;
+pub mod nat;
 pub mod netns;
 pub mod node;
 pub mod process;
 pub mod reverse;
 pub mod scale;
+pub mod streams;
 
 /// Port of the kubelet stub's HTTP side (the real kubelet port).
 pub const HTTP_PORT: u16 = 10250;

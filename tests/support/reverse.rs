@@ -299,3 +299,99 @@ pub fn node_ssh(keys: &Keys, ns: &str, addr: SocketAddr, node: &str) -> Proc {
         .expect("start ssh (openssh-client) in the namespace");
     Proc(child)
 }
+
+impl Keys {
+    /// Makes this daemon's node keys and authorized file those of `other` (the same nodes,
+    /// with the same keys, dial in to both daemons).
+    pub fn share_node_keys(&self, other: &Keys, nodes: &[&str]) {
+        for n in nodes {
+            std::fs::copy(other.path(n), self.path(n)).unwrap();
+            std::fs::copy(
+                other.path(n).with_extension("pub"),
+                self.path(n).with_extension("pub"),
+            )
+            .unwrap();
+        }
+        std::fs::copy(other.path("authorized"), self.path("authorized")).unwrap();
+    }
+}
+
+/// The kubelet stub (HTTP, echo) inside `ns` on every address there (0.0.0.0), answering
+/// /whoami with `name`; waits until `wait_on`'s echo port takes connections.
+pub fn stub_in_ns(keys: &Keys, ns: &str, name: &str, wait_on: &[Ipv4Addr]) -> Proc {
+    let log = std::fs::File::create(keys.path(&format!("{name}-stub.log"))).unwrap();
+    let stub = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "python3"])
+            .arg(super::repo().join("tests/node/kubelet_stub.py"))
+            .args(["--listen", "0.0.0.0"])
+            .args(["--http-port", &HTTP_PORT.to_string()])
+            .args(["--echo-port", &ECHO_PORT.to_string()])
+            .args(["--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the kubelet stub (python3) in the namespace"),
+    );
+    for a in wait_on {
+        assert!(
+            wait_until(Duration::from_secs(15), || connects_in(ns, *a, ECHO_PORT)),
+            "the kubelet stub did not listen on {a}:{ECHO_PORT} in {ns}"
+        );
+    }
+    stub
+}
+
+/// `GET /whoami` of the kubelet stub behind `target` (CONNECT on the daemon's front): the
+/// stub's "NAME ADDRESS:PORT", or the CONNECT's answer when it was not 200.
+pub fn whoami_through(proxy: &Path, target: &str) -> String {
+    let (mut s, head) = super::connect_uds(proxy, target);
+    if !head.starts_with("HTTP/1.1 200") {
+        return head;
+    }
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut r = Vec::new();
+    let _ = s.read_to_end(&mut r);
+    let text = String::from_utf8_lossy(&r).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((_, body)) => body.trim().to_string(),
+        None => text,
+    }
+}
+
+/// The node's whole entry of the daemon's /status (admin socket); `Null` when not listed.
+pub fn node_json(admin: &Path, node: &str) -> serde_json::Value {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(admin) else {
+        return serde_json::Value::Null;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut r = Vec::new();
+    let _ = s.read_to_end(&mut r);
+    let text = String::from_utf8_lossy(&r);
+    let v = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
+        .unwrap_or_default();
+    v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == node)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The peer address the daemon logged for `node`'s reverse sessions ("reverse session
+/// ready"), as they appear in its log.
+pub fn session_peers(log: &str, node: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("reverse session ready") && l.contains(&format!("node={node} ")))
+        .filter_map(|l| l.split("peer=").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .map(|p| p.trim_matches('"').to_string())
+        .collect()
+}
