@@ -299,3 +299,63 @@ pub fn node_ssh(keys: &Keys, ns: &str, addr: SocketAddr, node: &str) -> Proc {
         .expect("start ssh (openssh-client) in the namespace");
     Proc(child)
 }
+
+/// A node's `ssh -N -R 0` from the root namespace (loopback) to the listener at `addr`, as
+/// `user` with key `key` and `extra` options; its stderr goes to `LABEL-ssh.log` in the keys'
+/// directory.
+pub fn node_ssh_here(
+    keys: &Keys,
+    addr: SocketAddr,
+    user: &str,
+    key: &str,
+    extra: &[&str],
+    label: &str,
+) -> Proc {
+    let log = std::fs::File::create(keys.path(&format!("{label}-ssh.log"))).unwrap();
+    let child = Command::new("ssh")
+        .args(["-N", "-R", "0"])
+        .args(keys.ssh_args(addr, user, key))
+        .args(extra)
+        .arg(addr.ip().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ssh (openssh-client)");
+    Proc(child)
+}
+
+/// The stderr log of the ssh started with `label` (`node_ssh_here`).
+pub fn ssh_log(keys: &Keys, label: &str) -> String {
+    std::fs::read_to_string(keys.path(&format!("{label}-ssh.log"))).unwrap_or_default()
+}
+
+/// Runs the OpenSSH client once against the listener (bounded): `ssh -N -R 0` as `user`
+/// with key `key` and `extra` options; returns (exit code, stderr).
+pub fn ssh_forward_once(
+    keys: &Keys,
+    addr: SocketAddr,
+    user: &str,
+    key: &str,
+    extra: &[&str],
+) -> (i32, String) {
+    let o = run_bounded(
+        Command::new("ssh")
+            .args(["-N", "-R", "0"])
+            .args(keys.ssh_args(addr, user, key))
+            .args(extra)
+            .arg(addr.ip().to_string()),
+        b"",
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("ssh as {user}: {e}"));
+    (o.code(), o.stderr_text())
+}
+
+/// A loopback address for a reverse daemon's listener, with a free port.
+pub fn loopback_listen() -> SocketAddr {
+    SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ))
+}
