@@ -348,7 +348,7 @@ pub fn ssh_forward_once(
         b"",
         Duration::from_secs(30),
     )
-    .unwrap_or_else(|e| panic!("ssh as {user}: {e}"));
+    .unwrap_or_else(|e| panic!("ssh as {user} was not turned away (was it let in?): {e}"));
     (o.code(), o.stderr_text())
 }
 
