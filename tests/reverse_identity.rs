@@ -522,3 +522,282 @@ fn a_connection_that_only_sends_its_version_is_closed_after_the_login_grace() {
         d.log()
     );
 }
+
+/// Runs the daemon's binary once (bounded); returns (exit code, stdout, stderr).
+fn kst(args: &[&str]) -> (i32, String, String) {
+    let o = support::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args(args),
+        b"",
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    (o.code(), o.stdout_text(), o.stderr_text())
+}
+
+/// The absolute path of the OpenSSH client (the units name it).
+fn ssh_path() -> String {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join("ssh"))
+        .find(|p| p.is_file())
+        .expect("this test needs `ssh` (openssh-client) on PATH")
+        .display()
+        .to_string()
+}
+
+/// `keygen --reverse` and `node-setup` make a node's files; the node's units, run exactly as
+/// written, bring it up on two daemons (two control planes), and CONNECTs to its kubelet echo
+/// work through each.
+fn node_setup_serves_two_daemons(with_ca: bool) {
+    require_tool("ssh", "-V");
+    let k1 = Keys::new(&[]);
+    let k2 = Keys::new(&[]);
+    let (l1, l2) = (loopback_listen(), loopback_listen());
+    let (node_ip, _stub) = kubelet_stub_here(&k1, "rev-1");
+
+    // One host key for both listeners, made by keygen --reverse.
+    let hk = k1.path("host_key").display().to_string();
+    let (code, out, err) = kst(&[
+        "keygen",
+        "--reverse",
+        "--force",
+        "--out",
+        &hk,
+        "--listen",
+        &l1.to_string(),
+    ]);
+    assert_eq!(code, 0, "keygen --reverse: {err}");
+    let host_pub = std::fs::read_to_string(k1.path("host_key.pub")).unwrap();
+    let bare: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+    let line = format!("[{}]:{} {}", l1.ip(), l1.port(), bare.join(" "));
+    assert!(
+        out.contains(&line),
+        "keygen --reverse prints {line:?}:\n{out}"
+    );
+    for f in ["host_key", "host_key.pub"] {
+        std::fs::copy(k1.path(f), k2.path(f)).unwrap();
+    }
+
+    let node_dir = k1.path("node");
+    let node_dir_s = node_dir.display().to_string();
+    let ssh = ssh_path();
+    let mut args = vec![
+        "node-setup".to_string(),
+        "--node".into(),
+        "rev-1".into(),
+        "--control-plane".into(),
+        l1.to_string(),
+        "--control-plane".into(),
+        l2.to_string(),
+        "--host-key-pub".into(),
+        k1.path("host_key.pub").display().to_string(),
+        "--out".into(),
+        node_dir_s.clone(),
+        "--install-dir".into(),
+        node_dir_s.clone(),
+        "--ssh".into(),
+        ssh,
+    ];
+    let mut daemon_extra: Vec<String> = vec!["--health-probe".into(), "none".into()];
+    if with_ca {
+        keygen(&k1.path("ca"), "ed25519", None);
+        args.extend(
+            [
+                "--user-ca",
+                &k1.path("ca").display().to_string(),
+                "--validity",
+                "1h",
+            ]
+            .map(String::from),
+        );
+        daemon_extra.extend([
+            "--reverse-user-ca".into(),
+            k1.path("ca.pub").display().to_string(),
+        ]);
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = kst(&argv);
+    assert_eq!(code, 0, "node-setup: {err}");
+    // The printed line for --reverse-authorized: the last line that is not a comment.
+    let authorized = out
+        .lines()
+        .rfind(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .unwrap()
+        .to_string();
+    if with_ca {
+        assert_eq!(authorized, "rev-1", "{out}");
+        assert!(node_dir.join("node_key-cert.pub").is_file());
+    } else {
+        let public = std::fs::read_to_string(node_dir.join("node_key.pub")).unwrap();
+        assert_eq!(authorized, format!("rev-1 {}", public.trim()), "{out}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(node_dir.join("node_key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the node's private key");
+    // Not overwritten without --force, naming the flag.
+    let (code, _, err) = kst(&argv);
+    assert_eq!(code, 2, "node-setup again: {err}");
+    assert!(err.contains("--force"), "{err}");
+
+    let extra: Vec<&str> = daemon_extra.iter().map(String::as_str).collect();
+    let node = format!("rev-1={node_ip}");
+    let mut daemons = Vec::new();
+    for (k, l) in [(&k1, l1), (&k2, l2)] {
+        std::fs::write(k.path("authorized"), format!("{authorized}\n")).unwrap();
+        daemons.push(k.daemon_with(l, std::slice::from_ref(&node), &extra));
+    }
+    let units: Vec<_> = (1..=2)
+        .map(|i| node_dir.join(format!("kube-ssh-tunnel-reverse-{i}.service")))
+        .collect();
+    for u in &units {
+        let text = std::fs::read_to_string(u).unwrap();
+        assert!(text.contains("Restart=always"), "{text}");
+    }
+    let _ssh: Vec<Proc> = units
+        .iter()
+        .enumerate()
+        .map(|(i, u)| run_unit(&k1, u, &format!("unit-{}", i + 1)))
+        .collect();
+    let target = format!("{node_ip}:{}", support::ECHO_PORT);
+    for (i, (k, d)) in [&k1, &k2].iter().zip(&daemons).enumerate() {
+        let admin = k.path("admin.sock");
+        assert!(
+            wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
+                == "ready"),
+            "rev-1 did not come up on daemon {} through its unit (state {:?}); daemon log:\n{}\nssh log:\n{}",
+            i + 1,
+            node_status(&admin, "rev-1"),
+            d.log(),
+            ssh_log(&k1, &format!("unit-{}", i + 1))
+        );
+        let (sent, got, head) = echo_through(&k.path("proxy.sock"), &target, 1 << 20);
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "CONNECT {target} through daemon {}: {head}\n{}",
+            i + 1,
+            d.log()
+        );
+        assert_eq!(sent, got, "SHA-256 through daemon {}", i + 1);
+    }
+}
+
+#[test]
+fn node_setup_units_bring_a_node_with_its_own_key_up_on_two_daemons() {
+    node_setup_serves_two_daemons(false);
+}
+
+#[test]
+fn node_setup_units_bring_a_node_with_a_user_certificate_up_on_two_daemons() {
+    node_setup_serves_two_daemons(true);
+}
+
+#[test]
+fn node_setup_and_keygen_reverse_name_the_flag_of_every_bad_input() {
+    let k = Keys::new(&[]);
+    let hk = k.path("host_key.pub").display().to_string();
+    let out = k.path("node").display().to_string();
+    let base = |extra: &[&str]| -> (i32, String) {
+        let mut a = vec!["node-setup", "--out", &out];
+        a.extend_from_slice(extra);
+        let (code, _, err) = kst(&a);
+        (code, err)
+    };
+    for (extra, flag) in [
+        (
+            vec![
+                "--node",
+                "a b",
+                "--control-plane",
+                "cp:2222",
+                "--host-key-pub",
+                &hk,
+            ],
+            "--node",
+        ),
+        (
+            vec![
+                "--node",
+                "n",
+                "--control-plane",
+                "cp",
+                "--host-key-pub",
+                &hk,
+            ],
+            "--control-plane",
+        ),
+        (
+            vec![
+                "--node",
+                "n",
+                "--control-plane",
+                "-oProxyCommand=x:22",
+                "--host-key-pub",
+                &hk,
+            ],
+            "--control-plane",
+        ),
+        (
+            vec![
+                "--node",
+                "n",
+                "--control-plane",
+                "cp:2222",
+                "--host-key-pub",
+                "/nonexistent",
+            ],
+            "--host-key-pub",
+        ),
+        (
+            vec![
+                "--node",
+                "n",
+                "--control-plane",
+                "cp:2222",
+                "--host-key-pub",
+                &hk,
+                "--install-dir",
+                "etc/kst",
+            ],
+            "--install-dir",
+        ),
+        (
+            vec![
+                "--node",
+                "n",
+                "--control-plane",
+                "cp:2222",
+                "--host-key-pub",
+                &hk,
+                "--user-ca",
+                &hk,
+            ],
+            "--validity",
+        ),
+    ] {
+        let (code, err) = base(&extra);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains(flag), "{extra:?} names {flag}: {err}");
+    }
+    let (code, _, err) = kst(&[
+        "keygen",
+        "--reverse",
+        "--out",
+        &k.path("host_key").display().to_string(),
+    ]);
+    assert_eq!(code, 2, "keygen --reverse over an existing key: {err}");
+    assert!(err.contains("--force"), "{err}");
+    let (code, _, err) = kst(&[
+        "keygen",
+        "--reverse",
+        "--out",
+        &k.path("hk2").display().to_string(),
+        "--listen",
+        "nowhere",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--listen"), "{err}");
+}
