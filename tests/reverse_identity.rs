@@ -285,6 +285,20 @@ fn revoking_a_live_nodes_key_or_removing_it_from_the_authorized_file_cuts_its_se
         d.log()
     );
 
+    // A revoked file that stops loading keeps the last good set: rev-a is still refused.
+    std::fs::write(keys.path("revoked"), "not a key\n").unwrap();
+    assert!(
+        d.wait_log(
+            "--reverse-revoked changed but does not load; keeping the last good set",
+            1,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        d.log()
+    );
+    let (code, err) = ssh_forward_once(&keys, listen, "rev-a", "rev-a", &[]);
+    assert_eq!(code, 255, "rev-a after the revoked file broke: {err}");
+
     // rev-c was not touched: its session lives on.
     assert!(
         matches!(ssh[2].0.try_wait(), Ok(None)),
@@ -693,6 +707,51 @@ fn node_setup_units_bring_a_node_with_its_own_key_up_on_two_daemons() {
 #[test]
 fn node_setup_units_bring_a_node_with_a_user_certificate_up_on_two_daemons() {
     node_setup_serves_two_daemons(true);
+}
+
+#[test]
+fn a_bad_revoked_file_or_a_limit_without_the_listener_is_a_usage_error() {
+    let keys = Keys::new(&["rev-a"]);
+    std::fs::write(keys.path("revoked"), "# ok\nssh-ed25519 AAAA\n").unwrap();
+    let base: Vec<String> = vec![
+        "run".into(),
+        "--ssh-tunnel".into(),
+        "--ssh-user".into(),
+        "kube-tunnel".into(),
+        "--ssh-keyfile".into(),
+        keys.path("client").display().to_string(),
+        "--ssh-known-hosts".into(),
+        keys.path("known_hosts").display().to_string(),
+        "--admin-uds".into(),
+        keys.path("admin.sock").display().to_string(),
+        "--proxy-uds".into(),
+        keys.path("proxy.sock").display().to_string(),
+        "--node".into(),
+        "rev-a=192.0.2.10".into(),
+    ];
+    let run = |extra: &[String]| {
+        let a: Vec<&str> = base.iter().chain(extra).map(String::as_str).collect();
+        let (code, _, err) = kst(&a);
+        (code, err)
+    };
+    let (code, err) = run(&[
+        "--reverse-listen".into(),
+        "127.0.0.1:0".into(),
+        "--reverse-host-key".into(),
+        keys.path("host_key").display().to_string(),
+        "--reverse-authorized".into(),
+        keys.path("authorized").display().to_string(),
+        "--reverse-revoked".into(),
+        keys.path("revoked").display().to_string(),
+    ]);
+    assert_eq!(code, 2, "a bad revoked line: {err}");
+    assert!(
+        err.contains("--reverse-revoked") && err.contains(":2: not an OpenSSH public key"),
+        "{err}"
+    );
+    let (code, err) = run(&["--reverse-max-sessions-per-node".into(), "2".into()]);
+    assert_eq!(code, 2, "a limit without the listener: {err}");
+    assert!(err.contains("--reverse-listen"), "{err}");
 }
 
 #[test]

@@ -70,18 +70,18 @@ pub struct ReverseArgs {
 
     /// Live sessions one reverse node may hold at once (counted by identity, not by source
     /// address); one more is refused with a message naming this flag.
-    #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_MAX_SESSIONS_PER_NODE", default_value = "4", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_MAX_SESSIONS_PER_NODE", default_value = "4", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024), requires = "reverse_listen")]
     pub reverse_max_sessions_per_node: u32,
 
     /// Connections to the reverse listener that have not authenticated yet, all sources
     /// together; one more is closed at once (logged at most every 10 s). Raise it when many
     /// nodes reconnect at once, e.g. after a restart.
-    #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_MAX_UNAUTHENTICATED", default_value = "64", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100000))]
+    #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_MAX_UNAUTHENTICATED", default_value = "64", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100000), requires = "reverse_listen")]
     pub reverse_max_unauthenticated: u32,
 
     /// Time a connection to the reverse listener has to finish the SSH version exchange and
     /// authentication; then it is disconnected.
-    #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_LOGIN_GRACE", default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_LOGIN_GRACE", default_value = "30s", value_name = "DURATION", value_parser = parse_duration, requires = "reverse_listen")]
     pub reverse_login_grace: Duration,
 }
 
