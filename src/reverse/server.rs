@@ -288,15 +288,17 @@ async fn serve_connection(
     why
 }
 
-/// Every `RECHECK_INTERVAL`, if the authorized or the revoked file changed, cuts the live
-/// sessions whose credential is no longer good (with the reason, which the node's ssh prints).
+/// Every `RECHECK_INTERVAL`, if the authorized or the revoked file changed (or sessions were
+/// admitted since the last check, which may have authenticated against the older version),
+/// cuts the live sessions whose credential is no longer good (with the reason, which the
+/// node's ssh prints).
 async fn recheck_live_sessions(
     book: Arc<Book>,
     authorized: Arc<LiveAuthorized>,
     revoked: Option<Arc<LiveRevoked>>,
     stop: CancellationToken,
 ) {
-    let mut seen = (0u64, 0u64);
+    let mut seen = (0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(RECHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -304,6 +306,8 @@ async fn recheck_live_sessions(
             _ = tick.tick() => (),
             _ = stop.cancelled() => return,
         }
+        // Read before the files: a session admitted after this makes the next tick check.
+        let admitted = book.admitted();
         let (auth, ga) = authorized.current_with_generation();
         let (rev, gr) = match &revoked {
             Some(r) => {
@@ -312,10 +316,15 @@ async fn recheck_live_sessions(
             }
             None => (None, 0),
         };
-        if (ga, gr) == seen {
+        if (ga, gr, admitted) == seen {
             continue;
         }
-        seen = (ga, gr);
+        let changed = (ga, gr) != (seen.0, seen.1);
+        seen = (ga, gr, admitted);
+        if !changed && ga == 0 && gr == 0 {
+            // Nothing was ever reloaded: every session authenticated against these files.
+            continue;
+        }
         let cuts = book.take_disallowed(|node, cred| {
             not_allowed(node, cred, &auth, rev.as_deref()).map(|why| format!("node {node}: {why}"))
         });

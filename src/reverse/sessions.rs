@@ -36,6 +36,9 @@ pub(crate) struct LiveSession {
 pub(crate) struct Book {
     entries: Mutex<HashMap<u64, LiveSession>>,
     next: AtomicU64,
+    /// Sessions admitted so far: a session admitted after a check of the files (with what it
+    /// authenticated against an older version) makes the next check run again.
+    admitted: AtomicU64,
 }
 
 impl Book {
@@ -54,7 +57,13 @@ impl Book {
             return Err(live);
         }
         e.insert(id, session);
+        self.admitted.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// How many sessions were admitted so far.
+    pub(crate) fn admitted(&self) -> u64 {
+        self.admitted.load(Ordering::Acquire)
     }
 
     /// The session ended.
