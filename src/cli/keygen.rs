@@ -2,7 +2,9 @@
 //! the restricted authorized_keys line (port forwarding only, only to the allowed
 //! destinations) and an sshd_config snippet. Two egress profiles: `kubelet` fences the key
 //! with `permitopen`; `cluster` (pods and services too) cannot, since `permitopen` takes no
-//! CIDR, so it prints an nftables rule set per node instead (`nft.rs`).
+//! CIDR, so it prints an nftables rule set per node instead (`nft.rs`). With `--reverse` it
+//! makes the reverse listener's host key instead and prints the known_hosts line nodes need
+//! (`node_setup::reverse_host_key`).
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -39,6 +41,16 @@ pub struct KeygenArgs {
     /// Overwrite an existing key.
     #[arg(long)]
     pub force: bool,
+
+    /// Make the reverse listener's host key (run --reverse-host-key) instead, and print the
+    /// known_hosts line nodes need (docs/reverse.md).
+    #[arg(long, conflicts_with_all = ["nodes", "nodes_file", "ssh_user", "service_cidr", "pod_cidr", "loopback_port"])]
+    pub reverse: bool,
+
+    /// With --reverse: the listener's address as nodes dial it, HOST:PORT, for the known_hosts
+    /// line (a placeholder without it).
+    #[arg(long, value_name = "HOST:PORT", requires = "reverse")]
+    pub listen: Option<String>,
 
     /// Comment stored with the key.
     #[arg(long, default_value = "kube-ssh-tunnel")]
@@ -99,6 +111,14 @@ fn io_err(path: &std::path::Path, e: std::io::Error) -> CliError {
 }
 
 pub fn keygen(a: KeygenArgs) -> Result<(), CliError> {
+    if a.reverse {
+        return super::node_setup::reverse_host_key(
+            &a.out,
+            a.force,
+            &a.comment,
+            a.listen.as_deref(),
+        );
+    }
     let mut nodes: Vec<Node> = Vec::new();
     for spec in &a.nodes {
         nodes.push(Node::parse_spec(spec)?);

@@ -15,6 +15,7 @@ mod keygen;
 mod limits;
 mod logging;
 mod nft;
+mod node_setup;
 mod output;
 #[cfg(feature = "kube")]
 mod publish_host_key;
@@ -91,6 +92,9 @@ enum Command {
     Drain(status::NodeActionArgs),
     /// Write an ed25519 key pair and print the restricted authorized_keys line for the nodes.
     Keygen(keygen::KeygenArgs),
+    /// Write what a reverse node needs (key or certificate, known_hosts, one systemd unit per
+    /// control plane) and print its --reverse-authorized line.
+    NodeSetup(Box<node_setup::NodeSetupArgs>),
     /// Validate config, keys, known_hosts and nodes without connecting (--connect: try each node).
     Check(Box<check::CheckArgs>),
     /// On a node: write its SSH host public keys onto its own Node object (annotations
@@ -142,6 +146,7 @@ pub fn main() -> i32 {
             Command::Reconnect(a) => rolling::reconnect(a).await,
             Command::Drain(a) => status::node_action(a, status::NodeAction::Drain).await,
             Command::Keygen(a) => keygen::keygen(a).map(|()| 0),
+            Command::NodeSetup(a) => node_setup::node_setup(*a).map(|()| 0),
             Command::Check(a) => check::check(*a).await,
             #[cfg(feature = "kube")]
             Command::PublishHostKey(a) => publish_host_key::publish_host_key(a).await,

@@ -5,14 +5,17 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use kube_ssh_tunnel::pool::PoolConfig;
 use kube_ssh_tunnel::reverse::{
-    LiveAuthorized, Registry, ReverseConnector, ReverseError, ReverseServer, ServerSettings,
+    Limits, LiveAuthorized, LiveRevoked, Registry, ReverseConnector, ReverseError, ReverseServer,
+    ServerSettings,
 };
 
 use super::CliError;
+use super::duration::parse_duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct ReverseArgs {
@@ -52,6 +55,34 @@ pub struct ReverseArgs {
         requires = "reverse_listen"
     )]
     pub reverse_user_ca: Option<PathBuf>,
+
+    /// Keys that may not dial in, whatever --reverse-authorized and --reverse-user-ca say: one
+    /// OpenSSH public key per line (a node's key, the key inside a certificate, or a CA: its
+    /// certificates are refused), or `id: KEY_ID` for a certificate's key id. Re-read when the
+    /// file changes; live sessions it revokes are cut.
+    #[arg(
+        long,
+        env = "KUBE_SSH_TUNNEL_REVERSE_REVOKED",
+        value_name = "FILE",
+        requires = "reverse_listen"
+    )]
+    pub reverse_revoked: Option<PathBuf>,
+
+    /// Live sessions one reverse node may hold at once (counted by identity, not by source
+    /// address); one more is refused with a message naming this flag.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_MAX_SESSIONS_PER_NODE", default_value = "4", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024), requires = "reverse_listen")]
+    pub reverse_max_sessions_per_node: u32,
+
+    /// Connections to the reverse listener that have not authenticated yet, all sources
+    /// together; one more is closed at once (logged at most every 10 s). Raise it when many
+    /// nodes reconnect at once, e.g. after a restart.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_MAX_UNAUTHENTICATED", default_value = "64", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100000), requires = "reverse_listen")]
+    pub reverse_max_unauthenticated: u32,
+
+    /// Time a connection to the reverse listener has to finish the SSH version exchange and
+    /// authentication; then it is disconnected.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_LOGIN_GRACE", default_value = "30s", value_name = "DURATION", value_parser = parse_duration, requires = "reverse_listen")]
+    pub reverse_login_grace: Duration,
 }
 
 fn usage(e: ReverseError) -> CliError {
@@ -90,6 +121,15 @@ pub async fn prepare(
             user_cas.push(key);
         }
     }
+    let revoked = match &args.reverse_revoked {
+        Some(f) => Some(Arc::new(LiveRevoked::load(f).map_err(usage)?)),
+        None => None,
+    };
+    if args.reverse_login_grace.is_zero() {
+        return Err(CliError::usage(
+            "--reverse-login-grace must be more than 0, e.g. 30s",
+        ));
+    }
     let registry = Registry::new();
     let settings = ServerSettings {
         listen,
@@ -98,6 +138,12 @@ pub async fn prepare(
         keepalive_interval: pool.ssh.keepalive_interval,
         keepalive_max: pool.ssh.keepalive_max,
         user_cas,
+        revoked,
+        limits: Limits {
+            max_sessions_per_node: args.reverse_max_sessions_per_node as usize,
+            max_unauthenticated: args.reverse_max_unauthenticated as usize,
+            login_grace: args.reverse_login_grace,
+        },
     };
     let server = ReverseServer::bind(settings, registry.clone())
         .await

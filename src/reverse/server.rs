@@ -8,6 +8,12 @@
 //! subsystem, pty, agent or X11), `direct-tcpip` (no way from a node into the control plane),
 //! streamlocal and X11 channels. Once its forward is accepted the session is registered for
 //! the pool (`registry`), which uses it as the node's connection (`link`).
+//!
+//! A key or certificate listed in `--reverse-revoked` is refused (`revoked`). The listener
+//! keeps a book of live authenticated sessions (`sessions`); when the authorized or the
+//! revoked file changes, a ticker cuts every live session whose credential is no longer good,
+//! with a reason the node's ssh prints. Limits key on identity, not on the source address
+//! (`limits`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,12 +27,19 @@ use russh::{Channel, ChannelOpenFailure};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::cuttable::Cuttable;
+use super::limits::{Limits, PreAuthSlot, Unauthenticated};
 use super::link::Session;
-use super::live::LiveAuthorized;
+use super::live::{LiveAuthorized, LiveRevoked};
 use super::registry::Registry;
+use super::sessions::{Book, Credential, LiveSession};
 
-/// A client that has not finished the SSH version exchange by then is dropped.
-const ID_EXCHANGE_LIMIT: Duration = Duration::from_secs(30);
+/// How often the listener checks its live sessions against the authorized and revoked files.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a cut session's disconnect may take to be handed to its session task, and how
+/// long the session then has to send it before its connection is cut under it.
+const CUT_LIMIT: Duration = Duration::from_secs(5);
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// The "allocated" ports handed to nodes that ask for port 0 (nothing listens: the port
 /// only names the forward in our `forwarded-tcpip` opens, which must echo it).
 static NEXT_PORT: AtomicU32 = AtomicU32::new(20000);
@@ -36,6 +49,12 @@ static NEXT_PORT: AtomicU32 = AtomicU32::new(20000);
 pub enum ReverseError {
     #[error("--reverse-authorized {file}:{line}: {reason}")]
     Authorized {
+        file: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("--reverse-revoked {file}:{line}: {reason}")]
+    Revoked {
         file: String,
         line: usize,
         reason: String,
@@ -60,6 +79,9 @@ pub struct ServerSettings {
     pub keepalive_max: usize,
     /// `--reverse-user-ca`: CAs whose user certificates name nodes (principal = node name).
     pub user_cas: Vec<russh::keys::ssh_key::PublicKey>,
+    /// `--reverse-revoked`: keys, CAs and certificate key ids that may not dial in.
+    pub revoked: Option<Arc<LiveRevoked>>,
+    pub limits: Limits,
 }
 
 /// Whether a node name is in the daemon's node set now.
@@ -72,6 +94,9 @@ pub struct ReverseServer {
     authorized: Arc<LiveAuthorized>,
     registry: Arc<Registry>,
     user_cas: Arc<Vec<russh::keys::ssh_key::Fingerprint>>,
+    revoked: Option<Arc<LiveRevoked>>,
+    limits: Limits,
+    book: Arc<Book>,
 }
 
 impl ReverseServer {
@@ -107,6 +132,9 @@ impl ReverseServer {
                     .map(|k| k.fingerprint(HashAlg::Sha256))
                     .collect(),
             ),
+            revoked: settings.revoked,
+            limits: settings.limits,
+            book: Arc::new(Book::default()),
         })
     }
 
@@ -117,6 +145,13 @@ impl ReverseServer {
 
     /// Serves until `stop` is cancelled.
     pub async fn serve(self, membership: Membership, stop: CancellationToken) {
+        tokio::spawn(recheck_live_sessions(
+            self.book.clone(),
+            self.authorized.clone(),
+            self.revoked.clone(),
+            stop.clone(),
+        ));
+        let unauthenticated = Unauthenticated::new(self.limits.max_unauthenticated);
         loop {
             let (tcp, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
@@ -129,9 +164,17 @@ impl ReverseServer {
                 },
                 _ = stop.cancelled() => return,
             };
+            // At the pre-auth cap: closed at once (dropped), logged at most once per interval.
+            let Some(slot) = unauthenticated.enter(peer) else {
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
+            let cut = CancellationToken::new();
+            let tcp = Cuttable::new(tcp, cut.clone());
+            let id = self.book.next_id();
             let handler = NodeSession {
                 authorized: self.authorized.clone(),
+                revoked: self.revoked.clone(),
                 registry: self.registry.clone(),
                 user_cas: self.user_cas.clone(),
                 membership: membership.clone(),
@@ -139,31 +182,30 @@ impl ReverseServer {
                 node: None,
                 refused: None,
                 client_key: String::new(),
+                credential: None,
                 forwarded: false,
                 closed: CancellationToken::new(),
                 reason: Arc::new(Mutex::new(None)),
+                id,
+                book: self.book.clone(),
+                max_sessions_per_node: self.limits.max_sessions_per_node,
+                slot: slot.clone(),
+                authenticated: CancellationToken::new(),
+                cut: cut.clone(),
             };
             let closed = handler.closed.clone();
             let reason = handler.reason.clone();
+            let authenticated = handler.authenticated.clone();
             let config = self.config.clone();
             let stop = stop.clone();
+            let book = self.book.clone();
+            let grace = self.limits.login_grace;
             tokio::spawn(async move {
-                let ended = async {
-                    match tokio::time::timeout(
-                        ID_EXCHANGE_LIMIT,
-                        russh::server::run_stream(config, tcp, handler),
-                    )
-                    .await
-                    {
-                        Ok(Ok(running)) => running.await.err().map(|e| e.to_string()),
-                        Ok(Err(e)) => Some(e.to_string()),
-                        Err(_) => Some("no SSH version exchange in time".into()),
-                    }
-                };
-                let why = tokio::select! {
-                    w = ended => w.unwrap_or_else(|| "the node closed the connection".into()),
-                    _ = stop.cancelled() => "the daemon is stopping".into(),
-                };
+                let why =
+                    serve_connection(config, tcp, handler, grace, authenticated, stop, peer, cut)
+                        .await;
+                drop(slot);
+                book.remove(id);
                 if let Ok(mut r) = reason.lock() {
                     r.get_or_insert(why.clone());
                 }
@@ -174,9 +216,171 @@ impl ReverseServer {
     }
 }
 
+/// Runs one connection until it ends; returns why it ended. A connection that has not
+/// authenticated within `grace` of its arrival (version exchange included) is disconnected.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    config: Arc<russh::server::Config>,
+    tcp: Cuttable,
+    handler: NodeSession,
+    grace: Duration,
+    authenticated: CancellationToken,
+    stop: CancellationToken,
+    peer: SocketAddr,
+    cut: CancellationToken,
+) -> String {
+    let deadline = tokio::time::Instant::now() + grace;
+    let late = || {
+        let why = format!("no authentication within --reverse-login-grace ({grace:?})");
+        tracing::warn!(%peer, "reverse listener: disconnected {peer}: {why}");
+        why
+    };
+    let running = tokio::select! {
+        r = tokio::time::timeout_at(deadline, russh::server::run_stream(config, tcp, handler)) => match r {
+            Ok(Ok(running)) => running,
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return late(),
+        },
+        _ = stop.cancelled() => return "the daemon is stopping".into(),
+    };
+    let handle = running.handle();
+    tokio::pin!(running);
+    let grace_over = async {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => (),
+            _ = authenticated.cancelled() => std::future::pending::<()>().await,
+        }
+    };
+    let ended = |r: Result<(), russh::Error>| {
+        r.err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "the node closed the connection".into())
+    };
+    let why = tokio::select! {
+        r = &mut running => return ended(r),
+        _ = stop.cancelled() => "the daemon is stopping".to_string(),
+        _ = grace_over => late(),
+    };
+    // The session task ends once it has sent the disconnect; wait for that, bounded, then
+    // cut the connection under it (a session in key exchange does not act on a disconnect).
+    let _ = tokio::time::timeout(
+        CUT_LIMIT,
+        handle.disconnect(
+            russh::Disconnect::ByApplication,
+            format!("{why} (kube-ssh-tunnel)"),
+            "en".into(),
+        ),
+    )
+    .await;
+    if tokio::time::timeout(DISCONNECT_GRACE, &mut running)
+        .await
+        .is_err()
+    {
+        cut.cancel();
+        let _ = tokio::time::timeout(CUT_LIMIT, &mut running).await;
+    }
+    why
+}
+
+/// Every `RECHECK_INTERVAL`, if the authorized or the revoked file changed (or sessions were
+/// admitted since the last check, which may have authenticated against the older version),
+/// cuts the live sessions whose credential is no longer good (with the reason, which the
+/// node's ssh prints).
+async fn recheck_live_sessions(
+    book: Arc<Book>,
+    authorized: Arc<LiveAuthorized>,
+    revoked: Option<Arc<LiveRevoked>>,
+    stop: CancellationToken,
+) {
+    let mut seen = (0u64, 0u64, 0u64);
+    let mut tick = tokio::time::interval(RECHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => (),
+            _ = stop.cancelled() => return,
+        }
+        // Read before the files: a session admitted after this makes the next tick check.
+        let admitted = book.admitted();
+        let (auth, ga) = authorized.current_with_generation();
+        let (rev, gr) = match &revoked {
+            Some(r) => {
+                let (v, g) = r.current_with_generation();
+                (Some(v), g)
+            }
+            None => (None, 0),
+        };
+        if (ga, gr, admitted) == seen {
+            continue;
+        }
+        let changed = (ga, gr) != (seen.0, seen.1);
+        seen = (ga, gr, admitted);
+        if !changed && ga == 0 && gr == 0 {
+            // Nothing was ever reloaded: every session authenticated against these files.
+            continue;
+        }
+        let cuts = book.take_disallowed(|node, cred| {
+            not_allowed(node, cred, &auth, rev.as_deref()).map(|why| format!("node {node}: {why}"))
+        });
+        for (session, why) in cuts {
+            tracing::warn!(node = %session.node, reason = %why, "reverse session cut: {why}");
+            if let Ok(mut r) = session.reason.lock() {
+                r.get_or_insert(why.clone());
+            }
+            let _ = tokio::time::timeout(
+                CUT_LIMIT,
+                session.handle.disconnect(
+                    russh::Disconnect::ByApplication,
+                    format!("{why} (kube-ssh-tunnel)"),
+                    "en".into(),
+                ),
+            )
+            .await;
+            let stream = session.cut;
+            tokio::spawn(async move {
+                tokio::time::sleep(DISCONNECT_GRACE).await;
+                stream.cancel();
+            });
+        }
+    }
+}
+
+/// Why a credential may no longer serve `node`, if it may not.
+fn not_allowed(
+    node: &str,
+    credential: &Credential,
+    authorized: &super::AuthorizedNodes,
+    revoked: Option<&super::revoked::RevokedKeys>,
+) -> Option<String> {
+    match credential {
+        Credential::Key(key) => {
+            if revoked.is_some_and(|r| r.key(key.key_data())) {
+                return Some("its key is listed in --reverse-revoked".into());
+            }
+            if authorized.node_of(key) != Some(node) {
+                return Some(format!(
+                    "its key is no longer listed for {node} in --reverse-authorized"
+                ));
+            }
+        }
+        Credential::Certificate(cert) => {
+            if let Some(why) = revoked.and_then(|r| r.certificate(cert)) {
+                return Some(format!("certificate '{}': {why}", cert.key_id()));
+            }
+            if !authorized.is_reverse(node) {
+                return Some(format!(
+                    "{node} is no longer listed in --reverse-authorized"
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// One node's session (russh's server handler).
 struct NodeSession {
     authorized: Arc<LiveAuthorized>,
+    revoked: Option<Arc<LiveRevoked>>,
     registry: Arc<Registry>,
     user_cas: Arc<Vec<russh::keys::ssh_key::Fingerprint>>,
     membership: Membership,
@@ -186,15 +390,27 @@ struct NodeSession {
     /// Authenticated, but refused (told at `auth_succeeded`).
     refused: Option<String>,
     client_key: String,
+    /// What it authenticated with (for the book).
+    credential: Option<Credential>,
     forwarded: bool,
     closed: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
+    /// This connection's id in the book of live sessions.
+    id: u64,
+    book: Arc<Book>,
+    max_sessions_per_node: usize,
+    /// Its place under the pre-auth cap, given back at `auth_succeeded`.
+    slot: Arc<PreAuthSlot>,
+    /// Cancelled at `auth_succeeded` (ends the login grace).
+    authenticated: CancellationToken,
+    /// Cuts the connection under the session (`Cuttable`).
+    cut: CancellationToken,
 }
 
 impl NodeSession {
     /// An authenticated node: served if it is in the node set, else told why at
     /// `auth_succeeded`.
-    fn admit(&mut self, node: &str, client_key: String) {
+    fn admit(&mut self, node: &str, client_key: String, credential: Credential) {
         if !(self.membership)(node) {
             tracing::warn!(peer = %self.peer, key = %client_key, node, "reverse session refused: node {node} is not in this daemon's node set");
             self.refused = Some(format!(
@@ -203,6 +419,12 @@ impl NodeSession {
         }
         self.node = Some(node.to_string());
         self.client_key = client_key;
+        self.credential = Some(credential);
+    }
+
+    /// The current revoked set, if `--reverse-revoked` is given.
+    fn revoked(&self) -> Option<Arc<super::revoked::RevokedKeys>> {
+        self.revoked.as_ref().map(|r| r.current())
     }
 }
 
@@ -223,6 +445,13 @@ impl russh::server::Handler for NodeSession {
             key.public_key.algorithm(),
             key.public_key.fingerprint(HashAlg::Sha256)
         );
+        if self
+            .revoked()
+            .is_some_and(|r| r.key(key.public_key.key_data()))
+        {
+            tracing::warn!(peer = %self.peer, user, key = %fp, "reverse session refused: the key is listed in --reverse-revoked");
+            return Ok(Auth::reject());
+        }
         let authorized = self.authorized.current();
         let Some(node) = authorized.node_of(key.public_key) else {
             tracing::warn!(peer = %self.peer, user, key = %fp, "reverse session refused: the key is not in --reverse-authorized");
@@ -232,7 +461,11 @@ impl russh::server::Handler for NodeSession {
             tracing::warn!(peer = %self.peer, user, key = %fp, node, "reverse session refused: this key belongs to node {node}, not to '{user}' (log in as the node's name)");
             return Ok(Auth::reject());
         }
-        self.admit(node, format!("{fp} (node dialled in)"));
+        self.admit(
+            node,
+            format!("{fp} (node dialled in)"),
+            Credential::Key(key.public_key.clone()),
+        );
         Ok(Auth::Accept)
     }
 
@@ -251,6 +484,9 @@ impl russh::server::Handler for NodeSession {
         }
         if cert.validate(self.user_cas.iter()).is_err() {
             return refuse("not signed by --reverse-user-ca, or outside its validity");
+        }
+        if let Some(why) = self.revoked().and_then(|r| r.certificate(cert)) {
+            return refuse(why);
         }
         if cert.cert_type() != russh::keys::ssh_key::certificate::CertType::User {
             return refuse("is not a user certificate");
@@ -273,11 +509,32 @@ impl russh::server::Handler for NodeSession {
             cert.algorithm(),
             cert.public_key().fingerprint(HashAlg::Sha256)
         );
-        self.admit(user, fp);
+        self.admit(user, fp, Credential::Certificate(Box::new(cert.clone())));
         Ok(Auth::Accept)
     }
 
     async fn auth_succeeded(&mut self, session: &mut ServerSession) -> Result<(), Self::Error> {
+        self.slot.release();
+        self.authenticated.cancel();
+        if self.refused.is_none()
+            && let (Some(node), Some(credential)) = (&self.node, self.credential.take())
+            && let Err(live) = self.book.admit(
+                self.id,
+                LiveSession {
+                    node: node.clone(),
+                    credential,
+                    handle: session.handle(),
+                    cut: self.cut.clone(),
+                    reason: self.reason.clone(),
+                },
+                self.max_sessions_per_node,
+            )
+        {
+            tracing::warn!(peer = %self.peer, key = %self.client_key, %node, "reverse session refused: node {node} already has {live} live sessions, the most --reverse-max-sessions-per-node allows");
+            self.refused = Some(format!(
+                "node {node} already has {live} live sessions, the most --reverse-max-sessions-per-node allows (kube-ssh-tunnel)"
+            ));
+        }
         if let Some(why) = &self.refused {
             session.disconnect(russh::Disconnect::ByApplication, why, "en")?;
         }

@@ -395,3 +395,144 @@ pub fn session_peers(log: &str, node: &str) -> Vec<String> {
         .map(|p| p.trim_matches('"').to_string())
         .collect()
 }
+
+/// A node's `ssh -N -R 0` from the root namespace (loopback) to the listener at `addr`, as
+/// `user` with key `key` and `extra` options; its stderr goes to `LABEL-ssh.log` in the keys'
+/// directory.
+pub fn node_ssh_here(
+    keys: &Keys,
+    addr: SocketAddr,
+    user: &str,
+    key: &str,
+    extra: &[&str],
+    label: &str,
+) -> Proc {
+    let log = std::fs::File::create(keys.path(&format!("{label}-ssh.log"))).unwrap();
+    let child = Command::new("ssh")
+        .args(["-N", "-R", "0"])
+        .args(keys.ssh_args(addr, user, key))
+        .args(extra)
+        .arg(addr.ip().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ssh (openssh-client)");
+    Proc(child)
+}
+
+/// The stderr log of the ssh started with `label` (`node_ssh_here`).
+pub fn ssh_log(keys: &Keys, label: &str) -> String {
+    std::fs::read_to_string(keys.path(&format!("{label}-ssh.log"))).unwrap_or_default()
+}
+
+/// Runs the OpenSSH client once against the listener (bounded): `ssh -N -R 0` as `user`
+/// with key `key` and `extra` options; returns (exit code, stderr).
+pub fn ssh_forward_once(
+    keys: &Keys,
+    addr: SocketAddr,
+    user: &str,
+    key: &str,
+    extra: &[&str],
+) -> (i32, String) {
+    let o = run_bounded(
+        Command::new("ssh")
+            .args(["-N", "-R", "0"])
+            .args(keys.ssh_args(addr, user, key))
+            .args(extra)
+            .arg(addr.ip().to_string()),
+        b"",
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("ssh as {user} was not turned away (was it let in?): {e}"));
+    (o.code(), o.stderr_text())
+}
+
+/// A loopback address for a reverse daemon's listener, with a free port.
+pub fn loopback_listen() -> SocketAddr {
+    SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ))
+}
+
+/// A kubelet stub for node `name` on a free loopback address of its own (HTTP_PORT and
+/// ECHO_PORT), stopped by PID when dropped; returns its address once its echo port answers.
+pub fn kubelet_stub_here(keys: &Keys, name: &str) -> (Ipv4Addr, Proc) {
+    let addr = super::node::try_pick_address(&[HTTP_PORT, ECHO_PORT])
+        .expect("a free loopback address for the kubelet stub");
+    let log = std::fs::File::create(keys.path(&format!("{name}-stub.log"))).unwrap();
+    let stub = Proc(
+        Command::new("python3")
+            .arg(super::repo().join("tests/node/kubelet_stub.py"))
+            .args(["--listen", &addr.to_string()])
+            .args(["--http-port", &HTTP_PORT.to_string()])
+            .args(["--echo-port", &ECHO_PORT.to_string()])
+            .args(["--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the kubelet stub (python3)"),
+    );
+    assert!(
+        super::wait_until(Duration::from_secs(15), || std::net::TcpStream::connect((
+            addr, ECHO_PORT
+        ))
+        .is_ok()),
+        "the kubelet stub did not listen on {addr}:{ECHO_PORT}: {}",
+        std::fs::read_to_string(keys.path(&format!("{name}-stub.log"))).unwrap_or_default()
+    );
+    (addr, stub)
+}
+
+/// The command line of a systemd unit's `ExecStart=`, as systemd would split it here:
+/// `\` continuations joined, then split on whitespace (the units `node-setup` writes use no
+/// quoting).
+pub fn unit_exec_start(unit: &str) -> Vec<String> {
+    let mut joined = String::new();
+    let mut inside = false;
+    for line in unit.lines() {
+        let line = if inside {
+            line
+        } else if let Some(rest) = line.strip_prefix("ExecStart=") {
+            inside = true;
+            rest
+        } else {
+            continue;
+        };
+        match line.trim_end().strip_suffix('\\') {
+            Some(more) => {
+                joined.push_str(more);
+                joined.push(' ');
+            }
+            None => {
+                joined.push_str(line);
+                break;
+            }
+        }
+    }
+    joined.split_whitespace().map(str::to_string).collect()
+}
+
+/// Starts a unit's ExecStart command exactly as written (`unit_exec_start`); stderr goes to
+/// `LABEL-ssh.log` in the keys' directory.
+pub fn run_unit(keys: &Keys, unit: &Path, label: &str) -> Proc {
+    let text = std::fs::read_to_string(unit).unwrap();
+    let argv = unit_exec_start(&text);
+    assert!(
+        !argv.is_empty(),
+        "no ExecStart in {}:\n{text}",
+        unit.display()
+    );
+    let log = std::fs::File::create(keys.path(&format!("{label}-ssh.log"))).unwrap();
+    Proc(
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {argv:?} from {}: {e}", unit.display())),
+    )
+}
