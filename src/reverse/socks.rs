@@ -210,20 +210,21 @@ mod tests {
         (trips, dest)
     }
 
+    /// The exchange, bounded: a client and a peer waiting for each other fail the test.
+    async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), f)
+            .await
+            .expect("the exchange ends within 10 s")
+    }
+
     async fn round_trips(host: &str, port: u16) -> (usize, Vec<u8>) {
         let (mut a, b) = tokio::io::duplex(1024);
         let peer = tokio::spawn(openssh_like_peer(b));
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            connect(&mut a, host, port),
-        )
-        .await
-        .expect("the exchange ends")
-        .unwrap();
+        bounded(connect(&mut a, host, port)).await.unwrap();
         let mut x = [0u8; 1];
-        a.read_exact(&mut x).await.unwrap();
+        bounded(a.read_exact(&mut x)).await.unwrap();
         assert_eq!(&x, b"x", "the byte after the reply is the stream's");
-        peer.await.unwrap()
+        bounded(peer).await.unwrap()
     }
 
     #[tokio::test]
@@ -244,7 +245,7 @@ mod tests {
             b.write_all(&[0, 91, 0, 0, 0, 0, 0, 0]).await.unwrap();
         });
         assert!(matches!(
-            connect(&mut a, "10.0.0.1", 80).await,
+            bounded(connect(&mut a, "10.0.0.1", 80)).await,
             Err(SocksError::Refused4(91))
         ));
 
@@ -258,7 +259,7 @@ mod tests {
             b.write_all(&[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]).await.unwrap();
         });
         assert!(matches!(
-            connect(&mut a, "kubelet", 80).await,
+            bounded(connect(&mut a, "kubelet", 80)).await,
             Err(SocksError::Refused(5))
         ));
     }
