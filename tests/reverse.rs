@@ -675,6 +675,10 @@ fn a_reverse_node_waits_for_its_session_without_backoff_measures_its_round_trip_
         "keepalive_rtt_ms of a ready reverse node: {n}\n{}",
         d.log()
     );
+    eprintln!(
+        "keepalive_rtt_ms of the reverse node: {}",
+        n["keepalive_rtt_ms"]
+    );
 
     // CONNECT + a 1-byte echo, 200 times (the figure is printed, never asserted).
     let target = format!("{}:{ECHO_PORT}", node.addr);
@@ -775,9 +779,11 @@ fn a_reverse_nodes_extra_connections_are_its_waiting_sessions_and_growing_never_
             "0",
             "--stall-timeout",
             "300s",
-            // A growth that waited for a session would hold its dials this long.
+            // A growth that waited for a session would hold its dials this long; and a
+            // supervisor that noticed a session only at the end of its wait would be ready
+            // only after it (the bounds below are shorter).
             "--connect-timeout",
-            "30s",
+            "60s",
         ],
     );
     let admin = cluster.path().join("admin.sock");
