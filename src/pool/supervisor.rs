@@ -208,8 +208,9 @@ pub(crate) async fn supervise(
             _ = &mut retry => {
                 tracing::info!(node = %slot.name(), "trust files changed: retrying now");
             }
-            // An either node's session arrived: take it now.
-            _ = cfg.connector.arrival(&node.name) => {}
+            // An either node's session arrived: take it now. (Only an either node: a session
+            // left from when a node that is forward now was not would end every backoff.)
+            _ = cfg.connector.arrival(&node.name), if mode == NodeMode::Either => {}
             _ = slot.stopped() => return,
         }
     }
