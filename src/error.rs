@@ -87,6 +87,11 @@ pub enum ConnectError {
     },
     #[error("node {node}: SSH handshake failed: {reason}")]
     Handshake { node: String, reason: String },
+    /// Reverse mode: no session of the node was there to take (it dials in with `ssh -R`).
+    #[error(
+        "node {node}: no session of the node's own ssh was waiting (reverse mode: it dials in with ssh -R; waited {waited:?})"
+    )]
+    NoSession { node: String, waited: Duration },
     #[error(
         "node {node}: HOST KEY CHANGED: the server offered {offered} but {file}:{line} holds \
          {expected}; refusing to connect (possible man-in-the-middle). If the node's key really \

@@ -26,6 +26,14 @@ pub struct StateLabel {
     pub state: String,
 }
 
+/// A node and how its connections come (`node_mode`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub node: String,
+    /// forward | reverse | either
+    pub mode: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DialLabels {
     pub node: String,
@@ -122,6 +130,7 @@ pub struct Metrics {
     registry: Registry,
     pub tunnels: Family<StateLabel, Gauge>,
     pub tunnel_up: Family<NodeLabel, Gauge>,
+    pub node_mode: Family<ModeLabels, Gauge>,
     pub dials: Family<DialLabels, Counter>,
     pub dial_duration: Histogram,
     pub open_channels: Family<NodeLabel, Gauge>,
@@ -160,6 +169,7 @@ impl Metrics {
         let m = Metrics {
             tunnels: Family::default(),
             tunnel_up: Family::default(),
+            node_mode: Family::default(),
             dials: Family::default(),
             // 0.5 ms .. ~16 s.
             dial_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -189,6 +199,11 @@ impl Metrics {
             "tunnel_up",
             "1 when the node's tunnel accepts dials",
             m.tunnel_up.clone(),
+        );
+        registry.register(
+            "node_mode",
+            "1 per node, labelled with how its connections come: forward (dialled), reverse (the node dials in with ssh -R) or either",
+            m.node_mode.clone(),
         );
         registry.register("dials", "Dials by node and result", m.dials.clone());
         registry.register(
@@ -364,6 +379,12 @@ impl Metrics {
             });
         }
         self.tunnel_up.remove(&n);
+        for mode in ["forward", "reverse", "either"] {
+            self.node_mode.remove(&ModeLabels {
+                node: node.to_string(),
+                mode,
+            });
+        }
         self.open_channels.remove(&n);
         self.connections.remove(&n);
         self.congested_connections.remove(&n);

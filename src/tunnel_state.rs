@@ -16,6 +16,9 @@ pub enum TunnelState {
     Degraded,
     /// Waiting before the next attempt after a transient failure.
     Backoff,
+    /// A reverse node without a session: waiting for the node to dial in (no attempt, no
+    /// backoff; ready the moment its session arrives).
+    Waiting,
     /// Removed from the node set (or shutting down, or drained by an operator): no new dials,
     /// open streams finish.
     Draining,
@@ -34,6 +37,7 @@ impl TunnelState {
             TunnelState::Ready => "ready",
             TunnelState::Degraded => "degraded",
             TunnelState::Backoff => "backoff",
+            TunnelState::Waiting => "waiting",
             TunnelState::Draining => "draining",
             TunnelState::Drained => "drained",
             TunnelState::Failed => "failed",

@@ -91,11 +91,12 @@ async fn get(admin: &Path, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-const NODE_KEYS: [&str; 32] = [
+const NODE_KEYS: [&str; 33] = [
     "name",
     "address",
     "ssh_port",
     "state",
+    "mode",
     "drained_by",
     "drained_at",
     "reason",

@@ -465,3 +465,380 @@ fn user_certificates_name_their_node_and_expired_or_misnamed_ones_are_refused() 
         std::fs::read_to_string(keys.path("rev-a-ssh.log")).unwrap_or_default()
     );
 }
+
+/// The `status` command's output against the daemon's admin socket (`-o FORMAT` added).
+fn status_cli(admin: &Path, wide: bool) -> String {
+    let mut a = vec!["status", "--admin-uds", admin.to_str().unwrap()];
+    if wide {
+        a.extend(["-o", "wide"]);
+    }
+    run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args(&a),
+        b"",
+        Duration::from_secs(20),
+    )
+    .unwrap()
+    .stdout_text()
+}
+
+/// The row of `node` in a `status` table (the line that starts with its name).
+fn row<'a>(table: &'a str, node: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(node))
+        .unwrap_or("")
+}
+
+#[test]
+fn an_either_node_is_dialled_when_its_sshd_answers_and_comes_in_through_its_session_when_not_and_status_shows_each_mode()
+ {
+    require_tool("ssh", "-V");
+    let cluster = support::Cluster::start(1);
+    let keys = Keys::new(&["node-1", "node-2", "node-3"]);
+    // node-1 and node-2 are either nodes; node-3 (no mode) is a reverse node.
+    set_modes(&keys, &[("node-1", "either"), ("node-2", "either")]);
+    let listen = SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ));
+    // node-2's sshd does not answer: nothing listens at its address.
+    let n2_addr = support::refused_address(22);
+    let d = cluster_daemon(
+        &cluster,
+        &keys,
+        listen,
+        &[
+            cluster.nodes[0].spec(),
+            format!("node-2={n2_addr}"),
+            "node-3=192.0.2.13".into(),
+        ],
+        &["--health-probe", "none"],
+    );
+    let admin = cluster.path().join("admin.sock");
+
+    // node-1's sshd answers: it comes up dialled, with its host key from known_hosts.
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "node-1")
+            == "ready"),
+        "the either node with a reachable sshd did not come up: {}\n{}",
+        node_json(&admin, "node-1"),
+        d.log()
+    );
+    let n1 = node_json(&admin, "node-1");
+    assert_eq!(n1["mode"], "either:forward", "{n1}");
+    assert_eq!(n1["host_key_trust"], "known-hosts-line", "{n1}");
+
+    // node-2 cannot be dialled; once its own ssh dials in, it comes up through that session.
+    let n2 = node_json(&admin, "node-2");
+    assert_ne!(n2["state"], "ready", "{n2}");
+    assert_eq!(n2["mode"], "either", "{n2}");
+    let _ssh = local_node_ssh(&keys, listen, "node-2", "either");
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "node-2")
+            == "ready"),
+        "the either node did not come up through its ssh -R session: {}\n{}\nssh log:\n{}",
+        node_json(&admin, "node-2"),
+        d.log(),
+        std::fs::read_to_string(keys.path("node-2-ssh-either.log")).unwrap_or_default()
+    );
+    let n2 = node_json(&admin, "node-2");
+    assert_eq!(n2["mode"], "either:reverse", "{n2}");
+    // A reverse connection has no host key of the node's: the key column holds the node's
+    // client key (which named it), and the trust says how.
+    assert_eq!(n2["host_key_trust"], "node-dialled-in", "{n2}");
+    let host_key = n2["host_key"].as_str().unwrap_or("");
+    assert!(host_key.starts_with("ssh-ed25519 SHA256:"), "{n2}");
+    assert!(
+        n2["client_key"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(host_key),
+        "{n2}"
+    );
+
+    // node-3 (mode reverse) waits for its session.
+    let n3 = node_json(&admin, "node-3");
+    assert_eq!(
+        (&n3["state"], &n3["mode"]),
+        (&"waiting".into(), &"reverse".into()),
+        "{n3}"
+    );
+
+    // The status table: a MODE column, and for reverse connections the trust `reverse`.
+    let table = status_cli(&admin, false);
+    assert!(table.contains(" MODE "), "{table}");
+    for (node, mode) in [
+        ("node-1", "either:forward"),
+        ("node-2", "either:reverse"),
+        ("node-3", "reverse"),
+    ] {
+        let words: Vec<&str> = row(&table, node).split_whitespace().collect();
+        assert_eq!(words.get(3), Some(&mode), "{node}'s MODE:\n{table}");
+    }
+    assert!(row(&table, "node-3").contains(" waiting "), "{table}");
+    let wide = status_cli(&admin, true);
+    assert!(
+        row(&wide, "node-2").contains(&format!("{host_key}  reverse (the node dialled in")),
+        "{wide}"
+    );
+
+    // The metric: one series per node, labelled with its mode.
+    let metrics = admin_get(&admin, "/metrics");
+    for (node, mode) in [
+        ("node-1", "either"),
+        ("node-2", "either"),
+        ("node-3", "reverse"),
+    ] {
+        let series = format!("kube_ssh_tunnel_node_mode{{node=\"{node}\",mode=\"{mode}\"}} 1");
+        assert!(metrics.contains(&series), "{series}:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("kube_ssh_tunnel_tunnels{state=\"waiting\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Polls node `node`'s /status entry every 200 ms for `span` and returns every state seen.
+fn states_over(admin: &Path, node: &str, span: Duration) -> Vec<String> {
+    let end = std::time::Instant::now() + span;
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < end {
+        let s = node_state(admin, node);
+        if seen.last() != Some(&s) {
+            seen.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    seen
+}
+
+#[test]
+fn a_reverse_node_waits_for_its_session_without_backoff_measures_its_round_trip_and_waits_again_after_its_ssh_dies()
+ {
+    require_tool("ssh", "-V");
+    // node-1's kubelet stub answers at its address; the daemon never dials node-1 (reverse),
+    // its ssh -R reaches the stub from here.
+    let cluster = support::Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let keys = Keys::new(&["node-1"]);
+    let listen = SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ));
+    let d = cluster_daemon(
+        &cluster,
+        &keys,
+        listen,
+        &[node.spec()],
+        &["--health-probe", "none", "--health-interval", "1s"],
+    );
+    let admin = cluster.path().join("admin.sock");
+    let proxy = cluster.path().join("proxy.sock");
+
+    // Before its ssh starts: waiting, through more than one connect timeout (3 s), never
+    // connecting or backoff, and no failure recorded.
+    assert!(
+        wait_until(Duration::from_secs(20), || node_state(&admin, "node-1")
+            == "waiting"),
+        "{}\n{}",
+        node_json(&admin, "node-1"),
+        d.log()
+    );
+    let seen = states_over(&admin, "node-1", Duration::from_secs(5));
+    assert_eq!(seen, ["waiting"], "states before the node dialled in");
+    let n = node_json(&admin, "node-1");
+    assert_eq!(n["reason"], "waiting for the node to dial in", "{n}");
+    assert_eq!(
+        (&n["last_error"], &n["next_retry_s"]),
+        (&serde_json::Value::Null, &serde_json::Value::Null),
+        "{n}"
+    );
+
+    let ssh = local_node_ssh(&keys, listen, "node-1", "first");
+    let started = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "node-1")
+            == "ready"),
+        "{}\n{}",
+        node_json(&admin, "node-1"),
+        d.log()
+    );
+    eprintln!("ready {:?} after the node's ssh started", started.elapsed());
+
+    // The keepalive round trip is measured on the node's own session.
+    let mut n = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            n = node_json(&admin, "node-1");
+            n["keepalive_rtt_ms"].is_number()
+        }),
+        "keepalive_rtt_ms of a ready reverse node: {n}\n{}",
+        d.log()
+    );
+    eprintln!(
+        "keepalive_rtt_ms of the reverse node: {}",
+        n["keepalive_rtt_ms"]
+    );
+
+    // CONNECT + a 1-byte echo, 200 times (the figure is printed, never asserted).
+    let target = format!("{}:{ECHO_PORT}", node.addr);
+    let mut took = Vec::new();
+    for i in 0..200 {
+        let t0 = std::time::Instant::now();
+        one_byte_echo(&proxy, &target)
+            .unwrap_or_else(|e| panic!("echo {i} through the reverse node: {e}\n{}", d.log()));
+        took.push(t0.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "reverse node, CONNECT + 1-byte echo x{}: p50 {:?} p99 {:?}",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() * 99 / 100]
+    );
+    // The round trips did not disturb the node's forward: still ready, still one session.
+    assert_eq!(node_state(&admin, "node-1"), "ready");
+
+    // Its ssh dies: waiting again (no backoff, no connecting), with why in last_error.
+    drop(ssh);
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "node-1")
+            != "ready"),
+        "{}",
+        d.log()
+    );
+    let seen = states_over(&admin, "node-1", Duration::from_secs(5));
+    assert_eq!(seen, ["waiting"], "states after the node's ssh died");
+    let n = node_json(&admin, "node-1");
+    assert!(n["last_error"].is_string(), "{n}");
+
+    let _ssh = local_node_ssh(&keys, listen, "node-1", "second");
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "node-1")
+            == "ready"),
+        "{}\n{}",
+        node_json(&admin, "node-1"),
+        d.log()
+    );
+    one_byte_echo(&proxy, &target).unwrap();
+}
+
+/// Holds up a connection of the node behind `target` (an echo): writes without ever reading
+/// until the daemon shows a congested connection (at most 30 s). Returns the stream.
+fn hold_up(
+    admin: &Path,
+    proxy: &Path,
+    target: &str,
+    d: &support::daemon::Daemon,
+) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let (s, head) = support::connect_uds(proxy, target);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut w = s.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    let mut congested = false;
+    for _ in 0..600 {
+        let _ = w.write(&chunk);
+        let n = node_json(admin, "node-1");
+        if n["congested_connections"].as_u64().unwrap_or(0) >= 1 {
+            congested = true;
+            break;
+        }
+    }
+    assert!(
+        congested,
+        "the unread echo did not congest the connection: {}\n{}",
+        node_json(admin, "node-1"),
+        d.log()
+    );
+    s
+}
+
+#[test]
+fn a_reverse_nodes_extra_connections_are_its_waiting_sessions_and_growing_never_waits_for_one() {
+    require_tool("ssh", "-V");
+    let cluster = support::Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let keys = Keys::new(&["node-1"]);
+    let listen = SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        free_port(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ));
+    let d = cluster_daemon(
+        &cluster,
+        &keys,
+        listen,
+        &[node.spec()],
+        &[
+            "--health-probe",
+            "none",
+            "--channel-buffer",
+            "1MiB",
+            "--channel-spill",
+            "0",
+            "--stall-timeout",
+            "300s",
+            // A growth that waited for a session would hold its dials this long; and a
+            // supervisor that noticed a session only at the end of its wait would be ready
+            // only after it (the bounds below are shorter).
+            "--connect-timeout",
+            "60s",
+        ],
+    );
+    let admin = cluster.path().join("admin.sock");
+    let proxy = cluster.path().join("proxy.sock");
+    let target = format!("{}:{ECHO_PORT}", node.addr);
+    let _first = local_node_ssh(&keys, listen, "node-1", "first");
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "node-1")
+            == "ready"),
+        "{}\n{}",
+        node_json(&admin, "node-1"),
+        d.log()
+    );
+
+    // One session: a dial beside the held-up connection wants another; none is waiting, so
+    // the growth fails at once (it never waits out the connect timeout for one).
+    let _slow = hold_up(&admin, &proxy, &target, &d);
+    let dial = {
+        let (proxy, target) = (proxy.clone(), target.clone());
+        std::thread::spawn(move || one_byte_echo(&proxy, &target))
+    };
+    assert!(
+        d.wait_log(
+            "could not open another connection to isolate a dial",
+            1,
+            Duration::from_secs(20)
+        ),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("could not open another connection to isolate a dial"))
+        .unwrap_or("");
+    assert!(
+        line.contains("no session of the node's own ssh was waiting")
+            && line.contains("waited 0ns"),
+        "the growth must take only a waiting session, at once: {line}"
+    );
+    let _ = dial.join();
+
+    // A second ssh of the node is a second connection of it: the next growth takes it.
+    let _second = local_node_ssh(&keys, listen, "node-1", "second");
+    assert!(
+        d.wait_log("reverse session ready", 2, Duration::from_secs(30)),
+        "{}",
+        d.log()
+    );
+    let mut n = serde_json::Value::Null;
+    let grew = wait_until(Duration::from_secs(40), || {
+        // Each dial may grow (after the 5 s memory of the failed growth has passed).
+        let ok = one_byte_echo(&proxy, &target).is_ok();
+        n = node_json(&admin, "node-1");
+        ok && n["connections"] == 2
+    });
+    assert!(grew, "two sessions, two connections: {n}\n{}", d.log());
+}

@@ -56,9 +56,14 @@ pub struct NodeDocument {
     pub name: String,
     pub address: String,
     pub ssh_port: u16,
-    /// connecting | ready | degraded | backoff | draining | drained | failed (a client keeps
-    /// a name it does not know as it came)
+    /// connecting | ready | degraded | backoff | waiting | draining | drained | failed (a
+    /// client keeps a name it does not know as it came)
     pub state: StateName,
+    /// How the node's connections come: forward | reverse | either, and for an either node
+    /// with a connection how it came: either:forward | either:reverse (null from a daemon
+    /// without modes).
+    #[serde(default)]
+    pub mode: Option<String>,
     /// Who drained the node (`admin socket (uid 0)`, `admin API over TCP (ADDR)`,
     /// `annotation`, `library`), while it is draining or drained by a drain; else null.
     #[serde(default)]
@@ -110,7 +115,8 @@ pub struct NodeDocument {
     /// Verified host key of the current or last connection (`ALG SHA256:…`).
     pub host_key: Option<String>,
     /// How that host key was trusted: known-hosts-line | host-certificate | learned |
-    /// insecure (null before the first connection).
+    /// annotation | insecure | node-dialled-in (reverse: `host_key` then holds the node's
+    /// client key, which named it) (null before the first connection).
     #[serde(default)]
     pub host_key_trust: Option<HostKeyTrust>,
     /// The client key the current or last connection authenticated with
@@ -231,6 +237,7 @@ fn node_document(pool: &Pool, node: &crate::Node, st: &NodeStatus, now: Instant)
         address: node.address.clone(),
         ssh_port: node.ssh_port,
         state: st.state.into(),
+        mode: Some(st.mode.shown(st.dialled_in)),
         drained_by: st.drained_by.clone(),
         drained_at: st.drained_at.map(rfc3339),
         reason: st.reason.clone(),

@@ -77,7 +77,7 @@ fn paint(state: &str, color: bool) -> String {
     }
     let code = match state {
         "ready" => "32",
-        "degraded" | "connecting" | "backoff" => "33",
+        "degraded" | "connecting" | "backoff" | "waiting" => "33",
         "failed" => "31",
         "draining" | "drained" => "36",
         _ => "0",
@@ -116,6 +116,7 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
         "NODE",
         "ADDRESS",
         "STATE",
+        "MODE",
         "FOR",
         "DOWN",
         "FLAPS/1H",
@@ -155,6 +156,7 @@ pub fn render(doc: &StatusDocument, format: Format, color: bool) -> String {
                     format!("{}:{}", n.address, n.ssh_port)
                 },
                 n.state.to_string(),
+                n.mode.clone().unwrap_or_else(|| "-".into()),
                 human_duration(n.for_s),
                 n.down_for_s
                     .map(human_duration)

@@ -68,6 +68,7 @@ impl Pool {
         let m = &self.metrics;
         m.tunnels.clear();
         m.tunnel_up.clear();
+        m.node_mode.clear();
         m.open_channels.clear();
         m.connections.clear();
         m.congested_connections.clear();
@@ -87,6 +88,7 @@ impl Pool {
             TunnelState::Ready,
             TunnelState::Degraded,
             TunnelState::Backoff,
+            TunnelState::Waiting,
             TunnelState::Draining,
             TunnelState::Drained,
             TunnelState::Failed,
@@ -112,6 +114,12 @@ impl Pool {
             m.tunnel_up
                 .get_or_create(&label)
                 .set(i64::from(status.state.accepts_dials()));
+            m.node_mode
+                .get_or_create(&crate::metrics::ModeLabels {
+                    node: node.name.clone(),
+                    mode: status.mode.as_str(),
+                })
+                .set(1);
             let (conns, open) = self.connection_load(&node.name).unwrap_or((0, 0));
             m.open_channels.get_or_create(&label).set(open as i64);
             m.connections.get_or_create(&label).set(conns as i64);

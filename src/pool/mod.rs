@@ -21,6 +21,7 @@ mod fake;
 pub mod health;
 mod index;
 mod lifecycle;
+pub mod mode;
 #[cfg(test)]
 mod model;
 mod overflow;
@@ -49,6 +50,7 @@ use crate::ssh::SshSettings;
 pub use config::PoolConfig;
 pub use health::{HealthConfig, Probe};
 use lifecycle::{log_refusals, validate};
+pub use mode::NodeMode;
 use slot::NodeSlot;
 pub use state::{HealthResult, NodeStatus, TunnelState};
 use transport::Link;

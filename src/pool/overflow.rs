@@ -420,17 +420,23 @@ impl GrowJob {
     async fn connect(&self) -> Grown {
         // The handshake limit is shared by the whole pool: wait for it no longer than a
         // connect may take.
-        let permit = tokio::time::timeout(
-            self.settings.connect_timeout,
-            self.handshakes.clone().acquire_owned(),
-        )
-        .await;
-        let Ok(Ok(_permit)) = permit else {
-            return Grown::NoHandshake;
+        // A reverse node's extra is a session already waiting: no handshake, no permit.
+        let _permit = if self.connector.mode(&self.node) == crate::pool::NodeMode::Reverse {
+            None
+        } else {
+            let permit = tokio::time::timeout(
+                self.settings.connect_timeout,
+                self.handshakes.clone().acquire_owned(),
+            )
+            .await;
+            let Ok(Ok(permit)) = permit else {
+                return Grown::NoHandshake;
+            };
+            Some(permit)
         };
         match self
             .connector
-            .connect(&self.node, self.settings.clone(), self.link.clone())
+            .connect_extra(&self.node, self.settings.clone(), self.link.clone())
             .await
         {
             Ok(t) => Grown::Link(t),

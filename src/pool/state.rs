@@ -62,6 +62,11 @@ pub struct NodeStatus {
     pub drained_by: Option<String>,
     /// When it was drained, while it is drained.
     pub drained_at: Option<SystemTime>,
+    /// How the node's connections come (as of the supervisor's latest round).
+    pub mode: crate::pool::NodeMode,
+    /// How the current connection came: true when the node dialled in (None while not
+    /// connected).
+    pub dialled_in: Option<bool>,
 }
 
 /// How many recent flaps a status keeps.
@@ -123,6 +128,8 @@ impl NodeStatus {
             last_connect_error: None,
             drained_by: None,
             drained_at: None,
+            mode: crate::pool::NodeMode::Forward,
+            dialled_in: None,
         }
     }
 }

@@ -18,8 +18,10 @@ use super::health;
 use super::slot::NodeSlot;
 use super::state::TunnelState;
 use super::transport::Link;
-use crate::error::ProbeError;
+use crate::error::{ConnectError, ProbeError};
 use crate::metrics::{CheckLabels, Metrics, NodeLabel};
+use crate::pool::NodeMode;
+use crate::ssh::HostKeyTrust;
 use crate::tasks::Tasks;
 
 /// How often the supervisor reaps the node's idle extra connections (and checks
@@ -28,6 +30,9 @@ use crate::tasks::Tasks;
 /// 20,000 wake-ups a second of an idle daemon (12 % of a core; 3 % now, BENCHMARKS.md).
 const REAP_POLL_MIN: Duration = Duration::from_millis(250);
 const REAP_POLL_MAX: Duration = Duration::from_secs(5);
+
+/// The reason a reverse node without a session shows (state `waiting`).
+pub(crate) const WAITING_REASON: &str = "waiting for the node to dial in";
 
 /// Runs until the slot's stop token is cancelled. Leaves the tunnel in the slot on stop (the
 /// caller drains it).
@@ -44,23 +49,51 @@ pub(crate) async fn supervise(
     let mut transient = Backoff::new(cfg.backoff);
     let mut human = Backoff::new(cfg.backoff_needs_human);
     let mut connected_once = false;
+    // Rounds of waiting for a reverse node's session: each is bounded by the connect timeout
+    // and re-reads the node's mode; a round that ends at once is spaced by this.
+    const WAIT_ROUND_MIN: Duration = Duration::from_millis(200);
+    // Why a reverse node's last session ended: shown with its `waiting` until the next one.
+    let mut session_ended: Option<String> = None;
     loop {
         if slot.is_stopped() {
             return;
         }
-        slot.set_state(TunnelState::Connecting, "connecting");
+        let node = slot.node();
+        let mode = cfg.connector.mode(&node);
+        let waiting = mode == NodeMode::Reverse;
+        if waiting {
+            // Nothing to attempt: the node dials in. Dials wait (bounded) for its session.
+            let reason = match &session_ended {
+                Some(why) => format!("{why}; {WAITING_REASON} again"),
+                None => WAITING_REASON.to_string(),
+            };
+            slot.set_state_with(TunnelState::Waiting, &reason, |s| {
+                s.mode = mode;
+                s.first_attempt_done = true;
+                s.next_retry = None;
+            });
+        } else {
+            slot.set_state_with(TunnelState::Connecting, "connecting", |s| s.mode = mode);
+        }
         let kick = slot.kick_token();
         // Registered before the attempt: a trust file that changes while this attempt fails
         // still cuts the backoff after it short.
         let retry = slot.retry_notified();
         tokio::pin!(retry);
         retry.as_mut().enable();
-        let permit = tokio::select! {
-            p = handshakes.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = slot.stopped() => return,
+        // Waiting for a session is no handshake: it takes no permit.
+        let permit = if waiting {
+            None
+        } else {
+            tokio::select! {
+                p = handshakes.clone().acquire_owned() => match p { Ok(p) => Some(p), Err(_) => return },
+                _ = slot.stopped() => return,
+            }
         };
-        slot.update_status(|s| s.attempts += 1);
-        let node = slot.node();
+        if !waiting {
+            slot.update_status(|s| s.attempts += 1);
+        }
+        let round = Instant::now();
         let attempt = tokio::select! {
             r = cfg.connector.connect(&node, ssh.clone(), slot.link().clone()) => r,
             _ = slot.stopped() => return,
@@ -73,6 +106,15 @@ pub(crate) async fn supervise(
             }
             return;
         }
+        if waiting && matches!(attempt, Err(ConnectError::NoSession { .. })) {
+            // Still waiting: no failure, no backoff. The next round waits again.
+            let spacing = WAIT_ROUND_MIN.saturating_sub(round.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(spacing) => {}
+                _ = slot.stopped() => return,
+            }
+            continue;
+        }
         let delay;
         // Shared with the status (and dials that report it), not copied.
         let attempt = attempt.map_err(Arc::new);
@@ -83,14 +125,20 @@ pub(crate) async fn supervise(
                 let host_key = tunnel.host_key().to_string();
                 let host_key_trust = tunnel.host_key_trust();
                 let client_key = tunnel.client_key().to_string();
+                let dialled_in = host_key_trust == HostKeyTrust::NodeDialledIn;
+                session_ended = None;
                 slot.publish(Some(tunnel.clone()));
                 let reconnect = connected_once;
+                if waiting {
+                    slot.update_status(|s| s.attempts += 1);
+                }
                 slot.set_state_with(TunnelState::Ready, "connected", |s| {
                     s.first_attempt_done = true;
                     s.host_key = Some(host_key);
                     s.host_key_trust = Some(host_key_trust);
                     s.client_key = Some(client_key);
                     s.connected_at = Some(Instant::now());
+                    s.dialled_in = Some(dialled_in);
                     s.keepalive_rtt = None;
                     if reconnect {
                         s.reconnects += 1;
@@ -119,7 +167,10 @@ pub(crate) async fn supervise(
                 }
                 tunnel.close_to_new();
                 slot.publish(None);
-                slot.update_status(|s| s.connected_at = None);
+                slot.update_status(|s| {
+                    s.connected_at = None;
+                    s.dialled_in = None;
+                });
                 // Open streams keep running on the old connection until they end.
                 tasks.spawn(drain_tunnel(
                     tunnel,
@@ -130,8 +181,11 @@ pub(crate) async fn supervise(
                     transient.reset();
                     human.reset();
                 }
-                if kick.is_cancelled() {
+                // A reverse node waits for its next session at once: there is nothing to
+                // back off from.
+                if kick.is_cancelled() || cfg.connector.mode(&node) == NodeMode::Reverse {
                     slot.update_status(|s| s.last_error = Some(why.clone()));
+                    session_ended = Some(why.clone());
                     continue;
                 }
                 delay = transient.next_delay();
@@ -162,6 +216,9 @@ pub(crate) async fn supervise(
             _ = &mut retry => {
                 tracing::info!(node = %slot.name(), "trust files changed: retrying now");
             }
+            // An either node's session arrived: take it now. (Only an either node: a session
+            // left from when a node that is forward now was not would end every backoff.)
+            _ = cfg.connector.arrival(&node.name), if mode == NodeMode::Either => {}
             _ = slot.stopped() => return,
         }
     }

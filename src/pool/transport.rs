@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use crate::error::{ConnectError, OpenError};
 use crate::metrics::LinkStats;
 use crate::node::Node;
+use crate::pool::NodeMode;
 use crate::ssh::{HostKeyTrust, NodeTunnel, SshSettings, TunnelStream};
 
 /// One live connection to a node, shared (`Arc`) by every dial that uses it.
@@ -102,6 +103,29 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
         settings: Arc<SshSettings>,
         link: LinkStats,
     ) -> BoxFuture<'a, Result<Arc<dyn Link>, ConnectError>>;
+
+    /// How `node`'s connections come (asked at every attempt: the answer may change).
+    fn mode(&self, _node: &Node) -> NodeMode {
+        NodeMode::Forward
+    }
+
+    /// An extra connection (`overflow`): for a reverse node only a session that is already
+    /// waiting, never a wait for one. By default the same as `connect`.
+    fn connect_extra<'a>(
+        &'a self,
+        node: &'a Node,
+        settings: Arc<SshSettings>,
+        link: LinkStats,
+    ) -> BoxFuture<'a, Result<Arc<dyn Link>, ConnectError>> {
+        self.connect(node, settings, link)
+    }
+
+    /// Resolves when a connection of node `name` may be there to take at once (reverse
+    /// mode: the node's session arrived), so that a backoff wait ends early. Never by
+    /// default.
+    fn arrival<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Dials nodes over SSH (`NodeTunnel`): the production connector.

@@ -22,6 +22,10 @@ use crate::ssh::congestion::Congestion;
 use crate::ssh::stream::{ChannelCounters, TunnelStream};
 use crate::ssh::{HostKeyTrust, SshSettings};
 
+/// The address of the `tcpip-forward` request that measures the round trip (`ping`): a name
+/// no client would serve, so the reply is always a refusal.
+const RTT_PROBE_ADDRESS: &str = "kube-ssh-tunnel-rtt.invalid";
+
 /// How long a channel open that its caller gave up on may still finish (to be closed).
 const ABANDONED_OPEN_GRACE: Duration = Duration::from_secs(60);
 
@@ -53,6 +57,8 @@ pub struct ReverseLink {
     node: Node,
     name: Arc<str>,
     session: Session,
+    /// `ALG SHA256:…` of the node's client key: a reverse connection's "host key" column.
+    key_fingerprint: String,
     open_channels: Arc<ChannelCount>,
     link: LinkStats,
     congestion: Arc<Congestion>,
@@ -77,7 +83,13 @@ impl ReverseLink {
         link: LinkStats,
     ) -> ReverseLink {
         let name: Arc<str> = Arc::from(node.name.as_str());
+        let key_fingerprint = session
+            .client_key
+            .split_once(" (")
+            .map_or(session.client_key.as_str(), |(fp, _)| fp)
+            .to_string();
         ReverseLink {
+            key_fingerprint,
             congestion: Arc::new(Congestion::new(
                 name.clone(),
                 session.closed.clone(),
@@ -159,7 +171,7 @@ impl ReverseLink {
             socks::connect(&mut stream, host, port)
                 .await
                 .map_err(|e| OpenError::Refused {
-                    reason: format!("SOCKS5 through the node's ssh: {e}"),
+                    reason: format!("SOCKS through the node's ssh: {e}"),
                 })?;
             Ok(stream)
         };
@@ -239,10 +251,31 @@ impl Link for ReverseLink {
         Box::pin(self.session.closed.cancelled())
     }
 
-    /// russh's server handle cannot send a ping: the round trip is not measured here. A dead
-    /// session is found by the server's keepalives (the session then ends: `closed`).
-    fn ping(&self, _limit: Duration) -> BoxFuture<'_, Option<Duration>> {
-        Box::pin(async { None })
+    /// russh's server `Handle` has no ping. A global request with want-reply does the round
+    /// trip: `tcpip-forward` (russh's `Handle::forward_tcpip` awaits its reply), which the
+    /// node's OpenSSH client does not serve and answers with REQUEST_FAILURE
+    /// (`client_input_global_request`), touching nothing else. Either reply is the round trip;
+    /// a session that ended gives none. Bounded by `limit`.
+    fn ping(&self, limit: Duration) -> BoxFuture<'_, Option<Duration>> {
+        Box::pin(async move {
+            if self.is_closed() {
+                return None;
+            }
+            let started = std::time::Instant::now();
+            let reply = tokio::select! {
+                r = tokio::time::timeout(
+                    limit,
+                    self.session.handle.forward_tcpip(RTT_PROBE_ADDRESS.into(), 0),
+                ) => r.ok()?,
+                _ = self.session.closed.cancelled() => return None,
+            };
+            let rtt = started.elapsed();
+            // Err(()) is the node's REQUEST_FAILURE, or the session going away meanwhile.
+            if reply.is_err() && self.is_closed() {
+                return None;
+            }
+            Some(rtt)
+        })
     }
 
     fn disconnect(&self) -> BoxFuture<'_, ()> {
@@ -257,8 +290,9 @@ impl Link for ReverseLink {
             .and_then(|r| r.clone())
     }
 
+    /// There is no host key of the node's: the node's own client key (which named it).
     fn host_key(&self) -> &str {
-        "-"
+        &self.key_fingerprint
     }
 
     fn host_key_trust(&self) -> HostKeyTrust {

@@ -34,7 +34,7 @@ impl Registry {
     }
 
     /// The oldest live session of `node` (ended ones are dropped on the way).
-    fn take_now(&self, node: &str) -> Option<Session> {
+    pub(crate) fn take_now(&self, node: &str) -> Option<Session> {
         let mut w = self.waiting.lock().ok()?;
         let q = w.get_mut(node)?;
         while let Some(s) = q.pop_front() {
@@ -59,6 +59,29 @@ impl Registry {
             }
         };
         tokio::time::timeout(limit, wait).await.ok()
+    }
+
+    /// True if a live session of `node` waits to be taken.
+    fn has_live(&self, node: &str) -> bool {
+        self.waiting
+            .lock()
+            .ok()
+            .and_then(|w| w.get(node).map(|q| q.iter().any(|s| !s.is_closed())))
+            .unwrap_or(false)
+    }
+
+    /// Resolves once a live session of `node` waits to be taken (not taking it). Unbounded:
+    /// the caller races it against its own wait.
+    pub(crate) async fn arrival(&self, node: &str) {
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if self.has_live(node) {
+                return;
+            }
+            arrived.await;
+        }
     }
 
     /// Sessions waiting to be taken, all nodes together.

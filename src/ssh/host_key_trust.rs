@@ -36,7 +36,7 @@ impl HostKeyTrust {
             HostKeyTrust::Learned => "learned (accept-new)",
             HostKeyTrust::Annotation => "Node annotation",
             HostKeyTrust::Insecure => "insecure (not verified)",
-            HostKeyTrust::NodeDialledIn => "none: the node dialled in (reverse)",
+            HostKeyTrust::NodeDialledIn => "reverse (the node dialled in; its client key named it)",
             HostKeyTrust::Unknown => "unknown",
         }
     }

@@ -362,29 +362,6 @@ pub fn whoami_through(proxy: &Path, target: &str) -> String {
     }
 }
 
-/// The node's whole entry of the daemon's /status (admin socket); `Null` when not listed.
-pub fn node_json(admin: &Path, node: &str) -> serde_json::Value {
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(admin) else {
-        return serde_json::Value::Null;
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut r = Vec::new();
-    let _ = s.read_to_end(&mut r);
-    let text = String::from_utf8_lossy(&r);
-    let v = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
-        .unwrap_or_default();
-    v["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["name"] == node)
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// The peer address the daemon logged for `node`'s reverse sessions ("reverse session
 /// ready"), as they appear in its log.
 pub fn session_peers(log: &str, node: &str) -> Vec<String> {
@@ -535,4 +512,134 @@ pub fn run_unit(keys: &Keys, unit: &Path, label: &str) -> Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("start {argv:?} from {}: {e}", unit.display())),
     )
+}
+
+/// Rewrites the authorized file of `keys` with `mode=MODE` after the name of each node in
+/// `modes` (`(node, mode)`); other lines stay.
+pub fn set_modes(keys: &Keys, modes: &[(&str, &str)]) {
+    let text = std::fs::read_to_string(keys.path("authorized")).unwrap();
+    let out: String = text
+        .lines()
+        .map(|l| {
+            let (name, rest) = l.split_once(' ').unwrap_or((l, ""));
+            match modes.iter().find(|(n, _)| *n == name) {
+                Some((_, m)) => format!("{name} mode={m} {rest}\n"),
+                None => format!("{l}\n"),
+            }
+        })
+        .collect();
+    std::fs::write(keys.path("authorized"), out).unwrap();
+}
+
+/// `run` for nodes of `cluster` (dialled with its client keys and known_hosts; sockets in its
+/// directory) with the reverse listener of `keys` on `listen`; `nodes` as `--node` values,
+/// then `extra` (which may replace the defaults for the connect timeout, node ports and
+/// backoff).
+pub fn cluster_daemon(
+    cluster: &super::Cluster,
+    keys: &Keys,
+    listen: SocketAddr,
+    nodes: &[String],
+    extra: &[&str],
+) -> Daemon {
+    let mut a = cluster.daemon_args();
+    for (flag, value) in [
+        ("--reverse-listen", listen.to_string()),
+        (
+            "--reverse-host-key",
+            keys.path("host_key").display().to_string(),
+        ),
+        (
+            "--reverse-authorized",
+            keys.path("authorized").display().to_string(),
+        ),
+        ("--connect-timeout", "3s".into()),
+        ("--node-port", format!("{HTTP_PORT},{ECHO_PORT}")),
+        ("--backoff-min", "100ms".into()),
+        ("--backoff-max", "1s".into()),
+    ] {
+        // A flag `extra` sets wins over these defaults.
+        if !extra.contains(&flag) {
+            a.push(flag.into());
+            a.push(value);
+        }
+    }
+    for n in nodes {
+        a.push("--node".into());
+        a.push(n.clone());
+    }
+    a.extend(extra.iter().map(|s| s.to_string()));
+    let d = Daemon::start(&a);
+    assert!(
+        wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(
+            listen
+        )
+        .is_ok()),
+        "the reverse listener did not come up on {listen}: {}",
+        d.log()
+    );
+    d
+}
+
+/// A node's `ssh -N -R 0` to the listener at `addr`, run here (no namespace); its stderr goes
+/// to `NODE-ssh-TAG.log` in the keys' directory.
+pub fn local_node_ssh(keys: &Keys, addr: SocketAddr, node: &str, tag: &str) -> Proc {
+    let log = std::fs::File::create(keys.path(&format!("{node}-ssh-{tag}.log"))).unwrap();
+    let child = Command::new("ssh")
+        .args(["-N", "-R", "0"])
+        .args(keys.ssh_args(addr, node, node))
+        .arg(addr.ip().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ssh (openssh-client)");
+    Proc(child)
+}
+
+/// The body of `GET path` on the daemon's admin socket ("" when it does not answer).
+pub fn admin_get(admin: &Path, path: &str) -> String {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(admin) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut r = Vec::new();
+    let _ = s.read_to_end(&mut r);
+    let text = String::from_utf8_lossy(&r).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The node's entry of /status as JSON (Null when not listed or not answered).
+pub fn node_json(admin: &Path, node: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&admin_get(admin, "/status")).unwrap_or_default();
+    v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == node)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Opens a CONNECT to `target` on the front at `proxy` and echoes one byte through it;
+/// bounded by the socket timeouts (20 s). Err with what went wrong.
+pub fn one_byte_echo(proxy: &Path, target: &str) -> Result<(), String> {
+    let (mut s, head) = super::connect_uds(proxy, target);
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head);
+    }
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"x").map_err(|e| e.to_string())?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).map_err(|e| e.to_string())?;
+    if &b != b"x" {
+        return Err(format!("echoed {b:?}"));
+    }
+    Ok(())
 }
