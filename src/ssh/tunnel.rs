@@ -3,10 +3,14 @@
 //! public-key auth, all under one timeout) and opens `direct-tcpip` channels on it, many at a
 //! time. Reconnection and health belong to the pool's supervisor, not here.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use russh::client::Handle;
+use russh::Channel;
+use russh::client::{Handle, Msg};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +29,71 @@ use crate::nodes::host_key_annotations;
 
 /// How long a channel open that its caller gave up on may still finish (to be closed).
 const ABANDONED_OPEN_GRACE: Duration = Duration::from_secs(60);
+
+/// What an open gives: the channel with its counters, russh's error, or `None` when the
+/// connection ended (or the grace ran out) first.
+type OpenResult = Option<Result<(Channel<Msg>, ChannelCounters), russh::Error>>;
+
+/// One channel open in flight. The dial that asked for it polls it in place; dropped before
+/// it ends, it hands the rest to a task of its own that closes a channel sshd confirms late,
+/// so that giving up on an open never leaks a channel.
+struct Opening {
+    open: Option<Pin<Box<dyn Future<Output = OpenResult> + Send>>>,
+}
+
+impl Opening {
+    fn start(
+        handle: Arc<Handle<NodeHandler>>,
+        host: String,
+        port: u16,
+        closed: CancellationToken,
+        counters: ChannelCounters,
+    ) -> Opening {
+        let open = async move {
+            let opened = tokio::select! {
+                r = tokio::time::timeout(
+                    ABANDONED_OPEN_GRACE,
+                    handle.channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0),
+                ) => r.ok()?,
+                _ = closed.cancelled() => return None,
+            };
+            Some(opened.map(|channel| (channel, counters)))
+        };
+        Opening {
+            open: Some(Box::pin(open)),
+        }
+    }
+}
+
+impl Future for Opening {
+    type Output = OpenResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OpenResult> {
+        let Some(open) = self.open.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let opened = ready!(open.as_mut().poll(cx));
+        self.open = None;
+        Poll::Ready(opened)
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        // Outside a runtime (it is gone) the connection, and the channel with it, is gone too.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Some(Ok((channel, _place))) = open.await {
+                let _ = channel.close().await;
+            }
+        });
+    }
+}
 
 /// One authenticated SSH connection to a node; cheap to share (`Arc`), every method `&self`.
 pub struct NodeTunnel {
@@ -319,57 +388,46 @@ impl NodeTunnel {
             // Retiring: the dial goes to another connection, or waits for the next one.
             NoPlace::Closed => OpenError::ConnectionLost,
         })?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let handle = self.handle.clone();
-        let host_owned = host.to_string();
-        let closed = self.closed.clone();
-        let name = self.name.clone();
-        let limits = self.settings.channel.clone();
         let counters = ChannelCounters {
             open: place,
             link: self.link.clone(),
             congestion: self.congestion.clone(),
         };
         let destination: Arc<str> = Arc::from(crate::destination::join_host_port(host, port));
-        // The open runs in its own task so that giving up on it never leaks a channel that
-        // sshd confirms afterwards: the task then closes it.
-        tokio::spawn(async move {
-            let opened = tokio::select! {
-                r = tokio::time::timeout(
-                    ABANDONED_OPEN_GRACE,
-                    handle.channel_open_direct_tcpip(host_owned, u32::from(port), "127.0.0.1", 0),
-                ) => r,
-                _ = closed.cancelled() => return,
-            };
-            match opened {
-                Ok(Ok(channel)) => {
-                    if tx.is_closed() {
-                        let _ = channel.close().await;
-                        return;
-                    }
-                    let stream = TunnelStream::start(channel, name, destination, limits, counters);
-                    // If the caller left in the meantime, dropping the stream closes it.
-                    let _ = tx.send(Ok(stream));
-                }
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(e));
-                }
-                Err(_) => {}
-            }
-        });
+        // The open is polled right here (no task and no hand-off in the common case); if the
+        // caller stops waiting before it ends (timeout, dropped future, lost connection), the
+        // rest of it runs in a task of its own, which closes a channel that sshd confirms
+        // afterwards (`Opening`'s drop).
+        let mut opening = Opening::start(
+            self.handle.clone(),
+            host.to_string(),
+            port,
+            self.closed.clone(),
+            counters,
+        );
         let limit = self.settings.open_timeout;
-        tokio::select! {
-            r = tokio::time::timeout(limit, rx) => match r {
-                Err(_) => Err(OpenError::Timeout { after: limit }),
-                Ok(Err(_)) => Err(OpenError::ConnectionLost),
-                Ok(Ok(Ok(stream))) => Ok(stream),
-                // By what russh returned, not by whether the connection reads as closed yet.
-                Ok(Ok(Err(e))) => {
-                    tracing::debug!(node = %self.name, error = %e, "channel open failed");
-                    Err(super::open_outcome::classify(e))
-                }
+        let opened = tokio::select! {
+            r = tokio::time::timeout(limit, &mut opening) => match r {
+                Err(_) => return Err(OpenError::Timeout { after: limit }),
+                Ok(r) => r,
             },
-            _ = self.closed.cancelled() => Err(OpenError::ConnectionLost),
+            _ = self.closed.cancelled() => return Err(OpenError::ConnectionLost),
+        };
+        match opened {
+            // The connection ended or the grace ran out first.
+            None => Err(OpenError::ConnectionLost),
+            Some(Ok((channel, counters))) => Ok(TunnelStream::start(
+                channel,
+                self.name.clone(),
+                destination,
+                self.settings.channel.clone(),
+                counters,
+            )),
+            // By what russh returned, not by whether the connection reads as closed yet.
+            Some(Err(e)) => {
+                tracing::debug!(node = %self.name, error = %e, "channel open failed");
+                Err(super::open_outcome::classify(e))
+            }
         }
     }
 
