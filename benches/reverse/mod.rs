@@ -309,14 +309,18 @@ pub async fn run(smoke: bool) -> Vec<String> {
     drop(client);
     drop(reverse);
     drop(forward);
-    rows.push(many_at_once(s.nodes).await);
+    rows.push(many_at_once(s.nodes, &[]).await);
+    if !smoke {
+        // The same without the cap on unauthenticated connections (default 64).
+        rows.push(many_at_once(s.nodes, &["--reverse-max-unauthenticated", "4096"]).await);
+    }
     rows
 }
 
 /// `n` reverse nodes whose `ssh -R` start at once: seconds until all are ready, restarts,
 /// the daemon's RSS per node (after all are ready, minus before any dialled in) and the
 /// clients' mean RSS.
-async fn many_at_once(n: usize) -> String {
+async fn many_at_once(n: usize, extra: &[&str]) -> String {
     let names: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let keys = Keys::new(&refs);
@@ -331,18 +335,17 @@ async fn many_at_once(n: usize) -> String {
         .collect();
     node_file(&file, &nodes);
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let daemon = keys.daemon_with(
-        listen,
-        &[],
-        &[
-            "--nodes",
-            &file.display().to_string(),
-            "--health-probe",
-            "none",
-            "--log-level",
-            "warn",
-        ],
-    );
+    let file_s = file.display().to_string();
+    let mut flags = vec![
+        "--nodes",
+        &file_s,
+        "--health-probe",
+        "none",
+        "--log-level",
+        "warn",
+    ];
+    flags.extend_from_slice(extra);
+    let daemon = keys.daemon_with(listen, &[], &flags);
     let admin = keys.path("admin.sock");
     assert!(
         support::wait_until(Duration::from_secs(120), || states(&admin).len() == n),
@@ -361,6 +364,7 @@ async fn many_at_once(n: usize) -> String {
     );
     let mut exited_at: Vec<Option<Instant>> = vec![None; n];
     let mut restarts = 0usize;
+    let mut causes: std::collections::BTreeMap<String, usize> = Default::default();
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut ready = 0;
     // Bounded: one pass every 250 ms until the deadline.
@@ -376,6 +380,12 @@ async fn many_at_once(n: usize) -> String {
             if gone {
                 *c = None;
                 exited_at[i] = Some(Instant::now());
+                // Why it exited: the last line its ssh wrote, without the varying parts.
+                let log = std::fs::read_to_string(keys.path(&format!("{}-ssh.log", names[i])))
+                    .unwrap_or_default();
+                let last = log.lines().last().unwrap_or("(nothing)");
+                let cause: String = last.chars().filter(|c| !c.is_ascii_digit()).collect();
+                *causes.entry(cause).or_insert(0usize) += 1;
             }
             if c.is_none()
                 && exited_at[i].is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
@@ -389,6 +399,9 @@ async fn many_at_once(n: usize) -> String {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let took = t0.elapsed().as_secs_f64();
+    for (cause, count) in &causes {
+        println!("reverse bench: {count} ssh exits: {cause}");
+    }
     assert_eq!(
         ready, n,
         "reverse nodes ready after {took:.0} s: {ready} of {n}"
@@ -405,7 +418,12 @@ async fn many_at_once(n: usize) -> String {
     drop(clients);
     drop(daemon);
     format!(
-        "| {n} reverse nodes' `ssh -R` started at once | all ready in {took:.1} s ({restarts} client restarts) | daemon RSS {rss0:.0} → {rss1:.0} MiB: {:.0} KiB per reverse node | each node's `ssh -R`: {client_rss:.1} MiB RSS |",
+        "| {n} reverse nodes' `ssh -R` started at once{} | all ready in {took:.1} s ({restarts} client restarts) | daemon RSS {rss0:.0} → {rss1:.0} MiB: {:.0} KiB per reverse node | each node's `ssh -R`: {client_rss:.1} MiB RSS |",
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" (`{}`)", extra.join(" "))
+        },
         (rss1 - rss0) * 1024.0 / n as f64
     )
 }

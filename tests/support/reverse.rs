@@ -71,8 +71,15 @@ impl Keys {
     /// The known_hosts the nodes' ssh uses: the listener's host key at `addr`.
     pub fn node_known_hosts(&self, addr: SocketAddr) -> PathBuf {
         let public = std::fs::read_to_string(self.path("host_key").with_extension("pub")).unwrap();
-        let f = self.path("node_known_hosts");
-        std::fs::write(&f, format!("[{}]:{} {public}", addr.ip(), addr.port())).unwrap();
+        // One file per listener, always written whole (a new file renamed over the old): ssh
+        // clients started at the same time must never read a half-written file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let name = format!("node_known_hosts-{}-{}", addr.ip(), addr.port());
+        let f = self.path(&name);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.path(&format!("{name}.{n}.tmp"));
+        std::fs::write(&tmp, format!("[{}]:{} {public}", addr.ip(), addr.port())).unwrap();
+        std::fs::rename(&tmp, &f).unwrap();
         f
     }
 
