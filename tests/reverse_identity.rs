@@ -389,6 +389,73 @@ fn one_node_holds_at_most_max_sessions_while_other_nodes_from_the_same_address_a
     );
 }
 
+#[test]
+fn a_session_the_daemon_closes_is_cut_even_when_the_node_never_closes_its_side() {
+    require_tool("ssh", "-V");
+    let keys = Keys::new(&["rev-a"]);
+    let listen = loopback_listen();
+    // Keepalives slower than the bound below: they must not be what ends the session.
+    let d = keys.daemon_with(
+        listen,
+        &["rev-a=192.0.2.10".into()],
+        &[
+            "--reverse-max-sessions-per-node",
+            "1",
+            "--health-probe",
+            "none",
+            "--keepalive-interval",
+            "60s",
+        ],
+    );
+    let admin = keys.path("admin.sock");
+    let first = node_ssh_here(&keys, listen, "rev-a", "rev-a", &[], "rev-a-first");
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-a")
+            == "ready"),
+        "rev-a is not ready; daemon log:\n{}",
+        d.log()
+    );
+    // The node's ssh freezes: it will never close its side. The daemon then closes the
+    // connection (a reconnect drains it and disconnects it).
+    support::signal(first.0.id(), libc::SIGSTOP);
+    let admin_s = admin.display().to_string();
+    let (code, _, err) = kst(&["reconnect", "--admin-uds", &admin_s, "rev-a"]);
+    assert_eq!(code, 0, "reconnect rev-a: {err}");
+    // Its session must be gone from the book soon: with one session allowed, a new ssh of the
+    // node gets in only then. Before the fix the closed session waited for the frozen peer
+    // forever and held the node's only place.
+    let t0 = std::time::Instant::now();
+    let mut tries = 0;
+    let mut back = false;
+    while !back && t0.elapsed() < Duration::from_secs(25) {
+        tries += 1;
+        let _again = node_ssh_here(
+            &keys,
+            listen,
+            "rev-a",
+            "rev-a",
+            &[],
+            &format!("rev-a-{tries}"),
+        );
+        back = wait_until(Duration::from_secs(3), || {
+            node_state(&admin, "rev-a") == "ready"
+        });
+        if back {
+            break;
+        }
+    }
+    support::signal(first.0.id(), libc::SIGCONT);
+    assert!(
+        back,
+        "no new session of rev-a was served within 25 s of the daemon closing its frozen one ({tries} tries); daemon log:\n{}",
+        d.log()
+    );
+    eprintln!(
+        "rev-a served again {:?} after the reconnect ({tries} tries)",
+        t0.elapsed()
+    );
+}
+
 /// The server's version line on a fresh TCP connection (read up to the newline), or what
 /// came before EOF.
 fn banner(s: &mut TcpStream) -> String {

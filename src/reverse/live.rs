@@ -89,9 +89,8 @@ impl<T: Loadable> LiveFile<T> {
     /// The current contents and how many times they were reloaded.
     pub fn current_with_generation(&self) -> (Arc<T>, u64) {
         let now = stamp(&self.path);
-        let Ok(mut st) = self.state.lock() else {
-            return (Arc::new(T::default()), 0);
-        };
+        // A poisoned lock keeps the last value (an empty revoked set would fail open).
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if now.is_some() && now != st.stamp {
             st.stamp = now;
             match T::load(&self.path) {

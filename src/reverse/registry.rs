@@ -26,9 +26,11 @@ impl Registry {
     /// A node's session is ready to be used.
     pub(crate) fn register(&self, session: Session) {
         if let Ok(mut w) = self.waiting.lock() {
-            w.entry(session.node.clone())
-                .or_default()
-                .push_back(session);
+            let q = w.entry(session.node.clone()).or_default();
+            // Ended sessions of a node that nobody takes (an either node served by a dial,
+            // say) must not pile up.
+            q.retain(|s| !s.is_closed());
+            q.push_back(session);
         }
         self.arrived.notify_waiters();
     }

@@ -201,9 +201,14 @@ impl ReverseServer {
             let book = self.book.clone();
             let grace = self.limits.login_grace;
             tokio::spawn(async move {
-                let why =
-                    serve_connection(config, tcp, handler, grace, authenticated, stop, peer, cut)
-                        .await;
+                let ends = Ends {
+                    authenticated,
+                    stop,
+                    closed: closed.clone(),
+                    reason: reason.clone(),
+                    cut,
+                };
+                let why = serve_connection(config, tcp, handler, grace, peer, ends).await;
                 drop(slot);
                 book.remove(id);
                 if let Ok(mut r) = reason.lock() {
@@ -216,19 +221,38 @@ impl ReverseServer {
     }
 }
 
+/// What can end a connection besides the node: its authentication (which stops the login
+/// grace), the daemon stopping, the daemon closing it (`closed`: a refusal, the pool's
+/// disconnect, a cancelled forward; `reason` says why), and the cut under the session.
+struct Ends {
+    authenticated: CancellationToken,
+    stop: CancellationToken,
+    closed: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+    cut: CancellationToken,
+}
+
 /// Runs one connection until it ends; returns why it ended. A connection that has not
 /// authenticated within `grace` of its arrival (version exchange included) is disconnected.
-#[allow(clippy::too_many_arguments)]
+/// A connection the daemon closes is closed for good: its disconnect is sent (bounded), and if
+/// the node does not close its side soon after, the connection is cut under the session (a
+/// russh session that sent a disconnect otherwise waits for the peer forever, since we set no
+/// inactivity timeout).
 async fn serve_connection(
     config: Arc<russh::server::Config>,
     tcp: Cuttable,
     handler: NodeSession,
     grace: Duration,
-    authenticated: CancellationToken,
-    stop: CancellationToken,
     peer: SocketAddr,
-    cut: CancellationToken,
+    ends: Ends,
 ) -> String {
+    let Ends {
+        authenticated,
+        stop,
+        closed,
+        reason,
+        cut,
+    } = ends;
     let deadline = tokio::time::Instant::now() + grace;
     let late = || {
         let why = format!("no authentication within --reverse-login-grace ({grace:?})");
@@ -260,6 +284,11 @@ async fn serve_connection(
         r = &mut running => return ended(r),
         _ = stop.cancelled() => "the daemon is stopping".to_string(),
         _ = grace_over => late(),
+        _ = closed.cancelled() => reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "closed by the daemon".into()),
     };
     // The session task ends once it has sent the disconnect; wait for that, bounded, then
     // cut the connection under it (a session in key exchange does not act on a disconnect).
@@ -327,19 +356,20 @@ async fn recheck_live_sessions(
             if let Ok(mut r) = session.reason.lock() {
                 r.get_or_insert(why.clone());
             }
-            let _ = tokio::time::timeout(
-                CUT_LIMIT,
-                session.handle.disconnect(
-                    russh::Disconnect::ByApplication,
-                    format!("{why} (kube-ssh-tunnel)"),
-                    "en".into(),
-                ),
-            )
-            .await;
-            let stream = session.cut;
+            // Each in a task of its own: a session whose queue is stuck behind a closed
+            // window must not hold up the cuts of the others.
             tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    CUT_LIMIT,
+                    session.handle.disconnect(
+                        russh::Disconnect::ByApplication,
+                        format!("{why} (kube-ssh-tunnel)"),
+                        "en".into(),
+                    ),
+                )
+                .await;
                 tokio::time::sleep(DISCONNECT_GRACE).await;
-                stream.cancel();
+                session.cut.cancel();
             });
         }
     }
@@ -536,7 +566,12 @@ impl russh::server::Handler for NodeSession {
             ));
         }
         if let Some(why) = &self.refused {
+            if let Ok(mut r) = self.reason.lock() {
+                r.get_or_insert(why.clone());
+            }
             session.disconnect(russh::Disconnect::ByApplication, why, "en")?;
+            // Closed for good even if the node never closes its side (`serve_connection`).
+            self.closed.cancel();
         }
         Ok(())
     }
