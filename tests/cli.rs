@@ -215,6 +215,7 @@ fn bad_input_gives_one_clear_line_and_exit_2() {
         ("--backoff-auth-max", "0"),
         ("--stall-timeout", "0"),
         ("--max-connections-per-node", "0"),
+        ("--worker-threads", "0"),
     ] {
         let mut a = run.clone();
         a.extend(s(&[flag, value]));
@@ -939,6 +940,10 @@ fn dial_through_a_running_daemon_relays_64_mib_both_ways_and_reports_a_refusal()
             "none",
             "--node-port",
             &format!("{HTTP_PORT},{}", support::ECHO_PORT),
+            // The whole daemon on one thread: the SSH session, the front and the relay take
+            // turns, and the bytes still go both ways at once.
+            "--worker-threads",
+            "1",
         ]
         .map(String::from),
     );

@@ -2,6 +2,7 @@
 //! Exit codes: 0 success, 1 a runtime failure (node or destination unreachable), 2 usage or
 //! configuration error (including the `--ssh-tunnel` gate).
 
+mod allocator;
 mod args;
 mod check;
 mod config_file;
@@ -110,8 +111,12 @@ enum Command {
     Reference,
 }
 
+/// Most threads `run --worker-threads` may ask for.
+const MAX_WORKER_THREADS: usize = 1024;
+
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
+    allocator::tune();
     let argv = match config_file::expand(&Cli::command(), std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
@@ -126,10 +131,19 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Run(a) = &cli.command
+        && let Some(n) = a.worker_threads
     {
+        if !(1..=MAX_WORKER_THREADS).contains(&n) {
+            eprintln!(
+                "kube-ssh-tunnel: --worker-threads must be from 1 to {MAX_WORKER_THREADS} (leave it out for one per CPU core)"
+            );
+            return EXIT_USAGE;
+        }
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kube-ssh-tunnel: cannot start the async runtime: {e}");

@@ -34,6 +34,13 @@ pub struct RunArgs {
     #[command(flatten)]
     pub reverse: super::reverse::ReverseArgs,
 
+    /// Threads that run the daemon's tasks (default: one per CPU core). One thread costs the
+    /// least CPU per new stream, and is enough for one connection's bytes: each node
+    /// connection's SSH session runs on one thread anyway. More threads serve many busy
+    /// nodes at once. See docs/architecture.md, "Runtime".
+    #[arg(long, env = "KUBE_SSH_TUNNEL_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// Allow --admin-listen on a non-loopback address (actions there need --admin-token-file;
     /// reads need it too only with --admin-token-for-reads).
     #[arg(long, env = "KUBE_SSH_TUNNEL_ADMIN_ALLOW_REMOTE")]
