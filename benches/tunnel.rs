@@ -8,6 +8,7 @@
 //!   cargo bench --bench tunnel -- --only scale --scale-nodes 5000 # a daemon and 5,000 nodes
 //!   cargo bench --bench tunnel -- --soak 1200  # faults together for 20 min (soak/mod.rs)
 //!   cargo bench --bench tunnel -- --only reverse # reverse vs forward, 1,000 reverse nodes (reverse/mod.rs)
+//!   cargo bench --bench tunnel -- --only dial  # CPU per dial of the `run` binary vs `ssh -L` (dial/mod.rs)
 //!
 //! Measured: upload and download throughput and client CPU per GB (1 and 8 streams,
 //! aes128-gcm and chacha20, uploads also through the CONNECT front), new-channel latency
@@ -33,6 +34,13 @@ mod soak;
 
 #[path = "reverse/mod.rs"]
 mod reverse;
+
+#[path = "dial/mod.rs"]
+mod dial;
+
+// The same malloc settings as the `run` binary, for the rows that run our pool in this process.
+#[path = "../src/cli/allocator.rs"]
+mod allocator;
 
 /// In BENCHMARKS.md, what follows this line is not written by a full run and is kept by it.
 const KEPT_MARKER: &str = "<!-- kept: sections below come from other runs -->";
@@ -753,6 +761,7 @@ async fn ready_pool(settings: &SshSettings, nodes: Vec<Node>, max_channels: usiz
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    allocator::tune();
     let o = opts();
     // Helper mode: this binary started again to serve the scale section's nodes.
     if let Some(n) = o.serve_nodes {
@@ -1340,6 +1349,12 @@ async fn main() {
             out(l);
         }
     }
+    // CPU per dial of the `run` binary (two runtime settings) beside `ssh -L`'s.
+    if o.runs("dial") {
+        for l in dial::run(o.smoke).await {
+            out(l);
+        }
+    }
     // The Node watch at scale: realistic Node objects from a stand-in API server.
     if o.runs("watch") {
         let (n, window) = if o.smoke {
@@ -1392,6 +1407,19 @@ async fn main() {
         )
         .trim()
         .to_string();
+        let commit = String::from_utf8_lossy(
+            &support::run_bounded(
+                Command::new("git")
+                    .current_dir(support::repo())
+                    .args(["rev-parse", "--short", "HEAD"]),
+                b"",
+                support::TOOL_LIMIT,
+            )
+            .map(|o| o.stdout)
+            .unwrap_or_default(),
+        )
+        .trim()
+        .to_string();
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .unwrap_or_default()
             .lines()
@@ -1399,7 +1427,7 @@ async fn main() {
             .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
             .unwrap_or_default();
         let mut md = format!(
-            "# Benchmarks\n\n`cargo bench --bench tunnel` — {date}, {} cores ({cpu}). OpenSSH `ssh -N -L` \
+            "# Benchmarks\n\n`cargo bench --bench tunnel` — {date}, commit {commit}, {} cores ({cpu}). OpenSSH `ssh -N -L` \
              (same cipher, kex curve25519) against the same loopback sshd and destination, alternating \
              rounds ({rounds}), medians. Throughput: {} MiB per measurement (split across the streams). \
              Client-side CPU includes the benchmark's own generator and sink in both columns (plus the \

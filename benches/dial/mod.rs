@@ -1,0 +1,225 @@
+//! CPU per dial beside `ssh -L` (`cargo bench --bench tunnel -- --only dial`; also in
+//! `--smoke` and in a full run, with fewer dials in `--smoke`).
+//!
+//! The other latency rows run our pool inside the benchmark process, so their CPU includes
+//! the client. Here the tunnel is a process of its own on both sides: the `run` binary (once
+//! with one worker thread per core, the default, and once with `--worker-threads 1`) against
+//! one `ssh -N -L` process, all to the same sshd node and the same echo server on the node's
+//! pod address. A dial is what kube-apiserver does for a short request: a new CONNECT through
+//! the front's Unix socket (for `ssh -L`, a new TCP connection to its port), one byte each
+//! way, and close. CPU is the tunnel process's own (the sum of its threads' schedstat), divided
+//! by the dials of the round. The time until the front's `200` is shown too: kube-apiserver
+//! sends nothing before it, while `ssh -L` takes the client's byte at once and sends it right
+//! behind the channel open, so an echo through the front has one more trip to the node. Alternating rounds, medians with the range. Not a test: it asserts
+//! nothing about speed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::support;
+use super::support::daemon::Daemon;
+
+/// One tunnel under measurement.
+struct Side {
+    label: &'static str,
+    pid: u32,
+    /// The daemon's front (`None`: the `ssh -L` port in `port`).
+    front: Option<PathBuf>,
+    port: u16,
+}
+
+/// Figures of one round of one side: µs of tunnel CPU per dial, each dial's time (µs), and for
+/// the front, the time until its `200` (µs).
+struct Round {
+    cpu_us: f64,
+    times: Vec<f64>,
+    to_200: Vec<f64>,
+}
+
+/// CPU time of every thread of `pid` in ns (`/proc/PID/task/*/schedstat`: ns, where
+/// `/proc/PID/stat` counts 10 ms ticks, too coarse for a few hundred dials).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn round(side: &Side, echo: SocketAddr, dials: usize) -> Round {
+    let c0 = cpu_ns(side.pid);
+    let mut times = Vec::with_capacity(dials);
+    let mut to_200 = Vec::with_capacity(dials);
+    for _ in 0..dials {
+        let t0 = Instant::now();
+        match &side.front {
+            Some(front) => {
+                let (mut s, head) = super::connect_front(front, &echo.to_string()).await;
+                assert!(head.starts_with("HTTP/1.1 200"), "{}: {head}", side.label);
+                to_200.push(t0.elapsed().as_secs_f64() * 1e6);
+                one_byte(&mut s).await;
+            }
+            None => {
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", side.port))
+                    .await
+                    .unwrap();
+                s.set_nodelay(true).unwrap();
+                one_byte(&mut s).await;
+            }
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    Round {
+        cpu_us: cpu_ns(side.pid).saturating_sub(c0) as f64 / 1e3 / dials as f64,
+        times,
+        to_200,
+    }
+}
+
+/// One byte there and back (within 10 s), then close.
+async fn one_byte<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b))
+        .await
+        .expect("an echo within 10 s")
+        .expect("the echo");
+    assert_eq!(&b, b"x");
+    let _ = s.shutdown().await;
+}
+
+fn med(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// `run` with the cluster's node and its pod CIDR, its sockets named after `tag`.
+fn daemon(cluster: &support::Cluster, tag: &str, extra: &[&str]) -> (Daemon, PathBuf) {
+    let node = &cluster.nodes[0];
+    let front = cluster.path().join(format!("dial-{tag}.sock"));
+    let nodes = cluster.path().join(format!("dial-{tag}.toml"));
+    std::fs::write(
+        &nodes,
+        format!(
+            "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nssh_port = {}\npod_cidrs = [\"{}\"]\n",
+            node.name, node.addr, node.ssh_port, node.pod_cidr
+        ),
+    )
+    .unwrap();
+    // The cluster's `run` arguments, with this daemon's own sockets.
+    let admin = cluster.path().join(format!("dial-{tag}-admin.sock"));
+    let (def_front, def_admin) = (
+        cluster.path().join("proxy.sock").display().to_string(),
+        cluster.path().join("admin.sock").display().to_string(),
+    );
+    let mut args: Vec<String> = cluster
+        .daemon_args()
+        .into_iter()
+        .map(|a| {
+            if a == def_front {
+                front.display().to_string()
+            } else if a == def_admin {
+                admin.display().to_string()
+            } else {
+                a
+            }
+        })
+        .collect();
+    args.extend(["--nodes", nodes.to_str().unwrap(), "--health-probe", "none"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let d = Daemon::start(&args);
+    assert!(
+        d.wait_log("tunnel ready", 1, Duration::from_secs(30)),
+        "{}",
+        d.log()
+    );
+    (d, front)
+}
+
+/// The rows: daemon CPU per dial (two runtime settings) beside `ssh`'s, and the dial times.
+pub async fn run(smoke: bool) -> Vec<String> {
+    let (rounds, dials) = if smoke { (1, 200) } else { (5, 1000) };
+    let cluster = support::Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let (_, echo, _) = super::servers(node.pod_addr).await;
+    let (many, many_front) = daemon(&cluster, "default", &[]);
+    let (one, one_front) = daemon(&cluster, "one-thread", &["--worker-threads", "1"]);
+    let l = super::ssh_l(&cluster, node, echo, "aes128-gcm@openssh.com");
+    let sides = [
+        Side {
+            label: "run (a worker thread per core)",
+            pid: many.child.id(),
+            front: Some(many_front),
+            port: 0,
+        },
+        Side {
+            label: "run --worker-threads 1",
+            pid: one.child.id(),
+            front: Some(one_front),
+            port: 0,
+        },
+        Side {
+            label: "ssh -L",
+            pid: l.child.id(),
+            front: None,
+            port: l.local,
+        },
+    ];
+    let mut got: [Vec<Round>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..rounds {
+        for k in 0..sides.len() {
+            // Rotate which side goes first.
+            let k = (k + i) % sides.len();
+            got[k].push(round(&sides[k], echo, dials).await);
+        }
+    }
+    let cpu = |k: usize| med(got[k].iter().map(|r| r.cpu_us).collect());
+    let p = |k: usize, q: f64| {
+        med(got[k]
+            .iter()
+            .map(|r| {
+                let mut v = r.times.clone();
+                super::pct(&mut v, q)
+            })
+            .collect())
+    };
+    let (ssh_cpu, ..) = cpu(2);
+    let (ssh_p50, ..) = p(2, 0.5);
+    let (ssh_p99, ..) = p(2, 0.99);
+    let mut rows = Vec::new();
+    for (k, side) in sides.iter().enumerate().take(2) {
+        let (c, clo, chi) = cpu(k);
+        let (p50, ..) = p(k, 0.5);
+        let (p99, ..) = p(k, 0.99);
+        let (open50, ..) = med(got[k]
+            .iter()
+            .map(|r| {
+                let mut v = r.to_200.clone();
+                super::pct(&mut v, 0.5)
+            })
+            .collect());
+        rows.push(format!(
+            "| tunnel process CPU per new CONNECT + 1-byte echo, `{}` ({rounds} rounds of {dials}; median, range) | {c:.0} µs ({clo:.0}–{chi:.0}) | {ssh_cpu:.0} µs (`ssh -L`) | {:.2}× |",
+            side.label,
+            c / ssh_cpu.max(1.0)
+        ));
+        rows.push(format!(
+            "| new CONNECT + 1-byte echo through the `run` binary, `{}`, p50 / p99 (of the p50, until the `200`: {open50:.0} µs) | {p50:.0} / {p99:.0} µs | {ssh_p50:.0} / {ssh_p99:.0} µs | {:.2}× / {:.2}× |",
+            side.label,
+            p50 / ssh_p50,
+            p99 / ssh_p99
+        ));
+    }
+    let (_, slo, shi) = cpu(2);
+    println!("  (ssh -L CPU per dial: {ssh_cpu:.0} µs, range {slo:.0}–{shi:.0})");
+    drop(l);
+    drop(one);
+    drop(many);
+    rows
+}
