@@ -8,7 +8,8 @@
 //! benchmark (`docs/testing.md`). With the heap kept (trim threshold 32 MiB) and the mmap
 //! threshold fixed at 4 MiB, the count falls to a few hundred, most in the first GiB.
 //! The cost is at most 32 MiB of freed heap kept per malloc arena after a burst. Other
-//! allocators (musl) are left alone.
+//! allocators (musl) are left alone, and so is glibc's malloc when the operator tunes it
+//! (`GLIBC_TUNABLES` with a `glibc.malloc.` setting, or a `MALLOC_…_` variable).
 
 /// Freed heap at the top of an arena kept for reuse, up to this much.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -17,8 +18,23 @@ const TRIM_THRESHOLD: i32 = 32 << 20;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: i32 = 4 << 20;
 
-/// Applies the settings above; false where the allocator refused one (or is not glibc's).
+/// Whether the environment tunes glibc's malloc itself.
+fn operator_tunes_malloc(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> bool {
+    vars.into_iter().any(|(k, v)| {
+        let k = k.to_string_lossy();
+        (k == "GLIBC_TUNABLES" && v.to_string_lossy().contains("glibc.malloc."))
+            || (k.starts_with("MALLOC_") && k.ends_with('_'))
+    })
+}
+
+/// Applies the settings above; false where it did not (the operator tunes malloc, the
+/// allocator refused one, or it is not glibc's).
 pub fn tune() -> bool {
+    if operator_tunes_malloc(std::env::vars_os()) {
+        return false;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only changes the allocator's parameters, under glibc's own lock.
@@ -36,8 +52,34 @@ pub fn tune() -> bool {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn an_operators_own_malloc_settings_win() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        assert!(super::operator_tunes_malloc(env(&[(
+            "GLIBC_TUNABLES",
+            "glibc.malloc.trim_threshold=131072"
+        )])));
+        assert!(super::operator_tunes_malloc(env(&[(
+            "MALLOC_ARENA_MAX_",
+            "2"
+        )])));
+        assert!(!super::operator_tunes_malloc(env(&[(
+            "GLIBC_TUNABLES",
+            "glibc.rtld.optional_static_tls=512"
+        )])));
+        assert!(!super::operator_tunes_malloc(env(&[("PATH", "/usr/bin")])));
+    }
+
+    #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn glibc_takes_both_settings() {
-        assert!(super::tune());
+        if !super::operator_tunes_malloc(std::env::vars_os()) {
+            assert!(super::tune());
+        }
     }
 }
