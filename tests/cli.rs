@@ -216,6 +216,7 @@ fn bad_input_gives_one_clear_line_and_exit_2() {
         ("--stall-timeout", "0"),
         ("--max-connections-per-node", "0"),
         ("--worker-threads", "0"),
+        ("--worker-threads", "1025"),
     ] {
         let mut a = run.clone();
         a.extend(s(&[flag, value]));

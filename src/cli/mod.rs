@@ -116,7 +116,6 @@ const MAX_WORKER_THREADS: usize = 1024;
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    allocator::tune();
     let argv = match config_file::expand(&Cli::command(), std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
@@ -132,16 +131,18 @@ pub fn main() -> i32 {
         }
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Run(a) = &cli.command
-        && let Some(n) = a.worker_threads
-    {
-        if !(1..=MAX_WORKER_THREADS).contains(&n) {
-            eprintln!(
-                "kube-ssh-tunnel: --worker-threads must be from 1 to {MAX_WORKER_THREADS} (leave it out for one per CPU core)"
-            );
-            return EXIT_USAGE;
+    if let Command::Run(a) = &cli.command {
+        if let Some(n) = a.worker_threads {
+            if !(1..=MAX_WORKER_THREADS).contains(&n) {
+                eprintln!(
+                    "kube-ssh-tunnel: --worker-threads (KUBE_SSH_TUNNEL_WORKER_THREADS, worker_threads in --config) must be from 1 to {MAX_WORKER_THREADS}; leave it out for one per CPU core"
+                );
+                return EXIT_USAGE;
+            }
+            builder.worker_threads(n);
         }
-        builder.worker_threads(n);
+        // Before the runtime starts its threads (mallopt is not safe beside them).
+        allocator::tune();
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,

@@ -35,10 +35,9 @@ pub struct RunArgs {
     pub reverse: super::reverse::ReverseArgs,
 
     /// Threads that run the daemon's tasks (default: one per CPU core). One thread costs the
-    /// least CPU per new stream, and is enough for one connection's bytes: each node
-    /// connection's SSH session runs on one thread anyway. More threads serve many busy
-    /// nodes at once. See docs/architecture.md, "Runtime".
-    #[arg(long, env = "KUBE_SSH_TUNNEL_WORKER_THREADS")]
+    /// least CPU per new stream, but one stream's download costs more CPU per GB on it. More
+    /// threads serve many busy nodes at once. See docs/architecture.md, "Runtime".
+    #[arg(long, env = "KUBE_SSH_TUNNEL_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
 
     /// Allow --admin-listen on a non-loopback address (actions there need --admin-token-file;
