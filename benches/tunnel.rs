@@ -67,9 +67,9 @@ struct Opts {
     serve_nodes: Option<usize>,
     /// Set in the watch-only helper: the kubeconfig and how many nodes to expect.
     watch_only: Option<(String, usize)>,
-    /// Only these sections (comma-separated: idle, throughput, download, latency, dials,
-    /// bulk, rss, slowreader, streams, scale, watch); all when empty. BENCHMARKS.md is written only by a
-    /// full run.
+    /// Only these sections (comma-separated: idle, throughput, download, latency, dials
+    /// (64 in flight), bulk, rss, slowreader, streams, scale, dial (CPU per dial of the `run`
+    /// binary), watch, reverse); all when empty. BENCHMARKS.md is written only by a full run.
     only: Vec<String>,
     /// `--soak [SECS]`: only the soak, for SECS seconds (default 1200).
     soak: Option<u64>,
@@ -759,9 +759,18 @@ async fn ready_pool(settings: &SshSettings, nodes: Vec<Node>, max_channels: usiz
     pool
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    // Before the runtime starts its threads (mallopt is not safe beside them).
     allocator::tune();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the benchmark's runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
     let o = opts();
     // Helper mode: this binary started again to serve the scale section's nodes.
     if let Some(n) = o.serve_nodes {
@@ -1409,9 +1418,12 @@ async fn main() {
         .to_string();
         let commit = String::from_utf8_lossy(
             &support::run_bounded(
-                Command::new("git")
-                    .current_dir(support::repo())
-                    .args(["rev-parse", "--short", "HEAD"]),
+                Command::new("git").current_dir(support::repo()).args([
+                    "describe",
+                    "--always",
+                    "--dirty",
+                    "--abbrev=7",
+                ]),
                 b"",
                 support::TOOL_LIMIT,
             )

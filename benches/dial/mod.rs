@@ -7,11 +7,15 @@
 //! one `ssh -N -L` process, all to the same sshd node and the same echo server on the node's
 //! pod address. A dial is what kube-apiserver does for a short request: a new CONNECT through
 //! the front's Unix socket (for `ssh -L`, a new TCP connection to its port), one byte each
-//! way, and close. CPU is the tunnel process's own (the sum of its threads' schedstat), divided
-//! by the dials of the round. The time until the front's `200` is shown too: kube-apiserver
-//! sends nothing before it, while `ssh -L` takes the client's byte at once and sends it right
-//! behind the channel open, so an echo through the front has one more trip to the node. Alternating rounds, medians with the range. Not a test: it asserts
-//! nothing about speed.
+//! way, and close. CPU is the tunnel process's own: the sum of its live threads' schedstat
+//! (a thread that exits during a round is not counted; the daemon's worker threads live for
+//! the whole run), divided by the dials of the round.
+//!
+//! The time until the front's `200` is shown too. kube-apiserver sends nothing before it,
+//! while `ssh -L` takes the client's byte at once and sends it right behind the channel open.
+//! So an echo through the front has one more trip to the node.
+//!
+//! Alternating rounds, medians with the range. Not a test: it asserts nothing about speed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
