@@ -641,6 +641,22 @@ fn check_reports_what_it_found_and_every_problem_with_its_fix() {
         "check does not connect"
     );
 
+    // The daemon's own config file, as the upgrade task checks it: `check` takes the keys it
+    // shares with `run` and skips `run`'s other keys (proxy_uds, drain_timeout, …). The
+    // example's node file is left out; the cluster's nodes come as flags, which win.
+    let example = std::fs::read_to_string(support::repo().join("examples/config.toml")).unwrap();
+    let config = cluster.path().join("run-config.toml");
+    let kept: Vec<&str> = example
+        .lines()
+        .filter(|l| !l.starts_with("nodes "))
+        .collect();
+    std::fs::write(&config, kept.join("\n")).unwrap();
+    let mut with_file = args.clone();
+    with_file.extend(["--config".to_string(), config.display().to_string()]);
+    let o = run_cli(&with_file, b"", Duration::from_secs(20));
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("problems: none"), "{}", o.stdout);
+
     // A node missing from known_hosts is a problem, with the fix.
     let kh = cluster.path().join("kh_one");
     std::fs::write(&kh, cluster.nodes[0].known_hosts_line()).unwrap();

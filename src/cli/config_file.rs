@@ -2,6 +2,10 @@
 //! `ssh-user`). It is applied by turning its entries into flags placed before the user's own,
 //! skipping any flag the user gave or whose environment variable is set, so the precedence is
 //! flag > environment > file > default, and clap validates every value the same way.
+//!
+//! The daemon's file is written for `run`. `check` and `dial` read the same file (the upgrade
+//! task runs `check --config` on it first), so they take the keys they share with `run` and
+//! skip `run`'s other keys. A key that neither this subcommand nor `run` knows is an error.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -43,14 +47,21 @@ pub fn expand(cmd: &Command, argv: Vec<OsString>) -> Result<Vec<OsString>, CliEr
         Some(f) => f,
         None => return Ok(argv),
     };
-    let extra = flags_from_file(sub, Path::new(&file), &user)?;
+    let run = cmd.get_subcommands().find(|s| s.get_name() == "run");
+    let extra = flags_from_file(sub, run, Path::new(&file), &user)?;
     let mut out: Vec<OsString> = argv[..=sub_pos].to_vec();
     out.extend(extra.into_iter().map(OsString::from));
     out.extend(argv[sub_pos + 1..].iter().cloned());
     Ok(out)
 }
 
-fn flags_from_file(sub: &Command, path: &Path, user: &[String]) -> Result<Vec<String>, CliError> {
+/// `sub`'s flags from the file at `path`; keys only `run` takes are skipped.
+fn flags_from_file(
+    sub: &Command,
+    run: Option<&Command>,
+    path: &Path,
+    user: &[String],
+) -> Result<Vec<String>, CliError> {
     let err = |reason: String| CliError::usage(format!("config file {}: {reason}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let table: toml::Table = text
@@ -63,6 +74,13 @@ fn flags_from_file(sub: &Command, path: &Path, user: &[String]) -> Result<Vec<St
             .get_arguments()
             .find(|a| a.get_long() == Some(long.as_str()))
         else {
+            let for_run = run.is_some_and(|r| {
+                r.get_arguments()
+                    .any(|a| a.get_long() == Some(long.as_str()))
+            });
+            if for_run {
+                continue;
+            }
             let known: Vec<String> = sub
                 .get_arguments()
                 .filter_map(|a| a.get_long())
@@ -124,18 +142,24 @@ mod tests {
     use clap::Arg;
 
     fn cmd() -> Command {
-        Command::new("kube-ssh-tunnel").subcommand(
-            Command::new("run")
-                .arg(Arg::new("config").long("config"))
-                .arg(Arg::new("ssh-user").long("ssh-user"))
-                .arg(Arg::new("node").long("node").action(ArgAction::Append))
-                .arg(
-                    Arg::new("ssh-tunnel")
-                        .long("ssh-tunnel")
-                        .action(ArgAction::SetTrue),
-                )
-                .arg(Arg::new("dial-timeout").long("dial-timeout")),
-        )
+        Command::new("kube-ssh-tunnel")
+            .subcommand(
+                Command::new("run")
+                    .arg(Arg::new("config").long("config"))
+                    .arg(Arg::new("ssh-user").long("ssh-user"))
+                    .arg(Arg::new("node").long("node").action(ArgAction::Append))
+                    .arg(
+                        Arg::new("ssh-tunnel")
+                            .long("ssh-tunnel")
+                            .action(ArgAction::SetTrue),
+                    )
+                    .arg(Arg::new("dial-timeout").long("dial-timeout")),
+            )
+            .subcommand(
+                Command::new("check")
+                    .arg(Arg::new("config").long("config"))
+                    .arg(Arg::new("ssh-user").long("ssh-user")),
+            )
     }
 
     fn args(v: &[&str]) -> Vec<OsString> {
@@ -205,6 +229,27 @@ mod tests {
         let err = expand_with("ssh_tunnel = \"yes\"\n", &[]).unwrap_err();
         assert!(
             err.message.contains("is a switch: write ssh_tunnel = true"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn check_reads_a_run_file_and_skips_only_the_keys_of_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let f = file.to_str().unwrap();
+        std::fs::write(&file, "ssh_user = \"u\"\ndial_timeout = 5\n").unwrap();
+        let got = expand(&cmd(), args(&["kube-ssh-tunnel", "check", "--config", f])).unwrap();
+        assert_eq!(
+            strings(got),
+            ["kube-ssh-tunnel", "check", "--ssh-user", "u", "--config", f]
+        );
+        // A key that `run` does not know either is still refused.
+        std::fs::write(&file, "ssh_usr = \"u\"\n").unwrap();
+        let err = expand(&cmd(), args(&["kube-ssh-tunnel", "check", "--config", f])).unwrap_err();
+        assert!(
+            err.message.contains("unknown key 'ssh_usr' for `check`"),
             "{}",
             err.message
         );
