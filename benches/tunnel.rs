@@ -794,7 +794,7 @@ async fn bench() {
     let (rounds, total, seq_n, conc_n, streams_30k) = if o.smoke {
         (1, 16u64 << 20, 50, 64, 300)
     } else {
-        (3, 1u64 << 30, 2000, 2000, 30_000)
+        (5, 1u64 << 30, 2000, 2000, 30_000)
     };
     // The slow-reader row: the source's size and the new channels beside it.
     let (slow_total, echoes): (u64, usize) = if o.smoke {
