@@ -290,11 +290,28 @@ async fn upload_all<S: tokio::io::AsyncWrite + Unpin + Send + 'static>(
     t0.elapsed().as_secs_f64()
 }
 
-async fn echo_once<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+/// One byte there and back, within 10 s; the stream stays open.
+async fn echo_byte<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
     s.write_all(b"x").await.unwrap();
     let mut b = [0u8; 1];
-    s.read_exact(&mut b).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b))
+        .await
+        .expect("an echo within 10 s")
+        .expect("the echo");
+    assert_eq!(&b, b"x");
+}
+
+/// One byte there and back (within 10 s), then close.
+async fn echo_once<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+    echo_byte(&mut s).await;
     let _ = s.shutdown().await;
+}
+
+/// The median, the lowest and the highest of `v` (not empty).
+fn med_range(v: impl IntoIterator<Item = f64>) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = v.into_iter().collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 fn rss_mib() -> f64 {

@@ -11,6 +11,11 @@
 //! (a thread that exits during a round is not counted; the daemon's worker threads live for
 //! the whole run), divided by the dials of the round.
 //!
+//! When `examples/russh_floor.rs` is built, its process is a third side: one russh
+//! connection and a bare relay, with no pool, routing or isolation. It shows what russh and
+//! the CONNECT exchange cost by themselves, so the gap between it and `ssh -L` is not the
+//! daemon's own.
+//!
 //! The time until the front's `200` is shown too. kube-apiserver sends nothing before it,
 //! while `ssh -L` takes the client's byte at once and sends it right behind the channel open.
 //! So an echo through the front has one more trip to the node.
@@ -20,8 +25,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::support;
 use super::support::daemon::Daemon;
@@ -64,17 +67,17 @@ async fn round(side: &Side, echo: SocketAddr, dials: usize) -> Round {
         let t0 = Instant::now();
         match &side.front {
             Some(front) => {
-                let (mut s, head) = super::connect_front(front, &echo.to_string()).await;
+                let (s, head) = super::connect_front(front, &echo.to_string()).await;
                 assert!(head.starts_with("HTTP/1.1 200"), "{}: {head}", side.label);
                 to_200.push(t0.elapsed().as_secs_f64() * 1e6);
-                one_byte(&mut s).await;
+                super::echo_once(s).await;
             }
             None => {
-                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", side.port))
+                let s = tokio::net::TcpStream::connect(("127.0.0.1", side.port))
                     .await
                     .unwrap();
                 s.set_nodelay(true).unwrap();
-                one_byte(&mut s).await;
+                super::echo_once(s).await;
             }
         }
         times.push(t0.elapsed().as_secs_f64() * 1e6);
@@ -84,23 +87,6 @@ async fn round(side: &Side, echo: SocketAddr, dials: usize) -> Round {
         times,
         to_200,
     }
-}
-
-/// One byte there and back (within 10 s), then close.
-async fn one_byte<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
-    s.write_all(b"x").await.unwrap();
-    let mut b = [0u8; 1];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b))
-        .await
-        .expect("an echo within 10 s")
-        .expect("the echo");
-    assert_eq!(&b, b"x");
-    let _ = s.shutdown().await;
-}
-
-fn med(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 /// `run` with the cluster's node and its pod CIDR, its sockets named after `tag`.
@@ -146,6 +132,46 @@ fn daemon(cluster: &support::Cluster, tag: &str, extra: &[&str]) -> (Daemon, Pat
     (d, front)
 }
 
+/// The russh floor (`examples/russh_floor.rs`) serving the cluster's first node, when it is
+/// built (`cargo build --release --example russh_floor`; `KST_FLOOR_BIN` names another
+/// path); `None`, with a line saying so, when it is not.
+fn floor(cluster: &support::Cluster) -> Option<(Daemon, PathBuf)> {
+    let bin = std::env::var_os("KST_FLOOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/examples/russh_floor")
+        });
+    if !bin.exists() {
+        println!(
+            "  (no russh floor rows: {} is not built; cargo build --release --example russh_floor)",
+            bin.display()
+        );
+        return None;
+    }
+    let front = cluster.path().join("dial-floor.sock");
+    let mut args = vec!["run".to_string()];
+    args.extend(cluster.cli_args().into_iter().take_while(|a| a != "--node"));
+    args.extend([
+        "--node".to_string(),
+        cluster.nodes[0].spec(),
+        "--proxy-uds".to_string(),
+        front.display().to_string(),
+        "--admin-uds".to_string(),
+        cluster
+            .path()
+            .join("dial-floor-admin.sock")
+            .display()
+            .to_string(),
+    ]);
+    let d = Daemon::start_program(&bin, &args);
+    assert!(
+        d.wait_log("russh_floor: ready", 1, Duration::from_secs(30)),
+        "{}",
+        d.log()
+    );
+    Some((d, front))
+}
+
 /// The rows: daemon CPU per dial (two runtime settings) beside `ssh`'s, and the dial times.
 pub async fn run(smoke: bool) -> Vec<String> {
     let (rounds, dials) = if smoke { (1, 200) } else { (5, 1000) };
@@ -154,8 +180,9 @@ pub async fn run(smoke: bool) -> Vec<String> {
     let (_, echo, _) = super::servers(node.pod_addr).await;
     let (many, many_front) = daemon(&cluster, "default", &[]);
     let (one, one_front) = daemon(&cluster, "one-thread", &["--worker-threads", "1"]);
+    let floor = floor(&cluster);
     let l = super::ssh_l(&cluster, node, echo, "aes128-gcm@openssh.com");
-    let sides = [
+    let mut sides = vec![
         Side {
             label: "run (a worker thread per core)",
             pid: many.child.id(),
@@ -168,14 +195,24 @@ pub async fn run(smoke: bool) -> Vec<String> {
             front: Some(one_front),
             port: 0,
         },
-        Side {
-            label: "ssh -L",
-            pid: l.child.id(),
-            front: None,
-            port: l.local,
-        },
     ];
-    let mut got: [Vec<Round>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    if let Some((f, front)) = &floor {
+        sides.push(Side {
+            label: "russh floor (examples/russh_floor.rs)",
+            pid: f.child.id(),
+            front: Some(front.clone()),
+            port: 0,
+        });
+    }
+    // `ssh -L` last: the rows compare every other side with it.
+    sides.push(Side {
+        label: "ssh -L",
+        pid: l.child.id(),
+        front: None,
+        port: l.local,
+    });
+    let ssh = sides.len() - 1;
+    let mut got: Vec<Vec<Round>> = sides.iter().map(|_| Vec::new()).collect();
     for i in 0..rounds {
         for k in 0..sides.len() {
             // Rotate which side goes first.
@@ -183,46 +220,41 @@ pub async fn run(smoke: bool) -> Vec<String> {
             got[k].push(round(&sides[k], echo, dials).await);
         }
     }
-    let cpu = |k: usize| med(got[k].iter().map(|r| r.cpu_us).collect());
+    let cpu = |k: usize| super::med_range(got[k].iter().map(|r| r.cpu_us));
     let p = |k: usize, q: f64| {
-        med(got[k]
-            .iter()
-            .map(|r| {
-                let mut v = r.times.clone();
-                super::pct(&mut v, q)
-            })
-            .collect())
+        super::med_range(got[k].iter().map(|r| {
+            let mut v = r.times.clone();
+            super::pct(&mut v, q)
+        }))
     };
-    let (ssh_cpu, ..) = cpu(2);
-    let (ssh_p50, ..) = p(2, 0.5);
-    let (ssh_p99, ..) = p(2, 0.99);
+    let (ssh_cpu, ..) = cpu(ssh);
+    let (ssh_p50, ..) = p(ssh, 0.5);
+    let (ssh_p99, ..) = p(ssh, 0.99);
     let mut rows = Vec::new();
-    for (k, side) in sides.iter().enumerate().take(2) {
+    for (k, side) in sides.iter().enumerate().take(ssh) {
         let (c, clo, chi) = cpu(k);
         let (p50, ..) = p(k, 0.5);
         let (p99, ..) = p(k, 0.99);
-        let (open50, ..) = med(got[k]
-            .iter()
-            .map(|r| {
-                let mut v = r.to_200.clone();
-                super::pct(&mut v, 0.5)
-            })
-            .collect());
+        let (open50, ..) = super::med_range(got[k].iter().map(|r| {
+            let mut v = r.to_200.clone();
+            super::pct(&mut v, 0.5)
+        }));
         rows.push(format!(
             "| tunnel process CPU per new CONNECT + 1-byte echo, `{}` ({rounds} rounds of {dials}; median, range) | {c:.0} µs ({clo:.0}–{chi:.0}) | {ssh_cpu:.0} µs (`ssh -L`) | {:.2}× |",
             side.label,
             c / ssh_cpu.max(1.0)
         ));
         rows.push(format!(
-            "| new CONNECT + 1-byte echo through the `run` binary, `{}`, p50 / p99 (of the p50, until the `200`: {open50:.0} µs) | {p50:.0} / {p99:.0} µs | {ssh_p50:.0} / {ssh_p99:.0} µs | {:.2}× / {:.2}× |",
+            "| new CONNECT + 1-byte echo through `{}`, p50 / p99 (of the p50, until the `200`: {open50:.0} µs) | {p50:.0} / {p99:.0} µs | {ssh_p50:.0} / {ssh_p99:.0} µs | {:.2}× / {:.2}× |",
             side.label,
             p50 / ssh_p50,
             p99 / ssh_p99
         ));
     }
-    let (_, slo, shi) = cpu(2);
+    let (_, slo, shi) = cpu(ssh);
     println!("  (ssh -L CPU per dial: {ssh_cpu:.0} µs, range {slo:.0}–{shi:.0})");
     drop(l);
+    drop(floor);
     drop(one);
     drop(many);
     rows

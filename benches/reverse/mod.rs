@@ -17,8 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::support;
 use super::support::daemon::Daemon;
 use super::support::reverse::Keys;
@@ -190,22 +188,10 @@ async fn round(
         let t0 = Instant::now();
         let (mut st, head) = super::connect_front(&side.front, &echo.to_string()).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{}: {head}", side.name);
-        st.write_all(b"x").await.unwrap();
-        let mut b = [0u8; 1];
-        tokio::time::timeout(Duration::from_secs(10), st.read_exact(&mut b))
-            .await
-            .expect("an echo within 10 s")
-            .expect("the echo");
-        assert_eq!(&b, b"x");
+        super::echo_byte(&mut st).await;
         r.echo.push(t0.elapsed().as_secs_f64() * 1e6);
     }
     r
-}
-
-fn med(v: impl Iterator<Item = f64>) -> (f64, f64, f64) {
-    let mut v: Vec<f64> = v.collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 /// Forward and reverse side by side; then N reverse nodes at once. Returns markdown rows.
@@ -285,8 +271,8 @@ pub async fn run(smoke: bool) -> Vec<String> {
     }
     let mut rows = Vec::new();
     let mut row = |what: &str, f: &dyn Fn(&Round) -> f64, unit: &str, digits: usize| {
-        let (fm, flo, fhi) = med(rounds[0].iter().map(f));
-        let (rm, rlo, rhi) = med(rounds[1].iter().map(f));
+        let (fm, flo, fhi) = super::med_range(rounds[0].iter().map(f));
+        let (rm, rlo, rhi) = super::med_range(rounds[1].iter().map(f));
         rows.push(format!(
             "| {what} ({unit}) | {fm:.digits$} ({flo:.digits$}–{fhi:.digits$}) | {rm:.digits$} ({rlo:.digits$}–{rhi:.digits$}) | {:.2}× |",
             rm / fm

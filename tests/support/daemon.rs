@@ -35,6 +35,11 @@ fn collect(
 
 impl Daemon {
     pub fn start(args: &[String]) -> Daemon {
+        Self::start_program(Path::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")), args)
+    }
+
+    /// Starts `program` (the daemon, or a stand-in that takes its flags) with `args`.
+    pub fn start_program(program: &Path, args: &[String]) -> Daemon {
         // `run` always serves an admin socket: a test's must be its own, never the system
         // default that another test (or a real daemon) may hold. (A `--config` file may name
         // it instead.)
@@ -45,7 +50,7 @@ impl Daemon {
                     .any(|a| a.starts_with("--admin-uds") || a == "--config"),
             "a test daemon needs its own --admin-uds: {args:?}"
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel"))
+        let mut child = Command::new(program)
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
