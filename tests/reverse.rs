@@ -848,3 +848,104 @@ fn a_reverse_nodes_extra_connections_are_its_waiting_sessions_and_growing_never_
     });
     assert!(grew, "two sessions, two connections: {n}\n{}", d.log());
 }
+
+/// The node file for `leaving_and_coming_back`: `rev-1` at `addr` when `with_node`.
+fn write_reverse_nodes(file: &Path, addr: Ipv4Addr, with_node: bool) {
+    let text = if with_node {
+        format!("[[nodes]]\nname = \"rev-1\"\naddress = \"{addr}\"\n")
+    } else {
+        String::new()
+    };
+    std::fs::write(file, text).unwrap();
+}
+
+#[test]
+fn a_reverse_node_that_leaves_the_node_set_loses_every_session_and_is_served_again_once_it_is_back()
+{
+    require_tool("ssh", "-V");
+    let keys = Keys::new(&["rev-1"]);
+    let (addr, _stub) = kubelet_stub_here(&keys, "rev-1");
+    let nodes = keys.path("nodes.toml");
+    write_reverse_nodes(&nodes, addr, true);
+    let listen = loopback_listen();
+    let d = keys.daemon_with(
+        listen,
+        &[],
+        &[
+            "--nodes",
+            nodes.to_str().unwrap(),
+            "--drain-timeout",
+            "2s",
+            "--health-probe",
+            "none",
+        ],
+    );
+    let admin = keys.path("admin.sock");
+    let proxy = keys.path("proxy.sock");
+    let target = format!("{addr}:{ECHO_PORT}");
+    // Two sessions: the pool takes one as the node's connection, the other waits to be
+    // taken (an extra connection).
+    let mut ssh = [
+        local_node_ssh(&keys, listen, "rev-1", "first"),
+        local_node_ssh(&keys, listen, "rev-1", "second"),
+    ];
+    assert!(
+        d.wait_log("reverse session ready", 2, Duration::from_secs(30))
+            && wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
+                == "ready"),
+        "{}",
+        d.log()
+    );
+    one_byte_echo(&proxy, &target).unwrap();
+
+    // The node leaves the node set: the session in use is drained and closed, and the one
+    // that waited is closed too, so both ssh processes end.
+    write_reverse_nodes(&nodes, addr, false);
+    let ended = wait_until(Duration::from_secs(30), || {
+        ssh.iter_mut()
+            .all(|p| matches!(p.0.try_wait(), Ok(Some(_))))
+    });
+    assert!(
+        ended,
+        "a node out of the node set kept a session (ssh still running: {:?}); daemon log:\n{}",
+        ssh.iter_mut()
+            .map(|p| matches!(p.0.try_wait(), Ok(None)))
+            .collect::<Vec<_>>(),
+        d.log()
+    );
+    let said: String = ["first", "second"]
+        .iter()
+        .map(|t| {
+            std::fs::read_to_string(keys.path(&format!("rev-1-ssh-{t}.log"))).unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        said.contains("left this daemon's node set"),
+        "the node's ssh must print why its waiting session was closed: {said}"
+    );
+    // A new session is refused while it is out.
+    let (code, err) = ssh_forward_once(&keys, listen, "rev-1", "rev-1", &[]);
+    assert!(
+        code != 0 && err.contains("not in this daemon's node set"),
+        "exit {code}: {err}"
+    );
+
+    // Back in the node set (once the daemon has read the file, the node waits for its ssh):
+    // its ssh dials in again and CONNECTs work.
+    write_reverse_nodes(&nodes, addr, true);
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
+            == "waiting"),
+        "{}",
+        d.log()
+    );
+    let again = local_node_ssh(&keys, listen, "rev-1", "again");
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
+            == "ready"),
+        "{}",
+        d.log()
+    );
+    one_byte_echo(&proxy, &target).unwrap();
+    drop(again);
+}

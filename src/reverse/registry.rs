@@ -1,7 +1,9 @@
 //! Sessions that nodes opened and that wait for the pool to take them. A node's session is
 //! registered once its forward is accepted; the pool's connector takes the oldest live one
 //! for that node (a second session of a node is another connection of it, taken by the next
-//! connect: an extra connection, or the reconnect after the first one ends).
+//! connect: an extra connection, or the reconnect after the first one ends). The pool drains
+//! and closes the sessions it took when their node leaves the node set; the listener closes
+//! the ones still waiting here (`take_non_members`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -61,6 +63,20 @@ impl Registry {
             }
         };
         tokio::time::timeout(limit, wait).await.ok()
+    }
+
+    /// Takes out the waiting sessions of every node that `member` says is not in the node set
+    /// (those that ended are dropped on the way); the caller closes them.
+    pub(crate) fn take_non_members(&self, member: impl Fn(&str) -> bool) -> Vec<Session> {
+        let Ok(mut w) = self.waiting.lock() else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = w.keys().filter(|n| !member(n)).cloned().collect();
+        gone.iter()
+            .filter_map(|n| w.remove(n))
+            .flatten()
+            .filter(|s| !s.is_closed())
+            .collect()
     }
 
     /// True if a live session of `node` waits to be taken.

@@ -146,9 +146,13 @@ impl ReverseServer {
     /// Serves until `stop` is cancelled.
     pub async fn serve(self, membership: Membership, stop: CancellationToken) {
         tokio::spawn(recheck_live_sessions(
-            self.book.clone(),
-            self.authorized.clone(),
-            self.revoked.clone(),
+            Recheck {
+                book: self.book.clone(),
+                authorized: self.authorized.clone(),
+                revoked: self.revoked.clone(),
+                registry: self.registry.clone(),
+                membership: membership.clone(),
+            },
             stop.clone(),
         ));
         let unauthenticated = Unauthenticated::new(self.limits.max_unauthenticated);
@@ -311,16 +315,29 @@ async fn serve_connection(
     why
 }
 
-/// Every `RECHECK_INTERVAL`, if the authorized or the revoked file changed (or sessions were
-/// admitted since the last check, which may have authenticated against the older version),
-/// cuts the live sessions whose credential is no longer good (with the reason, which the
-/// node's ssh prints).
-async fn recheck_live_sessions(
+/// What the listener checks its sessions against.
+struct Recheck {
     book: Arc<Book>,
     authorized: Arc<LiveAuthorized>,
     revoked: Option<Arc<LiveRevoked>>,
-    stop: CancellationToken,
-) {
+    registry: Arc<Registry>,
+    membership: Membership,
+}
+
+/// Every `RECHECK_INTERVAL`: closes the waiting sessions (not yet taken by the pool) of nodes
+/// that left the node set; and if the authorized or the revoked file changed (or sessions
+/// were admitted since the last check, which may have authenticated against the older
+/// version), cuts the live sessions whose credential is no longer good (with the reason,
+/// which the node's ssh prints). The pool drains and closes the sessions it took when their
+/// node leaves.
+async fn recheck_live_sessions(r: Recheck, stop: CancellationToken) {
+    let Recheck {
+        book,
+        authorized,
+        revoked,
+        registry,
+        membership,
+    } = r;
     let mut seen = (0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(RECHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -328,6 +345,16 @@ async fn recheck_live_sessions(
         tokio::select! {
             _ = tick.tick() => (),
             _ = stop.cancelled() => return,
+        }
+        for session in registry.take_non_members(|node| membership(node)) {
+            let why = format!("node {} left this daemon's node set", session.node);
+            tracing::warn!(node = %session.node, "reverse session closed: {why}");
+            if let Ok(mut r) = session.disconnect_reason.lock() {
+                r.get_or_insert(why);
+            }
+            // Its connection task sends the disconnect with the reason, then cuts the
+            // connection if the node does not close it.
+            session.closed.cancel();
         }
         // Read before the files: a session admitted after this makes the next tick check.
         let admitted = book.admitted();
