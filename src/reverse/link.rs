@@ -19,15 +19,13 @@ use crate::node::Node;
 use crate::pool::transport::Link;
 use crate::ssh::channel_count::{ChannelCount, NoPlace, OpenGuard};
 use crate::ssh::congestion::Congestion;
+use crate::ssh::opening::Opening;
 use crate::ssh::stream::{ChannelCounters, TunnelStream};
 use crate::ssh::{HostKeyTrust, SshSettings};
 
 /// The address of the `tcpip-forward` request that measures the round trip (`ping`): a name
 /// no client would serve, so the reply is always a refusal.
 const RTT_PROBE_ADDRESS: &str = "kube-ssh-tunnel-rtt.invalid";
-
-/// How long a channel open that its caller gave up on may still finish (to be closed).
-const ABANDONED_OPEN_GRACE: Duration = Duration::from_secs(60);
 
 /// A node's authenticated session with its accepted forward, as the server hands it over.
 #[derive(Debug, Clone)]
@@ -117,50 +115,38 @@ impl ReverseLink {
             NoPlace::Full => OpenError::AtCapacity { limit },
             NoPlace::Closed => OpenError::ConnectionLost,
         })?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let handle = self.session.handle.clone();
         let listen_address = self.session.listen_address.clone();
         let listen_port = self.session.listen_port;
-        let closed = self.session.closed.clone();
-        let name = self.name.clone();
-        let limits = self.settings.channel.clone();
         let counters = ChannelCounters {
             open: place,
             link: self.link.clone(),
             congestion: self.congestion.clone(),
         };
         let destination: Arc<str> = Arc::from(crate::destination::join_host_port(host, port));
-        // As for dialled nodes: the open runs in its own task so that a channel the node
-        // confirms after its caller gave up is closed, never leaked.
-        tokio::spawn(async move {
-            let opened = tokio::select! {
-                r = tokio::time::timeout(
-                    ABANDONED_OPEN_GRACE,
-                    handle.channel_open_forwarded_tcpip(listen_address, listen_port, "127.0.0.1", 0),
-                ) => r,
-                _ = closed.cancelled() => return,
-            };
-            match opened {
-                Ok(Ok(channel)) => {
-                    if tx.is_closed() {
-                        let _ = channel.close().await;
-                        return;
-                    }
-                    let stream = TunnelStream::start(channel, name, destination, limits, counters);
-                    let _ = tx.send(Ok(stream));
-                }
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(e));
-                }
-                Err(_) => {}
-            }
-        });
+        // As for dialled nodes (`Opening`): polled here, and a channel the node confirms
+        // after its caller gave up is closed, never leaked.
+        let opening = Opening::start(
+            async move {
+                handle
+                    .channel_open_forwarded_tcpip(listen_address, listen_port, "127.0.0.1", 0)
+                    .await
+            },
+            self.session.closed.clone(),
+            counters,
+        );
         let limit = self.settings.open_timeout;
         let opened = async {
-            let mut stream = match rx.await {
-                Err(_) => return Err(OpenError::ConnectionLost),
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
+            let mut stream = match opening.await {
+                None => return Err(OpenError::ConnectionLost),
+                Some(Ok((channel, counters))) => TunnelStream::start(
+                    channel,
+                    self.name.clone(),
+                    destination,
+                    self.settings.channel.clone(),
+                    counters,
+                ),
+                Some(Err(e)) => {
                     tracing::debug!(node = %self.name, error = %e, "forwarded-tcpip open failed");
                     return Err(crate::ssh::open_outcome::classify(e));
                 }

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod known_hosts;
 pub mod learned;
 pub(crate) mod open_outcome;
+pub(crate) mod opening;
 pub mod settings;
 pub mod socket;
 mod spill;

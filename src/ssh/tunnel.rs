@@ -3,14 +3,10 @@
 //! public-key auth, all under one timeout) and opens `direct-tcpip` channels on it, many at a
 //! time. Reconnection and health belong to the pool's supervisor, not here.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use russh::Channel;
-use russh::client::{Handle, Msg};
+use russh::client::Handle;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +15,7 @@ use super::channel_count::{ChannelCount, NoPlace, OpenGuard};
 use super::congestion::Congestion;
 use super::host_key_trust::HostKeyTrust;
 use super::known_hosts::Verdict;
+use super::opening::Opening;
 use super::settings::SshSettings;
 use super::socket::QuickAckStream;
 use super::stream::{ChannelCounters, LinkStats, TunnelStream};
@@ -26,74 +23,6 @@ use super::verifier::{AnnotationRefusal, HostKeyReport, NodeHandler};
 use crate::error::{ConnectError, OpenError};
 use crate::node::Node;
 use crate::nodes::host_key_annotations;
-
-/// How long a channel open that its caller gave up on may still finish (to be closed).
-const ABANDONED_OPEN_GRACE: Duration = Duration::from_secs(60);
-
-/// What an open gives: the channel with its counters, russh's error, or `None` when the
-/// connection ended (or the grace ran out) first.
-type OpenResult = Option<Result<(Channel<Msg>, ChannelCounters), russh::Error>>;
-
-/// One channel open in flight. The dial that asked for it polls it in place; dropped before
-/// it ends, it hands the rest to a task of its own that closes a channel sshd confirms late,
-/// so that giving up on an open never leaks a channel.
-struct Opening {
-    open: Option<Pin<Box<dyn Future<Output = OpenResult> + Send>>>,
-}
-
-impl Opening {
-    fn start(
-        handle: Arc<Handle<NodeHandler>>,
-        host: String,
-        port: u16,
-        closed: CancellationToken,
-        counters: ChannelCounters,
-    ) -> Opening {
-        let open = async move {
-            let opened = tokio::select! {
-                r = tokio::time::timeout(
-                    ABANDONED_OPEN_GRACE,
-                    handle.channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0),
-                ) => r.ok()?,
-                _ = closed.cancelled() => return None,
-            };
-            Some(opened.map(|channel| (channel, counters)))
-        };
-        Opening {
-            open: Some(Box::pin(open)),
-        }
-    }
-}
-
-impl Future for Opening {
-    type Output = OpenResult;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OpenResult> {
-        let Some(open) = self.open.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let opened = ready!(open.as_mut().poll(cx));
-        self.open = None;
-        Poll::Ready(opened)
-    }
-}
-
-impl Drop for Opening {
-    fn drop(&mut self) {
-        let Some(open) = self.open.take() else {
-            return;
-        };
-        // Outside a runtime (it is gone) the connection, and the channel with it, is gone too.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            if let Some(Ok((channel, _place))) = open.await {
-                let _ = channel.close().await;
-            }
-        });
-    }
-}
 
 /// One authenticated SSH connection to a node; cheap to share (`Arc`), every method `&self`.
 pub struct NodeTunnel {
@@ -398,10 +327,14 @@ impl NodeTunnel {
         // caller stops waiting before it ends (timeout, dropped future, lost connection), the
         // rest of it runs in a task of its own, which closes a channel that sshd confirms
         // afterwards (`Opening`'s drop).
+        let handle = self.handle.clone();
+        let host_owned = host.to_string();
         let mut opening = Opening::start(
-            self.handle.clone(),
-            host.to_string(),
-            port,
+            async move {
+                handle
+                    .channel_open_direct_tcpip(host_owned, u32::from(port), "127.0.0.1", 0)
+                    .await
+            },
             self.closed.clone(),
             counters,
         );
