@@ -390,6 +390,53 @@ fn one_node_holds_at_most_max_sessions_while_other_nodes_from_the_same_address_a
 }
 
 #[test]
+fn a_key_that_keeps_failing_is_logged_once_then_at_most_every_10_s_with_the_count_held_back() {
+    require_tool("ssh", "-V");
+    let keys = Keys::new(&["rev-a"]);
+    let listen = loopback_listen();
+    let d = keys.daemon_with(
+        listen,
+        &["rev-a=192.0.2.10".into()],
+        &["--health-probe", "none"],
+    );
+    let line = "reverse session refused: the key is not in --reverse-authorized";
+    // The same unknown key, four times: each is refused, and the node's ssh says so.
+    let start = std::time::Instant::now();
+    for i in 0..4 {
+        let (code, err) = ssh_forward_once(&keys, listen, "rev-a", "stranger", &[]);
+        assert!(
+            code == 255 && err.contains("Permission denied"),
+            "attempt {i}: exit {code}: {err}"
+        );
+    }
+    let spent = start.elapsed();
+    assert!(d.wait_log(line, 1, Duration::from_secs(10)), "{}", d.log());
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(line)).collect();
+    // One line at once, then at most one per 10 s, each later one with the count held back.
+    let most = 1 + (spent.as_secs() / 10) as usize;
+    assert!(
+        lines.len() <= most,
+        "{} lines in {spent:?} for one key (at most {most}):\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines.iter().skip(1).all(|l| l.contains("held back")),
+        "{}",
+        lines.join("\n")
+    );
+    // Another key is logged at once.
+    let (code, _) = ssh_forward_once(&keys, listen, "rev-a", "client", &[]);
+    assert_eq!(code, 255);
+    let log = d.log();
+    assert!(
+        log.lines().filter(|l| l.contains(line)).count() > lines.len(),
+        "a refusal for another key was held back:\n{log}"
+    );
+}
+
+#[test]
 fn a_session_the_daemon_closes_is_cut_even_when_the_node_never_closes_its_side() {
     require_tool("ssh", "-V");
     let keys = Keys::new(&["rev-a"]);

@@ -6,7 +6,7 @@
 //!   (`--reverse-revoked`). `live`: those files, re-read when they change.
 //! - `server`: the SSH listener (`--reverse-listen`): authenticates a node by its key, accepts
 //!   only `tcpip-forward` (and its cancel), refuses everything else, and hands the session to
-//!   the registry. `sessions`: its book of live sessions (cut when their credential is
+//!   the registry. `refusals`: rate limits for its refusal log lines. `sessions`: its book of live sessions (cut when their credential is
 //!   revoked), and `cuttable`, the connection it can cut under a session. `limits`: sessions per node, unauthenticated connections, the login grace.
 //! - `registry`: sessions that arrived and wait to be taken by the pool.
 //! - `link`: a node's session as a pool `Link`: dials open `forwarded-tcpip` channels and ask
@@ -21,6 +21,7 @@ mod cuttable;
 pub mod limits;
 pub mod link;
 pub mod live;
+mod refusals;
 pub mod registry;
 pub mod revoked;
 pub mod server;

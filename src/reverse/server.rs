@@ -31,6 +31,7 @@ use super::cuttable::Cuttable;
 use super::limits::{Limits, PreAuthSlot, Unauthenticated};
 use super::link::Session;
 use super::live::{LiveAuthorized, LiveRevoked};
+use super::refusals::{RefusalLog, held_back};
 use super::registry::Registry;
 use super::sessions::{Book, Credential, LiveSession};
 
@@ -156,6 +157,7 @@ impl ReverseServer {
             stop.clone(),
         ));
         let unauthenticated = Unauthenticated::new(self.limits.max_unauthenticated);
+        let refusals = Arc::new(RefusalLog::default());
         loop {
             let (tcp, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
@@ -196,6 +198,7 @@ impl ReverseServer {
                 slot: slot.clone(),
                 authenticated: CancellationToken::new(),
                 cut: cut.clone(),
+                refusals: refusals.clone(),
             };
             let closed = handler.closed.clone();
             let reason = handler.reason.clone();
@@ -462,6 +465,8 @@ struct NodeSession {
     authenticated: CancellationToken,
     /// Cuts the connection under the session (`Cuttable`).
     cut: CancellationToken,
+    /// Rate limits for the refusal lines, shared by the listener's sessions.
+    refusals: Arc<RefusalLog>,
 }
 
 impl NodeSession {
@@ -469,7 +474,10 @@ impl NodeSession {
     /// `auth_succeeded`.
     fn admit(&mut self, node: &str, client_key: String, credential: Credential) {
         if !(self.membership)(node) {
-            tracing::warn!(peer = %self.peer, key = %client_key, node, "reverse session refused: node {node} is not in this daemon's node set");
+            if let Some(held) = self.refusals.admit("not in the node set", node) {
+                let more = held_back(held);
+                tracing::warn!(peer = %self.peer, key = %client_key, node, held, "reverse session refused: node {node} is not in this daemon's node set{more}");
+            }
             self.refused = Some(format!(
                 "node {node} is not in this daemon's node set (kube-ssh-tunnel)"
             ));
@@ -506,16 +514,28 @@ impl russh::server::Handler for NodeSession {
             .revoked()
             .is_some_and(|r| r.key(key.public_key.key_data()))
         {
-            tracing::warn!(peer = %self.peer, user, key = %fp, "reverse session refused: the key is listed in --reverse-revoked");
+            if let Some(held) = self.refusals.admit("revoked key", &fp) {
+                let more = held_back(held);
+                tracing::warn!(peer = %self.peer, user, key = %fp, held, "reverse session refused: the key is listed in --reverse-revoked{more}");
+            }
             return Ok(Auth::reject());
         }
         let authorized = self.authorized.current();
         let Some(node) = authorized.node_of(key.public_key) else {
-            tracing::warn!(peer = %self.peer, user, key = %fp, "reverse session refused: the key is not in --reverse-authorized");
+            if let Some(held) = self.refusals.admit("unknown key", &fp) {
+                let more = held_back(held);
+                tracing::warn!(peer = %self.peer, user, key = %fp, held, "reverse session refused: the key is not in --reverse-authorized{more}");
+            }
             return Ok(Auth::reject());
         };
         if node != user {
-            tracing::warn!(peer = %self.peer, user, key = %fp, node, "reverse session refused: this key belongs to node {node}, not to '{user}' (log in as the node's name)");
+            if let Some(held) = self
+                .refusals
+                .admit("another node's key", &format!("{fp} {user}"))
+            {
+                let more = held_back(held);
+                tracing::warn!(peer = %self.peer, user, key = %fp, node, held, "reverse session refused: this key belongs to node {node}, not to '{user}' (log in as the node's name){more}");
+            }
             return Ok(Auth::reject());
         }
         self.admit(
@@ -533,7 +553,10 @@ impl russh::server::Handler for NodeSession {
     ) -> Result<Auth, Self::Error> {
         let id = cert.key_id().to_string();
         let refuse = |why: &str| {
-            tracing::warn!(peer = %self.peer, user, certificate = %id, "reverse session refused: certificate {why}");
+            if let Some(held) = self.refusals.admit("certificate", &format!("{id} {why}")) {
+                let more = held_back(held);
+                tracing::warn!(peer = %self.peer, user, certificate = %id, held, "reverse session refused: certificate {why}{more}");
+            }
             Ok(Auth::reject())
         };
         if self.user_cas.is_empty() {
@@ -587,7 +610,10 @@ impl russh::server::Handler for NodeSession {
                 self.max_sessions_per_node,
             )
         {
-            tracing::warn!(peer = %self.peer, key = %self.client_key, %node, "reverse session refused: node {node} already has {live} live sessions, the most --reverse-max-sessions-per-node allows");
+            if let Some(held) = self.refusals.admit("sessions per node", node) {
+                let more = held_back(held);
+                tracing::warn!(peer = %self.peer, key = %self.client_key, %node, held, "reverse session refused: node {node} already has {live} live sessions, the most --reverse-max-sessions-per-node allows{more}");
+            }
             self.refused = Some(format!(
                 "node {node} already has {live} live sessions, the most --reverse-max-sessions-per-node allows (kube-ssh-tunnel)"
             ));
