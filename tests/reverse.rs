@@ -949,3 +949,78 @@ fn a_reverse_node_that_leaves_the_node_set_loses_every_session_and_is_served_aga
     one_byte_echo(&proxy, &target).unwrap();
     drop(again);
 }
+
+/// Runs `kube-ssh-tunnel ARGS` (bounded); returns (exit code, stdout and stderr).
+fn kst_cli(args: &[&str]) -> (i32, String) {
+    let o = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_kube-ssh-tunnel")).args(args),
+        b"",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    (o.code(), format!("{}{}", o.stdout_text(), o.stderr_text()))
+}
+
+#[test]
+fn reconnect_of_a_reverse_node_waiting_for_its_ssh_says_there_is_no_connection_and_a_rolling_reconnect_leaves_it_alone()
+ {
+    require_tool("ssh", "-V");
+    let keys = Keys::new(&["rev-1"]);
+    let (addr, _stub) = kubelet_stub_here(&keys, "rev-1");
+    let listen = loopback_listen();
+    let d = keys.daemon_with(
+        listen,
+        &[format!("rev-1={addr}")],
+        &["--health-probe", "none"],
+    );
+    let admin = keys.path("admin.sock");
+    let admin_s = admin.to_str().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
+            == "waiting"),
+        "{}",
+        d.log()
+    );
+    // No session: nothing to drop, and the operator is told what would bring it up.
+    let (code, out) = kst_cli(&["reconnect", "rev-1", "--admin-uds", admin_s]);
+    assert!(
+        code == 1 && out.contains("waiting for its own ssh to dial in"),
+        "exit {code}: {out}"
+    );
+    let (code, out) = kst_cli(&["reconnect", "--all", "--rolling", "--admin-uds", admin_s]);
+    assert!(
+        code == 0 && out.contains("rev-1: left alone (waiting for its own ssh to dial in"),
+        "exit {code}: {out}"
+    );
+
+    // With its session, a reconnect drops it; the node's ssh is told, and comes back when
+    // it dials in again (as its unit's restart would).
+    let first = local_node_ssh(&keys, listen, "rev-1", "first");
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
+            == "ready"),
+        "{}",
+        d.log()
+    );
+    let (code, out) = kst_cli(&["reconnect", "rev-1", "--admin-uds", admin_s]);
+    assert!(
+        code == 0 && out.contains("reconnecting"),
+        "exit {code}: {out}"
+    );
+    let mut first = first;
+    assert!(
+        wait_until(Duration::from_secs(30), || matches!(
+            first.0.try_wait(),
+            Ok(Some(_))
+        )),
+        "the node's session was not dropped by the reconnect: {}",
+        d.log()
+    );
+    let _again = local_node_ssh(&keys, listen, "rev-1", "again");
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
+            == "ready"),
+        "{}",
+        d.log()
+    );
+}

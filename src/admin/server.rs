@@ -181,6 +181,19 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 async fn reconnect(State(s): State<AdminState>, Path(name): Path<String>) -> impl IntoResponse {
     // Bringing a drained node back is not a reconnect storm: not limited.
     if !s.pool.is_drained(&name) {
+        // A reverse node without a session has no connection to drop: only its own ssh can
+        // bring it up, so say so instead of answering "reconnecting" and doing nothing.
+        if s.pool
+            .status(&name)
+            .is_some_and(|st| st.state == crate::tunnel_state::TunnelState::Waiting)
+        {
+            return (
+                StatusCode::CONFLICT,
+                format!(
+                    "node {name} is waiting for its own ssh to dial in: there is no connection to reconnect (start or restart the node's ssh)\n"
+                ),
+            );
+        }
         let mut last = s.reconnected.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if let Some(at) = last.get(&name)

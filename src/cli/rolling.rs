@@ -92,12 +92,20 @@ pub async fn reconnect(args: ReconnectArgs) -> Result<i32, CliError> {
     let (doc, _) = fetch(&ep, token.as_deref()).await?;
     // A reconnect brings a drained node back: an operator's drain is left alone
     // (`draining`, and `drained` where the daemon shows that state).
-    let (drained, names): (Vec<_>, Vec<_>) = doc
-        .nodes
-        .iter()
-        .partition(|n| n.state.to_string().starts_with("drain"));
-    for n in drained {
-        out!("{}: left alone ({})\n", n.name, n.state);
+    // So is a reverse node waiting for its session: it has no connection to drop.
+    let (left, names): (Vec<_>, Vec<_>) = doc.nodes.iter().partition(|n| {
+        let state = n.state.to_string();
+        state.starts_with("drain") || state == "waiting"
+    });
+    for n in left {
+        if n.state.to_string() == "waiting" {
+            out!(
+                "{}: left alone (waiting for its own ssh to dial in: no connection to reconnect)\n",
+                n.name
+            );
+        } else {
+            out!("{}: left alone ({})\n", n.name, n.state);
+        }
     }
     let names: Vec<String> = names.into_iter().map(|n| n.name.clone()).collect();
     if names.is_empty() {
