@@ -866,6 +866,21 @@ fn a_bad_revoked_file_or_a_limit_without_the_listener_is_a_usage_error() {
     let (code, err) = run(&["--reverse-max-sessions-per-node".into(), "2".into()]);
     assert_eq!(code, 2, "a limit without the listener: {err}");
     assert!(err.contains("--reverse-listen"), "{err}");
+    let (code, err) = run(&[
+        "--reverse-listen".into(),
+        "127.0.0.1:0".into(),
+        "--reverse-host-key".into(),
+        keys.path("host_key").display().to_string(),
+        "--reverse-authorized".into(),
+        keys.path("authorized").display().to_string(),
+        "--reverse-max-unauthenticated-per-source".into(),
+        "0".into(),
+    ]);
+    assert_eq!(code, 2, "a per-source limit of 0: {err}");
+    assert!(
+        err.contains("--reverse-max-unauthenticated-per-source"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -973,4 +988,80 @@ fn node_setup_and_keygen_reverse_name_the_flag_of_every_bad_input() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--listen"), "{err}");
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from((from, 0)).into())?;
+    s.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    Ok(s.into())
+}
+
+#[test]
+fn one_source_address_holds_at_most_its_share_of_the_unauthenticated_places_and_others_get_in() {
+    require_tool("ssh", "-V");
+    let keys = Keys::new(&["rev-a"]);
+    let listen = loopback_listen();
+    let d = keys.daemon_with(
+        listen,
+        &["rev-a=192.0.2.10".into()],
+        &[
+            "--reverse-max-unauthenticated",
+            "8",
+            "--reverse-max-unauthenticated-per-source",
+            "2",
+            "--health-probe",
+            "none",
+        ],
+    );
+    let admin = keys.path("admin.sock");
+    // Another loopback source than the node's (127.0.0.1) holds two idle connections.
+    let other = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut idle = Vec::new();
+    for i in 0..2 {
+        let mut s = connect_from(other, listen).unwrap();
+        let b = banner(&mut s);
+        assert!(b.starts_with("SSH-2.0-"), "idle connection {i}: {b:?}");
+        idle.push(s);
+    }
+    // Its third is closed at once, and the daemon names the flag.
+    let mut extra = connect_from(other, listen).unwrap();
+    let b = banner(&mut extra);
+    assert!(
+        !b.starts_with("SSH-"),
+        "a third connection from one source was served: {b:?}; daemon log:\n{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log(
+            "(--reverse-max-unauthenticated-per-source)",
+            1,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        d.log()
+    );
+    // A node from another address gets in meanwhile.
+    let _ssh = node_ssh_here(&keys, listen, "rev-a", "rev-a", &[], "rev-a");
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-a")
+            == "ready"),
+        "rev-a did not come up beside one source's idle connections; daemon log:\n{}\nssh log:\n{}",
+        d.log(),
+        ssh_log(&keys, "rev-a")
+    );
+    // The idle ones go: that source is served again.
+    drop(idle);
+    let mut b = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let Ok(mut s) = connect_from(other, listen) else {
+                return false;
+            };
+            b = banner(&mut s);
+            b.starts_with("SSH-2.0-")
+        }),
+        "the source got no place after its idle connections went: {b:?}"
+    );
 }

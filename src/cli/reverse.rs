@@ -79,6 +79,13 @@ pub struct ReverseArgs {
     #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_MAX_UNAUTHENTICATED", default_value = "64", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100000), requires = "reverse_listen")]
     pub reverse_max_unauthenticated: u32,
 
+    /// Connections to the reverse listener from one source address that have not
+    /// authenticated yet; one more from it is closed at once. Off by default: nodes behind one
+    /// NAT share an address. Set it when nodes come from many addresses, so one address
+    /// cannot take every place of --reverse-max-unauthenticated.
+    #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_MAX_UNAUTHENTICATED_PER_SOURCE", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100000), requires = "reverse_listen")]
+    pub reverse_max_unauthenticated_per_source: Option<u32>,
+
     /// Time a connection to the reverse listener has to finish the SSH version exchange and
     /// authentication; then it is disconnected.
     #[arg(long, env = "KUBE_SSH_TUNNEL_REVERSE_LOGIN_GRACE", default_value = "30s", value_name = "DURATION", value_parser = parse_duration, requires = "reverse_listen")]
@@ -142,6 +149,9 @@ pub async fn prepare(
         limits: Limits {
             max_sessions_per_node: args.reverse_max_sessions_per_node as usize,
             max_unauthenticated: args.reverse_max_unauthenticated as usize,
+            max_unauthenticated_per_source: args
+                .reverse_max_unauthenticated_per_source
+                .map(|n| n as usize),
             login_grace: args.reverse_login_grace,
         },
     };

@@ -156,7 +156,10 @@ impl ReverseServer {
             },
             stop.clone(),
         ));
-        let unauthenticated = Unauthenticated::new(self.limits.max_unauthenticated);
+        let unauthenticated = Unauthenticated::new(
+            self.limits.max_unauthenticated,
+            self.limits.max_unauthenticated_per_source,
+        );
         let refusals = Arc::new(RefusalLog::default());
         loop {
             let (tcp, peer) = tokio::select! {
