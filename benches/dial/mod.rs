@@ -7,9 +7,8 @@
 //! one `ssh -N -L` process, all to the same sshd node and the same echo server on the node's
 //! pod address. A dial is what kube-apiserver does for a short request: a new CONNECT through
 //! the front's Unix socket (for `ssh -L`, a new TCP connection to its port), one byte each
-//! way, and close. CPU is the tunnel process's own: the sum of its live threads' schedstat
-//! (a thread that exits during a round is not counted; the daemon's worker threads live for
-//! the whole run), divided by the dials of the round.
+//! way, and close. CPU is the tunnel process's own, from its per-process CPU clock (every
+//! thread's, those that ended during the round included), divided by the dials of the round.
 //!
 //! When `examples/russh_floor.rs` is built, its process is a third side: one russh
 //! connection and a bare relay, with no pool, routing or isolation. It shows what russh and
@@ -46,17 +45,23 @@ struct Round {
     to_200: Vec<f64>,
 }
 
-/// CPU time of every thread of `pid` in ns (`/proc/PID/task/*/schedstat`: ns, where
-/// `/proc/PID/stat` counts 10 ms ticks, too coarse for a few hundred dials).
+/// CPU time of process `pid` in ns, every thread's, those that ended included: the kernel's
+/// per-process CPU clock (`clock_getcpuclockid`), where `/proc/PID/stat` counts 10 ms ticks,
+/// too coarse for a few hundred dials. 0 if the process is gone.
 fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: plain libc calls with valid out-pointers.
+    if unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) } != 0 {
         return 0;
+    }
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 async fn round(side: &Side, echo: SocketAddr, dials: usize) -> Round {
