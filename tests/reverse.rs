@@ -1024,3 +1024,63 @@ fn reconnect_of_a_reverse_node_waiting_for_its_ssh_says_there_is_no_connection_a
         d.log()
     );
 }
+
+#[test]
+fn a_drained_reverse_node_keeps_its_waiting_session_and_a_reconnect_serves_through_it() {
+    require_tool("ssh", "-V");
+    let keys = Keys::new(&["rev-1"]);
+    let (addr, _stub) = kubelet_stub_here(&keys, "rev-1");
+    let listen = loopback_listen();
+    let d = keys.daemon_with(
+        listen,
+        &[format!("rev-1={addr}")],
+        &["--drain-timeout", "2s", "--health-probe", "none"],
+    );
+    let admin = keys.path("admin.sock");
+    let admin_s = admin.to_str().unwrap();
+    let proxy = keys.path("proxy.sock");
+    let target = format!("{addr}:{ECHO_PORT}");
+    let mut ssh = [
+        local_node_ssh(&keys, listen, "rev-1", "first"),
+        local_node_ssh(&keys, listen, "rev-1", "second"),
+    ];
+    assert!(
+        d.wait_log("reverse session ready", 2, Duration::from_secs(30))
+            && wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
+                == "ready"),
+        "{}",
+        d.log()
+    );
+    // A drain closes the session in use; the one that waits stays (the node is still in the
+    // node set), also past the listener's once-a-second check.
+    let (code, out) = kst_cli(&["drain", "rev-1", "--admin-uds", admin_s]);
+    assert_eq!(code, 0, "{out}");
+    let ended = |ssh: &mut [Proc; 2]| {
+        ssh.iter_mut()
+            .map(|p| matches!(p.0.try_wait(), Ok(Some(_))))
+            .filter(|ended| *ended)
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || ended(&mut ssh) >= 1),
+        "the drain did not close the session in use: {}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        ended(&mut ssh),
+        1,
+        "a drained node lost its waiting session too: {}",
+        d.log()
+    );
+    // `reconnect` brings it back through the session that waited.
+    let (code, out) = kst_cli(&["reconnect", "rev-1", "--admin-uds", admin_s]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
+            == "ready"),
+        "{}",
+        d.log()
+    );
+    one_byte_echo(&proxy, &target).unwrap();
+}

@@ -123,7 +123,7 @@ pub async fn run_until(
         // A node may dial in only while it is in the node set (file, flags or Node watch).
         let pool = daemon.pool().clone();
         tokio::spawn(server.serve(
-            Arc::new(move |node: &str| pool.status(node).is_some()),
+            Arc::new(move |node: &str| pool.in_node_set(node)),
             stop_reverse.clone(),
         ));
     }

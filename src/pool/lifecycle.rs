@@ -229,6 +229,15 @@ impl Pool {
     }
 
     /// True when node `name` is drained (by an operator or its annotation).
+    /// Whether node `name` is in the node set: it has a slot, or it is drained (a drained
+    /// node stays in the set until it leaves the node source). Read under the lock `update`
+    /// holds for a whole change, so a node being replaced (its address changed) never reads
+    /// as gone between the retire of its old slot and the add of its new one.
+    pub fn in_node_set(&self, name: &str) -> bool {
+        let drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
+        drained.contains_key(name) || self.slots.contains_key(name)
+    }
+
     pub fn is_drained(&self, name: &str) -> bool {
         self.drained
             .lock()

@@ -66,12 +66,20 @@ impl Registry {
     }
 
     /// Takes out the waiting sessions of every node that `member` says is not in the node set
-    /// (those that ended are dropped on the way); the caller closes them.
+    /// (those that ended are dropped on the way); the caller closes them. `member` runs
+    /// without the registry's lock held (it takes the pool's).
     pub(crate) fn take_non_members(&self, member: impl Fn(&str) -> bool) -> Vec<Session> {
+        let names: Vec<String> = match self.waiting.lock() {
+            Ok(w) => w.keys().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        let gone: Vec<String> = names.into_iter().filter(|n| !member(n)).collect();
+        if gone.is_empty() {
+            return Vec::new();
+        }
         let Ok(mut w) = self.waiting.lock() else {
             return Vec::new();
         };
-        let gone: Vec<String> = w.keys().filter(|n| !member(n)).cloned().collect();
         gone.iter()
             .filter_map(|n| w.remove(n))
             .flatten()
