@@ -93,12 +93,12 @@ pub async fn reconnect(args: ReconnectArgs) -> Result<i32, CliError> {
     // A reconnect brings a drained node back: an operator's drain is left alone
     // (`draining`, and `drained` where the daemon shows that state).
     // So is a reverse node waiting for its session: it has no connection to drop.
-    let (left, names): (Vec<_>, Vec<_>) = doc.nodes.iter().partition(|n| {
-        let state = n.state.to_string();
-        state.starts_with("drain") || state == "waiting"
-    });
+    let (left, names): (Vec<_>, Vec<_>) = doc
+        .nodes
+        .iter()
+        .partition(|n| n.state.to_string().starts_with("drain") || n.state == TunnelState::Waiting);
     for n in left {
-        if n.state.to_string() == "waiting" {
+        if n.state == TunnelState::Waiting {
             out!(
                 "{}: left alone (waiting for its own ssh to dial in: no connection to reconnect)\n",
                 n.name

@@ -66,7 +66,8 @@ impl Unauthenticated {
             max,
             dropped: AtomicU64::new(0),
             last_log: Mutex::new(None),
-            per_source: per_source.map(|n| (n, Mutex::new(HashMap::new()))),
+            // A share of 0 would refuse every connection: at least one place per source.
+            per_source: per_source.map(|n| (n.max(1), Mutex::new(HashMap::new()))),
             refusals: RefusalLog::default(),
         })
     }
