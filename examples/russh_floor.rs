@@ -35,6 +35,11 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 
+/// A stream whose write waits this long is closed.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long an open given up on may still finish (its channel is then closed).
+const LATE_OPEN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The answer to a CONNECT whose channel opened.
 const OK: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
@@ -165,11 +170,15 @@ async fn connect(a: &Args) -> Result<Handle<Trust>, String> {
     Ok(handle)
 }
 
-/// Reads the CONNECT request head; returns the target host and port.
-async fn request(client: &mut UnixStream) -> Option<(String, u32)> {
+/// Reads the CONNECT request head; returns the target host and port, and any bytes the
+/// client sent after the head.
+async fn request(client: &mut UnixStream) -> Option<(String, u32, Vec<u8>)> {
     let mut head = Vec::with_capacity(256);
     let mut byte = [0u8; 256];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
         if head.len() > 8192 {
             return None;
         }
@@ -181,46 +190,71 @@ async fn request(client: &mut UnixStream) -> Option<(String, u32)> {
             return None;
         }
         head.extend_from_slice(&byte[..n]);
-    }
+    };
+    let rest = head.split_off(end);
     let line = std::str::from_utf8(&head).ok()?.lines().next()?;
     let target = line.strip_prefix("CONNECT ")?.split(' ').next()?;
     let (host, port) = target.rsplit_once(':')?;
-    Some((host.to_string(), port.parse().ok()?))
+    Some((host.to_string(), port.parse().ok()?, rest))
 }
 
 async fn serve(handle: Arc<Handle<Trust>>, mut client: UnixStream, early: bool) {
-    let Some((host, port)) = request(&mut client).await else {
+    let Some((host, port, early_bytes)) = request(&mut client).await else {
         return;
     };
     if early && client.write_all(OK).await.is_err() {
         return;
     }
-    let opened = tokio::time::timeout(
-        WAIT,
-        handle.channel_open_direct_tcpip(host, port, "127.0.0.1", 0),
-    )
-    .await;
-    let Ok(Ok(channel)) = opened else {
-        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
-        return;
+    // Polled here, as the daemon's dial does; an open given up on moves to a task that
+    // closes a channel the node confirms late.
+    let mut open = Box::pin(async move {
+        handle
+            .channel_open_direct_tcpip(host, port, "127.0.0.1", 0)
+            .await
+    });
+    let channel = match tokio::time::timeout(WAIT, &mut open).await {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(_)) => {
+            let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+            return;
+        }
+        Err(_) => {
+            tokio::spawn(async move {
+                if let Ok(Ok(late)) = tokio::time::timeout(LATE_OPEN, open).await {
+                    let _ = late.close().await;
+                }
+            });
+            let _ = client
+                .write_all(b"HTTP/1.1 504 Gateway Timeout\r\n\r\n")
+                .await;
+            return;
+        }
     };
     if !early && client.write_all(OK).await.is_err() {
         return;
     }
     let (mut from_node, to_node) = channel.split();
+    if !early_bytes.is_empty() && to_node.data(&early_bytes[..]).await.is_err() {
+        let _ = to_node.close().await;
+        return;
+    }
     let (mut rd, mut wr) = client.into_split();
     let mut buf = vec![0u8; 32768];
     let mut client_done = false;
+    // A write that waits IDLE (a client or node that stopped reading) ends the stream, as
+    // the daemon's stall timeout does; its timer is set only when the write has to wait. A
+    // quiet stream stays open, as in the daemon (`kubectl logs -f` may be quiet for hours).
     loop {
         tokio::select! {
             msg = from_node.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    if wr.write_all(&data).await.is_err() {
-                        break;
+                    match tokio::time::timeout(IDLE, wr.write_all(&data)).await {
+                        Ok(Ok(())) => {}
+                        _ => break,
                     }
                 }
                 Some(ChannelMsg::Eof) => {
-                    let _ = wr.shutdown().await;
+                    let _ = tokio::time::timeout(IDLE, wr.shutdown()).await;
                 }
                 Some(ChannelMsg::Close) | None => break,
                 Some(_) => {}
@@ -228,17 +262,18 @@ async fn serve(handle: Arc<Handle<Trust>>, mut client: UnixStream, early: bool) 
             n = rd.read(&mut buf), if !client_done => match n {
                 Ok(0) | Err(_) => {
                     client_done = true;
-                    let _ = to_node.eof().await;
+                    let _ = tokio::time::timeout(IDLE, to_node.eof()).await;
                 }
                 Ok(n) => {
-                    if to_node.data(&buf[..n]).await.is_err() {
-                        break;
+                    match tokio::time::timeout(IDLE, to_node.data(&buf[..n])).await {
+                        Ok(Ok(())) => {}
+                        _ => break,
                     }
                 }
             },
         }
     }
-    let _ = to_node.close().await;
+    let _ = tokio::time::timeout(WAIT, to_node.close()).await;
 }
 
 fn main() {
@@ -282,6 +317,12 @@ fn main() {
                 return 1;
             }
         };
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            eprintln!("russh_floor: cannot listen for SIGTERM");
+            return 1;
+        };
         eprintln!("russh_floor: ready on {}", a.uds);
         loop {
             tokio::select! {
@@ -290,9 +331,12 @@ fn main() {
                         tokio::spawn(serve(handle.clone(), client, early));
                     }
                 }
-                _ = tokio::signal::ctrl_c() => return 0,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
             }
         }
+        let _ = std::fs::remove_file(&a.uds);
+        0
     });
     std::process::exit(code);
 }

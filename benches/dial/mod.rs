@@ -141,14 +141,24 @@ fn daemon(cluster: &support::Cluster, tag: &str, extra: &[&str]) -> (Daemon, Pat
 /// built (`cargo build --release --example russh_floor`; `KST_FLOOR_BIN` names another
 /// path); `None`, with a line saying so, when it is not.
 fn floor(cluster: &support::Cluster) -> Option<(Daemon, PathBuf)> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("target"), PathBuf::from);
     let bin = std::env::var_os("KST_FLOOR_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/examples/russh_floor")
-        });
-    if !bin.exists() {
+        .unwrap_or_else(|| target.join("release/examples/russh_floor"));
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(&bin) else {
         println!(
             "  (no russh floor rows: {} is not built; cargo build --release --example russh_floor)",
+            bin.display()
+        );
+        return None;
+    };
+    // A build older than its source would measure another program.
+    if modified(&manifest.join("examples/russh_floor.rs")).is_some_and(|src| src > built) {
+        println!(
+            "  (no russh floor rows: {} is older than examples/russh_floor.rs; cargo build --release --example russh_floor)",
             bin.display()
         );
         return None;
