@@ -550,7 +550,18 @@ async fn many_slow_readers_stay_within_the_budget_and_only_a_reader_that_stops_i
             )
         });
     let read = 1000 + rest.len() as u64;
-    let log = r.d.log();
+    // The relay logs its end just after the client sees it: wait for the line (bounded).
+    let mut log = r.d.log();
+    for _ in 0..50 {
+        if log
+            .lines()
+            .any(|l| l.contains("CONNECT ") && l.contains(&src))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        log = r.d.log();
+    }
     let relay_end: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("CONNECT ") && l.contains(&src))

@@ -849,7 +849,29 @@ fn a_reverse_nodes_extra_connections_are_its_waiting_sessions_and_growing_never_
     assert!(grew, "two sessions, two connections: {n}\n{}", d.log());
 }
 
-/// The node file for `leaving_and_coming_back`: `rev-1` at `addr` when `with_node`.
+/// Two `ssh -R` sessions of rev-1: the pool takes one as the node's connection, the other
+/// waits to be taken (an extra connection). Returns once both are in and the node is ready.
+fn two_sessions(
+    keys: &Keys,
+    listen: SocketAddr,
+    d: &support::daemon::Daemon,
+    admin: &Path,
+) -> [Proc; 2] {
+    let ssh = [
+        local_node_ssh(keys, listen, "rev-1", "first"),
+        local_node_ssh(keys, listen, "rev-1", "second"),
+    ];
+    assert!(
+        d.wait_log("reverse session ready", 2, Duration::from_secs(30))
+            && wait_until(Duration::from_secs(30), || node_state(admin, "rev-1")
+                == "ready"),
+        "{}",
+        d.log()
+    );
+    ssh
+}
+
+/// A node file with `rev-1` at `addr` when `with_node`, else empty.
 fn write_reverse_nodes(file: &Path, addr: Ipv4Addr, with_node: bool) {
     let text = if with_node {
         format!("[[nodes]]\nname = \"rev-1\"\naddress = \"{addr}\"\n")
@@ -883,19 +905,7 @@ fn a_reverse_node_that_leaves_the_node_set_loses_every_session_and_is_served_aga
     let admin = keys.path("admin.sock");
     let proxy = keys.path("proxy.sock");
     let target = format!("{addr}:{ECHO_PORT}");
-    // Two sessions: the pool takes one as the node's connection, the other waits to be
-    // taken (an extra connection).
-    let mut ssh = [
-        local_node_ssh(&keys, listen, "rev-1", "first"),
-        local_node_ssh(&keys, listen, "rev-1", "second"),
-    ];
-    assert!(
-        d.wait_log("reverse session ready", 2, Duration::from_secs(30))
-            && wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
-                == "ready"),
-        "{}",
-        d.log()
-    );
+    let mut ssh = two_sessions(&keys, listen, &d, &admin);
     one_byte_echo(&proxy, &target).unwrap();
 
     // The node leaves the node set: the session in use is drained and closed, and the one
@@ -1040,17 +1050,7 @@ fn a_drained_reverse_node_keeps_its_waiting_session_and_a_reconnect_serves_throu
     let admin_s = admin.to_str().unwrap();
     let proxy = keys.path("proxy.sock");
     let target = format!("{addr}:{ECHO_PORT}");
-    let mut ssh = [
-        local_node_ssh(&keys, listen, "rev-1", "first"),
-        local_node_ssh(&keys, listen, "rev-1", "second"),
-    ];
-    assert!(
-        d.wait_log("reverse session ready", 2, Duration::from_secs(30))
-            && wait_until(Duration::from_secs(30), || node_state(&admin, "rev-1")
-                == "ready"),
-        "{}",
-        d.log()
-    );
+    let mut ssh = two_sessions(&keys, listen, &d, &admin);
     // A drain closes the session in use; the one that waits stays (the node is still in the
     // node set), also past the listener's once-a-second check.
     let (code, out) = kst_cli(&["drain", "rev-1", "--admin-uds", admin_s]);

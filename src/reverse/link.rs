@@ -137,20 +137,13 @@ impl ReverseLink {
         );
         let limit = self.settings.open_timeout;
         let opened = async {
-            let mut stream = match opening.await {
-                None => return Err(OpenError::ConnectionLost),
-                Some(Ok((channel, counters))) => TunnelStream::start(
-                    channel,
+            let mut stream = opening
+                .into_stream(
                     self.name.clone(),
                     destination,
                     self.settings.channel.clone(),
-                    counters,
-                ),
-                Some(Err(e)) => {
-                    tracing::debug!(node = %self.name, error = %e, "forwarded-tcpip open failed");
-                    return Err(crate::ssh::open_outcome::classify(e));
-                }
-            };
+                )
+                .await?;
             // The node's ssh answers SOCKS "granted" before it connects (OpenSSH's dynamic
             // reverse forward): a destination it cannot reach shows only as the stream
             // ending. See docs/reverse.md.

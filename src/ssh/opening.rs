@@ -6,13 +6,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use russh::{Channel, ChannelId, ChannelMsg};
 use tokio_util::sync::CancellationToken;
 
-use super::stream::ChannelCounters;
+use super::settings::ChannelLimits;
+use super::stream::{ChannelCounters, TunnelStream};
+use crate::error::OpenError;
 
 /// How long a channel open that its caller gave up on may still finish (to be closed).
 const ABANDONED_OPEN_GRACE: Duration = Duration::from_secs(60);
@@ -48,6 +51,34 @@ impl<M: ChannelKind> Opening<M> {
         };
         Opening {
             open: Some(Box::pin(open)),
+        }
+    }
+}
+
+impl<M: ChannelKind> Opening<M> {
+    /// Waits for the open and starts the dial's stream on its channel (`TunnelStream`) for
+    /// `node` and `destination`. A connection that ended first is `ConnectionLost`; russh's
+    /// error is classified by what it returned (`open_outcome`), not by whether the
+    /// connection reads as closed yet.
+    pub(crate) async fn into_stream(
+        self,
+        node: Arc<str>,
+        destination: Arc<str>,
+        limits: ChannelLimits,
+    ) -> Result<TunnelStream, OpenError> {
+        match self.await {
+            None => Err(OpenError::ConnectionLost),
+            Some(Ok((channel, counters))) => Ok(TunnelStream::start(
+                channel,
+                node,
+                destination,
+                limits,
+                counters,
+            )),
+            Some(Err(e)) => {
+                tracing::debug!(%node, error = %e, "channel open failed");
+                Err(super::open_outcome::classify(e))
+            }
         }
     }
 }

@@ -329,7 +329,7 @@ impl NodeTunnel {
         // afterwards (`Opening`'s drop).
         let handle = self.handle.clone();
         let host_owned = host.to_string();
-        let mut opening = Opening::start(
+        let opening = Opening::start(
             async move {
                 handle
                     .channel_open_direct_tcpip(host_owned, u32::from(port), "127.0.0.1", 0)
@@ -338,29 +338,18 @@ impl NodeTunnel {
             self.closed.clone(),
             counters,
         );
+        let opened = opening.into_stream(
+            self.name.clone(),
+            destination,
+            self.settings.channel.clone(),
+        );
         let limit = self.settings.open_timeout;
-        let opened = tokio::select! {
-            r = tokio::time::timeout(limit, &mut opening) => match r {
-                Err(_) => return Err(OpenError::Timeout { after: limit }),
+        tokio::select! {
+            r = tokio::time::timeout(limit, opened) => match r {
+                Err(_) => Err(OpenError::Timeout { after: limit }),
                 Ok(r) => r,
             },
-            _ = self.closed.cancelled() => return Err(OpenError::ConnectionLost),
-        };
-        match opened {
-            // The connection ended or the grace ran out first.
-            None => Err(OpenError::ConnectionLost),
-            Some(Ok((channel, counters))) => Ok(TunnelStream::start(
-                channel,
-                self.name.clone(),
-                destination,
-                self.settings.channel.clone(),
-                counters,
-            )),
-            // By what russh returned, not by whether the connection reads as closed yet.
-            Some(Err(e)) => {
-                tracing::debug!(node = %self.name, error = %e, "channel open failed");
-                Err(super::open_outcome::classify(e))
-            }
+            _ = self.closed.cancelled() => Err(OpenError::ConnectionLost),
         }
     }
 
